@@ -1,0 +1,229 @@
+"""Typed configuration, validated once at load.
+
+Lookup order for ``forecaster run``: ``--config PATH``, else ``./config.toml``, else
+``/etc/forecaster/config.toml``, else the built-in defaults (the synthetic scene and the
+bundled model). Unknown keys and wrong types are rejected with the key path and the value.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from forecaster.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+DEFAULT_LOOKUP = (Path("config.toml"), Path("/etc/forecaster/config.toml"))
+CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class CameraConfig(_Section):
+    """One camera: an id (used in topics) and a source string."""
+
+    id: str = "cam0"
+    source: str = "synthetic:"
+    #: rate limit in frames per second; 0 = no limit
+    fps: Annotated[float, Field(ge=0)] = 0.0
+    #: video files and image folders start again at the end instead of ending the stream
+    loop: bool = False
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not CAMERA_ID.match(value):
+            raise ValueError("camera id must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        return value
+
+    @field_validator("fps", mode="before")
+    @classmethod
+    def _int_fps(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class CaptureConfig(_Section):
+    #: frame size (height, width) fed to the model; must match the model's input
+    size: tuple[int, int] = (64, 64)
+    #: frames kept in each camera's shared-memory ring
+    ring_frames: Annotated[int, Field(ge=2, le=64)] = 10
+    #: seconds between reconnection attempts of a live source grow up to this cap
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        height, width = value
+        if height < 16 or width < 16 or height % 4 or width % 4:
+            raise ValueError("size must be [height, width], each at least 16 and divisible by 4")
+        return value
+
+    @field_validator("reconnect_max_s", mode="before")
+    @classmethod
+    def _int_float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class ModelConfig(_Section):
+    #: path to a .keras model made by `forecaster train`; empty = the bundled model
+    path: str = ""
+
+
+class PublishConfig(_Section):
+    #: ZeroMQ PUB endpoint: tcp://HOST:PORT or ipc:///path
+    endpoint: str = "tcp://127.0.0.1:5556"
+    #: send high-water mark (messages queued per subscriber before dropping)
+    sndhwm: Annotated[int, Field(ge=1)] = 100
+    #: milliseconds to flush pending messages on shutdown
+    linger_ms: Annotated[int, Field(ge=0)] = 500
+    #: seconds between status/<cam> messages
+    status_interval_s: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        if not value.startswith(("tcp://", "ipc://")):
+            raise ValueError("endpoint must start with tcp:// or ipc://")
+        return value
+
+    @field_validator("status_interval_s", mode="before")
+    @classmethod
+    def _int_float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class ScorerConfig(_Section):
+    #: calibrated score at which a frame counts as anomalous
+    threshold_on: float = 3.0
+    #: score under which an anomaly ends (hysteresis; <= threshold_on)
+    threshold_off: float = 2.0
+    #: consecutive frames over threshold_on before an event starts
+    min_on_frames: Annotated[int, Field(ge=1)] = 2
+    #: consecutive frames under threshold_off before an event ends
+    min_off_frames: Annotated[int, Field(ge=1)] = 5
+    #: rate of online adaptation of the calibration to the scene (0 = fixed)
+    adapt_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @field_validator("threshold_on", "threshold_off", "adapt_rate", mode="before")
+    @classmethod
+    def _int_float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _check_order(self) -> ScorerConfig:
+        if self.threshold_off > self.threshold_on:
+            raise ValueError(
+                f"threshold_off ({self.threshold_off}) must not exceed threshold_on "
+                f"({self.threshold_on})"
+            )
+        return self
+
+
+class WorkerConfig(_Section):
+    #: seconds the daemon waits for capture and worker to report ready
+    startup_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    #: extra delay per tick in milliseconds, to emulate slow hardware (0 in production)
+    throttle_ms: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("startup_timeout_s", "throttle_ms", mode="before")
+    @classmethod
+    def _int_float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Config(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    capture: CaptureConfig = CaptureConfig()
+    model: ModelConfig = ModelConfig()
+    publish: PublishConfig = PublishConfig()
+    scorer: ScorerConfig = ScorerConfig()
+    worker: WorkerConfig = WorkerConfig()
+    cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Config:
+        ids = [camera.id for camera in self.cameras]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"camera ids must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+def _format_error(error: ValidationError, origin: str) -> str:
+    """One line per problem: ``origin: key.path: reason (got VALUE)``."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (remove it or check the spelling)"
+        if item["type"] == "missing":
+            message = "required key is missing"
+        shown = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+        lines.append(f"{origin}: {path}: {message}{shown}")
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
+    """Validate a mapping (e.g. parsed TOML) into a Config; ConfigError on any problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, origin)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file; ConfigError naming the file on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    return parse_config(data, origin=str(path))
+
+
+def find_config(explicit: str | None) -> tuple[Config, str]:
+    """Return the config to use and where it came from (a path or "built-in defaults")."""
+    if explicit is not None:
+        return load_config(explicit), explicit
+    for candidate in DEFAULT_LOOKUP:
+        if candidate.is_file():
+            return load_config(candidate), str(candidate)
+    return Config(), "built-in defaults"
+
+
+def with_source(config: Config, source: str) -> Config:
+    """Override the source of a one-camera config (``--source``)."""
+    if len(config.cameras) != 1:
+        ids = ", ".join(c.id for c in config.cameras)
+        raise ConfigError(
+            f"--source needs a config with exactly one camera, this one has "
+            f"{len(config.cameras)} ({ids}); edit the config instead"
+        )
+    camera = config.cameras[0].model_copy(update={"source": source})
+    return config.model_copy(update={"cameras": [camera]})

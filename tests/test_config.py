@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forecaster.config import Config, find_config, load_config, parse_config, with_source
+from forecaster.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_example_config_equals_builtin_defaults() -> None:
+    assert load_config(ROOT / "config.toml") == Config()
+
+
+def test_every_default_key_is_documented_in_example() -> None:
+    text = (ROOT / "config.toml").read_text()
+    for section, model in Config.model_fields.items():
+        assert section in text, section
+        annotation = model.annotation
+        fields = getattr(annotation, "model_fields", None)
+        if fields:
+            for key in fields:
+                assert f"\n{key} = " in text, f"{section}.{key} missing from config.toml"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"capture": {"sise": [64, 64]}}, "capture.sise: unknown key"),
+        ({"publish": {"sndhwm": "10"}}, "publish.sndhwm: Input should be a valid integer (got '10')"),
+        ({"capture": {"size": [64, 70]}}, "capture.size"),
+        ({"cameras": [{"id": "a b"}]}, "cameras.0.id"),
+        ({"cameras": [{"id": "a"}, {"id": "a"}]}, "repeated: a"),
+        ({"scorer": {"threshold_on": 1.0, "threshold_off": 2.0}}, "threshold_off (2.0)"),
+        ({"publish": {"endpoint": "udp://x"}}, "publish.endpoint"),
+        ({"cameras": [{"fps": -1}]}, "cameras.0.fps"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, origin="x.toml")
+    assert expected in str(info.value)
+    assert str(info.value).startswith("x.toml: ")
+
+
+def test_ints_accepted_for_floats() -> None:
+    config = parse_config({"cameras": [{"fps": 5}], "scorer": {"threshold_on": 4}})
+    assert config.cameras[0].fps == 5.0
+    assert config.scorer.threshold_on == 4.0
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[capture\nsize = 3")
+    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_lookup_prefers_explicit_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config, origin = find_config(None)
+    assert origin in ("built-in defaults", "/etc/forecaster/config.toml")
+    (tmp_path / "config.toml").write_text('log_level = "debug"\n')
+    config, origin = find_config(None)
+    assert (origin, config.log_level) == ("config.toml", "debug")
+    other = tmp_path / "other.toml"
+    other.write_text('log_level = "error"\n')
+    config, origin = find_config(str(other))
+    assert config.log_level == "error"
+
+
+def test_with_source_only_for_one_camera() -> None:
+    config = with_source(Config(), "synthetic:?seed=4")
+    assert config.cameras[0].source == "synthetic:?seed=4"
+    two = parse_config({"cameras": [{"id": "a"}, {"id": "b"}]})
+    with pytest.raises(ConfigError, match="exactly one camera"):
+        with_source(two, "x.mp4")
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forecaster", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    ok = _check(ROOT / "config.toml")
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[worker]\nthrottle_ms = 'fast'\n")
+    result = _check(bad)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "worker.throttle_ms" in lines[0] and "'fast'" in lines[0]
+    missing = _check(tmp_path / "missing.toml")
+    assert missing.returncode == 2
+    assert "config file not found" in missing.stderr
