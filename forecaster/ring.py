@@ -44,6 +44,7 @@ _HEADER_FIELDS = (
 )
 _H = {name: index for index, name in enumerate(_HEADER_FIELDS)}
 HEADER_BYTES = 128  # room for 16 int64 fields
+_CREATED_HERE: set[str] = set()  # rings this process created (and so must unlink)
 SLOT_META_BYTES = 16
 
 
@@ -128,6 +129,7 @@ class FrameRing:
         header[_H["version"]] = VERSION
         header[_H["magic"]] = MAGIC
         del header
+        _CREATED_HERE.add(shm.name)
         ring = cls(shm, owner=True)
         for meta in ring._meta:
             meta[0] = -1
@@ -142,7 +144,7 @@ class FrameRing:
             else:
                 shm = shared_memory.SharedMemory(name=name)
                 # Only the creator may unlink: stop this process's tracker from doing it.
-                with contextlib.suppress(Exception):
+                if shm.name not in _CREATED_HERE:
                     resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
         except FileNotFoundError:
             raise RingError(f"frame ring {name} does not exist") from None
@@ -166,6 +168,7 @@ class FrameRing:
         if self._owner:
             with contextlib.suppress(FileNotFoundError):
                 self._shm.unlink()
+            _CREATED_HERE.discard(self._shm.name)
 
     # -- writer ---------------------------------------------------------------------------
 
