@@ -1,0 +1,141 @@
+"""A subscriber for the forecaster's published messages (wire protocol v1)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+
+import zmq
+
+from forecaster.errors import ConfigError
+from forecaster.protocol import (
+    KINDS,
+    Message,
+    ProtocolError,
+    decode,
+    validate_camera,
+    validate_kind,
+)
+
+
+def subscriptions(
+    cameras: Sequence[str] | None = None, kinds: Sequence[str] | None = None
+) -> list[bytes]:
+    """Return the topic prefixes to subscribe to for ``cameras`` x ``kinds`` (None = all)."""
+    if isinstance(cameras, str) or isinstance(kinds, str):
+        raise ValueError("cameras and kinds must be sequences of strings, not a single string")
+    if cameras is not None and len(cameras) == 0:
+        raise ValueError("cameras must not be empty (use None for all cameras)")
+    if kinds is not None and len(kinds) == 0:
+        raise ValueError("kinds must not be empty (use None for all kinds)")
+    for kind in kinds or ():
+        validate_kind(kind)
+    for camera in cameras or ():
+        validate_camera(camera)
+    if cameras is None and kinds is None:
+        return [b""]
+    if cameras is None:
+        return [f"{kind}/".encode("ascii") for kind in dict.fromkeys(kinds or ())]
+    return [
+        f"{kind}/{camera}".encode("ascii")
+        for kind in dict.fromkeys(kinds or KINDS)
+        for camera in dict.fromkeys(cameras)
+    ]
+
+
+class Subscriber:
+    """A ``zmq.SUB`` socket connected to ``endpoint`` that yields decoded messages.
+
+    ZeroMQ filters by topic prefix, so ``score/cam0`` would also match ``score/cam01``;
+    messages of cameras not asked for are dropped here after decoding. A malformed
+    message raises :class:`ProtocolError` from :meth:`recv`, or, with
+    ``skip_invalid=True``, is counted in ``invalid`` and skipped.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        cameras: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+        context: zmq.Context | None = None,
+        rcvhwm: int = 1000,
+        skip_invalid: bool = False,
+    ) -> None:
+        if rcvhwm < 0:
+            raise ValueError(f"rcvhwm must be >= 0, got {rcvhwm}")
+        self.endpoint = endpoint
+        self.topics = subscriptions(cameras, kinds)
+        self._cameras = frozenset(cameras) if cameras is not None else None
+        self.skip_invalid = skip_invalid
+        self.received = 0
+        self.invalid = 0
+        self._closed = False
+        ctx = context if context is not None else zmq.Context.instance()
+        self._socket: zmq.Socket = ctx.socket(zmq.SUB)
+        try:
+            self._socket.setsockopt(zmq.LINGER, 0)
+            self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+            for prefix in self.topics:
+                self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
+            self._socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self._socket.close(linger=0)
+            self._closed = True
+            raise ConfigError(f"cannot connect subscriber to {endpoint}: {exc.strerror}") from exc
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """Return the next message, or None after ``timeout`` seconds (None = wait forever)."""
+        if self._closed:
+            raise RuntimeError(f"subscriber of {self.endpoint} is closed")
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            if deadline is None:
+                wait_ms = -1
+            else:
+                wait_ms = max(0, round((deadline - time.monotonic()) * 1000))
+            if not self._socket.poll(wait_ms, zmq.POLLIN):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            parts = self._socket.recv_multipart(zmq.NOBLOCK)
+            try:
+                msg = decode(parts)
+            except ProtocolError:
+                self.invalid += 1
+                if self.skip_invalid:
+                    continue
+                raise
+            if self._cameras is not None and msg.camera not in self._cameras:
+                continue
+            self.received += 1
+            return msg
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            msg = self.recv(None)
+            if msg is not None:
+                yield msg
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._socket.close(linger=0)
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
+                raise
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,125 @@
+"""The ZeroMQ PUB socket that publishes protocol messages; it never blocks its caller."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+from types import TracebackType
+
+import zmq
+
+from forecaster.errors import ConfigError
+from forecaster.protocol import Message, encode
+
+log = logging.getLogger("forecaster.publisher")
+
+#: zmq errors that only mean "the socket or context is already closing"
+_CLOSING_ERRNOS = frozenset({zmq.ETERM, zmq.ENOTSOCK, errno.EBADF})
+
+
+def _prepare_ipc_dir(endpoint: str) -> None:
+    """Create the parent folder of an ``ipc://`` socket path (abstract ``@names`` excluded)."""
+    path = endpoint[len("ipc://") :]
+    if not path or path.startswith("@"):
+        return
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot bind publisher to {endpoint}: cannot create folder {parent}: {exc.strerror or exc}"
+        ) from exc
+
+
+class Publisher:
+    """A bound ``zmq.PUB`` socket. Create, use and close it in one thread.
+
+    ``send`` never blocks: a message that cannot be queued is dropped and counted in
+    ``dropped`` (a PUB socket also drops silently per subscriber whose queue of ``sndhwm``
+    messages is full, so one slow subscriber never slows the publisher or the others).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        sndhwm: int = 100,
+        linger_ms: int = 500,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if sndhwm < 0:
+            raise ValueError(f"sndhwm must be >= 0, got {sndhwm}")
+        if linger_ms < -1:
+            raise ValueError(f"linger_ms must be >= -1 (-1 = wait forever), got {linger_ms}")
+        self.endpoint = endpoint
+        self.sent = 0
+        self.dropped = 0
+        self._linger_ms = linger_ms
+        self._closed = False
+        if endpoint.startswith("ipc://"):
+            _prepare_ipc_dir(endpoint)
+        ctx = context if context is not None else zmq.Context.instance()
+        self._socket: zmq.Socket = ctx.socket(zmq.PUB)
+        try:
+            self._socket.setsockopt(zmq.SNDHWM, sndhwm)
+            self._socket.setsockopt(zmq.LINGER, linger_ms)
+            self._socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._socket.close(linger=0)
+            self._closed = True
+            raise ConfigError(f"cannot bind publisher to {endpoint}: {exc.strerror}") from exc
+        raw = self._socket.getsockopt(zmq.LAST_ENDPOINT)
+        self._last_endpoint = raw.decode() if isinstance(raw, bytes) else str(raw)
+        log.info("publishing on %s", self._last_endpoint)
+
+    @property
+    def last_endpoint(self) -> str:
+        """The endpoint actually bound (``tcp://127.0.0.1:*`` resolved to its port)."""
+        return self._last_endpoint
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, msg: Message) -> bool:
+        """Encode and queue ``msg`` without blocking; return False if it was dropped."""
+        return self.send_parts(encode(msg))
+
+    def send_parts(self, parts: list[bytes]) -> bool:
+        """Queue already encoded frames without blocking; return False if dropped."""
+        if self._closed:
+            raise RuntimeError(f"publisher on {self.endpoint} is closed")
+        try:
+            self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        """Close the socket (idempotent); unsent messages wait at most ``linger_ms``."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._socket.close(linger=self._linger_ms)
+        except zmq.ZMQError as exc:
+            if exc.errno not in _CLOSING_ERRNOS:
+                raise
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._last_endpoint
+        return f"Publisher({state}, sent={self.sent}, dropped={self.dropped})"

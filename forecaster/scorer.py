@@ -1,0 +1,225 @@
+"""Per-camera scoring: prediction error, calibrated anomaly score, hysteresis events.
+
+The score of frame t compares it with the prediction made from frame t-1:
+``mse`` (float64 accumulation), ``psnr = 10 log10(1 / max(mse, 1e-10))`` and the
+calibrated score ``(ln(max(mse, 1e-10)) - mu) / sigma``, with ``mu`` and ``sigma`` the
+mean and standard deviation of ``ln(mse)`` on normal training frames (the model card's
+calibration). Everything is causal: a frame's result depends only on it and earlier frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+MSE_FLOOR = 1e-10
+SIGMA_FLOOR = 1e-3
+
+EventKind = Literal["start", "end"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """The scoring of one frame.
+
+    ``event`` is "start" on the frame that turns the anomaly flag on and "end" on the
+    frame that turns it off. ``peak_score`` is the highest score of the current episode
+    (at "end": of the episode just ended); NaN outside an episode.
+    """
+
+    mse: float
+    psnr: float
+    score: float
+    anomaly: bool
+    event: EventKind | None
+    peak_score: float
+
+
+def _check_pair(predicted: np.ndarray, actual: np.ndarray) -> None:
+    if predicted.shape != actual.shape:
+        raise ValueError(
+            f"predicted and actual frames differ in shape: {predicted.shape} vs {actual.shape}"
+        )
+    if predicted.dtype.kind != "f" or actual.dtype.kind != "f":
+        raise ValueError(
+            f"frames must be float arrays in [0, 1], got {predicted.dtype} and {actual.dtype}"
+        )
+    if predicted.size == 0:
+        raise ValueError(f"frames must not be empty, got shape {predicted.shape}")
+
+
+def _mse(predicted: np.ndarray, actual: np.ndarray, buffer: np.ndarray) -> float:
+    np.subtract(predicted, actual, out=buffer)
+    np.multiply(buffer, buffer, out=buffer)
+    return float(buffer.sum(dtype=np.float64)) / buffer.size
+
+
+def psnr_from_mse(mse: float) -> float:
+    """``10 log10(1 / max(mse, 1e-10))`` for frames in [0, 1] (at most 100 dB)."""
+    return -10.0 * math.log10(max(mse, MSE_FLOOR)) if not math.isnan(mse) else math.nan
+
+
+def frame_errors(predicted: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    """Return ``(mse, psnr)`` of two float frames in [0, 1] of the same shape."""
+    predicted = np.asarray(predicted)
+    actual = np.asarray(actual)
+    _check_pair(predicted, actual)
+    mse = _mse(predicted, actual, np.empty(predicted.shape, dtype=np.float32))
+    return mse, psnr_from_mse(mse)
+
+
+def _calibration_value(calibration: Mapping[str, Any], key: str) -> float:
+    if key not in calibration:
+        raise ValueError(f"calibration is missing {key!r} (keys: {sorted(calibration)})")
+    value = calibration[key]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"calibration[{key!r}] must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"calibration[{key!r}] must be finite, got {value!r}")
+    return number
+
+
+class Scorer:
+    """Scores one camera's frames and tracks its anomaly episodes (not thread-safe).
+
+    The anomaly flag turns on once the score is ``>= threshold_on`` for ``min_on_frames``
+    consecutive frames (event "start") and off once it is ``< threshold_off`` for
+    ``min_off_frames`` consecutive frames (event "end"). A NaN score leaves both counts
+    and the flag unchanged. With ``adapt_rate > 0`` the calibration follows the scene:
+    after each frame that is neither flagged anomalous nor at or above ``threshold_on``,
+    ``mu`` and the variance of ``ln(mse)`` move by an exponential moving update.
+    """
+
+    def __init__(
+        self,
+        calibration: Mapping[str, Any],
+        *,
+        threshold_on: float = 3.0,
+        threshold_off: float = 2.0,
+        min_on_frames: int = 2,
+        min_off_frames: int = 5,
+        adapt_rate: float = 0.0,
+    ) -> None:
+        mu = _calibration_value(calibration, "log_mse_mean")
+        sigma = _calibration_value(calibration, "log_mse_std")
+        if sigma < 0:
+            raise ValueError(f"calibration['log_mse_std'] must be >= 0, got {sigma}")
+        for name, value in (("threshold_on", threshold_on), ("threshold_off", threshold_off)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if threshold_off > threshold_on:
+            raise ValueError(
+                f"threshold_off must be <= threshold_on ({threshold_on}), got {threshold_off}"
+            )
+        for name, count in (("min_on_frames", min_on_frames), ("min_off_frames", min_off_frames)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
+        if (
+            isinstance(adapt_rate, bool)
+            or not isinstance(adapt_rate, (int, float))
+            or not 0.0 <= adapt_rate < 1.0
+        ):
+            raise ValueError(f"adapt_rate must be in [0, 1), got {adapt_rate!r}")
+        self.threshold_on = float(threshold_on)
+        self.threshold_off = float(threshold_off)
+        self.min_on_frames = min_on_frames
+        self.min_off_frames = min_off_frames
+        self.adapt_rate = float(adapt_rate)
+        self._mu = mu
+        self._var = sigma * sigma
+        self._sigma = max(sigma, SIGMA_FLOOR)
+        self._buffer: np.ndarray | None = None
+        self.reset()
+
+    @property
+    def mu(self) -> float:
+        """Current mean of ``ln(mse)`` on normal frames."""
+        return self._mu
+
+    @property
+    def sigma(self) -> float:
+        """Current standard deviation of ``ln(mse)`` (floored at 1e-3)."""
+        return self._sigma
+
+    @property
+    def anomaly(self) -> bool:
+        """True while an anomaly episode is open."""
+        return self._anomaly
+
+    @property
+    def peak_score(self) -> float:
+        """Highest score of the open episode; NaN when none is open."""
+        return self._peak if self._anomaly else math.nan
+
+    def calibration(self) -> dict[str, float]:
+        """The current (possibly adapted) calibration."""
+        return {"log_mse_mean": self._mu, "log_mse_std": math.sqrt(self._var)}
+
+    def reset(self) -> None:
+        """Forget the hysteresis state (open episode, counts); keep the calibration."""
+        self._anomaly = False
+        self._on_count = 0
+        self._off_count = 0
+        self._run_peak = -math.inf
+        self._peak = -math.inf
+
+    def score_mse(self, mse: float) -> ScoreResult:
+        """Score a frame whose mean squared error is already known."""
+        psnr = psnr_from_mse(mse)
+        log_mse = math.log(max(mse, MSE_FLOOR)) if not math.isnan(mse) else math.nan
+        score = (log_mse - self._mu) / self._sigma
+        event: EventKind | None = None
+        if not self._anomaly:
+            if score >= self.threshold_on:
+                self._on_count += 1
+                self._run_peak = max(self._run_peak, score)
+                if self._on_count >= self.min_on_frames:
+                    self._anomaly = True
+                    self._peak = self._run_peak
+                    self._off_count = 0
+                    event = "start"
+            elif not math.isnan(score):
+                self._on_count = 0
+                self._run_peak = -math.inf
+        else:
+            if score > self._peak:
+                self._peak = score
+            if score < self.threshold_off:
+                self._off_count += 1
+                if self._off_count >= self.min_off_frames:
+                    self._anomaly = False
+                    self._on_count = 0
+                    self._run_peak = -math.inf
+                    event = "end"
+            elif not math.isnan(score):
+                self._off_count = 0
+        peak = self._peak if self._anomaly or event == "end" else math.nan
+        if self.adapt_rate > 0.0 and not self._anomaly and score < self.threshold_on:
+            self._adapt(log_mse)
+        return ScoreResult(mse, psnr, score, self._anomaly, event, peak)
+
+    def score(self, predicted: np.ndarray, actual: np.ndarray) -> ScoreResult:
+        """Score ``actual`` (frame t) against ``predicted`` (made from frame t-1).
+
+        Both are float arrays in [0, 1] of the same shape, normally float32 (H, W).
+        """
+        _check_pair(predicted, actual)
+        buffer = self._buffer
+        if buffer is None or buffer.shape != predicted.shape:
+            buffer = self._buffer = np.empty(predicted.shape, dtype=np.float32)
+        return self.score_mse(_mse(predicted, actual, buffer))
+
+    def _adapt(self, log_mse: float) -> None:
+        rate = self.adapt_rate
+        delta = log_mse - self._mu
+        self._mu += rate * delta
+        self._var = (1.0 - rate) * (self._var + rate * delta * delta)
+        self._sigma = max(math.sqrt(self._var), SIGMA_FLOOR)
