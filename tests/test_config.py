@@ -56,9 +56,9 @@ def test_ints_accepted_for_floats() -> None:
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[capture\nsize = 3")
-    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
         load_config(bad)
-    with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.toml"):
         load_config(tmp_path / "nope.toml")
 
 

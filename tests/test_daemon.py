@@ -1,0 +1,243 @@
+"""End to end: ``forecaster run`` as a real subprocess, read over a real SUB socket."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from forecaster.client import Subscriber
+from forecaster.protocol import Event, Forecast, Score, Status
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def write_config(path: Path, endpoint: str, cameras: list[tuple[str, str]], extra: str = "") -> Path:
+    lines = [
+        'log_level = "info"',
+        extra,
+        "[publish]",
+        f'endpoint = "{endpoint}"',
+        "status_interval_s = 0.5",
+        "sndhwm = 10000",
+    ]
+    for camera, source in cameras:
+        lines += ["[[cameras]]", f'id = "{camera}"', f'source = "{source}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "forecaster", *args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def collect(sub: Subscriber, proc: subprocess.Popen[str], deadline_s: float) -> list:
+    """Receive until the daemon has exited and the socket is quiet, or the deadline."""
+    messages = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        msg = sub.recv(timeout=0.5)
+        if msg is not None:
+            messages.append((time.time(), msg))
+        elif proc.poll() is not None:
+            break
+    return messages
+
+
+def run_daemon(
+    tmp_path: Path, cameras: list[tuple[str, str]], max_frames: int, extra: str = ""
+) -> tuple[subprocess.CompletedProcess[str], list]:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path / "config.toml", endpoint, cameras, extra)
+    with Subscriber(endpoint) as sub:
+        proc = start(["run", "--config", str(config), "--max-frames", str(max_frames)], tmp_path)
+        messages = collect(sub, proc, deadline_s=150)
+        out, err = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), messages
+
+
+def by_camera(messages: list, kind: type) -> dict[str, list]:
+    grouped: dict[str, list] = defaultdict(list)
+    for _, msg in messages:
+        if isinstance(msg, kind):
+            grouped[msg.camera].append(msg)
+    return grouped
+
+
+def test_run_publishes_forecasts_and_scores_per_protocol(tmp_path: Path) -> None:
+    result, messages = run_daemon(tmp_path, [("cam0", "synthetic:?fps=60&seed=1")], 80)
+    assert result.returncode == 0, result.stderr
+    forecasts = by_camera(messages, Forecast)["cam0"]
+    scores = by_camera(messages, Score)["cam0"]
+    assert len(forecasts) >= 40, result.stderr
+    assert len(scores) >= 30
+    seqs = [f.seq for f in forecasts]
+    assert all(b > a for a, b in itertools.pairwise(seqs)), "seq not increasing"
+    for forecast in forecasts:
+        assert forecast.target_seq == forecast.seq + 1
+        assert forecast.frame.shape == (64, 64) and forecast.frame.dtype == np.uint8
+        assert 0 < forecast.ts <= time.time()
+    for score in scores:
+        assert np.isfinite([score.mse, score.psnr, score.score, score.latency_ms]).all()
+        assert score.seq >= 10  # the first 10 frames only build up the state
+        assert isinstance(score.anomaly, bool)
+    # the last frame captured is the last one forecast: nothing left behind
+    assert forecasts[-1].seq == 79
+    statuses = by_camera(messages, Status)["cam0"]
+    assert statuses and statuses[-1].ended
+
+
+def test_two_cameras_share_one_worker(tmp_path: Path) -> None:
+    cameras = [("left", "synthetic:?fps=40&seed=2"), ("right", "synthetic:?fps=40&seed=3")]
+    result, messages = run_daemon(tmp_path, cameras, 40)
+    assert result.returncode == 0, result.stderr
+    forecasts = by_camera(messages, Forecast)
+    scores = by_camera(messages, Score)
+    for camera in ("left", "right"):
+        assert len(forecasts[camera]) >= 20, (camera, result.stderr)
+        assert len(scores[camera]) >= 10, camera
+    # different scenes give different predictions
+    assert not np.array_equal(forecasts["left"][-1].frame, forecasts["right"][-1].frame)
+    assert result.stderr.count("serving 2 camera(s)") == 1
+
+
+def test_worker_behind_by_a_few_frames_catches_up_without_gaps(tmp_path: Path) -> None:
+    # ~4 frames arrive per worker tick: the worker runs them in one call and scores all.
+    extra = "[worker]\nthrottle_ms = 40"
+    result, messages = run_daemon(tmp_path, [("cam0", "synthetic:?fps=100&seed=4")], 120, extra)
+    assert result.returncode == 0, result.stderr
+    scores = by_camera(messages, Score)["cam0"]
+    assert [s.seq for s in scores] == list(range(10, 120))
+    forecasts = by_camera(messages, Forecast)["cam0"]
+    steps = np.diff([f.seq for f in forecasts])
+    assert steps.max() > 1, "the throttled worker should have batched several frames"
+    statuses = by_camera(messages, Status)["cam0"]
+    assert statuses[-1].state_resets == 0 and statuses[-1].frames_dropped == 0
+
+
+def test_slow_worker_sees_gaps_not_growing_latency(tmp_path: Path) -> None:
+    # The source is ~25x faster than the worker: it must skip to the newest frames.
+    extra = "[worker]\nthrottle_ms = 250"
+    result, messages = run_daemon(tmp_path, [("cam0", "synthetic:?fps=100&seed=5")], 400, extra)
+    assert result.returncode == 0, result.stderr
+    received = [(t, m) for t, m in messages if isinstance(m, Forecast)]
+    assert len(received) >= 5
+    seqs = [m.seq for _, m in received]
+    assert max(np.diff(seqs)) >= 10, f"expected gaps, got seqs {seqs}"
+    latencies = [t - m.ts for t, m in received]
+    # latency stays bounded by about one worker tick instead of growing with the backlog
+    assert max(latencies[len(latencies) // 2 :]) < 1.5, latencies
+    assert seqs[-1] == 399
+    statuses = by_camera(messages, Status)["cam0"]
+    assert statuses[-1].frames_dropped > 0 and statuses[-1].state_resets > 0
+
+
+def test_sigterm_stops_cleanly_within_5_seconds(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path / "config.toml", endpoint, [("cam0", "synthetic:?fps=25")])
+    with Subscriber(endpoint, kinds=["forecast"]) as sub:
+        proc = start(["run", "--config", str(config)], tmp_path)
+        try:
+            first = sub.recv(timeout=120)
+            assert isinstance(first, Forecast), proc.stderr and proc.stderr.read()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            began = time.monotonic()
+            _out, err = proc.communicate(timeout=15)
+    assert time.monotonic() - began < 5.0
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    leftover = [p for p in Path("/dev/shm").glob(f"forecaster_{proc.pid}_*")]
+    assert leftover == []
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if "error" in line.lower()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forecaster", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_bad_config_and_unknown_key_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[publish]\nendpoint = 5556\n")
+    line = _one_error_line(run_cli(["run", "--config", str(bad)], tmp_path))
+    assert "publish.endpoint" in line and "5556" in line
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[capture]\nsise = [64, 64]\n")
+    line = _one_error_line(run_cli(["run", "--config", str(unknown)], tmp_path))
+    assert "capture.sise" in line and "unknown key" in line
+
+
+def test_missing_video_file_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.mp4"
+    line = _one_error_line(run_cli(["run", "--source", str(missing)], tmp_path))
+    assert str(missing) in line
+
+
+def test_corrupt_video_exit_2(tmp_path: Path) -> None:
+    corrupt = tmp_path / "random.mp4"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(50_000))
+    line = _one_error_line(run_cli(["run", "--source", str(corrupt)], tmp_path))
+    assert str(corrupt) in line
+
+
+def test_model_of_wrong_size_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[capture]\nsize = [64, 80]\n")
+    line = _one_error_line(run_cli(["run", "--config", str(config)], tmp_path))
+    assert "64x64" in line and "64x80" in line
+
+
+def test_video_file_source_runs_to_the_end(tmp_path: Path) -> None:
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (96, 72))
+    from forecaster.synthetic import SyntheticScene
+
+    scene = SyntheticScene(seed=6, height=72, width=96)
+    for i in range(30):
+        writer.write(cv2.cvtColor(scene.frame(i), cv2.COLOR_GRAY2BGR))
+    writer.release()
+    result, messages = run_daemon(tmp_path, [("file", str(video))], 1000)
+    assert result.returncode == 0, result.stderr
+    forecasts = by_camera(messages, Forecast)["file"]
+    assert forecasts and forecasts[-1].seq == 29
+    assert any(isinstance(m, Status) and m.ended for _, m in messages)
+    assert not any(isinstance(m, Event) and m.state not in ("start", "end") for _, m in messages)
+

@@ -1,0 +1,147 @@
+"""The worker against real rings, a real model and a real PUB/SUB pair, in one process."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forecaster.client import Subscriber
+from forecaster.config import ScorerConfig
+from forecaster.protocol import Forecast, Score
+from forecaster.publisher import Publisher
+from forecaster.ring import FrameRing
+from forecaster.synthetic import SyntheticScene
+from forecaster.worker import InferenceEngine, Worker, _Feed
+
+pytestmark = pytest.mark.timeout(120)
+
+CALIBRATION = {"log_mse_mean": -6.0, "log_mse_std": 1.0, "frames": 100}
+
+
+@pytest.fixture(scope="module")
+def stepper():
+    import keras
+
+    from forecaster.model.builders import build_model
+    from forecaster.model.step import Stepper
+
+    keras.utils.set_random_seed(1)
+    return Stepper(build_model("convlstm-ae", 32, 32))
+
+
+@pytest.fixture
+def ring():
+    ring = FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 32, 32, slots=10)
+    yield ring
+    ring.close()
+    ring.unlink()
+
+
+def scene_frames(count: int) -> np.ndarray:
+    scene = SyntheticScene(seed=11, height=32, width=32)
+    return np.stack([scene.frame(i) for i in range(count)])
+
+
+def reference(stepper, frames: np.ndarray) -> np.ndarray:
+    """Predictions of a fresh state run over ``frames`` in one call."""
+    x = frames.astype(np.float32)[None, :, :, :, None] / 255.0
+    predictions, _ = stepper.run(x, stepper.initial_state(1))
+    return predictions[0, :, :, :, 0]
+
+
+class Harness:
+    def __init__(self, stepper, ring: FrameRing, tmp_path: Path) -> None:
+        endpoint = f"ipc://{tmp_path}/w.sock"
+        self.publisher = Publisher(endpoint, sndhwm=10000, linger_ms=0)
+        self.sub = Subscriber(endpoint)
+        self.engine = InferenceEngine(stepper, CALIBRATION, ScorerConfig(), window=10)
+        self.feed = _Feed(camera="cam0", ring=ring)
+        self.stop = mp.get_context("spawn").Event()
+        self.worker = Worker(self.engine, [self.feed], self.publisher, queue.Queue(), self.stop, 60.0)
+        # PUB/SUB join: publish until the subscriber sees something
+        probe = Forecast(camera="probe", seq=0, ts=0.0, target_seq=1, frame=np.zeros((2, 2), np.uint8))
+        for _ in range(200):
+            self.publisher.send(probe)
+            if self.sub.recv(timeout=0.02) is not None:
+                break
+        while self.sub.recv(timeout=0.05) is not None:
+            pass
+
+    def drain(self) -> list:
+        messages = []
+        while (msg := self.sub.recv(timeout=0.2)) is not None:
+            messages.append(msg)
+        return messages
+
+    def close(self) -> None:
+        self.sub.close()
+        self.publisher.close()
+
+
+def test_prime_then_steps_equal_a_fresh_run_over_the_ring(stepper, ring, tmp_path) -> None:
+    frames = scene_frames(45)
+    harness = Harness(stepper, ring, tmp_path)
+    try:
+        for i in range(30):
+            ring.write(frames[i], float(i))
+        harness.worker.service(harness.feed)  # unprimed: re-primes from frames 20..29
+        messages = harness.drain()
+        assert [type(m) for m in messages] == [Forecast]
+        assert messages[0].seq == 29
+        cam = harness.engine.cameras["cam0"]
+        assert cam.last_seq == 29 and cam.context == 10
+        # one tick per frame from here on, and a catch-up of 4 frames in one call
+        for i in range(30, 40):
+            ring.write(frames[i], float(i))
+            harness.worker.service(harness.feed)
+        for i in range(40, 44):
+            ring.write(frames[i], float(i))
+        harness.worker.service(harness.feed)
+        messages = harness.drain()
+        scores = [m for m in messages if isinstance(m, Score)]
+        forecasts = [m for m in messages if isinstance(m, Forecast)]
+        assert [s.seq for s in scores] == list(range(30, 44))
+        assert [f.seq for f in forecasts] == [*range(30, 40), 43]
+        # the state came from the ring alone: equal to a fresh run over frames 20..43
+        expected = reference(stepper, frames[20:44])
+        np.testing.assert_allclose(cam.prediction, expected[-1], atol=1e-5)
+        want = np.clip(expected[-1] * 255 + 0.5, 0, 255).astype(np.uint8)
+        assert np.abs(forecasts[-1].frame.astype(int) - want).max() <= 1
+        for score in scores:
+            k = score.seq - 20
+            mse = float(np.mean((expected[k - 1] - frames[score.seq] / 255.0) ** 2))
+            assert score.mse == pytest.approx(mse, rel=1e-4)
+    finally:
+        harness.close()
+
+
+def test_far_behind_or_new_epoch_resets_and_reprimes(stepper, ring, tmp_path) -> None:
+    frames = scene_frames(80)
+    harness = Harness(stepper, ring, tmp_path)
+    try:
+        for i in range(12):
+            ring.write(frames[i], float(i))
+        harness.worker.service(harness.feed)
+        cam = harness.engine.cameras["cam0"]
+        resets_before = cam.resets
+        # 30 frames arrive before the next tick: more than the ring holds
+        for i in range(12, 42):
+            ring.write(frames[i], float(i))
+        harness.worker.service(harness.feed)
+        assert cam.resets == resets_before + 1
+        assert harness.feed.dropped == 42 - 10 - 12
+        np.testing.assert_allclose(cam.prediction, reference(stepper, frames[32:42])[-1], atol=1e-5)
+        # a reconnect (new epoch) resets too, even with no frame missed
+        ring.write(frames[42], 42.0)
+        ring.new_epoch()
+        harness.worker.service(harness.feed)
+        assert cam.resets == resets_before + 2
+        np.testing.assert_allclose(cam.prediction, reference(stepper, frames[33:43])[-1], atol=1e-5)
+        harness.drain()
+    finally:
+        harness.close()
