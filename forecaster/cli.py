@@ -7,11 +7,16 @@ Heavy modules (TensorFlow, OpenCV) are imported inside the commands that need th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from forecaster import __version__
 from forecaster.errors import ForecasterError
+
+if TYPE_CHECKING:
+    from forecaster.config import Config
 
 
 def _positive_int(text: str) -> int:
@@ -92,6 +97,59 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_config_arg(path: str | None) -> Config:
+    from forecaster.config import Config, load_config
+
+    return load_config(path) if path is not None else Config()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from forecaster.logs import setup_logging
+    from forecaster.replay import replay_command
+
+    config = _load_config_arg(args.config)
+    setup_logging(config.log_level)
+    summary = replay_command(
+        args.sources,
+        out=args.out,
+        labels=args.labels,
+        model=args.model,
+        config=config if args.config is not None else None,
+        publish=args.publish or args.endpoint is not None,
+        endpoint=args.endpoint,
+        realtime=args.realtime,
+        preview=args.preview,
+        chunk=args.chunk,
+    )
+    for video in summary["videos"]:
+        auc = "" if video["auc"] is None else f", AUC {video['auc']:.3f}"
+        print(f"{video['name']}: {video['frames']} frames, {video['frames_scored']} scored, "
+              f"{video['fps']} frames/s, {len(video['events'])} events{auc}")
+    total = summary["total"]
+    auc = "" if total["auc"] is None else f", AUC {total['auc']:.3f}"
+    print(f"total: {total['frames']} frames, {total['frames_scored']} scored, "
+          f"{total['fps']} frames/s, {total['events']} events{auc}")
+    print(f"wrote {summary['out']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from forecaster.evaluate import evaluate_command
+    from forecaster.logs import setup_logging
+
+    config = _load_config_arg(args.config)
+    setup_logging(config.log_level)
+    evaluate_command(
+        args.data,
+        labels=args.labels,
+        model=args.model,
+        out=args.out,
+        config=config if args.config is not None else None,
+        chunk=args.chunk,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forecaster",
@@ -128,13 +186,65 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=cmd_train)
 
+    replay = sub.add_parser(
+        "replay", help="run recorded footage through the live pipeline's code, offline")
+    replay.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="video files, image folders, data set folders or synthetic: strings")
+    replay.add_argument("--out", metavar="DIR",
+                        help="output folder (default: ./replay-<date>-<time>)")
+    replay.add_argument("--labels", metavar="FILE",
+                        help='labels JSON {"<video name>": [0, 1, ...]}, one 0/1 per frame')
+    replay.add_argument("--model", metavar="M",
+                        help="model file (default: the config's model.path, else the bundled model)")
+    replay.add_argument("--config", metavar="PATH",
+                        help="config file whose scorer, model and publish settings to use")
+    replay.add_argument("--publish", action="store_true",
+                        help="also publish every message on the wire protocol")
+    replay.add_argument("--endpoint", metavar="E",
+                        help="endpoint to publish on (implies --publish; default: the config's "
+                        "publish.endpoint)")
+    replay.add_argument("--realtime", action="store_true",
+                        help="pace frames at the source's nominal rate, one model call per frame")
+    replay.add_argument("--preview", action="store_true",
+                        help="write an MP4 per video: actual | predicted | error heat map")
+    replay.add_argument("--chunk", type=_positive_int, default=128, metavar="N",
+                        help="frames per model call (default 128; scores do not depend on it)")
+    replay.set_defaults(func=cmd_replay)
+
+    evaluate = sub.add_parser("eval", help="frame-level AUC, EER and F1 on a labelled data set")
+    evaluate.add_argument("data", nargs="+", metavar="DATA",
+                          help="data set folder (folders of images or video files), or videos")
+    evaluate.add_argument("--labels", metavar="FILE",
+                          help='labels JSON {"<video name>": [0, 1, ...]} (synthetic: scenes '
+                          "bring their own)")
+    evaluate.add_argument("--model", metavar="M",
+                          help="model file (default: the config's model.path, else the bundled "
+                          "model)")
+    evaluate.add_argument("--out", metavar="DIR",
+                          help="output folder for eval.json and plots (default: ./eval-<model>)")
+    evaluate.add_argument("--config", metavar="PATH", help="config file whose scorer settings to use")
+    evaluate.add_argument("--chunk", type=_positive_int, default=128, metavar="N",
+                          help="frames per model call (default 128)")
+    evaluate.set_defaults(func=cmd_eval)
+
     check = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")
     check.add_argument("path")
     check.set_defaults(func=cmd_check_config)
     return parser
 
 
+def quiet_native_logs() -> None:
+    """Keep TensorFlow's and FFmpeg's native chatter off stderr (the user may override).
+
+    Spawned children inherit the environment, so this covers every process.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_native_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

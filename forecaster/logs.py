@@ -28,5 +28,29 @@ def setup_logging(level: str = "info") -> None:
 
 def setup_child_logging(level: str) -> None:
     """Logging in a spawned child process (same format as the parent)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     setup_logging(level)
+
+
+def import_tensorflow_quietly() -> str:
+    """Import TensorFlow with its start-up banner kept off stderr; return the device used.
+
+    TensorFlow writes a few native INFO lines before its logging is initialised, which no
+    environment variable silences; stderr (fd 2) is pointed at /dev/null for the import
+    only, unless TF_CPP_MIN_LOG_LEVEL asks for them (0). Import errors still raise.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "0":
+        import tensorflow as tf
+    else:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            import tensorflow as tf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"GPU ({gpus[0].name})" if gpus else "CPU"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
-from multiprocessing import resource_tracker, shared_memory
+from multiprocessing import shared_memory
 
 import numpy as np
 
@@ -44,7 +44,6 @@ _HEADER_FIELDS = (
 )
 _H = {name: index for index, name in enumerate(_HEADER_FIELDS)}
 HEADER_BYTES = 128  # room for 16 int64 fields
-_CREATED_HERE: set[str] = set()  # rings this process created (and so must unlink)
 SLOT_META_BYTES = 16
 
 
@@ -129,7 +128,6 @@ class FrameRing:
         header[_H["version"]] = VERSION
         header[_H["magic"]] = MAGIC
         del header
-        _CREATED_HERE.add(shm.name)
         ring = cls(shm, owner=True)
         for meta in ring._meta:
             meta[0] = -1
@@ -138,14 +136,14 @@ class FrameRing:
     @classmethod
     def attach(cls, name: str) -> FrameRing:
         """Attach to an existing ring created by another process."""
+        # Children of the supervisor share its resource tracker, where the ring is already
+        # registered by its creator, so attaching changes nothing there; the creator's
+        # unlink() unregisters it. (Unregistering here would drop the creator's entry.)
         try:
             if sys.version_info >= (3, 13):
                 shm = shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
             else:
                 shm = shared_memory.SharedMemory(name=name)
-                # Only the creator may unlink: stop this process's tracker from doing it.
-                if shm.name not in _CREATED_HERE:
-                    resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
         except FileNotFoundError:
             raise RingError(f"frame ring {name} does not exist") from None
         return cls(shm, owner=False)
@@ -168,7 +166,6 @@ class FrameRing:
         if self._owner:
             with contextlib.suppress(FileNotFoundError):
                 self._shm.unlink()
-            _CREATED_HERE.discard(self._shm.name)
 
     # -- writer ---------------------------------------------------------------------------
 

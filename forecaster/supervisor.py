@@ -210,14 +210,15 @@ class Supervisor:
             worker.process.join(timeout=0.2)
         return 0
 
-    def shutdown(self) -> None:
+    def shutdown(self, grace_s: float = STOP_GRACE_S) -> None:
         self.stop.set()
-        deadline = time.monotonic() + STOP_GRACE_S
+        deadline = time.monotonic() + grace_s
         for child in self.children:
             child.process.join(timeout=max(0.0, deadline - time.monotonic()))
         for child in self.children:
             if child.process.is_alive():
-                log.warning("%s did not stop in time; terminating", child.role)
+                if grace_s >= STOP_GRACE_S:
+                    log.warning("%s did not stop in time; terminating", child.role)
                 child.process.terminate()
                 child.process.join(timeout=0.5)
             if child.process.is_alive():
@@ -238,12 +239,14 @@ def run(config: Config, max_frames: int | None = None) -> int:
     previous = {
         sig: signal.signal(sig, supervisor._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
     }
+    grace = 0.5  # a failed start-up need not wait for children still loading
     try:
         supervisor.start()
+        grace = STOP_GRACE_S
         if supervisor.stop.is_set():
             return 0
         return supervisor.watch()
     finally:
-        supervisor.shutdown()
+        supervisor.shutdown(grace)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

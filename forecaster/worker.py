@@ -22,7 +22,7 @@ import numpy as np
 
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.errors import ForecasterError
-from forecaster.logs import setup_child_logging
+from forecaster.logs import import_tensorflow_quietly, setup_child_logging
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.ring import FrameRing, RingStats
 from forecaster.scorer import Scorer
@@ -356,6 +356,7 @@ def worker_main(spec: WorkerSpec, notify: Any, control: Any, stop: Any) -> None:
     rings: list[FrameRing] = []
     publisher = None
     try:
+        device = import_tensorflow_quietly()
         from forecaster.model.artifact import load_model
         from forecaster.model.step import Stepper
         from forecaster.publisher import Publisher
@@ -388,7 +389,13 @@ def worker_main(spec: WorkerSpec, notify: Any, control: Any, stop: Any) -> None:
             publisher.close()
         return
     control.put(("ready", role, 0, ""))
-    log.info("serving %d camera(s) on %s", len(feeds), spec.publish.endpoint)
+    log.info(
+        "serving %d camera(s) on %s; model %s on %s",
+        len(feeds),
+        spec.publish.endpoint,
+        spec.model_path,
+        device,
+    )
     try:
         worker.run()
     finally:
