@@ -124,11 +124,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for video in summary["videos"]:
         auc = "" if video["auc"] is None else f", AUC {video['auc']:.3f}"
         print(f"{video['name']}: {video['frames']} frames, {video['frames_scored']} scored, "
-              f"{video['fps']} frames/s, {len(video['events'])} events{auc}")
+              f"{video['fps']} frames/s, {len(video['events'])} event(s){auc}")
     total = summary["total"]
     auc = "" if total["auc"] is None else f", AUC {total['auc']:.3f}"
     print(f"total: {total['frames']} frames, {total['frames_scored']} scored, "
-          f"{total['fps']} frames/s, {total['events']} events{auc}")
+          f"{total['fps']} frames/s, {total['events']} event(s){auc}")
     print(f"wrote {summary['out']}")
     return 0
 

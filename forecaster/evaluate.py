@@ -1,0 +1,327 @@
+"""Evaluation: frame-level detection quality of a model on a labelled data set.
+
+``forecaster eval DATA --labels FILE`` scores every video with the daemon's own code
+(:class:`~forecaster.worker.InferenceEngine` + :class:`~forecaster.scorer.Scorer`, frames
+fed in chunks with the state carried) and compares the scores with the labels under two
+protocols:
+
+- ``paper``: per video, PSNR is min-max normalised over the whole video into a regularity
+  score ``s = (psnr - min) / (max - min)`` and the anomaly score is ``1 - s`` (Liu et al.,
+  "Future Frame Prediction for Anomaly Detection", CVPR 2018). It needs the whole video
+  first, so it is not causal; it is what published numbers use.
+- ``causal``: exactly the calibrated score the daemon publishes for each frame.
+
+Baselines on the same frames and protocols: ``copy-last`` (the prediction is the previous
+frame; paper: its PSNR min-max normalised; causal: its raw mse), ``frame-diff`` (mean
+absolute difference to the previous frame) and ``mog2`` (fraction of foreground pixels of
+OpenCV's MOG2 background subtractor run causally at the model's frame size). Baselines have
+no calibration: their causal score is the raw value (a monotone transform would not change
+a per-video AUC, but the micro AUC over all videos does depend on it).
+
+The first ``window`` frames of each video cannot be predicted (the state has not seen
+enough frames) and are left out of every method.
+
+Metrics: ROC AUC over all frames of all videos together (micro), the mean of per-video
+AUCs (macro), the equal error rate and the best F1 (both micro).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forecaster.config import Config
+from forecaster.datasets import expand_videos, load_labels, read_video
+from forecaster.errors import DataError
+from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
+from forecaster.replay import (
+    DEFAULT_CHUNK,
+    MAX_PANELS,
+    check_model,
+    label_mismatch,
+    load,
+    resolve_model,
+    score_video,
+)
+from forecaster.scorer import MSE_FLOOR
+
+log = logging.getLogger("forecaster.evaluate")
+
+METHODS = ("model", "copy-last", "frame-diff", "mog2")
+PROTOCOLS = ("paper", "causal")
+METHOD_NOTES = {
+    "model": "paper: 1 - per-video min-max of the model's PSNR; causal: the calibrated score "
+             "the daemon publishes",
+    "copy-last": "prediction = previous frame; paper: 1 - per-video min-max of its PSNR; "
+                 "causal: its raw mse (no calibration)",
+    "frame-diff": "mean absolute difference to the previous frame; paper: per-video min-max; "
+                  "causal: raw value",
+    "mog2": "foreground fraction of cv2 MOG2 (detectShadows=False) run causally at the model's "
+            "frame size; paper: per-video min-max; causal: raw value",
+}
+
+
+@dataclass
+class EvalVideo:
+    """One video's evaluated frames and every method's scores on them."""
+
+    name: str
+    frames: int
+    #: frame numbers evaluated (the model scored them)
+    seqs: np.ndarray
+    labels: np.ndarray  #: 0/1 of the evaluated frames
+    all_labels: np.ndarray  #: 0/1 of every frame
+    #: {method: {protocol: scores of the evaluated frames}}
+    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    #: raw per-frame values worth keeping (model mse/psnr, baselines)
+    raw: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --- baselines -------------------------------------------------------------------------------
+
+
+def copy_last_mse(frames: np.ndarray) -> np.ndarray:
+    """mse of "frame t = frame t-1" for every frame (NaN for frame 0), pixels in [0, 1]."""
+    x = frames.astype(np.float32) / 255.0
+    out = np.full(len(frames), np.nan)
+    if len(frames) > 1:
+        diff = x[1:] - x[:-1]
+        out[1:] = np.mean(np.square(diff, dtype=np.float64), axis=(1, 2))
+    return out
+
+
+def frame_diff(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute difference to the previous frame (NaN for frame 0), pixels in [0, 1]."""
+    x = frames.astype(np.float32) / 255.0
+    out = np.full(len(frames), np.nan)
+    if len(frames) > 1:
+        out[1:] = np.mean(np.abs(x[1:] - x[:-1], dtype=np.float64), axis=(1, 2))
+    return out
+
+
+def mog2_fraction(frames: np.ndarray) -> np.ndarray:
+    """Fraction of foreground pixels of MOG2 run causally over ``frames`` (T, H, W) uint8."""
+    import cv2
+
+    subtractor = cv2.createBackgroundSubtractorMOG2(detectShadows=False)
+    out = np.empty(len(frames))
+    for t, frame in enumerate(frames):
+        mask = subtractor.apply(frame)
+        out[t] = np.count_nonzero(mask) / mask.size
+    return out
+
+
+def psnr(mse: np.ndarray) -> np.ndarray:
+    """As the scorer: ``10 log10(1 / max(mse, 1e-10))``."""
+    return -10.0 * np.log10(np.maximum(mse, MSE_FLOOR))
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """``(v - min) / (max - min)`` over the array; zeros when all values are equal."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = float(np.min(values)), float(np.max(values))
+    if not high > low:
+        return np.zeros_like(values)
+    return (values - low) / (high - low)
+
+
+# --- metrics -------------------------------------------------------------------------------
+
+
+def method_metrics(videos: Sequence[EvalVideo], method: str, protocol: str) -> dict[str, Any]:
+    """Micro/macro AUC, EER, best F1 of one method under one protocol."""
+    labels = np.concatenate([v.labels for v in videos])
+    scores = np.concatenate([v.scores[method][protocol] for v in videos])
+    per_video: dict[str, float | None] = {}
+    for v in videos:
+        why = undefined_reason(v.labels)
+        per_video[v.name] = None if why else roc_auc(v.labels, v.scores[method][protocol])
+    defined = [a for a in per_video.values() if a is not None]
+    why = undefined_reason(labels)
+    if why is not None:
+        return {"micro_auc": None, "macro_auc": None, "eer": None, "best_f1": None,
+                "best_f1_threshold": None, "undefined": why, "per_video_auc": per_video,
+                "macro_videos": 0}
+    f1, threshold = best_f1(labels, scores)
+    return {
+        "micro_auc": roc_auc(labels, scores),
+        "macro_auc": float(np.mean(defined)) if defined else None,
+        "macro_videos": len(defined),
+        "eer": eer(labels, scores),
+        "best_f1": f1,
+        "best_f1_threshold": threshold,
+        "per_video_auc": per_video,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "  -  " if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The method x protocol table as text."""
+    header = f"{'method':<11} {'protocol':<8} {'micro AUC':>9} {'macro AUC':>9} {'EER':>6} {'best F1':>7}"
+    lines = [header, "-" * len(header)]
+    for method, by_protocol in results.items():
+        for protocol, m in by_protocol.items():
+            lines.append(
+                f"{method:<11} {protocol:<8} {_fmt(m['micro_auc']):>9} {_fmt(m['macro_auc']):>9} "
+                f"{_fmt(m['eer']):>6} {_fmt(m['best_f1']):>7}"
+            )
+    return "\n".join(lines)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def _read(data: Sequence[str], labels_path: str | None, size: tuple[int, int]
+          ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    refs = expand_videos(list(data))
+    labels = load_labels(labels_path) if labels_path else {}
+    videos = []
+    for ref in refs:
+        frames, own = read_video(ref.uri, size)
+        truth = labels.get(ref.name, own)
+        if truth is None:
+            raise DataError(
+                f"no labels for video {ref.name!r}: give --labels FILE with a "
+                f'"{ref.name}" entry (one 0/1 per frame)'
+            )
+        if len(truth) != len(frames):
+            raise label_mismatch(ref.name, len(frames), len(truth))
+        videos.append((ref.name, frames, np.asarray(truth, dtype=np.uint8)))
+    return videos
+
+
+def evaluate_command(
+    data: Sequence[str],
+    *,
+    labels: str | None,
+    model: str | None = None,
+    out: str | Path | None = None,
+    config: Config | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Evaluate the model on ``data``; print the table, write eval.json and plots to ``out``."""
+    cfg = config if config is not None else Config()
+    model_path = resolve_model(model, config)
+    card = check_model(model_path)
+    size = (int(card.height), int(card.width))
+    raw_videos = _read(data, labels, size)  # before TensorFlow: bad data fails fast
+    out_dir = Path(out) if out is not None else Path(f"eval-{model_path.stem}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    loaded = load(model_path)
+    engine = loaded.engine(cfg.scorer)
+    videos: list[EvalVideo] = []
+    for index, (name, frames, truth) in enumerate(raw_videos):
+        scored = score_video(engine, loaded.stepper, f"video{index}", frames, chunk)
+        seqs = np.asarray([s.seq for s in scored], dtype=np.int64)
+        if len(seqs) == 0:
+            log.warning("video %s: no frame scored (%d frames, window %d)", name, len(frames),
+                        card.window)
+            continue
+        model_mse = np.asarray([s.mse for s in scored])
+        model_psnr = np.asarray([s.psnr for s in scored])
+        model_score = np.asarray([s.score for s in scored])
+        copy_mse = copy_last_mse(frames)[seqs]
+        diff = frame_diff(frames)[seqs]
+        mog = mog2_fraction(frames)[seqs]
+        video = EvalVideo(name=name, frames=len(frames), seqs=seqs, labels=truth[seqs],
+                          all_labels=truth)
+        video.scores = {
+            "model": {"paper": 1.0 - minmax(model_psnr), "causal": model_score},
+            "copy-last": {"paper": 1.0 - minmax(psnr(copy_mse)), "causal": copy_mse},
+            "frame-diff": {"paper": minmax(diff), "causal": diff},
+            "mog2": {"paper": minmax(mog), "causal": mog},
+        }
+        video.raw = {"model_mse": model_mse, "model_psnr": model_psnr, "copy_last_mse": copy_mse,
+                     "frame_diff": diff, "mog2": mog}
+        videos.append(video)
+    if not videos:
+        raise DataError(f"no video of {', '.join(data)} is longer than window={card.window} frames")
+
+    frames_total = sum(len(f) for _, f, _ in raw_videos)
+    evaluated = sum(len(v.seqs) for v in videos)
+    left_out = frames_total - evaluated
+    results = {m: {p: method_metrics(videos, m, p) for p in PROTOCOLS} for m in METHODS}
+
+    echo(f"{len(raw_videos)} videos, {frames_total} frames; {evaluated} evaluated, {left_out} "
+         f"left out (the first {card.window} frames of each video cannot be predicted)")
+    anomalous = int(sum(int(v.labels.sum()) for v in videos))
+    echo(f"anomalous frames evaluated: {anomalous} of {evaluated} "
+         f"({100.0 * anomalous / max(evaluated, 1):.1f}%)")
+    echo(format_table(results))
+    echo("causal scores of the baselines are their raw values (no calibration)")
+
+    report = {
+        "data": list(data),
+        "labels": labels,
+        "model": str(model_path),
+        "model_card": {"arch": card.arch, "size": [card.height, card.width],
+                       "window": card.window, "calibration": card.calibration},
+        "scorer": cfg.scorer.model_dump(),
+        "frames": frames_total,
+        "frames_evaluated": evaluated,
+        "frames_left_out": left_out,
+        "anomalous_frames_evaluated": anomalous,
+        "videos": [{"name": v.name, "frames": v.frames, "frames_evaluated": len(v.seqs),
+                    "anomalous_frames_evaluated": int(v.labels.sum())} for v in videos],
+        "methods": METHOD_NOTES,
+        "results": results,
+    }
+    (out_dir / "eval.json").write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False)
+                                       + "\n", encoding="utf-8")
+    _plots(out_dir, videos, results)
+    echo(f"wrote {out_dir / 'eval.json'}, {out_dir / 'roc.png'}, {out_dir / 'timelines.png'}")
+    return report
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _plots(out_dir: Path, videos: Sequence[EvalVideo], results: dict[str, Any]) -> None:
+    from forecaster.report import Series, TimelinePanel, plot_roc, plot_timelines
+
+    groups: dict[str, list[tuple[str, np.ndarray, np.ndarray, float]]] = {}
+    labels = np.concatenate([v.labels for v in videos])
+    if undefined_reason(labels) is None:
+        for protocol in PROTOCOLS:
+            curves = []
+            for method in METHODS:
+                scores = np.concatenate([v.scores[method][protocol] for v in videos])
+                curve = roc_curve(labels, scores)
+                curves.append((method, curve.fpr, curve.tpr, results[method][protocol]["micro_auc"]))
+            groups[f"{protocol} protocol (micro, all frames)"] = curves
+    plot_roc(out_dir / "roc.png", groups)
+    panels = []
+    for v in videos[:MAX_PANELS]:
+        auc = results["model"]["paper"]["per_video_auc"].get(v.name)
+        title = f"{v.name}: anomaly scores, paper protocol (per-video min-max)"
+        if auc is not None:
+            title += f"; model AUC {auc:.3f}"
+        panels.append(TimelinePanel(
+            title=title,
+            series=[Series(m, v.seqs, v.scores[m]["paper"]) for m in METHODS],
+            truth=v.all_labels,
+            ylabel="anomaly score",
+        ))
+    title = f"first {MAX_PANELS} of {len(videos)} videos" if len(videos) > MAX_PANELS else ""
+    plot_timelines(out_dir / "timelines.png", panels, title=title)

@@ -1,0 +1,100 @@
+"""Evaluation on a tiny hand-made labelled data set whose answer is known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from forecaster.evaluate import METHODS, PROTOCOLS, evaluate_command, minmax
+from tests.test_replay import cli, make_tiny_model, one_error_line
+
+pytestmark = pytest.mark.timeout(120)
+
+FRAMES = 40
+ONSET = 25  # a white square jumps around from this frame to the end
+
+
+def make_video(folder: Path, seed: int) -> list[int]:
+    """A still, slightly noisy scene; from ONSET a white square appears at a new place each
+    frame. Returns the labels (1 from ONSET on)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[0:48, 0:48]
+    background = 80.0 + 60.0 * np.sin(xx / 7.0 + seed) * np.cos(yy / 9.0)
+    for i in range(FRAMES):
+        frame = background + rng.normal(0.0, 2.0, background.shape)
+        if i >= ONSET:
+            y, x = rng.integers(0, 36, 2)
+            frame[y : y + 12, x : x + 12] = 255.0
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.clip(frame, 0, 255).astype(np.uint8))
+    return [int(i >= ONSET) for i in range(FRAMES)]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    labels = {name: make_video(data / name, seed) for seed, name in enumerate(("01", "02"))}
+    labels_path = root / "labels.json"
+    labels_path.write_text(json.dumps(labels))
+    # the untouched model predicts "the next frame equals this one"
+    model = make_tiny_model(root / "copy.keras", perturb=False)
+    return data, labels_path, model
+
+
+def test_separable_anomaly_gives_auc_1_and_reversed_labels_0(dataset, tmp_path: Path) -> None:
+    data, labels_path, model = dataset
+    lines: list[str] = []
+    report = evaluate_command([str(data)], labels=str(labels_path), model=str(model),
+                              out=tmp_path / "out", echo=lines.append)
+    assert report["frames"] == 2 * FRAMES
+    assert report["frames_left_out"] == 2 * 10  # the first window frames of each video
+    assert report["frames_evaluated"] == 2 * (FRAMES - 10)
+    results = report["results"]
+    for method in ("model", "copy-last", "frame-diff"):
+        for protocol in PROTOCOLS:
+            metrics = results[method][protocol]
+            assert metrics["micro_auc"] == 1.0, (method, protocol)
+            assert metrics["macro_auc"] == 1.0, (method, protocol)
+            assert metrics["eer"] == 0.0 and metrics["best_f1"] == 1.0, (method, protocol)
+    assert results["mog2"]["paper"]["macro_auc"] > 0.9
+    text = "\n".join(lines)
+    assert "20 left out" in text
+    for method in METHODS:
+        assert method in text
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert saved["results"]["copy-last"]["causal"]["micro_auc"] == 1.0
+    for name in ("roc.png", "timelines.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
+
+    reversed_path = tmp_path / "reversed.json"
+    labels = json.loads(labels_path.read_text())
+    reversed_path.write_text(json.dumps({k: [1 - v for v in vs] for k, vs in labels.items()}))
+    report = evaluate_command([str(data)], labels=str(reversed_path), model=str(model),
+                              out=tmp_path / "rev", echo=lambda _: None)
+    for method in ("model", "copy-last", "frame-diff"):
+        assert report["results"][method]["paper"]["micro_auc"] == 0.0
+        assert report["results"][method]["causal"]["macro_auc"] == 0.0
+
+
+def test_minmax() -> None:
+    np.testing.assert_allclose(minmax(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(minmax(np.array([5.0, 5.0])), [0.0, 0.0])
+
+
+def test_eval_cli_bad_inputs_exit_2(dataset, tmp_path: Path) -> None:
+    data, labels_path, model = dataset
+    line = one_error_line(cli(["eval", str(tmp_path / "absent"), "--labels", str(labels_path),
+                               "--model", str(model)], tmp_path))
+    assert "absent" in line
+    short = tmp_path / "short.json"
+    labels = json.loads(labels_path.read_text())
+    labels["02"] = labels["02"][:-3]
+    short.write_text(json.dumps(labels))
+    line = one_error_line(cli(["eval", str(data), "--labels", str(short), "--model", str(model),
+                               "--out", str(tmp_path / "o")], tmp_path))
+    assert "'02'" in line and str(FRAMES) in line and str(FRAMES - 3) in line

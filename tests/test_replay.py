@@ -1,0 +1,268 @@
+"""Replay: files through the live pipeline's code; its outputs; live = replay."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from forecaster.client import Subscriber
+from forecaster.metrics import roc_auc
+from forecaster.protocol import Forecast, Score, Status
+from forecaster.replay import CSV_COLUMNS, read_scores_csv, replay_command
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+SIZE = 32
+CLIP = "synthetic:?frames=100&seed=1&anomaly_rate=0.05&width=64&height=48"
+
+
+def make_tiny_model(path: Path, *, perturb: bool = True) -> Path:
+    """A small untrained model with a calibration, saved to ``path``.
+
+    Untouched, the model predicts "the next frame equals this one" (its output layer starts
+    at zero); ``perturb`` gives that layer random weights, so predictions depend on the
+    carried state.
+    """
+    import keras
+
+    from forecaster.model.artifact import ModelCard, save_model
+    from forecaster.model.builders import build_model
+
+    keras.utils.set_random_seed(3)
+    model = build_model("convlstm-ae", SIZE, SIZE)
+    if perturb:
+        layer = model.get_layer("delta")
+        weights = layer.get_weights()
+        weights[0] = np.random.default_rng(0).normal(0, 0.05, weights[0].shape).astype("float32")
+        layer.set_weights(weights)
+    card = ModelCard(
+        arch="convlstm-ae",
+        height=SIZE,
+        width=SIZE,
+        window=10,
+        calibration={"log_mse_mean": -7.0, "log_mse_std": 0.5, "frames": 100},
+    )
+    save_model(model, path, card)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.keras")
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    out["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    out["PYTHONUNBUFFERED"] = "1"
+    return out
+
+
+def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forecaster", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if "error" in line.lower()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def write_avi(path: Path, frames: int, seed: int = 6) -> Path:
+    from forecaster.synthetic import SyntheticScene
+
+    scene = SyntheticScene(seed=seed, height=72, width=96, anomaly_rate=0.05)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (96, 72))
+    for i in range(frames):
+        writer.write(cv2.cvtColor(scene.frame(i), cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path
+
+
+def close(a: float, b: float) -> bool:
+    """Equal to 1e-5 (relative for values above 1, absolute below)."""
+    return abs(a - b) <= 1e-5 * max(1.0, abs(b))
+
+
+def test_replay_writes_scores_summary_and_timeline(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = replay_command([CLIP], out=out, model=str(tiny_model), chunk=64, preview=True,
+                             progress=False)
+    rows = read_scores_csv(out / "scores.csv")
+    header = (out / "scores.csv").read_text().splitlines()[0].split(",")
+    assert header == [*CSV_COLUMNS, "label"]
+    assert [r["seq"] for r in rows] == list(range(10, 100))
+    assert {r["camera"] for r in rows} == {"synthetic-1"}
+    assert all(r["label"] in (0, 1) for r in rows)
+    labels = np.array([r["label"] for r in rows])
+    assert 0 < labels.sum() < len(labels)
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    video = saved["videos"][0]
+    assert video["frames"] == 100 and video["frames_scored"] == 90
+    assert video["fps"] > 0
+    expected = roc_auc(labels, np.array([r["score"] for r in rows]))
+    assert video["auc"] == pytest.approx(expected, abs=1e-12)
+    assert saved["total"]["auc"] == pytest.approx(expected, abs=1e-12)
+    for event in video["events"]:
+        assert set(event) == {"start_seq", "end_seq", "peak_score"}
+    png = (out / "timeline.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    preview = cv2.VideoCapture(str(out / "synthetic-1.mp4"))
+    shown = 0
+    while True:
+        ok, image = preview.read()
+        if not ok:
+            break
+        shown += 1
+        assert image.shape[1] == 3 * image.shape[0]  # actual | predicted | error, side by side
+    preview.release()
+    assert shown == 100
+
+
+def test_chunked_replay_equals_one_frame_per_call(tiny_model: Path, tmp_path: Path) -> None:
+    replay_command([CLIP], out=tmp_path / "chunked", model=str(tiny_model), chunk=64,
+                   progress=False)
+    replay_command([CLIP], out=tmp_path / "single", model=str(tiny_model), chunk=1,
+                   progress=False)
+    # paced at the scene's own rate, one frame per call, as a camera would deliver it
+    paced = replay_command([f"{CLIP}&fps=200"], out=tmp_path / "paced", model=str(tiny_model),
+                           realtime=True, progress=False)
+    assert paced["chunk"] == 1 and paced["total"]["fps"] < 200 * 1.1
+    chunked = read_scores_csv(tmp_path / "chunked" / "scores.csv")
+    single = read_scores_csv(tmp_path / "single" / "scores.csv")
+    assert [r["seq"] for r in chunked] == [r["seq"] for r in single]
+    def values(rows: list[dict]) -> list[tuple]:
+        return [(r["seq"], r["mse"], r["psnr"], r["score"], r["anomaly"]) for r in rows]
+
+    assert values(read_scores_csv(tmp_path / "paced" / "scores.csv")) == values(single)
+    for a, b in zip(chunked, single, strict=True):
+        assert abs(a["mse"] - b["mse"]) <= 1e-5 * b["mse"], (a, b)
+        assert close(a["psnr"], b["psnr"]) and close(a["score"], b["score"]), (a, b)
+        assert a["anomaly"] == b["anomaly"]
+
+
+def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_path: Path) -> None:
+    from forecaster.publisher import Publisher
+
+    endpoint = f"ipc://{tmp_path}/replay.sock"
+    with Publisher(endpoint, sndhwm=100_000, linger_ms=1000) as publisher, \
+            Subscriber(endpoint, rcvhwm=100_000) as sub:
+        probe = Status(camera="probe", seq=0, ts=0.0, fps=0.0, frames_captured=0,
+                       frames_dropped=0, state_resets=0, connected=True, ended=False)
+        for _ in range(200):  # wait until the subscription has joined
+            publisher.send(probe)
+            if sub.recv(timeout=0.02) is not None:
+                break
+        while sub.recv(timeout=0.05) is not None:
+            pass
+        replay_command([CLIP], out=tmp_path / "out", model=str(tiny_model), chunk=32,
+                       publisher=publisher, progress=False)
+        messages = []
+        while (msg := sub.recv(timeout=1.0)) is not None:
+            messages.append(msg)
+            if isinstance(msg, Status) and msg.ended:
+                break
+    forecasts = [m for m in messages if isinstance(m, Forecast)]
+    scores = [m for m in messages if isinstance(m, Score)]
+    assert [f.seq for f in forecasts] == list(range(100))
+    assert all(f.target_seq == f.seq + 1 and f.frame.shape == (SIZE, SIZE) for f in forecasts)
+    rows = read_scores_csv(tmp_path / "out" / "scores.csv")
+    assert [s.seq for s in scores] == [r["seq"] for r in rows]
+    assert all(s.score == r["score"] and s.mse == r["mse"] for s, r in zip(scores, rows, strict=True))
+    end = messages[-1]
+    assert isinstance(end, Status) and end.ended and end.reason == "end of stream"
+    assert end.camera == "synthetic-1" and end.frames_captured == 100
+
+
+def test_missing_and_corrupt_inputs_exit_2(tiny_model: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.avi"
+    line = one_error_line(cli(["replay", str(missing), "--model", str(tiny_model)], tmp_path))
+    assert str(missing) in line
+    corrupt = tmp_path / "random.avi"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(20_000))
+    line = one_error_line(cli(["replay", str(corrupt), "--model", str(tiny_model)], tmp_path))
+    assert str(corrupt) in line
+    line = one_error_line(cli(["replay", CLIP, "--model", str(tmp_path / "none.keras")], tmp_path))
+    assert "none.keras" in line
+
+
+def test_labels_of_wrong_length_exit_2(tiny_model: Path, tmp_path: Path) -> None:
+    video = write_avi(tmp_path / "clip.avi", 30)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((40, 40), i * 10, np.uint8))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"clip": [0] * 29, "frames": [0] * 12}))
+    line = one_error_line(cli(["replay", str(video), "--labels", str(labels), "--model",
+                               str(tiny_model)], tmp_path))
+    assert "'clip'" in line and "30" in line and "29" in line
+    labels.write_text(json.dumps({"frames": [0] * 13}))
+    line = one_error_line(cli(["replay", str(folder), "--labels", str(labels), "--model",
+                               str(tiny_model), "--out", str(tmp_path / "o")], tmp_path))
+    assert "'frames'" in line and "12" in line and "13" in line
+
+
+@pytest.mark.timeout(180)
+def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> None:
+    frames = 60
+    video = write_avi(tmp_path / "clip.avi", frames)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "config.toml"
+    config.write_text("\n".join([
+        "[capture]",
+        f"size = [{SIZE}, {SIZE}]",
+        "[model]",
+        f'path = "{tiny_model}"',
+        "[publish]",
+        f'endpoint = "{endpoint}"',
+        "sndhwm = 10000",
+        "status_interval_s = 0.5",
+        "[[cameras]]",
+        'id = "clip"',
+        f'source = "{video}"',
+        "fps = 20",
+    ]) + "\n")
+    live: dict[int, Score] = {}
+    with Subscriber(endpoint, kinds=["score", "status"]) as sub:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "forecaster", "run", "--config", str(config), "--max-frames",
+             str(frames)],
+            cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 150
+        ended = False
+        while time.monotonic() < deadline:
+            msg = sub.recv(timeout=0.5)
+            if isinstance(msg, Score):
+                live[msg.seq] = msg
+            elif isinstance(msg, Status) and msg.ended:
+                ended = True
+            elif msg is None and proc.poll() is not None:
+                break
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert ended, err
+    assert sorted(live) == list(range(10, frames)), "frames were dropped"
+    replay_command([str(video)], out=tmp_path / "replay", model=str(tiny_model), chunk=64,
+                   progress=False)
+    rows = {r["seq"]: r for r in read_scores_csv(tmp_path / "replay" / "scores.csv")}
+    assert sorted(rows) == sorted(live)
+    for seq, score in live.items():
+        row = rows[seq]
+        assert row["camera"] == "clip"
+        assert abs(score.mse - row["mse"]) <= 1e-5 * row["mse"], (seq, score, row)
+        assert close(score.psnr, row["psnr"]) and close(score.score, row["score"]), (seq, score)
+        assert score.anomaly == row["anomaly"]
