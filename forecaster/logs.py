@@ -41,6 +41,8 @@ def import_tensorflow_quietly() -> str:
     """
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "0":
         import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
     else:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -48,9 +50,11 @@ def import_tensorflow_quietly() -> str:
         try:
             os.dup2(devnull, 2)
             import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            _ = tf.constant(0.0) + 1.0  # the first op prints the oneDNN banner
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
-    gpus = tf.config.list_physical_devices("GPU")
     return f"GPU ({gpus[0].name})" if gpus else "CPU"

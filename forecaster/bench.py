@@ -1,0 +1,314 @@
+"""``forecaster bench``: speed of the model step, the daemon and replay on this machine.
+
+Every ratio is measured in one run on the same weights: the stateful one-step function
+against re-running the 10-frame window (the way the original Keras answers predict), and
+the chunked replay path against one model call per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WINDOW = 10
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    values = np.asarray(samples) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "mean_ms": float(values.mean()),
+    }
+
+
+def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - began)
+    return samples
+
+
+def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Floating-point peak of this machine as TensorFlow sees it: a large fp32 matmul."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((size, size))
+    b = tf.random.uniform((size, size))
+    matmul = tf.function(lambda: tf.linalg.matmul(a, b))
+    samples = _time_calls(lambda: matmul().numpy(), repeats, warmup=2)
+    return 2.0 * size**3 / min(samples) / 1e9
+
+
+def count_flops(model: Any, inputs: list[np.ndarray]) -> float | None:
+    """Floating-point operations of one call of ``model`` on ``inputs`` (TF profiler),
+    traced with the inputs' exact shapes."""
+    import tensorflow as tf
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    try:
+        fn = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False))
+        concrete = fn.get_concrete_function(*[tf.constant(x) for x in inputs])
+        options = option_builder.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        info = model_analyzer.profile(concrete.graph, options=options)
+        return float(info.total_float_ops)
+    except (ValueError, TypeError, tf.errors.OpError):
+        return None
+
+
+def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]:
+    """Stateful step vs 10-frame window for one architecture, same weights, same run."""
+    import keras
+    import tensorflow as tf
+
+    from forecaster.model.builders import build_model
+    from forecaster.model.step import Stepper
+
+    keras.utils.set_random_seed(0)
+    model = build_model(arch, *size)
+    stepper = Stepper(model)
+    height, width = size
+    frame = np.random.default_rng(0).random((1, 1, height, width, 1), dtype=np.float32)
+    window = np.repeat(frame, WINDOW, axis=1)
+    state = stepper.initial_state(1)
+
+    def step() -> None:
+        nonlocal state
+        _, state = stepper.run(frame, state)
+
+    window_fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((None, None, height, width, 1), tf.float32)],
+    )
+    window_tensor = tf.constant(window)
+    step_samples = _time_calls(step, repeats)
+    window_samples = _time_calls(lambda: window_fn(window_tensor).numpy(), repeats)
+    step_stats = _percentiles(step_samples)
+    window_stats = _percentiles(window_samples)
+    step_flops = count_flops(stepper.step_model, [frame, *stepper.initial_state(1)])
+    window_flops = count_flops(model, [window])
+    jit_stepper = Stepper(model, jit=True)
+    jit_state = jit_stepper.initial_state(1)
+
+    def jit_step() -> None:
+        nonlocal jit_state
+        _, jit_state = jit_stepper.run(frame, jit_state)
+
+    jit_stats = _percentiles(_time_calls(jit_step, repeats))
+    return {
+        "arch": arch,
+        "size": list(size),
+        "parameters": int(model.count_params()),
+        "step": step_stats,
+        "step_xla": jit_stats,
+        "window": window_stats,
+        "window_over_step_p50": window_stats["p50_ms"] / step_stats["p50_ms"],
+        "step_ticks_per_s": 1000.0 / step_stats["p50_ms"],
+        "step_flops": step_flops,
+        "window_flops": window_flops,
+    }
+
+
+def _run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "forecaster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def bench_replay(video: Path, max_frames: int | None = None) -> dict[str, Any]:
+    """Replay throughput on a real video: chunked (default) against one call per frame."""
+    results: dict[str, Any] = {"video": str(video)}
+    for label, extra in (("chunked", []), ("per_frame", ["--chunk", "1"])):
+        with tempfile.TemporaryDirectory() as out:
+            proc = _run_cli(["replay", str(video), "--out", out, *extra])
+            if proc.returncode != 0:
+                results[label] = {"error": proc.stderr.strip().splitlines()[-1:]}
+                continue
+            summary = json.loads((Path(out) / "summary.json").read_text())
+            results[label] = {"frames": summary["total"]["frames"], "fps": summary["total"]["fps"]}
+    if "fps" in results.get("chunked", {}) and "fps" in results.get("per_frame", {}):
+        results["chunked_over_per_frame"] = results["chunked"]["fps"] / results["per_frame"]["fps"]
+    return results
+
+
+def bench_daemon(rates: list[float], frames: int) -> list[dict[str, Any]]:
+    """The whole daemon (capture -> worker -> publish) on a 64x64 synthetic source paced
+    at each rate: frames scored per second, drops, and capture-to-publish latency."""
+    import socket
+
+    from forecaster.client import Subscriber
+    from forecaster.protocol import Forecast, Score, Status
+
+    rows = []
+    for rate in rates:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        endpoint = f"tcp://127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "bench.toml"
+            config.write_text(
+                f'log_level = "warning"\n[publish]\nendpoint = "{endpoint}"\nsndhwm = 100000\n'
+                f'[[cameras]]\nid = "bench"\n'
+                f'source = "synthetic:?fps={rate:g}&width=64&height=64&anomaly_rate=0"\n'
+            )
+            with Subscriber(endpoint, rcvhwm=0) as sub:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "forecaster", "run", "--config", str(config),
+                     "--max-frames", str(frames)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                latencies: list[float] = []
+                forecast_stamps: list[float] = []
+                last_status = None
+                deadline = time.monotonic() + 300
+                while time.monotonic() < deadline:
+                    msg = sub.recv(timeout=1.0)
+                    if msg is None:
+                        if proc.poll() is not None:
+                            break
+                        continue
+                    if isinstance(msg, Score):
+                        latencies.append(msg.latency_ms)
+                    elif isinstance(msg, Forecast):
+                        forecast_stamps.append(time.monotonic())
+                    elif isinstance(msg, Status):
+                        last_status = msg
+                proc.wait(timeout=30)
+        span = forecast_stamps[-1] - forecast_stamps[0] if len(forecast_stamps) > 1 else 0.0
+        rows.append(
+            {
+                "source_fps": rate,
+                "frames": frames,
+                "scored": len(latencies),
+                "scored_per_s": len(latencies) / span if span else 0.0,
+                "dropped": last_status.frames_dropped if last_status else None,
+                "state_resets": last_status.state_resets if last_status else None,
+                "latency_ms": _percentiles([v / 1000.0 for v in latencies]) if latencies else None,
+            }
+        )
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import tensorflow as tf
+
+    info["tensorflow"] = tf.__version__
+    gpus = tf.config.list_physical_devices("GPU")
+    info["device"] = gpus[0].name if gpus else "CPU"
+    return info
+
+
+def peak_rss_mb() -> dict[str, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return {"bench_process_mb": own, "largest_child_mb": children}
+
+
+def run_bench(
+    *,
+    archs: list[str] | None = None,
+    size: tuple[int, int] = (64, 64),
+    repeats: int = 300,
+    video: Path | None = None,
+    daemon_rates: list[float] | None = None,
+    daemon_frames: int = 2000,
+) -> dict[str, Any]:
+    from forecaster.logs import import_tensorflow_quietly
+    from forecaster.model.builders import SPECS
+
+    import_tensorflow_quietly()
+    report: dict[str, Any] = {"machine": machine()}
+    report["peak_gflops"] = measure_peak_gflops()
+    report["archs"] = []
+    for arch in archs or list(SPECS):
+        row = bench_arch(arch, size, repeats)
+        if row["step_flops"]:
+            seconds = row["step"]["p50_ms"] / 1000.0
+            row["step_fraction_of_peak"] = row["step_flops"] / seconds / 1e9 / report["peak_gflops"]
+        report["archs"].append(row)
+    if video is not None and video.exists():
+        report["replay"] = bench_replay(video)
+    if daemon_rates:
+        report["daemon"] = bench_daemon(daemon_rates, daemon_frames)
+    report["memory"] = peak_rss_mb()
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"machine: {report['machine'].get('cpu', '?')} x{report['machine']['cpus']}, "
+        f"{report['machine']['device']}, TensorFlow {report['machine']['tensorflow']}",
+        f"measured peak (fp32 matmul): {report['peak_gflops']:.1f} GFLOP/s",
+        "",
+        f"{'arch':<16}{'params':>9}{'step p50':>10}{'p99':>8}{'window p50':>12}{'p99':>8}"
+        f"{'ratio':>7}{'MFLOP/tick':>12}{'% peak':>8}",
+    ]
+    for row in report["archs"]:
+        flops = row["step_flops"]
+        lines.append(
+            f"{row['arch']:<16}{row['parameters']:>9,}"
+            f"{row['step']['p50_ms']:>8.2f}ms{row['step']['p99_ms']:>6.2f}ms"
+            f"{row['window']['p50_ms']:>10.2f}ms{row['window']['p99_ms']:>6.2f}ms"
+            f"{row['window_over_step_p50']:>6.1f}x"
+            f"{(flops or 0) / 1e6:>12.1f}"
+            f"{100 * row.get('step_fraction_of_peak', 0):>7.1f}%"
+        )
+    replay = report.get("replay")
+    if replay:
+        lines.append("")
+        chunked = replay.get("chunked", {})
+        per_frame = replay.get("per_frame", {})
+        lines.append(
+            f"replay {Path(replay['video']).name}: chunked {chunked.get('fps', '?')} frames/s, "
+            f"one call per frame {per_frame.get('fps', '?')} frames/s"
+            + (f" ({replay['chunked_over_per_frame']:.1f}x)" if "chunked_over_per_frame" in replay else "")
+        )
+    for row in report.get("daemon", []):
+        latency = row["latency_ms"] or {}
+        lines.append(
+            f"daemon at {row['source_fps']:g} fps: {row['scored_per_s']:.0f} scored/s, "
+            f"dropped {row['dropped']}, resets {row['state_resets']}, latency p50 "
+            f"{latency.get('p50_ms', float('nan')):.1f} ms p99 {latency.get('p99_ms', float('nan')):.1f} ms"
+        )
+    memory = report["memory"]
+    lines.append(
+        f"peak RSS: bench process {memory['bench_process_mb']:.0f} MB, "
+        f"largest child {memory['largest_child_mb']:.0f} MB"
+    )
+    return "\n".join(lines)
