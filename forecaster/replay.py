@@ -132,6 +132,9 @@ def check_model(path: Path) -> ModelCard:
 
 def load(path: Path) -> LoadedModel:
     """Load the model at ``path`` and wrap it in a stepper (imports TensorFlow)."""
+    from forecaster.logs import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from forecaster.model.artifact import load_model
     from forecaster.model.step import Stepper
 

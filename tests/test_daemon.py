@@ -191,7 +191,7 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
 
 
@@ -242,3 +242,19 @@ def test_video_file_source_runs_to_the_end(tmp_path: Path) -> None:
     assert any(isinstance(m, Status) and m.ended for _, m in messages)
     assert not any(isinstance(m, Event) and m.state not in ("start", "end") for _, m in messages)
 
+
+
+def test_model_trained_at_64x80_runs_end_to_end(tmp_path: Path) -> None:
+    model = tmp_path / "m64x80.keras"
+    trained = run_cli(
+        ["train", "synthetic:?anomaly_rate=0&seed=21", "synthetic:?anomaly_rate=0&seed=22",
+         "--out", str(model), "--epochs", "1", "--max-frames", "40", "--size", "64x80"],
+        tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr
+    extra = f'[capture]\nsize = [64, 80]\n[model]\npath = "{model}"'
+    result, messages = run_daemon(tmp_path, [("wide", "synthetic:?fps=60&seed=8")], 40, extra)
+    assert result.returncode == 0, result.stderr
+    forecasts = by_camera(messages, Forecast)["wide"]
+    assert forecasts and all(f.frame.shape == (64, 80) for f in forecasts)
+    assert by_camera(messages, Score)["wide"], "no scores at 64x80"
