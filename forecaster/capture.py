@@ -2,22 +2,24 @@
 
 Reads the camera's source, turns each frame into the model's gray size, writes it into
 the camera's shared-memory ring and notifies the worker. It never waits for the worker:
-a full notification queue is simply skipped (the worker reads the ring's latest seq).
-Live sources that drop out are reopened with capped exponential backoff.
+a wake-up the worker cannot take is simply dropped (the worker reads the ring's latest
+seq). Live sources that drop out are reopened with capped exponential backoff; the first
+frame after a reconnect, or after this process was restarted, starts a new ring epoch, so
+the worker rebuilds the camera's state from the new frames only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
 import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from forecaster.channels import exit_with_parent
 from forecaster.errors import ForecasterError, SourceDisconnected, SourceError
+from forecaster.health import C, Health
 from forecaster.logs import setup_child_logging
 from forecaster.preprocess import to_gray_resized
 from forecaster.ring import FrameRing
@@ -61,23 +63,72 @@ class RateLimiter:
             self.next_due = max(self.next_due + self.interval, now)
 
 
+class Backoff:
+    """Capped exponential backoff: ``first``, 2 x ``first``, ... up to ``cap`` seconds.
+
+    It is reset only once the source delivers a frame again, so a source that accepts
+    the connection and then sends nothing backs off as one that refuses it.
+    """
+
+    def __init__(self, cap: float, first: float = 0.5) -> None:
+        self.cap = cap
+        self.first = min(first, cap)
+        self.current = self.first
+
+    def next(self) -> float:
+        """The delay before the next attempt (and double the one after)."""
+        delay = self.current
+        self.current = min(self.current * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
 class Capture:
     """The capture loop, independent of process plumbing so tests can drive it."""
 
-    def __init__(self, spec: CaptureSpec, ring: FrameRing, notify: Any, stop: Any) -> None:
+    def __init__(
+        self,
+        spec: CaptureSpec,
+        ring: FrameRing,
+        notify: Any,
+        stop: Any,
+        health: Health | None = None,
+    ) -> None:
         self.spec = spec
         self.ring = ring
         self.notify = notify
         self.stop = stop
+        self.health = health if health is not None else Health(spec.index + 1)
         self.log = logging.getLogger(f"forecaster.capture.{spec.camera}")
         self.limiter = RateLimiter(spec.fps)
+        self.backoff = Backoff(spec.reconnect_max_s)
         self.frames = 0
         self._skipped_seen = 0
         self._down: str | None = None
+        self._reconnected = False
         self.source: FrameSource = open_source(spec.source, loop=spec.loop)
 
+    def beat(self) -> None:
+        self.health.beat_capture(self.spec.index)
+
+    def _new_epoch(self) -> None:
+        """The frames from the next one on do not continue the ones in the ring."""
+        self.health.set(self.spec.index, C.EPOCH_START, self.ring.latest_seq + 1)
+        self.ring.new_epoch()
+
     def open(self) -> None:
-        """Open the source. A live source that is down starts disconnected and retried."""
+        """Open the source. A live source that is down starts disconnected and retried.
+
+        A ring that already holds frames means this process replaces one that died: the
+        next frames start a new epoch, ``max_frames`` counts the frames already captured,
+        and a finite source (file, folder) resumes after them.
+        """
+        stats = self.ring.stats()
+        if stats.latest_seq >= 0:
+            self._new_epoch()
+            self.frames = stats.frames_captured
         try:
             self.source.open()
         except SourceDisconnected as error:
@@ -86,44 +137,75 @@ class Capture:
             self._down = str(error)
             self.log.warning("source not reachable at start-up: %s; retrying", error)
             return
+        if stats.latest_seq >= 0 and not self.source.live and not self.spec.loop:
+            self._resume(stats.frames_captured)
         self.ring.set_connected(True)
 
+    def _resume(self, frames: int) -> None:
+        for _ in range(frames):
+            if self.source.read() is None:
+                break
+        self._skipped_seen = self.source.skipped
+        self.log.info("restarted: resuming after the %d frames already captured", frames)
+
     def _signal(self) -> None:
-        # A full queue means the worker is behind; it reads the ring's latest seq anyway.
-        with contextlib.suppress(queue.Full):
-            self.notify.put_nowait(self.spec.index)
+        # A wake-up the worker cannot take is dropped: it reads the ring's latest seq anyway.
+        self.notify.put_nowait(self.spec.index)
 
     def _reconnect(self, reason: str) -> bool:
         """Reopen a live source with capped exponential backoff; False if stopping."""
         self.ring.set_connected(False)
         self._signal()
         self.log.warning("source disconnected: %s; reconnecting", reason)
-        delay = 0.5
+        down_since = time.monotonic()
+        attempts = 0
         while not self.stop.is_set():
-            if self.stop.wait(delay):
+            delay = self.backoff.next()
+            if self._pause(delay):
                 return False
+            attempts += 1
             try:
                 self.source.close()
                 self.source.open()
             except (SourceError, SourceDisconnected) as error:
-                self.log.info("reconnect failed (%s); next try in %.1f s", error, delay)
-                delay = min(delay * 2, self.spec.reconnect_max_s)
+                self.log.info(
+                    "reconnect attempt %d failed (%s); next in %.1f s",
+                    attempts, error, self.backoff.current,
+                )
                 continue
-            self.ring.new_epoch()
+            self._new_epoch()
             self.ring.set_connected(True)
             self._signal()
-            self.log.info("source reconnected")
+            self._reconnected = True
+            self.log.info(
+                "source reconnected after %.1f s (%d attempt(s))",
+                time.monotonic() - down_since, attempts,
+            )
             return True
         return False
 
+    def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` while beating; True if asked to stop meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.beat()
+            if self.stop.wait(min(left, 1.0)):
+                return True
+        return self.stop.is_set()
+
     def run(self) -> None:
-        """Read until end of stream, ``max_frames`` or the stop event."""
+        """Read until end of stream, ``max_frames`` or the stop event.
+
+        The ring is marked ended only on a normal end: a process that fails is restarted
+        by the supervisor and goes on writing into the same ring.
+        """
         spec = self.spec
         live = self.source.live
         try:
             if self._down is not None and not self._reconnect(self._down):
                 return
             while not self.stop.is_set():
+                self.beat()
                 if spec.max_frames is not None and self.frames >= spec.max_frames:
                     break
                 if not live:
@@ -139,6 +221,9 @@ class Capture:
                 if frame is None:
                     self.log.info("end of stream after %d frames", self.frames)
                     break
+                if self._reconnected:
+                    self._reconnected = False
+                    self.backoff.reset()
                 now = time.monotonic()
                 if live and self.limiter.wait_time(now) > 0:
                     self.ring.count_rate_limited()
@@ -149,23 +234,27 @@ class Capture:
                 self.frames += 1
                 self._signal()
                 skipped = self.source.skipped
-                if skipped:
+                if skipped != self._skipped_seen:
                     self.ring.count_skipped(skipped - self._skipped_seen)
                     self._skipped_seen = skipped
         finally:
-            self.ring.set_ended()
-            self._signal()
             self.source.close()
+        self.ring.set_ended()
+        self._signal()
 
 
-def capture_main(spec: CaptureSpec, notify: Any, control: Any, stop: Any, go: Any) -> None:
-    """Entry point of a capture process (spawned by the supervisor).
+def capture_main(
+    spec: CaptureSpec, wakeup: Any, control: Any, stop: Any, go: Any, health: Health
+) -> None:
+    """Entry point of a capture process (spawned, and restarted, by the supervisor).
 
     Opens the source (reporting errors), reports ready, then waits for ``go`` (every
     process ready) before reading frames.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    exit_with_parent(stop)
     setup_child_logging(spec.log_level)
     log = logging.getLogger(f"forecaster.capture.{spec.camera}")
     role = f"capture:{spec.camera}"
@@ -173,19 +262,17 @@ def capture_main(spec: CaptureSpec, notify: Any, control: Any, stop: Any, go: An
     try:
         ring = FrameRing.attach(spec.ring)
         ring.set_writer(os.getpid())
-        capture = Capture(spec, ring, notify, stop)
+        capture = Capture(spec, ring, wakeup, stop, health)
         capture.open()
     except ForecasterError as error:
         control.put(("error", role, error.exit_code, str(error)))
         if ring is not None:
-            ring.set_ended()
             ring.close()
         return
-    notify.cancel_join_thread()  # never hang at exit on notifications nobody reads
+    capture.beat()
     control.put(("ready", role, 0, ""))
     while not go.wait(0.1):
         if stop.is_set():
-            ring.set_ended()
             ring.close()
             return
     try:
@@ -196,4 +283,3 @@ def capture_main(spec: CaptureSpec, notify: Any, control: Any, stop: Any, go: An
         raise SystemExit(error.exit_code) from None
     finally:
         ring.close()
-

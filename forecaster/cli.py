@@ -79,10 +79,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from forecaster.logs import setup_logging
-    from forecaster.model.train import train_command
+    from forecaster.logs import import_tensorflow_quietly, setup_logging
 
     setup_logging("info")
+    import_tensorflow_quietly()
+    from forecaster.model.train import train_command
+
     out = train_command(
         args.data,
         args.out,
@@ -147,6 +149,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config=config if args.config is not None else None,
         chunk=args.chunk,
     )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from forecaster.bench import format_report, run_bench
+
+    video = Path(args.video) if args.video else None
+    if video is not None and not video.exists():
+        from forecaster.errors import SourceError
+
+        raise SourceError(f"benchmark video not found: {video}")
+    report = run_bench(
+        archs=args.arch or None,
+        size=args.size,
+        repeats=args.repeats,
+        video=video,
+        daemon_rates=args.daemon_fps or None,
+        daemon_frames=args.daemon_frames,
+    )
+    print(format_report(report))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from forecaster.keys import generate_keypair
+
+    files = generate_keypair(args.dir, args.name, force=args.force)
+    print(f"public key: {files.public} (give it away: to the publisher's "
+          f"curve_allowed_clients folder, or to subscribers if this is the publisher's)")
+    print(f"secret key: {files.secret} (mode 0600; keep it on this machine)")
     return 0
 
 
@@ -227,9 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="frames per model call (default 128)")
     evaluate.set_defaults(func=cmd_eval)
 
+    bench = sub.add_parser("bench", help="speed benchmark: model step vs window, daemon, replay")
+    bench.add_argument("--arch", action="append", help="architecture (repeatable; default all)")
+    bench.add_argument("--size", type=_size, default=(64, 64), metavar="HxW")
+    bench.add_argument("--repeats", type=_positive_int, default=300)
+    bench.add_argument("--video", help="video for the replay throughput (e.g. vtest.avi)")
+    bench.add_argument("--daemon-fps", type=float, action="append", metavar="FPS",
+                       help="run the whole daemon on a synthetic source paced at FPS (repeatable)")
+    bench.add_argument("--daemon-frames", type=_positive_int, default=2000)
+    bench.add_argument("--out", help="write the results as JSON here")
+    bench.set_defaults(func=cmd_bench)
+
     check = sub.add_parser("check-config", help="validate a config file; exit 0 or 2")
     check.add_argument("path")
     check.set_defaults(func=cmd_check_config)
+
+    keys = sub.add_parser("keys", help="make a CURVE key pair for the publisher or a subscriber")
+    keys.add_argument("dir", metavar="DIR", help="folder to write NAME.key and NAME.key_secret to")
+    keys.add_argument("--name", default="server",
+                      help="file name of the pair (default: server; e.g. a subscriber's name)")
+    keys.add_argument("--force", action="store_true", help="replace existing key files")
+    keys.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import zmq
@@ -44,13 +46,39 @@ def subscriptions(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class CurveClient:
+    """CURVE for a subscriber: the publisher's public key and this client's key pair.
+
+    The publisher accepts the client only if the client's public key file is in its
+    ``publish.curve_allowed_clients`` folder.
+    """
+
+    server_public_key: bytes
+    public_key: bytes
+    secret_key: bytes
+
+    @classmethod
+    def from_files(cls, server_key: str | Path, client_secret_key: str | Path) -> CurveClient:
+        """Read the publisher's ``.key`` file and this client's ``.key_secret`` file."""
+        from forecaster.keys import load_public_key, load_secret_key
+
+        try:
+            server = load_public_key(server_key)
+            public, secret = load_secret_key(client_secret_key)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        return cls(server, public, secret)
+
+
 class Subscriber:
     """A ``zmq.SUB`` socket connected to ``endpoint`` that yields decoded messages.
 
     ZeroMQ filters by topic prefix, so ``score/cam0`` would also match ``score/cam01``;
     messages of cameras not asked for are dropped here after decoding. A malformed
     message raises :class:`ProtocolError` from :meth:`recv`, or, with
-    ``skip_invalid=True``, is counted in ``invalid`` and skipped.
+    ``skip_invalid=True``, is counted in ``invalid`` and skipped. ``curve`` connects to a
+    publisher with CURVE on (``CurveClient.from_files(server.key, client.key_secret)``).
     """
 
     def __init__(
@@ -62,6 +90,7 @@ class Subscriber:
         context: zmq.Context | None = None,
         rcvhwm: int = 1000,
         skip_invalid: bool = False,
+        curve: CurveClient | None = None,
     ) -> None:
         if rcvhwm < 0:
             raise ValueError(f"rcvhwm must be >= 0, got {rcvhwm}")
@@ -77,6 +106,10 @@ class Subscriber:
         try:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+            if curve is not None:
+                self._socket.curve_serverkey = curve.server_public_key
+                self._socket.curve_publickey = curve.public_key
+                self._socket.curve_secretkey = curve.secret_key
             for prefix in self.topics:
                 self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
             self._socket.connect(endpoint)

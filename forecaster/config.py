@@ -7,6 +7,7 @@ bundled model). Unknown keys and wrong types are rejected with the key path and 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from pathlib import Path
@@ -96,6 +97,13 @@ class PublishConfig(_Section):
     #: seconds between status/<cam> messages
     status_interval_s: Annotated[float, Field(gt=0)] = 5.0
 
+    #: accept a non-loopback tcp endpoint without CURVE (a trusted network only)
+    allow_insecure: bool = False
+    #: ZeroMQ secret key file of the publisher (``forecaster keys``); "" = no CURVE
+    curve_secret_key: str = ""
+    #: folder of the public key files of the subscribers allowed to connect
+    curve_allowed_clients: str = ""
+
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
@@ -107,6 +115,43 @@ class PublishConfig(_Section):
     @classmethod
     def _int_float(cls, value: Any) -> Any:
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("curve_secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: str) -> str:
+        if value:
+            from forecaster.keys import load_secret_key
+
+            load_secret_key(value)  # ValueError naming the file when unusable
+        return value
+
+    @field_validator("curve_allowed_clients")
+    @classmethod
+    def _check_clients(cls, value: str) -> str:
+        if value and not Path(value).is_dir():
+            raise ValueError(f"folder of allowed client public keys not found: {value}")
+        return value
+
+    @property
+    def curve(self) -> bool:
+        return bool(self.curve_secret_key)
+
+    @model_validator(mode="after")
+    def _check_security(self) -> PublishConfig:
+        if bool(self.curve_secret_key) != bool(self.curve_allowed_clients):
+            raise ValueError(
+                "CURVE needs both curve_secret_key (the publisher's secret key file) and "
+                "curve_allowed_clients (a folder of client public keys); make them with "
+                "`forecaster keys`"
+            )
+        if not self.curve and not self.allow_insecure and not is_local_endpoint(self.endpoint):
+            raise ValueError(
+                f"refusing to publish unencrypted on {self.endpoint}, which is not a loopback "
+                f"address: set curve_secret_key and curve_allowed_clients (see `forecaster "
+                f"keys`), use 127.0.0.1 or an ipc:// endpoint, or set allow_insecure = true "
+                f"on a trusted network"
+            )
+        return self
 
 
 class ScorerConfig(_Section):
@@ -148,6 +193,52 @@ class WorkerConfig(_Section):
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+class ServiceConfig(_Section):
+    #: crashed capture or worker processes restarted within restart_window_s; one more
+    #: and the daemon exits with code 1 (systemd then restarts the whole service)
+    max_restarts: Annotated[int, Field(ge=0)] = 5
+    #: seconds over which max_restarts is counted
+    restart_window_s: Annotated[float, Field(gt=0)] = 60.0
+    #: a capture or worker loop that makes no progress this long is stalled
+    stall_timeout_s: Annotated[float, Field(gt=0)] = 20.0
+
+    @field_validator("restart_window_s", "stall_timeout_s", mode="before")
+    @classmethod
+    def _int_float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class MetricsConfig(_Section):
+    #: serve Prometheus metrics over HTTP
+    enabled: bool = False
+    #: address to listen on (an IP address; keep it loopback unless the network is trusted)
+    address: str = "127.0.0.1"
+    #: TCP port to listen on
+    port: Annotated[int, Field(ge=1, le=65535)] = 9108
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("address must be an IP address, e.g. 127.0.0.1 or ::1") from None
+        return value
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for ``ipc://`` endpoints and tcp endpoints bound to a loopback address."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name or a host name
+        return False
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     capture: CaptureConfig = CaptureConfig()
@@ -155,6 +246,8 @@ class Config(_Section):
     publish: PublishConfig = PublishConfig()
     scorer: ScorerConfig = ScorerConfig()
     worker: WorkerConfig = WorkerConfig()
+    service: ServiceConfig = ServiceConfig()
+    metrics: MetricsConfig = MetricsConfig()
     cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1)
 
     @model_validator(mode="after")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import zmq
 
@@ -32,6 +34,47 @@ def _prepare_ipc_dir(endpoint: str) -> None:
         ) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class CurveServer:
+    """CURVE for the PUB socket: its key pair and the folder of allowed client public keys."""
+
+    public_key: bytes
+    secret_key: bytes
+    allowed_clients: str
+
+    @classmethod
+    def from_files(cls, secret_key_file: str, allowed_clients: str) -> CurveServer:
+        """Load the publisher's ``.key_secret`` file; ConfigError naming it if unusable."""
+        from forecaster.keys import load_secret_key
+
+        try:
+            public, secret = load_secret_key(secret_key_file)
+        except ValueError as error:
+            raise ConfigError(f"publish.curve_secret_key: {error}") from None
+        if not Path(allowed_clients).is_dir():
+            raise ConfigError(
+                f"publish.curve_allowed_clients: folder not found: {allowed_clients}"
+            )
+        return cls(public, secret, allowed_clients)
+
+
+def _start_authenticator(ctx: zmq.Context, curve: CurveServer) -> Any:
+    """A ZAP handler on ``ctx`` that admits the clients whose public key is in the folder."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("forecaster.publisher.auth"))
+    auth.start()
+    auth.configure_curve(domain="*", location=curve.allowed_clients)
+    allowed = sorted(Path(curve.allowed_clients).glob("*.key"))
+    if not allowed:
+        log.warning("no client public key (*.key) in %s: no subscriber can connect",
+                    curve.allowed_clients)
+    else:
+        log.info("CURVE on: %d client key(s) allowed from %s", len(allowed),
+                 curve.allowed_clients)
+    return auth
+
+
 class Publisher:
     """A bound ``zmq.PUB`` socket. Create, use and close it in one thread.
 
@@ -47,6 +90,7 @@ class Publisher:
         sndhwm: int = 100,
         linger_ms: int = 500,
         context: zmq.Context | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
         if sndhwm < 0:
             raise ValueError(f"sndhwm must be >= 0, got {sndhwm}")
@@ -60,14 +104,20 @@ class Publisher:
         if endpoint.startswith("ipc://"):
             _prepare_ipc_dir(endpoint)
         ctx = context if context is not None else zmq.Context.instance()
+        self._auth: Any = _start_authenticator(ctx, curve) if curve is not None else None
         self._socket: zmq.Socket = ctx.socket(zmq.PUB)
         try:
             self._socket.setsockopt(zmq.SNDHWM, sndhwm)
             self._socket.setsockopt(zmq.LINGER, linger_ms)
+            if curve is not None:
+                self._socket.curve_secretkey = curve.secret_key
+                self._socket.curve_publickey = curve.public_key
+                self._socket.curve_server = True
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self._socket.close(linger=0)
             self._closed = True
+            self._stop_authenticator()
             raise ConfigError(f"cannot bind publisher to {endpoint}: {exc.strerror}") from exc
         raw = self._socket.getsockopt(zmq.LAST_ENDPOINT)
         self._last_endpoint = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -108,6 +158,13 @@ class Publisher:
         except zmq.ZMQError as exc:
             if exc.errno not in _CLOSING_ERRNOS:
                 raise
+        finally:
+            self._stop_authenticator()
+
+    def _stop_authenticator(self) -> None:
+        if self._auth is not None:
+            auth, self._auth = self._auth, None
+            auth.stop()
 
     def __enter__(self) -> Publisher:
         return self

@@ -1,41 +1,65 @@
 """Supervisor: ``forecaster run``.
 
-Creates each camera's ring, spawns one capture process per camera and one worker for
-all of them (spawn start method), waits until every child reports ready, then watches
-them until the streams end or SIGTERM/SIGINT asks it to stop. It owns the rings and
-unlinks them on the way out.
+Creates each camera's ring and the shared :class:`~forecaster.health.Health` block,
+spawns one capture process per camera and one worker for all of them (spawn start
+method), waits until every child reports ready, tells systemd (``READY=1``), then watches
+them until the streams end or SIGTERM/SIGINT asks it to stop:
+
+- a child that dies is restarted: rings and counters live here, so the worker re-primes
+  from the rings and the captures never stop for a worker restart. At most
+  ``service.max_restarts`` restarts per ``service.restart_window_s``; one more and the
+  daemon exits 1, for systemd to restart the whole service;
+- a child whose loop stops advancing is stalled (see :class:`StallDetector`): the systemd
+  watchdog pings stop, so systemd restarts the service; without a systemd watchdog the
+  supervisor kills and restarts the stalled child itself;
+- SIGHUP is logged and otherwise ignored: the config is read at start only.
+
+It owns the rings and unlinks them on the way out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import queue
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from forecaster.capture import CaptureSpec, capture_main
+from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
 from forecaster.errors import ChildFailed, ModelError
+from forecaster.health import C, Health, RestartBudget, StallDetector
+from forecaster.notify import SystemdNotifier
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
 from forecaster.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("forecaster.supervisor")
 STOP_GRACE_S = 4.0
+WORKER = -1  # Child.index of the worker
 
 
 @dataclass(slots=True)
 class Child:
     role: str
+    #: camera index of a capture process, WORKER for the worker
+    index: int
     process: Any
     ready: bool = False
+    started: float = 0.0
+    #: exited 0 after start-up: its stream ended
+    finished: bool = False
+    #: why the supervisor killed it, if it did
+    killed_because: str = ""
 
 
 def resolve_model_path(config: Config) -> Path:
@@ -72,88 +96,135 @@ def remove_stale_rings(shm_dir: Path = Path("/dev/shm")) -> None:
             continue
 
 
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 class Supervisor:
     def __init__(self, config: Config, max_frames: int | None = None) -> None:
         self.config = config
         self.max_frames = max_frames
         self.ctx = mp.get_context("spawn")
-        self.stop = self.ctx.Event()
+        self.stop = Flag(self.ctx)
         #: set once every child is ready: captures start reading only then, so no frame
         #: of a file is overwritten before the worker can take it
-        self.go = self.ctx.Event()
-        self.notify: Any = self.ctx.Queue(maxsize=256)
-        self.control: Any = self.ctx.Queue()
+        self.go = Flag(self.ctx)
+        instance = str(os.getpid())
+        self.instance = instance
+        self.control = Inbox(channel_address(instance, "control"))
+        self.control_out = Outbox(self.control.address)
+        self.wakeup_address = channel_address(instance, "wakeup")
+        self.camera_ids = [camera.id for camera in config.cameras]
+        self.health = Health(len(config.cameras), self.ctx)
         self.children: list[Child] = []
         self.rings: list[FrameRing] = []
+        self.restarts: dict[str, int] = {}
+        self.healthy = True
+        self.systemd = SystemdNotifier()
+        service = config.service
+        self.budget = RestartBudget(service.max_restarts, service.restart_window_s)
+        self.detector = StallDetector(self.camera_ids, service.stall_timeout_s)
+        self.metrics: Any = None
+        self._worker_spec: WorkerSpec | None = None
+        self._capture_specs: list[CaptureSpec] = []
         self._signalled = False
+        self._hangups = 0
 
     # -- signals --------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if not self._signalled:
-            log.info("received %s, stopping", signal.Signals(signum).name)
+        # only flags here: the main loop does the logging
         self._signalled = True
         self.stop.set()
 
+    def _on_hangup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._hangups += 1
+
     # -- start-up -------------------------------------------------------------------------
 
-    def _spawn(self, role: str, target: Any, *args: Any) -> None:
+    def _spawn(self, index: int) -> Any:
+        target: Callable[..., None]
+        if index == WORKER:
+            role, target = "worker", worker_main
+            args: tuple[Any, ...] = (
+                self._worker_spec, self.wakeup_address, self.control_out, self.stop, self.health
+            )
+        else:
+            spec = self._capture_specs[index]
+            role, target = f"capture:{spec.camera}", capture_main
+            args = (
+                spec, Outbox(self.wakeup_address), self.control_out, self.stop, self.go,
+                self.health,
+            )
         process = self.ctx.Process(name=role, target=target, args=args)
         process.start()
-        self.children.append(Child(role=role, process=process))
+        return process
+
+    def _start_child(self, index: int) -> None:
+        process = self._spawn(index)
+        role = process.name
+        self.children.append(Child(role, index, process, started=time.monotonic()))
+        self.restarts.setdefault(role, 0)
 
     def start(self) -> None:
         config = self.config
         for camera in config.cameras:
             open_source(camera.source, loop=camera.loop)  # parse errors before any spawn
         model_path = resolve_model_path(config)
+        if config.publish.curve:
+            from forecaster.publisher import CurveServer
+
+            CurveServer.from_files(
+                config.publish.curve_secret_key, config.publish.curve_allowed_clients
+            )
         remove_stale_rings()
-        instance = str(os.getpid())
         height, width = config.capture.size
         ring_names = []
         for camera in config.cameras:
-            name = ring_name(instance, camera.id)
+            name = ring_name(self.instance, camera.id)
             self.rings.append(
                 FrameRing.create(name, height, width, slots=config.capture.ring_frames)
             )
             ring_names.append((camera.id, name))
-        self._spawn(
-            "worker",
-            worker_main,
-            WorkerSpec(
-                cameras=tuple(ring_names),
-                model_path=str(model_path),
-                size=(height, width),
-                publish=config.publish,
-                scorer=config.scorer,
-                throttle_ms=config.worker.throttle_ms,
-                log_level=config.log_level,
-            ),
-            self.notify,
-            self.control,
-            self.stop,
+        if config.metrics.enabled:
+            from forecaster.metrics_http import MetricsServer
+
+            self.metrics = MetricsServer(config.metrics.address, config.metrics.port, self)
+        self._worker_spec = WorkerSpec(
+            cameras=tuple(ring_names),
+            model_path=str(model_path),
+            size=(height, width),
+            publish=config.publish,
+            scorer=config.scorer,
+            throttle_ms=config.worker.throttle_ms,
+            log_level=config.log_level,
         )
-        for index, (camera, (_, name)) in enumerate(zip(config.cameras, ring_names, strict=True)):
-            self._spawn(
-                f"capture:{camera.id}",
-                capture_main,
-                CaptureSpec(
-                    camera=camera.id,
-                    index=index,
-                    source=camera.source,
-                    ring=name,
-                    size=(height, width),
-                    fps=camera.fps,
-                    loop=camera.loop,
-                    max_frames=self.max_frames,
-                    reconnect_max_s=config.capture.reconnect_max_s,
-                    log_level=config.log_level,
-                ),
-                self.notify,
-                self.control,
-                self.stop,
-                self.go,
+        self._capture_specs = [
+            CaptureSpec(
+                camera=camera.id,
+                index=index,
+                source=camera.source,
+                ring=name,
+                size=(height, width),
+                fps=camera.fps,
+                loop=camera.loop,
+                max_frames=self.max_frames,
+                reconnect_max_s=config.capture.reconnect_max_s,
+                log_level=config.log_level,
             )
+            for index, (camera, (_, name)) in enumerate(
+                zip(config.cameras, ring_names, strict=True)
+            )
+        ]
+        self.systemd.status("starting: loading the model")
+        self._start_child(WORKER)
+        for index in range(len(config.cameras)):
+            self._start_child(index)
         self._await_ready(config.worker.startup_timeout_s)
         self.go.set()
 
@@ -162,7 +233,7 @@ class Supervisor:
         while not all(child.ready for child in self.children):
             if self.stop.is_set():
                 return
-            self._drain_control(starting=True)
+            self._drain_control(wait_s=0.1, starting=True)
             for child in self.children:
                 code = child.process.exitcode
                 if not child.ready and code is not None:
@@ -174,20 +245,28 @@ class Supervisor:
                     f"{waiting} not ready after {timeout_s:.0f} s "
                     f"(worker.startup_timeout_s); see the log above"
                 )
-        log.info("all processes ready: %s", ", ".join(c.role for c in self.children))
+        for child in self.children:
+            log.info("%s ready (pid %s)", child.role, child.process.pid)
 
-    def _drain_control(self, starting: bool = False) -> None:
+    def _child(self, role: str) -> Child | None:
+        return next((child for child in self.children if child.role == role), None)
+
+    def _drain_control(self, wait_s: float = 0.0, starting: bool = False) -> None:
         while True:
             try:
-                kind, role, code, message = self.control.get(timeout=0.1 if starting else 0)
+                kind, role, code, message = self.control.get_message(timeout=wait_s)
             except queue.Empty:
                 return
-            if kind == "ready":
-                for child in self.children:
-                    if child.role == role:
-                        child.ready = True
+            wait_s = 0.0
+            child = self._child(role)
+            if kind == "ready" and child is not None:
+                child.ready = True
+                if not starting:
+                    log.info("%s ready again (pid %s)", role, child.process.pid)
             elif kind == "error":
-                if starting:
+                # every error at start-up, and a usage error (exit 2) at any time, is fatal:
+                # restarting would meet the same bad file or setting again
+                if starting or code == 2:
                     error = ChildFailed(f"{role}: {message}")
                     error.exit_code = code
                     raise error
@@ -196,21 +275,140 @@ class Supervisor:
     # -- running --------------------------------------------------------------------------
 
     def watch(self) -> int:
-        """Wait until the worker is done or a stop is asked; return the exit code."""
-        worker = self.children[0]
+        """Supervise until the worker is done or a stop is asked; return the exit code."""
+        status_every = max(self.config.publish.status_interval_s, 1.0)
+        ping_every = self.systemd.ping_interval_s
+        self.systemd.ready(self._status_text(0.0))
+        last_ping = time.monotonic()
+        self.systemd.watchdog()
+        last_status = time.monotonic()
+        processed = self._processed()
         while not self.stop.is_set():
-            self._drain_control()
-            code = worker.process.exitcode
+            self._drain_control(wait_s=0.1)
+            if self._hangups:
+                self._hangups = 0
+                log.info("received SIGHUP: ignored (the config is read at start only; "
+                         "restart the service to apply changes)")
+            code = self._check_children()
             if code is not None:
-                if code == 0:
-                    log.info("all streams ended")
-                    return 0
-                log.error("worker exited with code %s", code)
-                return 1
-            worker.process.join(timeout=0.2)
+                return code
+            self._check_health()
+            now = time.monotonic()
+            if ping_every is not None and self.healthy and now - last_ping >= ping_every:
+                self.systemd.watchdog()
+                last_ping = now
+            if now - last_status >= status_every:
+                counts = self._processed()
+                rates = [(b - a) / (now - last_status) for a, b in zip(processed, counts, strict=True)]
+                self.systemd.status(self._status_text(rates))
+                processed, last_status = counts, now
+        if self._signalled:
+            log.info("stop requested, stopping")
         return 0
 
+    def _processed(self) -> list[float]:
+        return [self.health.get(i, C.PROCESSED) for i in range(len(self.camera_ids))]
+
+    def _status_text(self, rates: list[float] | float) -> str:
+        parts = []
+        for index, camera in enumerate(self.camera_ids):
+            stats = self.rings[index].stats()
+            if stats.ended:
+                parts.append(f"{camera} ended")
+                continue
+            if not stats.connected:
+                parts.append(f"{camera} source down, reconnecting")
+                continue
+            fps = rates[index] if isinstance(rates, list) else rates
+            score = self.health.get(index, C.LAST_SCORE)
+            shown = f"{score:.2f}" if math.isfinite(score) else "-"
+            parts.append(f"{camera} {fps:.1f} fps, score {shown}")
+        text = "; ".join(parts)
+        return text if self.healthy else f"STALLED; {text}"
+
+    def _check_children(self) -> int | None:
+        """Restart children that died; the exit code when the daemon must end."""
+        startup_s = self.config.worker.startup_timeout_s
+        for child in self.children:
+            code = child.process.exitcode
+            if child.finished:
+                continue
+            if code is None:
+                if not child.ready and time.monotonic() - child.started > startup_s:
+                    child.killed_because = f"was not ready after {startup_s:.0f} s"
+                    child.process.kill()
+                continue
+            if code == 0 and child.ready:
+                if child.index == WORKER:
+                    log.info("all streams ended")
+                    return 0
+                child.finished = True
+                continue
+            if child.killed_because:
+                why = child.killed_because + " and was killed"
+            elif not child.ready:
+                why = f"{describe_exit(code)} before it was ready"
+            else:
+                why = describe_exit(code)
+            self._restart(child, why)
+        return None
+
+    def _restart(self, child: Child, why: str) -> None:
+        service = self.config.service
+        if not self.budget.allow():
+            raise ChildFailed(
+                f"{child.role} (pid {child.process.pid}) {why}; restart budget spent "
+                f"({service.max_restarts} restarts within {service.restart_window_s:.0f} s, "
+                f"service.max_restarts): exiting"
+            )
+        log.error(
+            "%s (pid %s) %s; restarting it (%d restart(s) allowed per %.0f s)",
+            child.role, child.process.pid, why, service.max_restarts,
+            service.restart_window_s,
+        )
+        child.process.join(timeout=1.0)
+        child.process.close()
+        child.process = self._spawn(child.index)
+        child.ready = False
+        child.started = time.monotonic()
+        child.killed_because = ""
+        self.restarts[child.role] = self.restarts.get(child.role, 0) + 1
+
+    def _running(self, child: Child) -> bool:
+        return child.ready and not child.finished and child.process.exitcode is None
+
+    def _check_health(self) -> None:
+        worker = self.children[0]
+        captures = self.children[1:]
+        stalls = self.detector.check(
+            self.health,
+            [ring.latest_seq for ring in self.rings],
+            self._running(worker),
+            [self._running(child) for child in captures],
+        )
+        healthy = not stalls
+        if not healthy and self.healthy:
+            what = "; ".join(f"{s.role}: {s.reason}" for s in stalls)
+            if self.systemd.ping_interval_s is not None:
+                log.error("stalled (%s): watchdog pings stopped, systemd will restart the "
+                          "service unless frames flow again", what)
+            else:
+                log.error("stalled (%s)", what)
+        elif healthy and not self.healthy and self.systemd.ping_interval_s is not None:
+            log.info("no process is stalled any more; watchdog pings resume")
+        self.healthy = healthy
+        if stalls and self.systemd.ping_interval_s is None:
+            # nobody else will act: kill the stalled child, the next turn restarts it
+            for stall in stalls:
+                child = self._child(stall.role)
+                if child is not None and not child.killed_because:
+                    child.killed_because = f"stalled ({stall.reason})"
+                    child.process.kill()
+
+    # -- stopping -------------------------------------------------------------------------
+
     def shutdown(self, grace_s: float = STOP_GRACE_S) -> None:
+        self.systemd.stopping()
         self.stop.set()
         deadline = time.monotonic() + grace_s
         for child in self.children:
@@ -224,21 +422,27 @@ class Supervisor:
             if child.process.is_alive():
                 child.process.kill()
                 child.process.join(timeout=0.5)
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         for ring in self.rings:
             ring.close()
             ring.unlink()
         self.rings.clear()
-        for q in (self.notify, self.control):
-            q.cancel_join_thread()
-            q.close()
+        self.control_out.close()
+        self.control.close()
+        self.systemd.close()
 
 
 def run(config: Config, max_frames: int | None = None) -> int:
     """Run the daemon until the streams end or a signal stops it; return the exit code."""
     supervisor = Supervisor(config, max_frames=max_frames)
-    previous = {
-        sig: signal.signal(sig, supervisor._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+    handlers = {
+        signal.SIGTERM: supervisor._on_signal,
+        signal.SIGINT: supervisor._on_signal,
+        signal.SIGHUP: supervisor._on_hangup,
     }
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     grace = 0.5  # a failed start-up need not wait for children still loading
     try:
         supervisor.start()

@@ -5,7 +5,12 @@ into protocol messages; it has no notion of processes or shared memory, so repla
 evaluation run the very same code. :class:`Worker` feeds it from the cameras' rings:
 one step per new frame, the missed frames in one call when behind by less than a ring,
 and a reset + re-prime from the ring when further behind, after a reconnect or restart,
-or when the model returns non-finite values.
+or when the model returns non-finite values. A re-prime uses only frames of the ring's
+current epoch, so the state after a reconnect is built from the new frames alone.
+
+The worker's progress and counters live in the shared :class:`~forecaster.health.Health`
+block: the supervisor watches them (systemd watchdog, metrics), and a restarted worker
+goes on from them (no frame published twice, drop counts kept).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from forecaster.channels import exit_with_parent
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.errors import ForecasterError
+from forecaster.health import C, Health
 from forecaster.logs import import_tensorflow_quietly, setup_child_logging
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.ring import FrameRing, RingStats
@@ -195,10 +202,24 @@ class _Feed:
     camera: str
     ring: FrameRing
     epoch: int = 0
+    #: frames skipped because the worker was behind (this process)
     dropped: int = 0
     processed: int = 0
     processed_at_status: int = 0
     ended_sent: bool = False
+    #: position of the camera in the shared health block
+    index: int = 0
+    #: the state was reset and waits for frames to be rebuilt from
+    awaiting: bool = False
+    #: first seq a re-prime may use (frames before it gave a non-finite output)
+    floor: int = 0
+    #: a re-prime waits for a frame >= need (older ones were published before a restart)
+    need: int = 0
+    #: counters already added to the shared health block
+    synced_dropped: int = 0
+    synced_processed: int = 0
+    synced_resets: int = 0
+    non_finite_logged: bool = False
 
 
 class Worker:
@@ -213,6 +234,7 @@ class Worker:
         stop: Any,
         status_interval_s: float,
         throttle_s: float = 0.0,
+        health: Health | None = None,
     ) -> None:
         self.engine = engine
         self.feeds = feeds
@@ -221,26 +243,78 @@ class Worker:
         self.stop = stop
         self.status_interval_s = status_interval_s
         self.throttle_s = throttle_s
+        self.health = health if health is not None else Health(len(feeds))
         self.log = logging.getLogger("forecaster.worker")
         slots = max(feed.ring.slots for feed in feeds)
         height, width = feeds[0].ring.height, feeds[0].ring.width
         self._frames = np.empty((slots, height, width), dtype=np.uint8)
         self._stamps = np.empty((slots,), dtype=np.float64)
         self._last_status = time.monotonic()
-        for feed in feeds:
-            engine.add_camera(feed.camera)
+        for index, feed in enumerate(feeds):
+            feed.index = index
+            cam = engine.add_camera(feed.camera)
+            done = int(self.health.get(index, C.WORKER_SEQ))
+            if done >= 0:  # a previous worker process got this far: go on from there
+                cam.last_seq = done
+                feed.need = done + 1
 
-    def _publish(self, messages: list[Message]) -> None:
+    # -- publishing -----------------------------------------------------------------------
+
+    def _send(self, message: Message) -> None:
+        sent = self.publisher.send(message)
+        self.health.count_message(message.kind, sent is not False)
+
+    def _publish(self, feed: _Feed, messages: list[Message]) -> None:
         for message in messages:
-            self.publisher.send(message)
+            if isinstance(message, Score):
+                self.health.set(feed.index, C.LAST_SCORE, message.score)
+            elif isinstance(message, Event) and message.state == "start":
+                self.health.add(feed.index, C.ANOMALY_EVENTS)
+            self._send(message)
+
+    def _sync(self, feed: _Feed) -> None:
+        """Add what changed since the last call to the shared counters."""
+        health, index = self.health, feed.index
+        cam = self.engine.cameras[feed.camera]
+        health.add(index, C.DROPPED, feed.dropped - feed.synced_dropped)
+        health.add(index, C.PROCESSED, feed.processed - feed.synced_processed)
+        health.add(index, C.PRIMES, cam.resets - feed.synced_resets)
+        feed.synced_dropped, feed.synced_processed = feed.dropped, feed.processed
+        feed.synced_resets = cam.resets
+        if cam.last_seq is not None:
+            health.set(index, C.WORKER_SEQ, cam.last_seq)
+
+    # -- model ----------------------------------------------------------------------------
+
+    def _process(self, feed: _Feed, first: int, latest: int) -> StepResult:
+        count = latest - first + 1
+        began = time.perf_counter()
+        result = self.engine.process(
+            feed.camera, self._frames[:count], range(first, latest + 1), self._stamps[:count]
+        )
+        self.health.observe_inference(time.perf_counter() - began)
+        return result
 
     def _prime(self, feed: _Feed, stats: RingStats) -> None:
-        """Reset the camera's state and rebuild it from the frames in the ring."""
+        """Reset the camera's state and rebuild it from the frames in the ring.
+
+        Only frames of the ring's current epoch are used; when there is none yet (a
+        camera just reconnected), the state stays reset until the first ones arrive.
+        """
         ring = feed.ring
         cam = self.engine.cameras[feed.camera]
+        feed.epoch = stats.epoch
+        if not feed.awaiting:
+            end = self.engine.reset(feed.camera)
+            if end is not None:
+                self._send(end)
+            feed.awaiting = True
+        floor = max(feed.floor, int(self.health.get(feed.index, C.EPOCH_START)))
         for _ in range(3):
             latest = ring.latest_seq
-            first = max(0, latest - ring.slots + 1)
+            first = max(0, latest - ring.slots + 1, floor)
+            if latest < max(first, feed.need):
+                return  # nothing new of this epoch yet
             if ring.read(first, latest, self._frames, self._stamps):
                 break
         else:
@@ -248,30 +322,40 @@ class Worker:
             return
         if cam.last_seq is not None:
             feed.dropped += max(0, first - cam.last_seq - 1)
-        end = self.engine.reset(feed.camera)
-        if end is not None:
-            self.publisher.send(end)
-        count = latest - first + 1
-        result = self.engine.process(
-            feed.camera, self._frames[:count], range(first, latest + 1), self._stamps[:count]
-        )
+        result = self._process(feed, first, latest)
         if result.non_finite:
-            self.log.error("camera %s: model output not finite after re-prime", feed.camera)
+            if not feed.non_finite_logged:
+                self.log.error("camera %s: model output not finite after re-prime; "
+                               "waiting for new frames", feed.camera)
+                feed.non_finite_logged = True
             self.engine.reset(feed.camera)
             cam.last_seq = latest
+            feed.floor = latest + 1
             return
-        feed.processed += count
-        feed.epoch = stats.epoch
-        self._publish(result.messages)
+        feed.awaiting = False
+        feed.non_finite_logged = False
+        feed.processed += latest - first + 1
+        self._publish(feed, result.messages)
 
     def service(self, feed: _Feed) -> None:
         """Bring one camera up to the newest frame in its ring."""
+        try:
+            self._service(feed)
+        finally:
+            self._sync(feed)
+
+    def _service(self, feed: _Feed) -> None:
         stats = feed.ring.stats()
         latest = stats.latest_seq
         cam = self.engine.cameras[feed.camera]
         if latest < 0:
             return
-        if stats.epoch != feed.epoch or cam.last_seq is None or cam.state is None:
+        if (
+            stats.epoch != feed.epoch
+            or feed.awaiting
+            or cam.last_seq is None
+            or cam.state is None
+        ):
             self._prime(feed, stats)
             return
         first = cam.last_seq + 1
@@ -282,33 +366,41 @@ class Worker:
         ):
             self._prime(feed, stats)
             return
-        count = latest - first + 1
-        result = self.engine.process(
-            feed.camera, self._frames[:count], range(first, latest + 1), self._stamps[:count]
-        )
+        result = self._process(feed, first, latest)
         if result.non_finite:
             self.log.warning("camera %s: non-finite model output; re-priming", feed.camera)
             self._prime(feed, stats)
             return
-        feed.processed += count
-        self._publish(result.messages)
+        feed.processed += latest - first + 1
+        self._publish(feed, result.messages)
+
+    # -- status ---------------------------------------------------------------------------
 
     def status(self, feed: _Feed, elapsed: float, ended: bool = False) -> Status:
+        self._sync(feed)
         stats = feed.ring.stats()
         cam = self.engine.cameras[feed.camera]
         fps = (feed.processed - feed.processed_at_status) / elapsed if elapsed > 0 else 0.0
         feed.processed_at_status = feed.processed
+        dropped = int(self.health.get(feed.index, C.DROPPED))
+        resets = int(self.health.get(feed.index, C.PRIMES))
+        if ended:
+            reason: str | None = "end of stream"
+        elif not stats.connected:
+            reason = "source disconnected; reconnecting"
+        else:
+            reason = None
         return Status(
             camera=feed.camera,
             seq=max(cam.last_seq if cam.last_seq is not None else -1, 0),
             ts=time.time(),
             fps=fps,
             frames_captured=stats.frames_captured,
-            frames_dropped=feed.dropped + stats.frames_skipped,
-            state_resets=max(cam.resets - 1, 0),
+            frames_dropped=dropped + stats.frames_skipped,
+            state_resets=max(resets - 1, 0),
             connected=stats.connected,
             ended=ended,
-            reason="end of stream" if ended else None,
+            reason=reason,
         )
 
     def _finished(self, feed: _Feed) -> bool:
@@ -319,6 +411,7 @@ class Worker:
 
     def run(self) -> None:
         while not self.stop.is_set():
+            self.health.beat_worker()
             try:
                 self.notify.get(timeout=0.1)
                 while True:
@@ -334,11 +427,11 @@ class Worker:
                 self._last_status = now
                 for feed in self.feeds:
                     if not feed.ended_sent:
-                        self.publisher.send(self.status(feed, elapsed))
+                        self._send(self.status(feed, elapsed))
             for feed in self.feeds:
                 if not feed.ended_sent and self._finished(feed):
                     feed.ended_sent = True
-                    self.publisher.send(self.status(feed, elapsed, ended=True))
+                    self._send(self.status(feed, elapsed, ended=True))
                     self.log.info("camera %s: stream ended", feed.camera)
             if all(feed.ended_sent for feed in self.feeds):
                 break
@@ -346,20 +439,31 @@ class Worker:
                 self.stop.wait(self.throttle_s)
 
 
-def worker_main(spec: WorkerSpec, notify: Any, control: Any, stop: Any) -> None:
-    """Entry point of the worker process (spawned by the supervisor)."""
+def worker_main(
+    spec: WorkerSpec, wakeup_address: str, control: Any, stop: Any, health: Health
+) -> None:
+    """Entry point of the worker process (spawned, and restarted, by the supervisor)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    exit_with_parent(stop)
     setup_child_logging(spec.log_level)
     log = logging.getLogger("forecaster.worker")
     role = "worker"
     rings: list[FrameRing] = []
     publisher = None
+    inbox = None
     try:
+        from forecaster.channels import Inbox
+
+        try:
+            inbox = Inbox(wakeup_address)
+        except OSError as error:
+            raise ForecasterError(f"cannot bind the worker's wake-up socket: {error}") from None
         device = import_tensorflow_quietly()
         from forecaster.model.artifact import load_model
         from forecaster.model.step import Stepper
-        from forecaster.publisher import Publisher
+        from forecaster.publisher import CurveServer, Publisher
 
         model, card = load_model(spec.model_path, expect_size=spec.size)
         stepper = Stepper(model)
@@ -369,25 +473,35 @@ def worker_main(spec: WorkerSpec, notify: Any, control: Any, stop: Any) -> None:
             ring = FrameRing.attach(name)
             rings.append(ring)
             feeds.append(_Feed(camera=camera, ring=ring))
+        publish = spec.publish
+        curve = (
+            CurveServer.from_files(publish.curve_secret_key, publish.curve_allowed_clients)
+            if publish.curve_secret_key
+            else None
+        )
         publisher = Publisher(
-            spec.publish.endpoint, sndhwm=spec.publish.sndhwm, linger_ms=spec.publish.linger_ms
+            publish.endpoint, sndhwm=publish.sndhwm, linger_ms=publish.linger_ms, curve=curve
         )
         worker = Worker(
             engine,
             feeds,
             publisher,
-            notify,
+            inbox,
             stop,
-            spec.publish.status_interval_s,
+            publish.status_interval_s,
             throttle_s=spec.throttle_ms / 1000.0,
+            health=health,
         )
-        # compile the step before declaring readiness, so the first frames are not late
-        stepper.run(np.zeros((1, 1, *spec.size, 1), np.float32), stepper.initial_state(1))
+        # compile before declaring readiness, so the first frames are not late: one frame
+        # (a tick) and several (a re-prime or catch-up) may take different compiled paths
+        for count in (1, 2):
+            stepper.run(np.zeros((1, count, *spec.size, 1), np.float32), stepper.initial_state(1))
     except ForecasterError as error:
         control.put(("error", role, error.exit_code, str(error)))
         if publisher is not None:
             publisher.close()
         return
+    health.beat_worker()
     control.put(("ready", role, 0, ""))
     log.info(
         "serving %d camera(s) on %s; model %s on %s",
@@ -400,5 +514,6 @@ def worker_main(spec: WorkerSpec, notify: Any, control: Any, stop: Any) -> None:
         worker.run()
     finally:
         publisher.close()
+        inbox.close()
         for ring in rings:
             ring.close()

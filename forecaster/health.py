@@ -1,0 +1,204 @@
+"""Counters and heartbeats the children share with the supervisor, and the watchdog rule.
+
+:class:`Health` is one block of float64 values in shared memory, created by the
+supervisor (which outlives every child) and written without locks by one writer per
+field: each capture process writes its camera's heartbeat and epoch start, the worker
+everything else. The supervisor reads it for the systemd watchdog and status, and to
+serve metrics; counters therefore keep counting across restarts of the worker.
+
+:class:`StallDetector` is the watchdog rule: a child is healthy while its loop advances,
+and the worker also while it keeps up with the frames waiting in the rings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+from multiprocessing.context import BaseContext
+from typing import Any
+
+import numpy as np
+
+#: upper bounds (seconds) of the inference duration histogram's buckets (+Inf implied)
+INFERENCE_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+MESSAGE_KINDS: tuple[str, ...] = ("forecast", "score", "event", "status")
+
+
+class G(IntEnum):
+    """Daemon-wide fields."""
+
+    WORKER_BEAT = 0  # time.monotonic() of the worker loop's last turn
+    PUBLISH_DROPPED = 1  # messages the PUB socket could not queue
+    INFERENCE_SUM = 2  # seconds spent in model calls
+    MESSAGES = 3  # + index in MESSAGE_KINDS: messages published per kind
+    BUCKETS = MESSAGES + len(MESSAGE_KINDS)  # + bucket index (len(INFERENCE_BUCKETS) = +Inf)
+
+
+GLOBAL_FIELDS = int(G.BUCKETS) + len(INFERENCE_BUCKETS) + 1
+
+
+class C(IntEnum):
+    """Per-camera fields."""
+
+    CAPTURE_BEAT = 0  # time.monotonic() of the capture loop's last turn (capture writes)
+    EPOCH_START = 1  # first seq of the ring's current epoch (capture writes)
+    WORKER_SEQ = 2  # last seq the worker fed to the model, -1 = none yet
+    PROCESSED = 3  # frames fed to the model
+    DROPPED = 4  # frames skipped because the worker was behind
+    PRIMES = 5  # state resets, the first prime included
+    ANOMALY_EVENTS = 6  # anomaly episodes started
+    LAST_SCORE = 7  # calibrated score of the last frame scored (NaN = none)
+
+
+CAMERA_FIELDS = len(C)
+
+
+class Health:
+    """The shared block. Create in the supervisor with a context, pass to children."""
+
+    def __init__(self, cameras: int, ctx: BaseContext | None = None) -> None:
+        size = GLOBAL_FIELDS + cameras * CAMERA_FIELDS
+        self.cameras = cameras
+        self._raw: Any = ctx.RawArray("d", size) if ctx is not None else (ctypes.c_double * size)()
+        self._view: np.ndarray | None = None
+        for index in range(cameras):
+            self.set(index, C.WORKER_SEQ, -1.0)
+            self.set(index, C.LAST_SCORE, math.nan)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cameras": self.cameras, "_raw": self._raw}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cameras = state["cameras"]
+        self._raw = state["_raw"]
+        self._view = None
+
+    @property
+    def values(self) -> np.ndarray:
+        if self._view is None:
+            self._view = np.frombuffer(self._raw, dtype=np.float64)
+        return self._view
+
+    # -- per camera -----------------------------------------------------------------------
+
+    def get(self, camera: int, field: C) -> float:
+        return float(self.values[GLOBAL_FIELDS + camera * CAMERA_FIELDS + field])
+
+    def set(self, camera: int, field: C, value: float) -> None:
+        self.values[GLOBAL_FIELDS + camera * CAMERA_FIELDS + field] = value
+
+    def add(self, camera: int, field: C, amount: float = 1.0) -> None:
+        if amount:
+            self.values[GLOBAL_FIELDS + camera * CAMERA_FIELDS + field] += amount
+
+    def beat_capture(self, camera: int) -> None:
+        self.set(camera, C.CAPTURE_BEAT, time.monotonic())
+
+    # -- daemon-wide ----------------------------------------------------------------------
+
+    def get_global(self, field: int) -> float:
+        return float(self.values[field])
+
+    def beat_worker(self) -> None:
+        self.values[G.WORKER_BEAT] = time.monotonic()
+
+    def count_message(self, kind: str, sent: bool = True) -> None:
+        if sent:
+            self.values[G.MESSAGES + MESSAGE_KINDS.index(kind)] += 1
+        else:
+            self.values[G.PUBLISH_DROPPED] += 1
+
+    def observe_inference(self, seconds: float) -> None:
+        bucket = len(INFERENCE_BUCKETS)
+        for index, bound in enumerate(INFERENCE_BUCKETS):
+            if seconds <= bound:
+                bucket = index
+                break
+        self.values[G.BUCKETS + bucket] += 1
+        self.values[G.INFERENCE_SUM] += seconds
+
+    def inference_histogram(self) -> tuple[list[float], float]:
+        """Cumulative counts per bucket (the last is +Inf, the total) and the sum."""
+        counts = self.values[G.BUCKETS : G.BUCKETS + len(INFERENCE_BUCKETS) + 1]
+        return [float(x) for x in np.cumsum(counts)], float(self.values[G.INFERENCE_SUM])
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A child that makes no progress: its role and what was seen."""
+
+    role: str
+    reason: str
+
+
+class StallDetector:
+    """The watchdog rule, evaluated by the supervisor a few times per second.
+
+    - the worker is stalled when its loop has not turned for ``stall_s``, or when frames
+      have waited in a ring for ``stall_s`` while the worker fed none of that camera's;
+    - a capture process is stalled when its loop has not turned for ``stall_s``. A capture
+      that waits for a disconnected camera keeps turning (it retries with backoff), so a
+      camera that is legitimately down is not a stall: a restart would not bring it back.
+
+    Children that are starting, restarting or finished are not judged.
+    """
+
+    def __init__(self, cameras: list[str], stall_s: float) -> None:
+        self.cameras = cameras
+        self.stall_s = stall_s
+        self._seen = [-1.0] * len(cameras)
+        self._since = [0.0] * len(cameras)
+
+    def check(
+        self,
+        health: Health,
+        latest_seqs: list[int],
+        worker_running: bool,
+        captures_running: list[bool],
+        now: float | None = None,
+    ) -> list[Stall]:
+        now = time.monotonic() if now is None else now
+        stalls: list[Stall] = []
+        for index, camera in enumerate(self.cameras):
+            seq = health.get(index, C.WORKER_SEQ)
+            if not worker_running or seq != self._seen[index] or latest_seqs[index] <= seq:
+                self._seen[index] = seq
+                self._since[index] = now
+            elif now - self._since[index] > self.stall_s:
+                waited = now - self._since[index]
+                stalls.append(Stall("worker", f"frames of camera {camera} waited {waited:.0f} s"))
+        if worker_running:
+            age = now - health.get_global(G.WORKER_BEAT)
+            if age > self.stall_s:
+                stalls.insert(0, Stall("worker", f"its loop has not turned for {age:.0f} s"))
+        for index, camera in enumerate(self.cameras):
+            if captures_running[index]:
+                age = now - health.get(index, C.CAPTURE_BEAT)
+                if age > self.stall_s:
+                    stalls.append(
+                        Stall(f"capture:{camera}", f"its loop has not turned for {age:.0f} s")
+                    )
+        return stalls
+
+
+class RestartBudget:
+    """At most ``limit`` restarts within any ``window_s`` seconds."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.times: list[float] = []
+
+    def allow(self, now: float | None = None) -> bool:
+        """Record a restart if the budget allows it; False when it is spent."""
+        now = time.monotonic() if now is None else now
+        self.times = [t for t in self.times if now - t < self.window_s]
+        if len(self.times) >= self.limit:
+            return False
+        self.times.append(now)
+        return True

@@ -1,0 +1,105 @@
+"""CURVE key pairs for the publisher and its subscribers (``forecaster keys``).
+
+Keys are written as ZeroMQ certificate files, the format ``zmq.auth.create_certificates``
+writes and ``zmq.auth.load_certificate`` reads: ``NAME.key`` holds the public key (give it
+away), ``NAME.key_secret`` both keys (mode 0600, keep it where it is). The publisher reads
+its own ``.key_secret`` and a folder of the ``.key`` files of the clients it accepts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from forecaster.errors import ConfigError
+
+_HEADER = """#   ****  Generated on {date} by forecaster keys  ****
+#   ZeroMQ CURVE {kind} Certificate
+#   {advice}
+
+metadata
+    name = "{name}"
+curve
+    public-key = "{public}"
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFiles:
+    public: Path
+    secret: Path
+
+
+def _write(path: Path, text: str, mode: int, force: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise ConfigError(f"key file already exists: {path} (use --force to replace it)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot write key file {path}: {error.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(path, mode)  # O_CREAT's mode is filtered by the umask; a replaced file keeps its own
+
+
+def generate_keypair(folder: str | Path, name: str = "server", force: bool = False) -> KeyFiles:
+    """Write ``folder/name.key`` (0644) and ``folder/name.key_secret`` (0600)."""
+    import zmq
+
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"key name must be a plain file name, got {name!r}")
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as error:
+        raise ConfigError(f"cannot create key folder {folder}: {error.strerror}") from None
+    public, secret = zmq.curve_keypair()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    fields = {"date": date, "name": name, "public": public.decode("ascii")}
+    files = KeyFiles(folder / f"{name}.key", folder / f"{name}.key_secret")
+    public_text = _HEADER.format(
+        kind="**Public**", advice="Exchange securely, or use a secure mechanism to verify "
+        "the contents of this file after exchange.", **fields
+    )
+    secret_text = _HEADER.format(
+        kind="**Secret**", advice="DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its "
+        "permissions.", **fields
+    ) + f'    secret-key = "{secret.decode("ascii")}"\n'
+    _write(files.secret, secret_text, 0o600, force)
+    _write(files.public, public_text, 0o644, force)
+    return files
+
+
+def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) of a ``.key_secret`` file; ValueError naming the file otherwise."""
+    import zmq.auth
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"secret key file not found: {path}")
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"not a ZeroMQ certificate file: {path}: {error}") from None
+    if not secret or not public:
+        raise ValueError(f"{path} holds no secret key (use the .key_secret file)")
+    return public, secret
+
+
+def load_public_key(path: str | Path) -> bytes:
+    """The public key of a ``.key`` (or ``.key_secret``) file; ValueError naming the file."""
+    import zmq.auth
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"public key file not found: {path}")
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"not a ZeroMQ certificate file: {path}: {error}") from None
+    if not public:
+        raise ValueError(f"{path} holds no public key")
+    return public

@@ -1,0 +1,203 @@
+"""Loopback by default, CURVE encryption and subscriber authentication, `forecaster keys`."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+
+from forecaster.client import CurveClient, Subscriber
+from forecaster.config import parse_config
+from forecaster.errors import ConfigError
+from forecaster.keys import generate_keypair
+from forecaster.protocol import Score
+from forecaster.publisher import CurveServer, Publisher
+from tests.conftest import free_port
+from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forecaster", *args], cwd=cwd, env=daemon_env(),
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    """A publisher key pair, an allowed client (alice) and a stranger (mallory)."""
+    folder = tmp_path / "keys"
+    server = generate_keypair(folder, "server")
+    alice = generate_keypair(folder, "alice")
+    mallory = generate_keypair(tmp_path / "elsewhere", "mallory")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(alice.public, allowed / alice.public.name)
+    return {
+        "server_secret": server.secret, "server_public": server.public, "allowed": allowed,
+        "alice": alice.secret, "mallory": mallory.secret,
+    }
+
+
+def test_keys_command_writes_a_certificate_pair(tmp_path: Path) -> None:
+    folder = tmp_path / "k"
+    result = _cli(["keys", str(folder), "--name", "alice"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    public, secret = folder / "alice.key", folder / "alice.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    key, none = zmq.auth.load_certificate(public)
+    key_again, secret_key = zmq.auth.load_certificate(secret)
+    assert none is None and key == key_again and len(key) == 40 and len(secret_key or b"") == 40
+    # zmq's own authenticator reads the folder
+    assert list(zmq.auth.load_certificates(folder)) == [key]
+    again = _cli(["keys", str(folder), "--name", "alice"], tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+    forced = _cli(["keys", str(folder), "--name", "alice", "--force"], tmp_path)
+    assert forced.returncode == 0
+    assert zmq.auth.load_certificate(public)[0] != key
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+@pytest.fixture
+def contexts() -> Iterator[tuple[zmq.Context, zmq.Context]]:
+    server, clients = zmq.Context(), zmq.Context()
+    yield server, clients
+    clients.destroy(linger=0)
+    server.destroy(linger=0)
+
+
+def _score(seq: int) -> Score:
+    return Score(camera="cam0", seq=seq, ts=1.0, mse=0.01, psnr=20.0, score=0.5,
+                 anomaly=False, latency_ms=1.0)
+
+
+def test_curve_publisher_admits_only_allowed_clients(
+    keys: dict[str, Path], contexts: tuple[zmq.Context, zmq.Context]
+) -> None:
+    server_ctx, client_ctx = contexts
+    curve = CurveServer.from_files(str(keys["server_secret"]), str(keys["allowed"]))
+    with Publisher("tcp://127.0.0.1:*", linger_ms=0, context=server_ctx, curve=curve) as pub:
+        endpoint = pub.last_endpoint
+        alice = Subscriber(endpoint, context=client_ctx,
+                           curve=CurveClient.from_files(keys["server_public"], keys["alice"]))
+        mallory = Subscriber(endpoint, context=client_ctx,
+                             curve=CurveClient.from_files(keys["server_public"], keys["mallory"]))
+        plain = Subscriber(endpoint, context=client_ctx)
+        try:
+            seq = 0
+
+            def alice_hears() -> bool:
+                nonlocal seq
+                pub.send(_score(seq))
+                seq += 1
+                return alice.recv(timeout=0.02) is not None
+
+            wait_for(alice_hears, 10, "the allowed client to receive")
+            for _ in range(50):
+                pub.send(_score(seq))
+                seq += 1
+            got = []
+            while (msg := alice.recv(timeout=0.5)) is not None:
+                got.append(msg.seq)
+            assert got == list(range(seq - 50, seq))
+            assert mallory.recv(timeout=0.3) is None
+            assert plain.recv(timeout=0.3) is None
+            assert mallory.received == 0 and plain.received == 0
+        finally:
+            for sub in (alice, mallory, plain):
+                sub.close()
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://eth0:5556", "tcp://192.168.1.10:5556"]
+)
+def test_non_loopback_endpoint_needs_curve_or_allow_insecure(
+    endpoint: str, keys: dict[str, Path]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"publish": {"endpoint": endpoint}}, origin="x.toml")
+    message = str(info.value)
+    assert message.startswith("x.toml: publish") and endpoint in message
+    assert "curve_secret_key" in message and "allow_insecure" in message
+    parse_config({"publish": {"endpoint": endpoint, "allow_insecure": True}})
+    parse_config({"publish": {
+        "endpoint": endpoint, "curve_secret_key": str(keys["server_secret"]),
+        "curve_allowed_clients": str(keys["allowed"]),
+    }})
+
+
+def test_loopback_and_ipc_endpoints_need_nothing() -> None:
+    for endpoint in ("tcp://127.0.0.1:5556", "tcp://localhost:5556", "tcp://[::1]:5556",
+                     "tcp://127.0.0.2:*", "ipc:///run/forecaster/forecaster.sock"):
+        assert parse_config({"publish": {"endpoint": endpoint}}).publish.endpoint == endpoint
+
+
+def test_curve_settings_are_checked(keys: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs both"):
+        parse_config({"publish": {"curve_secret_key": str(keys["server_secret"])}})
+    missing = tmp_path / "nope.key_secret"
+    with pytest.raises(ConfigError, match=r"publish\.curve_secret_key: .*nope\.key_secret"):
+        parse_config({"publish": {"curve_secret_key": str(missing),
+                                  "curve_allowed_clients": str(keys["allowed"])}})
+    with pytest.raises(ConfigError, match="holds no secret key"):
+        parse_config({"publish": {"curve_secret_key": str(keys["server_public"]),
+                                  "curve_allowed_clients": str(keys["allowed"])}})
+    with pytest.raises(ConfigError, match=r"publish\.curve_allowed_clients: .*not found"):
+        parse_config({"publish": {"curve_secret_key": str(keys["server_secret"]),
+                                  "curve_allowed_clients": str(tmp_path / "none")}})
+
+
+def test_run_refuses_a_non_loopback_endpoint_without_curve_exit_2(tmp_path: Path) -> None:
+    endpoint = f"tcp://0.0.0.0:{free_port()}"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[publish]\nendpoint = "{endpoint}"\n')
+    for command in (["run", "--config", str(config)], ["check-config", str(config)]):
+        result = _cli(command, tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and endpoint in lines[0], result.stderr
+
+
+@pytest.mark.timeout(150)
+def test_daemon_with_curve_serves_only_allowed_subscribers(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = config_text(endpoint, [("cam0", "synthetic:?fps=25&seed=5")], {"publish": {
+        "curve_secret_key": str(keys["server_secret"]),
+        "curve_allowed_clients": str(keys["allowed"]),
+    }})
+    with Daemon(tmp_path, config) as daemon, \
+            Subscriber(endpoint, kinds=["score"],
+                       curve=CurveClient.from_files(keys["server_public"], keys["alice"])) as alice, \
+            Subscriber(endpoint, curve=CurveClient.from_files(
+                keys["server_public"], keys["mallory"])) as mallory, \
+            Subscriber(endpoint) as plain:
+
+        def alice_hears() -> bool:
+            assert daemon.proc.poll() is None, daemon.log()
+            return isinstance(alice.recv(timeout=0.2), Score)
+
+        wait_for(alice_hears, 120, "scores for the allowed subscriber")
+        began = time.monotonic()
+        heard = 0
+        while time.monotonic() - began < 1.5:
+            heard += isinstance(alice.recv(timeout=0.1), Score)
+        assert heard >= 10
+        assert mallory.recv(timeout=0.1) is None and plain.recv(timeout=0.1) is None
+        assert mallory.received == 0 and plain.received == 0
+        assert daemon.stop() == 0
+        assert "CURVE on: 1 client key(s) allowed" in daemon.log()
