@@ -126,24 +126,62 @@ class InferenceEngine:
         Returns the score (and event) messages of every scored frame and the forecast
         made from the newest frame.
         """
-        cam = self.cameras[camera]
-        count = frames.shape[0]
-        if cam.state is None:
-            cam.state = self.stepper.initial_state(1)
-        inputs = frames.astype(np.float32)[None, :, :, :, None]
+        return self.process_many([(camera, frames, seqs, stamps)])[0]
+
+    def process_many(
+        self, items: Sequence[tuple[str, np.ndarray, Sequence[int], Sequence[float]]]
+    ) -> list[StepResult]:
+        """Feed several cameras the same number of frames in ONE model call.
+
+        Each camera's state is a row of the batch; ``items`` holds
+        ``(camera, frames (T, H, W) uint8, seqs, stamps)`` with one T for all. The result
+        of each camera equals what :meth:`process` gives for it alone.
+        """
+        cams = [self.cameras[camera] for camera, _, _, _ in items]
+        counts = {frames.shape[0] for _, frames, _, _ in items}
+        if len(counts) != 1:
+            raise ValueError(f"process_many needs one frame count for all cameras, got {counts}")
+        for cam in cams:
+            if cam.state is None:
+                cam.state = self.stepper.initial_state(1)
+        if len(items) == 1:
+            inputs = items[0][1].astype(np.float32)[None, :, :, :, None]
+            state = cams[0].state
+        else:
+            inputs = np.stack([frames for _, frames, _, _ in items]).astype(np.float32)[..., None]
+            state = [
+                np.concatenate([cam.state[i] for cam in cams])  # type: ignore[index]
+                for i in range(len(cams[0].state))  # type: ignore[arg-type]
+            ]
         inputs *= 1.0 / 255.0
-        predictions, new_state = self.stepper.run(inputs, cam.state)
-        predictions = predictions[0, :, :, :, 0]
-        if not np.isfinite(predictions).all():
-            return StepResult(non_finite=True)
-        cam.state = new_state
+        predictions, new_state = self.stepper.run(inputs, state)
+        results = []
+        for row, (cam, (_, _, seqs, stamps)) in enumerate(zip(cams, items, strict=True)):
+            rows = predictions[row, :, :, :, 0]
+            if not np.isfinite(rows).all():
+                results.append(StepResult(non_finite=True))
+                continue
+            cam.state = [array[row : row + 1] for array in new_state]
+            results.append(self._score(cam, rows, inputs[row, :, :, :, 0], seqs, stamps))
+        return results
+
+    def _score(
+        self,
+        cam: CameraState,
+        predictions: np.ndarray,
+        actual: np.ndarray,
+        seqs: Sequence[int],
+        stamps: Sequence[float],
+    ) -> StepResult:
+        """Score each fed frame against the prediction made from the one before it."""
+        camera = cam.camera
         result = StepResult()
         now = self.clock()
-        for index in range(count):
+        for index in range(predictions.shape[0]):
             seq = int(seqs[index])
             ts = float(stamps[index])
             if cam.prediction is not None and cam.context >= self.window:
-                scored = cam.scorer.score(cam.prediction, inputs[0, index, :, :, 0])
+                scored = cam.scorer.score(cam.prediction, actual[index])
                 result.messages.append(
                     Score(
                         camera=camera,
@@ -220,6 +258,12 @@ class _Feed:
     synced_processed: int = 0
     synced_resets: int = 0
     non_finite_logged: bool = False
+    #: frames read from the ring for the next model call, and their time stamps
+    frames: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0), np.uint8))
+    stamps: np.ndarray = field(default_factory=lambda: np.empty((0,), np.float64))
+    #: seqs first..last of the frames waiting in ``frames`` (count = last - first + 1)
+    first: int = 0
+    last: int = -1
 
 
 class Worker:
@@ -245,10 +289,10 @@ class Worker:
         self.throttle_s = throttle_s
         self.health = health if health is not None else Health(len(feeds))
         self.log = logging.getLogger("forecaster.worker")
-        slots = max(feed.ring.slots for feed in feeds)
-        height, width = feeds[0].ring.height, feeds[0].ring.width
-        self._frames = np.empty((slots, height, width), dtype=np.uint8)
-        self._stamps = np.empty((slots,), dtype=np.float64)
+        for feed in feeds:
+            ring = feed.ring
+            feed.frames = np.empty((ring.slots, ring.height, ring.width), dtype=np.uint8)
+            feed.stamps = np.empty((ring.slots,), dtype=np.float64)
         self._last_status = time.monotonic()
         for index, feed in enumerate(feeds):
             feed.index = index
@@ -290,10 +334,32 @@ class Worker:
         count = latest - first + 1
         began = time.perf_counter()
         result = self.engine.process(
-            feed.camera, self._frames[:count], range(first, latest + 1), self._stamps[:count]
+            feed.camera, feed.frames[:count], range(first, latest + 1), feed.stamps[:count]
         )
         self.health.observe_inference(time.perf_counter() - began)
         return result
+
+    def _process_batch(self, feeds: list[_Feed]) -> None:
+        """Run the waiting frames of several cameras, one model call per frame count."""
+        groups: dict[int, list[_Feed]] = {}
+        for feed in feeds:
+            groups.setdefault(feed.last - feed.first + 1, []).append(feed)
+        for count, group in groups.items():
+            began = time.perf_counter()
+            results = self.engine.process_many(
+                [
+                    (f.camera, f.frames[:count], range(f.first, f.last + 1), f.stamps[:count])
+                    for f in group
+                ]
+            )
+            self.health.observe_inference(time.perf_counter() - began)
+            for feed, result in zip(group, results, strict=True):
+                if result.non_finite:
+                    self.log.warning("camera %s: non-finite model output; re-priming", feed.camera)
+                    self._prime(feed, feed.ring.stats())
+                    continue
+                feed.processed += count
+                self._publish(feed, result.messages)
 
     def _prime(self, feed: _Feed, stats: RingStats) -> None:
         """Reset the camera's state and rebuild it from the frames in the ring.
@@ -315,7 +381,7 @@ class Worker:
             first = max(0, latest - ring.slots + 1, floor)
             if latest < max(first, feed.need):
                 return  # nothing new of this epoch yet
-            if ring.read(first, latest, self._frames, self._stamps):
+            if ring.read(first, latest, feed.frames, feed.stamps):
                 break
         else:
             self.log.warning("camera %s: ring overwritten while re-priming", feed.camera)
@@ -339,17 +405,30 @@ class Worker:
 
     def service(self, feed: _Feed) -> None:
         """Bring one camera up to the newest frame in its ring."""
-        try:
-            self._service(feed)
-        finally:
-            self._sync(feed)
+        self.service_all([feed])
 
-    def _service(self, feed: _Feed) -> None:
+    def service_all(self, feeds: list[_Feed]) -> None:
+        """Bring every camera up to its newest frame; cameras that are simply one or
+        more frames behind share one batched model call (per frame count)."""
+        waiting = []
+        try:
+            for feed in feeds:
+                if self._collect(feed):
+                    waiting.append(feed)
+            if waiting:
+                self._process_batch(waiting)
+        finally:
+            for feed in feeds:
+                self._sync(feed)
+
+    def _collect(self, feed: _Feed) -> bool:
+        """Read the camera's new frames into its buffer (True), or re-prime it / do
+        nothing when there is nothing to batch (False)."""
         stats = feed.ring.stats()
         latest = stats.latest_seq
         cam = self.engine.cameras[feed.camera]
         if latest < 0:
-            return
+            return False
         if (
             stats.epoch != feed.epoch
             or feed.awaiting
@@ -357,22 +436,17 @@ class Worker:
             or cam.state is None
         ):
             self._prime(feed, stats)
-            return
+            return False
         first = cam.last_seq + 1
         if latest < first:
-            return
+            return False
         if latest - first + 1 > feed.ring.slots or not feed.ring.read(
-            first, latest, self._frames, self._stamps
+            first, latest, feed.frames, feed.stamps
         ):
             self._prime(feed, stats)
-            return
-        result = self._process(feed, first, latest)
-        if result.non_finite:
-            self.log.warning("camera %s: non-finite model output; re-priming", feed.camera)
-            self._prime(feed, stats)
-            return
-        feed.processed += latest - first + 1
-        self._publish(feed, result.messages)
+            return False
+        feed.first, feed.last = first, latest
+        return True
 
     # -- status ---------------------------------------------------------------------------
 
@@ -418,9 +492,7 @@ class Worker:
                     self.notify.get_nowait()
             except queue.Empty:
                 pass
-            for feed in self.feeds:
-                if not feed.ended_sent:
-                    self.service(feed)
+            self.service_all([feed for feed in self.feeds if not feed.ended_sent])
             now = time.monotonic()
             elapsed = now - self._last_status
             if elapsed >= self.status_interval_s:

@@ -127,8 +127,8 @@ def test_two_cameras_share_one_worker(tmp_path: Path) -> None:
 
 def test_worker_behind_by_a_few_frames_catches_up_without_gaps(tmp_path: Path) -> None:
     # ~4 frames arrive per worker tick: the worker runs them in one call and scores all.
-    # A ring of 32 frames leaves room for scheduling hiccups on a busy machine.
-    extra = "[worker]\nthrottle_ms = 40\n[capture]\nring_frames = 32"
+    # A ring of 64 frames leaves room for scheduling hiccups on a busy machine.
+    extra = "[worker]\nthrottle_ms = 40\n[capture]\nring_frames = 64"
     result, messages = run_daemon(tmp_path, [("cam0", "synthetic:?fps=100&seed=4")], 120, extra)
     assert result.returncode == 0, result.stderr
     scores = by_camera(messages, Score)["cam0"]

@@ -145,3 +145,60 @@ def test_far_behind_or_new_epoch_resets_and_reprimes(stepper, ring, tmp_path) ->
         harness.drain()
     finally:
         harness.close()
+
+
+class CountingStepper:
+    """The real stepper, counting model calls and the batch size of each."""
+
+    def __init__(self, stepper) -> None:
+        self.stepper = stepper
+        self.batches: list[int] = []
+
+    def initial_state(self, batch: int):
+        return self.stepper.initial_state(batch)
+
+    def run(self, frames, state):
+        self.batches.append(frames.shape[0])
+        return self.stepper.run(frames, state)
+
+
+def test_cameras_with_new_frames_share_one_batched_call(stepper, tmp_path) -> None:
+    counting = CountingStepper(stepper)
+    engine = InferenceEngine(counting, CALIBRATION, ScorerConfig(), window=10)
+    rings = [
+        FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 32, 32, slots=10)
+        for _ in range(3)
+    ]
+    publisher = Publisher(f"ipc://{tmp_path}/b.sock", sndhwm=10000, linger_ms=0)
+    try:
+        feeds = [_Feed(camera=f"cam{i}", ring=ring) for i, ring in enumerate(rings)]
+        stop = mp.get_context("spawn").Event()
+        worker = Worker(engine, feeds, publisher, queue.Queue(), stop, 60.0)
+        scenes = [SyntheticScene(seed=20 + i, height=32, width=32) for i in range(3)]
+        frames = [np.stack([scene.frame(i) for i in range(16)]) for scene in scenes]
+        for k, ring in enumerate(rings):
+            for i in range(10):
+                ring.write(frames[k][i], float(i))
+        worker.service_all(feeds)  # three re-primes: one call each
+        assert counting.batches == [1, 1, 1]
+        for i in range(10, 16):  # then one frame per tick for all three cameras
+            for k, ring in enumerate(rings):
+                ring.write(frames[k][i], float(i))
+            worker.service_all(feeds)
+        assert counting.batches[3:] == [3] * 6
+        for k in range(3):
+            expected = reference(stepper, frames[k])[-1]
+            np.testing.assert_allclose(engine.cameras[f"cam{k}"].prediction, expected, atol=1e-5)
+        # a camera that is behind by two frames runs apart from those behind by one
+        rings[0].write(frames[0][0], 16.0)
+        rings[0].write(frames[0][1], 17.0)
+        rings[1].write(frames[1][0], 16.0)
+        rings[2].write(frames[2][0], 16.0)
+        counting.batches.clear()
+        worker.service_all(feeds)
+        assert sorted(counting.batches) == [1, 2]
+    finally:
+        publisher.close()
+        for ring in rings:
+            ring.close()
+            ring.unlink()
