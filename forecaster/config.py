@@ -155,6 +155,10 @@ class PublishConfig(_Section):
 
 
 class ScorerConfig(_Section):
+    #: how the calibrated score is made: "patch" (the worst places of the frame, each window's
+    #: error against that window's normal error; needs a model card with calibration.patch),
+    #: "global" (the whole frame's mse) or "auto" (patch when the model card has it)
+    mode: Literal["auto", "global", "patch"] = "auto"
     #: calibrated score at which a frame counts as anomalous
     threshold_on: float = 3.0
     #: score under which an anomaly ends (hysteresis; <= threshold_on)

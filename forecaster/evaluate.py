@@ -5,11 +5,16 @@
 fed in chunks with the state carried) and compares the scores with the labels under two
 protocols:
 
-- ``paper``: per video, PSNR is min-max normalised over the whole video into a regularity
-  score ``s = (psnr - min) / (max - min)`` and the anomaly score is ``1 - s`` (Liu et al.,
-  "Future Frame Prediction for Anomaly Detection", CVPR 2018). It needs the whole video
-  first, so it is not causal; it is what published numbers use.
+- ``paper``: per video, the anomaly score is min-max normalised over the whole video (Liu
+  et al., "Future Frame Prediction for Anomaly Detection", CVPR 2018, normalise PSNR into a
+  regularity score ``s = (psnr - min) / (max - min)`` and take ``1 - s``). It needs the
+  whole video first, so it is not causal; it is what published numbers use.
 - ``causal``: exactly the calibrated score the daemon publishes for each frame.
+
+Two rows for the model: ``model`` is the score the daemon publishes (the scorer's mode, see
+:mod:`forecaster.scorer`; paper: its per-video min-max), ``model-global`` the whole-frame
+error alone (paper: ``1 - `` per-video min-max of PSNR, as Liu et al.; causal: the global
+calibrated score ``(ln mse - mu) / sigma``). With the scorer in global mode the two agree.
 
 Baselines on the same frames and protocols: ``copy-last`` (the prediction is the previous
 frame; paper: its PSNR min-max normalised; causal: its raw mse), ``frame-diff`` (mean
@@ -50,15 +55,17 @@ from forecaster.replay import (
     resolve_model,
     score_video,
 )
-from forecaster.scorer import MSE_FLOOR
+from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR
 
 log = logging.getLogger("forecaster.evaluate")
 
-METHODS = ("model", "copy-last", "frame-diff", "mog2")
+METHODS = ("model", "model-global", "copy-last", "frame-diff", "mog2")
 PROTOCOLS = ("paper", "causal")
 METHOD_NOTES = {
-    "model": "paper: 1 - per-video min-max of the model's PSNR; causal: the calibrated score "
-             "the daemon publishes",
+    "model": "paper: per-video min-max of the calibrated score the daemon publishes; causal: "
+             "that score",
+    "model-global": "paper: 1 - per-video min-max of the model's PSNR (whole frame); causal: "
+                    "(ln mse - mu) / sigma with the card's global calibration",
     "copy-last": "prediction = previous frame; paper: 1 - per-video min-max of its PSNR; "
                  "causal: its raw mse (no calibration)",
     "frame-diff": "mean absolute difference to the previous frame; paper: per-video min-max; "
@@ -132,6 +139,13 @@ def minmax(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low)
 
 
+def global_scores(mse: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """The global-mode score ``(ln max(mse, 1e-10) - mu) / max(sigma, 1e-3)`` of each frame."""
+    mu = float(calibration["log_mse_mean"])
+    sigma = max(float(calibration["log_mse_std"]), SIGMA_FLOOR)
+    return (np.log(np.maximum(mse, MSE_FLOOR)) - mu) / sigma
+
+
 # --- metrics -------------------------------------------------------------------------------
 
 
@@ -167,12 +181,12 @@ def _fmt(value: float | None) -> str:
 
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """The method x protocol table as text."""
-    header = f"{'method':<11} {'protocol':<8} {'micro AUC':>9} {'macro AUC':>9} {'EER':>6} {'best F1':>7}"
+    header = f"{'method':<12} {'protocol':<8} {'micro AUC':>9} {'macro AUC':>9} {'EER':>6} {'best F1':>7}"
     lines = [header, "-" * len(header)]
     for method, by_protocol in results.items():
         for protocol, m in by_protocol.items():
             lines.append(
-                f"{method:<11} {protocol:<8} {_fmt(m['micro_auc']):>9} {_fmt(m['macro_auc']):>9} "
+                f"{method:<12} {protocol:<8} {_fmt(m['micro_auc']):>9} {_fmt(m['macro_auc']):>9} "
                 f"{_fmt(m['eer']):>6} {_fmt(m['best_f1']):>7}"
             )
     return "\n".join(lines)
@@ -232,13 +246,15 @@ def evaluate_command(
         model_mse = np.asarray([s.mse for s in scored])
         model_psnr = np.asarray([s.psnr for s in scored])
         model_score = np.asarray([s.score for s in scored])
+        global_score = global_scores(model_mse, card.calibration)
         copy_mse = copy_last_mse(frames)[seqs]
         diff = frame_diff(frames)[seqs]
         mog = mog2_fraction(frames)[seqs]
         video = EvalVideo(name=name, frames=len(frames), seqs=seqs, labels=truth[seqs],
                           all_labels=truth)
         video.scores = {
-            "model": {"paper": 1.0 - minmax(model_psnr), "causal": model_score},
+            "model": {"paper": minmax(model_score), "causal": model_score},
+            "model-global": {"paper": 1.0 - minmax(model_psnr), "causal": global_score},
             "copy-last": {"paper": 1.0 - minmax(psnr(copy_mse)), "causal": copy_mse},
             "frame-diff": {"paper": minmax(diff), "causal": diff},
             "mog2": {"paper": minmax(mog), "causal": mog},
@@ -249,6 +265,7 @@ def evaluate_command(
     if not videos:
         raise DataError(f"no video of {', '.join(data)} is longer than window={card.window} frames")
 
+    scorer_mode = next(iter(engine.cameras.values())).scorer.mode
     frames_total = sum(len(f) for _, f, _ in raw_videos)
     evaluated = sum(len(v.seqs) for v in videos)
     left_out = frames_total - evaluated
@@ -259,6 +276,7 @@ def evaluate_command(
     anomalous = int(sum(int(v.labels.sum()) for v in videos))
     echo(f"anomalous frames evaluated: {anomalous} of {evaluated} "
          f"({100.0 * anomalous / max(evaluated, 1):.1f}%)")
+    echo(f"model score: the scorer's {scorer_mode} mode{_mode_note(scorer_mode, card.calibration)}")
     echo(format_table(results))
     echo("causal scores of the baselines are their raw values (no calibration)")
 
@@ -269,6 +287,7 @@ def evaluate_command(
         "model_card": {"arch": card.arch, "size": [card.height, card.width],
                        "window": card.window, "calibration": card.calibration},
         "scorer": cfg.scorer.model_dump(),
+        "scorer_mode": scorer_mode,
         "frames": frames_total,
         "frames_evaluated": evaluated,
         "frames_left_out": left_out,
@@ -283,6 +302,14 @@ def evaluate_command(
     _plots(out_dir, videos, results)
     echo(f"wrote {out_dir / 'eval.json'}, {out_dir / 'roc.png'}, {out_dir / 'timelines.png'}")
     return report
+
+
+def _mode_note(mode: str, calibration: dict[str, Any]) -> str:
+    if mode != "patch":
+        return " (whole-frame error)"
+    patch = calibration["patch"]
+    return (f" ({patch['patch']}x{patch['patch']} windows every {patch['stride']} px, "
+            f"top {patch['top_k']}, smoothing {patch['smoothing']})")
 
 
 def _jsonable(value: Any) -> Any:

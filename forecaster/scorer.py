@@ -1,10 +1,20 @@
 """Per-camera scoring: prediction error, calibrated anomaly score, hysteresis events.
 
-The score of frame t compares it with the prediction made from frame t-1:
-``mse`` (float64 accumulation), ``psnr = 10 log10(1 / max(mse, 1e-10))`` and the
-calibrated score ``(ln(max(mse, 1e-10)) - mu) / sigma``, with ``mu`` and ``sigma`` the
-mean and standard deviation of ``ln(mse)`` on normal training frames (the model card's
-calibration). Everything is causal: a frame's result depends only on it and earlier frames.
+The score of frame t compares it with the prediction made from frame t-1. Always published:
+``mse`` of the whole frame (float64 accumulation) and ``psnr = 10 log10(1 / max(mse,
+1e-10))``. The calibrated score comes from one of two modes:
+
+- ``global``: ``(ln(max(mse, 1e-10)) - mu) / sigma``, with ``mu`` and ``sigma`` the mean
+  and standard deviation of ``ln(mse)`` on normal frames (the model card's calibration);
+- ``patch``: what happens where (see :mod:`forecaster.calibration`): the frame's
+  statistic adds the whole frame's prediction error and, per window of a few pixels, the
+  motion energy (and optionally the prediction error) judged against that window's own
+  behaviour on normal footage, the worst windows counting; all smoothed by a causal moving
+  average. The score is that statistic standardised by its mean and spread on normal
+  frames (``calibration["patch"]``), so both modes read "standard deviations above normal".
+
+``auto`` (the default) is ``patch`` when the calibration has a ``"patch"`` entry, else
+``global``. Everything is causal: a frame's result depends only on it and earlier frames.
 """
 
 from __future__ import annotations
@@ -16,7 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-MSE_FLOOR = 1e-10
+from forecaster.calibration import MSE_FLOOR, PatchStatistic, parse_patch_calibration
+
 SIGMA_FLOOR = 1e-3
 
 EventKind = Literal["start", "end"]
@@ -85,31 +96,64 @@ def _calibration_value(calibration: Mapping[str, Any], key: str) -> float:
     return number
 
 
+SCORER_MODES: tuple[str, ...] = ("auto", "global", "patch")
+
+
+def resolve_mode(mode: str, calibration: Mapping[str, Any]) -> Literal["global", "patch"]:
+    """The mode a Scorer with ``mode`` uses for ``calibration`` (``auto`` picks)."""
+    if mode not in SCORER_MODES:
+        raise ValueError(f"scorer mode must be one of {', '.join(SCORER_MODES)}, got {mode!r}")
+    if mode == "global":
+        return "global"
+    if mode == "patch" or "patch" in calibration:
+        return "patch"
+    return "global"
+
+
 class Scorer:
     """Scores one camera's frames and tracks its anomaly episodes (not thread-safe).
+
+    ``mode``: ``"global"``, ``"patch"`` or ``"auto"`` (see the module). In both modes the
+    score is a statistic of the frame (global: ``ln(mse)``; patch: the weighted sum of the
+    standardised terms) minus its mean on normal frames, over its standard deviation:
+    :attr:`mu` and :attr:`sigma`. In patch mode the scorer keeps the previous frame and
+    moving averages: call :meth:`reset` whenever the frames stop being consecutive.
 
     The anomaly flag turns on once the score is ``>= threshold_on`` for ``min_on_frames``
     consecutive frames (event "start") and off once it is ``< threshold_off`` for
     ``min_off_frames`` consecutive frames (event "end"). A NaN score leaves both counts
     and the flag unchanged. With ``adapt_rate > 0`` the calibration follows the scene:
     after each frame that is neither flagged anomalous nor at or above ``threshold_on``,
-    ``mu`` and the variance of ``ln(mse)`` move by an exponential moving update.
+    ``mu`` and the variance of the statistic move by an exponential moving update.
     """
 
     def __init__(
         self,
         calibration: Mapping[str, Any],
         *,
+        mode: str = "auto",
         threshold_on: float = 3.0,
         threshold_off: float = 2.0,
         min_on_frames: int = 2,
         min_off_frames: int = 5,
         adapt_rate: float = 0.0,
     ) -> None:
-        mu = _calibration_value(calibration, "log_mse_mean")
-        sigma = _calibration_value(calibration, "log_mse_std")
-        if sigma < 0:
-            raise ValueError(f"calibration['log_mse_std'] must be >= 0, got {sigma}")
+        self.mode = resolve_mode(mode, calibration)
+        self._patch: PatchStatistic | None = None
+        if self.mode == "patch":
+            if "patch" not in calibration:
+                raise ValueError(
+                    "scorer mode 'patch' needs a per-location calibration (calibration['patch'])"
+                    " in the model card; recalibrate the model, or use mode 'global' or 'auto'"
+                )
+            patch = parse_patch_calibration(calibration["patch"])
+            self._patch = PatchStatistic(patch)
+            mu, sigma = patch.score_mean, patch.score_std
+        else:
+            mu = _calibration_value(calibration, "log_mse_mean")
+            sigma = _calibration_value(calibration, "log_mse_std")
+            if sigma < 0:
+                raise ValueError(f"calibration['log_mse_std'] must be >= 0, got {sigma}")
         for name, value in (("threshold_on", threshold_on), ("threshold_off", threshold_off)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
@@ -141,12 +185,12 @@ class Scorer:
 
     @property
     def mu(self) -> float:
-        """Current mean of ``ln(mse)`` on normal frames."""
+        """Current mean of the statistic on normal frames (global mode: of ``ln(mse)``)."""
         return self._mu
 
     @property
     def sigma(self) -> float:
-        """Current standard deviation of ``ln(mse)`` (floored at 1e-3)."""
+        """Current standard deviation of the statistic (floored at 1e-3)."""
         return self._sigma
 
     @property
@@ -160,22 +204,55 @@ class Scorer:
         return self._peak if self._anomaly else math.nan
 
     def calibration(self) -> dict[str, float]:
-        """The current (possibly adapted) calibration."""
+        """The current (possibly adapted) calibration of the statistic.
+
+        Global mode: ``log_mse_mean`` and ``log_mse_std``; patch mode: ``score_mean`` and
+        ``score_std`` (the per-window grids never adapt).
+        """
+        if self.mode == "patch":
+            return {"score_mean": self._mu, "score_std": math.sqrt(self._var)}
         return {"log_mse_mean": self._mu, "log_mse_std": math.sqrt(self._var)}
 
     def reset(self) -> None:
-        """Forget the hysteresis state (open episode, counts); keep the calibration."""
+        """Forget the hysteresis state (open episode, counts) and the patch mode's moving
+        averages and previous frame; keep the calibration."""
         self._anomaly = False
         self._on_count = 0
         self._off_count = 0
         self._run_peak = -math.inf
         self._peak = -math.inf
+        if self._patch is not None:
+            self._patch.reset()
 
     def score_mse(self, mse: float) -> ScoreResult:
-        """Score a frame whose mean squared error is already known."""
-        psnr = psnr_from_mse(mse)
+        """Score a frame whose mean squared error is already known (global mode only)."""
+        if self.mode != "global":
+            raise ValueError(
+                "a scorer in patch mode needs the frames, not their mse: use score(predicted, "
+                "actual)"
+            )
         log_mse = math.log(max(mse, MSE_FLOOR)) if not math.isnan(mse) else math.nan
-        score = (log_mse - self._mu) / self._sigma
+        return self._judge(mse, log_mse)
+
+    def score(self, predicted: np.ndarray, actual: np.ndarray) -> ScoreResult:
+        """Score ``actual`` (frame t) against ``predicted`` (made from frame t-1).
+
+        Both are float arrays in [0, 1] of the same shape, normally float32 (H, W).
+        """
+        _check_pair(predicted, actual)
+        buffer = self._buffer
+        if buffer is None or buffer.shape != predicted.shape:
+            buffer = self._buffer = np.empty(predicted.shape, dtype=np.float32)
+        mse = _mse(predicted, actual, buffer)  # leaves the squared errors in buffer
+        if self._patch is None:
+            return self.score_mse(mse)
+        if predicted.ndim != 2:
+            raise ValueError(f"patch mode scores (H, W) frames, got shape {predicted.shape}")
+        return self._judge(mse, self._patch(buffer, actual))
+
+    def _judge(self, mse: float, statistic: float) -> ScoreResult:
+        psnr = psnr_from_mse(mse)
+        score = (statistic - self._mu) / self._sigma
         event: EventKind | None = None
         if not self._anomaly:
             if score >= self.threshold_on:
@@ -203,23 +280,12 @@ class Scorer:
                 self._off_count = 0
         peak = self._peak if self._anomaly or event == "end" else math.nan
         if self.adapt_rate > 0.0 and not self._anomaly and score < self.threshold_on:
-            self._adapt(log_mse)
+            self._adapt(statistic)
         return ScoreResult(mse, psnr, score, self._anomaly, event, peak)
 
-    def score(self, predicted: np.ndarray, actual: np.ndarray) -> ScoreResult:
-        """Score ``actual`` (frame t) against ``predicted`` (made from frame t-1).
-
-        Both are float arrays in [0, 1] of the same shape, normally float32 (H, W).
-        """
-        _check_pair(predicted, actual)
-        buffer = self._buffer
-        if buffer is None or buffer.shape != predicted.shape:
-            buffer = self._buffer = np.empty(predicted.shape, dtype=np.float32)
-        return self.score_mse(_mse(predicted, actual, buffer))
-
-    def _adapt(self, log_mse: float) -> None:
+    def _adapt(self, statistic: float) -> None:
         rate = self.adapt_rate
-        delta = log_mse - self._mu
+        delta = statistic - self._mu
         self._mu += rate * delta
         self._var = (1.0 - rate) * (self._var + rate * delta * delta)
         self._sigma = max(math.sqrt(self._var), SIGMA_FLOOR)

@@ -98,3 +98,37 @@ def test_eval_cli_bad_inputs_exit_2(dataset, tmp_path: Path) -> None:
     line = one_error_line(cli(["eval", str(data), "--labels", str(short), "--model", str(model),
                                "--out", str(tmp_path / "o")], tmp_path))
     assert "'02'" in line and str(FRAMES) in line and str(FRAMES - 3) in line
+
+
+def test_patch_mode_model_and_global_row(dataset, tmp_path: Path) -> None:
+    """A model recalibrated per location is scored in patch mode; model-global keeps the
+    whole-frame numbers."""
+    from forecaster.model.train import recalibrate
+
+    data, labels_path, model = dataset
+    normal = tmp_path / "normal"
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[0:48, 0:48]
+    for v in range(2):
+        background = 80.0 + 60.0 * np.sin(xx / 7.0 + v) * np.cos(yy / 9.0)
+        (normal / f"n{v}").mkdir(parents=True)
+        for i in range(FRAMES):
+            frame = np.clip(background + rng.normal(0.0, 2.0, background.shape), 0, 255)
+            cv2.imwrite(str(normal / f"n{v}" / f"{i:03d}.png"), frame.astype(np.uint8))
+    patched = tmp_path / "patched.keras"
+    calibration = recalibrate(model, patched, data=[str(normal / "n0")],
+                              motion_data=[str(normal)])
+    assert calibration["frames"] == calibration["patch"]["frames"] == FRAMES - 10
+    assert calibration["patch"]["motion_videos"] == ["n0", "n1"]
+    assert calibration["patch"]["terms"]["motion"]["frames"] == 2 * (FRAMES - 11)
+    assert set(calibration["patch"]["terms"]) == {"global", "motion"}
+    lines: list[str] = []
+    report = evaluate_command([str(data)], labels=str(labels_path), model=str(patched),
+                              out=tmp_path / "out", echo=lines.append)
+    assert report["scorer_mode"] == "patch"
+    assert "the scorer's patch mode (8x8 windows every 4 px" in "\n".join(lines)
+    results = report["results"]
+    for row in ("model", "model-global"):
+        for protocol in PROTOCOLS:
+            assert results[row][protocol]["micro_auc"] == 1.0, (row, protocol)
+    assert "model-global" in "\n".join(lines)

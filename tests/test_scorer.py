@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from forecaster.calibration import PatchSettings
 from forecaster.scorer import Scorer, ScoreResult, frame_errors
+from tests.test_calibration import calibrate_footage, normal_footage
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -230,3 +232,114 @@ def test_argument_validation(kwargs: dict[str, Any], match: str) -> None:
 def test_calibration_validation(calibration: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Scorer(calibration)
+
+
+# --- patch mode --------------------------------------------------------------------------
+
+PATCH = PatchSettings(patch=8, stride=4, top_k=2)
+
+
+def _patch_calibration(settings: PatchSettings = PATCH, seed: int = 7
+                       ) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]:
+    """A calibration with a patch entry made from "normal footage", and the footage."""
+    footage = normal_footage(seed, videos=2, frames=80)
+    entry = calibrate_footage(footage, settings)
+    return {"log_mse_mean": -7.0, "log_mse_std": 1.0, "frames": 160, "patch": entry}, footage
+
+
+def test_mode_auto_picks_patch_when_the_card_has_it() -> None:
+    calibration, _ = _patch_calibration()
+    assert Scorer(calibration).mode == "patch"
+    assert Scorer(calibration, mode="global").mode == "global"
+    assert Scorer(UNIT).mode == "global"
+    with pytest.raises(ValueError, match=r"needs a per-location calibration"):
+        Scorer(UNIT, mode="patch")
+    with pytest.raises(ValueError, match="scorer mode must be one of auto, global, patch"):
+        Scorer(calibration, mode="local")
+    broken = {**calibration, "patch": {**calibration["patch"], "top_k": 0}}
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1"):
+        Scorer(broken)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [PATCH, PatchSettings(patch=8, stride=4, top_k=3, smoothing=0.0, error_weight=1.0),
+     PatchSettings(patch=6, stride=3, global_weight=0.0, motion_weight=0.0, error_weight=2.0)],
+)
+def test_patch_scores_of_normal_footage_are_standardised(settings: PatchSettings) -> None:
+    calibration, footage = _patch_calibration(settings)
+    scorer = Scorer(calibration)
+    scores = []
+    for frames, predictions in footage:
+        scorer.reset()  # each video's moving averages start afresh, as in the calibration
+        scores += [scorer.score(p, x).score for x, p in zip(frames, predictions, strict=True)]
+    # the scorer reproduces the calibration's own pipeline: mean 0, spread 1 on its footage
+    assert np.mean(scores) == pytest.approx(0.0, abs=1e-4)
+    assert np.std(scores, ddof=1) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_small_local_anomaly_stands_out_only_in_patch_mode() -> None:
+    calibration, _ = _patch_calibration()
+    frames, predictions = normal_footage(8, videos=1, frames=30)[0]
+    patch, whole = Scorer(calibration), Scorer(calibration, mode="global")
+    normal = [patch.score(p, x).score for x, p in zip(frames, predictions, strict=True)]
+    odd = frames.copy()
+    odd[20:, 20:24, 36:40] = 0.9  # something appears where nothing moves (the still half)
+    patch.reset()
+    moved = [patch.score(p, x) for x, p in zip(odd, predictions, strict=True)]
+    assert max(normal) < 5.0
+    assert moved[20].score > 10.0 and moved[21].score > 5.0
+    # published mse and psnr stay those of the whole frame
+    error = np.square(predictions[20] - odd[20], dtype=np.float64)
+    assert moved[20].mse == pytest.approx(float(error.mean()), rel=1e-5)
+    assert moved[20].mse == whole.score(predictions[20], odd[20]).mse
+    # the whole frame's error hardly moves: the busy half dominates it
+    rise = whole.score(predictions[20], odd[20]).score - whole.score(predictions[20],
+                                                                     frames[20]).score
+    assert 0.0 < rise < 2.0
+
+
+def test_patch_mode_state_reset_and_causality() -> None:
+    calibration, footage = _patch_calibration()
+    frames, predictions = footage[1]
+    pairs = list(zip(predictions[:30], frames[:30], strict=True))
+    full = Scorer(calibration, min_off_frames=3)
+    results = [full.score(p, x) for p, x in pairs]
+    prefix = Scorer(calibration, min_off_frames=3)
+    assert [prefix.score(p, x) for p, x in pairs[:12]] == results[:12]
+    # after a reset the scorer starts afresh: as a new scorer would
+    full.reset()
+    fresh = Scorer(calibration, min_off_frames=3)
+    for p, x in pairs[5:8]:
+        assert full.score(p, x) == fresh.score(p, x)
+    # the past counts (moving averages, previous frame): mid-stream differs from fresh
+    assert results[6].score != Scorer(calibration).score(*pairs[6]).score
+
+
+def test_patch_mode_checks_frames_and_adapts_the_statistic() -> None:
+    calibration, footage = _patch_calibration()
+    frames, predictions = footage[0]
+    scorer = Scorer(calibration, adapt_rate=0.1)
+    with pytest.raises(ValueError, match="needs the frames, not their mse"):
+        scorer.score_mse(0.1)
+    with pytest.raises(ValueError, match=r"made for 32x48 frames"):
+        scorer.score(np.zeros((32, 40), np.float32), np.zeros((32, 40), np.float32))
+    mu = scorer.mu
+    assert mu == calibration["patch"]["score_mean"]
+    scorer.score(predictions[3], frames[3])
+    assert scorer.mu != mu
+    assert set(scorer.calibration()) == {"score_mean", "score_std"}
+    assert set(Scorer(UNIT).calibration()) == {"log_mse_mean", "log_mse_std"}
+
+
+def test_patch_scores_standardised_with_motion_from_more_footage() -> None:
+    footage = normal_footage(7, videos=2, frames=80)
+    more = [x for x, _ in normal_footage(11, videos=3, frames=60)]
+    calibration = {"patch": calibrate_footage(footage, PATCH, motion_frames=more)}
+    scorer = Scorer(calibration)
+    scores = []
+    for frames, predictions in footage:
+        scorer.reset()
+        scores += [scorer.score(p, x).score for x, p in zip(frames, predictions, strict=True)]
+    assert np.mean(scores) == pytest.approx(0.0, abs=1e-4)
+    assert np.std(scores, ddof=1) == pytest.approx(1.0, abs=1e-4)
