@@ -73,56 +73,74 @@ def count_flops(model: Any, inputs: list[np.ndarray]) -> float | None:
 
 
 def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]:
-    """Stateful step vs 10-frame window for one architecture, same weights, same run."""
+    """Per-tick cost of one architecture, same weights, same run: the daemon's runner
+    (the stateful step of a recurrent arch) against running the model on the last 10-frame
+    window every tick (the way the original Keras answers predict; the only way for a clip
+    arch). Both as the worker runs them, one frame in per tick: the stateful step both as a
+    plain graph and XLA-compiled (the stepper's default for ticks), the window as a plain
+    graph (the window runner's default).
+    """
     import keras
-    import tensorflow as tf
 
-    from forecaster.model.builders import build_model
-    from forecaster.model.step import Stepper
+    from forecaster.model.builders import build_model, get_spec
+    from forecaster.model.step import Stepper, make_runner
 
     keras.utils.set_random_seed(0)
-    model = build_model(arch, *size)
-    stepper = Stepper(model)
+    spec = get_spec(arch)
+    model = build_model(arch, *size, window=WINDOW)
     height, width = size
     frame = np.random.default_rng(0).random((1, 1, height, width, 1), dtype=np.float32)
+    window_runner = make_runner(model, window=WINDOW)
+    window_state = window_runner.initial_state(1)
+
+    def window_tick() -> None:
+        nonlocal window_state
+        _, window_state = window_runner.run(frame, window_state)
+
+    window_stats = _percentiles(_time_calls(window_tick, repeats))
     window = np.repeat(frame, WINDOW, axis=1)
+    row: dict[str, Any] = {
+        "arch": arch,
+        "kind": spec.kind,
+        "size": list(size),
+        "parameters": int(model.count_params()),
+        "step": None,
+        "step_xla": None,
+        "window": window_stats,
+        "window_over_step_p50": None,
+        "step_ticks_per_s": None,
+        "window_ticks_per_s": 1000.0 / window_stats["p50_ms"],
+        "step_flops": None,
+        "window_flops": count_flops(model, [window]),
+    }
+    if not spec.recurrent:
+        return row
+    stepper = Stepper(model, jit=False)  # the plain graph
     state = stepper.initial_state(1)
 
     def step() -> None:
         nonlocal state
         _, state = stepper.run(frame, state)
 
-    window_fn = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec((None, None, height, width, 1), tf.float32)],
+    step_stats = _percentiles(_time_calls(step, repeats))
+    runner = make_runner(model)  # what the worker runs: XLA for one-frame ticks
+    run_state = runner.initial_state(1)
+
+    def tick() -> None:
+        nonlocal run_state
+        _, run_state = runner.run(frame, run_state)
+
+    xla_stats = _percentiles(_time_calls(tick, repeats))
+    row.update(
+        {
+            "step": step_stats,
+            "step_xla": xla_stats,
+            "window_over_step_p50": window_stats["p50_ms"] / xla_stats["p50_ms"],
+            "step_ticks_per_s": 1000.0 / xla_stats["p50_ms"],
+            "step_flops": count_flops(stepper.step_model, [frame, *stepper.initial_state(1)]),
+        }
     )
-    window_tensor = tf.constant(window)
-    step_samples = _time_calls(step, repeats)
-    window_samples = _time_calls(lambda: window_fn(window_tensor).numpy(), repeats)
-    step_stats = _percentiles(step_samples)
-    window_stats = _percentiles(window_samples)
-    step_flops = count_flops(stepper.step_model, [frame, *stepper.initial_state(1)])
-    window_flops = count_flops(model, [window])
-    jit_stepper = Stepper(model, jit=True)
-    jit_state = jit_stepper.initial_state(1)
-
-    def jit_step() -> None:
-        nonlocal jit_state
-        _, jit_state = jit_stepper.run(frame, jit_state)
-
-    jit_stats = _percentiles(_time_calls(jit_step, repeats))
-    return {
-        "arch": arch,
-        "size": list(size),
-        "parameters": int(model.count_params()),
-        "step": step_stats,
-        "step_xla": jit_stats,
-        "window": window_stats,
-        "window_over_step_p50": window_stats["p50_ms"] / step_stats["p50_ms"],
-        "step_ticks_per_s": 1000.0 / step_stats["p50_ms"],
-        "step_flops": step_flops,
-        "window_flops": window_flops,
-    }
+    return row
 
 
 def _run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -213,6 +231,122 @@ def bench_daemon(rates: list[float], frames: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _scrape(port: int) -> dict[str, float]:
+    """Sum the samples of a Prometheus text page by metric name (labels added up)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        if "reason=" in name_labels:
+            name += "{" + name_labels.split("reason=", 1)[1].split('"')[1] + "}"
+        try:
+            totals[name] = totals.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return totals
+
+
+def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -> list[dict[str, Any]]:
+    """Many cameras in one worker: each a 64x64 synthetic scene at ``fps``. Per count:
+    the model time per camera-frame (from the worker's inference histogram), frames the
+    worker had to skip, and each camera's capture-to-publish latency."""
+    import signal
+    import socket
+
+    from forecaster.client import Subscriber
+    from forecaster.protocol import Score
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    rows = []
+    for count in counts:
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        metrics_port = free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "cameras.toml"
+            lines = [
+                'log_level = "warning"',
+                "[publish]",
+                f'endpoint = "{endpoint}"',
+                "sndhwm = 100000",
+                "[worker]",
+                "startup_timeout_s = 600.0",
+                "[metrics]",
+                "enabled = true",
+                f"port = {metrics_port}",
+            ]
+            for index in range(count):
+                lines += [
+                    "[[cameras]]",
+                    f'id = "cam{index:02d}"',
+                    f'source = "synthetic:?fps={fps:g}&width=64&height=64&anomaly_rate=0'
+                    f'&seed={index + 1}"',
+                ]
+            config.write_text("\n".join(lines) + "\n")
+            with Subscriber(endpoint, kinds=["score"], rcvhwm=0) as sub:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "forecaster", "run", "--config", str(config)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                try:
+                    latencies: dict[str, list[float]] = {}
+                    started: float | None = None
+                    baseline: dict[str, float] = {}
+                    deadline = time.monotonic() + 600
+                    while time.monotonic() < deadline and proc.poll() is None:
+                        msg = sub.recv(timeout=0.5)
+                        if started is None:
+                            if msg is not None:  # scores flow: measure from here on
+                                started = time.monotonic()
+                                baseline = _scrape(metrics_port)
+                            continue
+                        if isinstance(msg, Score):
+                            latencies.setdefault(msg.camera, []).append(msg.latency_ms)
+                        if time.monotonic() - started >= seconds:
+                            break
+                    final = _scrape(metrics_port) if proc.poll() is None else {}
+                finally:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=60)
+        elapsed = time.monotonic() - started if started else 0.0
+
+        def delta(name: str, final: dict[str, float] = final, base: dict[str, float] = baseline) -> float:
+            return final.get(name, 0.0) - base.get(name, 0.0)
+
+        processed = delta("forecaster_frames_processed_total")
+        model_s = delta("forecaster_inference_duration_seconds_sum")
+        calls = delta("forecaster_inference_duration_seconds_count")
+        p99s = [float(np.percentile(v, 99)) for v in latencies.values() if v]
+        rates = [len(v) / elapsed for v in latencies.values()] if elapsed else []
+        rows.append(
+            {
+                "cameras": count,
+                "fps_per_camera": fps,
+                "seconds": elapsed,
+                "cameras_scoring": len(latencies),
+                "frames_processed": processed,
+                "model_calls": calls,
+                "frames_per_call": processed / calls if calls else None,
+                "model_ms_per_camera_frame": 1000.0 * model_s / processed if processed else None,
+                "worker_busy_fraction": model_s / elapsed if elapsed else None,
+                "dropped_worker_behind": delta("forecaster_frames_dropped_total{worker_behind}"),
+                "slowest_camera_scores_per_s": min(rates) if rates else 0.0,
+                "latency_p99_ms_worst_camera": max(p99s) if p99s else None,
+                "latency_p99_ms_median_camera": float(np.median(p99s)) if p99s else None,
+            }
+        )
+    return rows
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -248,6 +382,8 @@ def run_bench(
     video: Path | None = None,
     daemon_rates: list[float] | None = None,
     daemon_frames: int = 2000,
+    cameras: list[int] | None = None,
+    camera_seconds: float = 30.0,
 ) -> dict[str, Any]:
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.model.builders import SPECS
@@ -258,14 +394,18 @@ def run_bench(
     report["archs"] = []
     for arch in archs or list(SPECS):
         row = bench_arch(arch, size, repeats)
-        if row["step_flops"]:
-            seconds = row["step"]["p50_ms"] / 1000.0
-            row["step_fraction_of_peak"] = row["step_flops"] / seconds / 1e9 / report["peak_gflops"]
+        timed = row["step_xla"] or row["window"]  # the runner the daemon uses
+        flops = row["step_flops"] or row["window_flops"]
+        if flops:
+            seconds = timed["p50_ms"] / 1000.0
+            row["step_fraction_of_peak"] = flops / seconds / 1e9 / report["peak_gflops"]
         report["archs"].append(row)
     if video is not None and video.exists():
         report["replay"] = bench_replay(video)
     if daemon_rates:
         report["daemon"] = bench_daemon(daemon_rates, daemon_frames)
+    if cameras:
+        report["cameras"] = bench_cameras(cameras, seconds=camera_seconds)
     report["memory"] = peak_rss_mb()
     return report
 
@@ -276,17 +416,21 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['machine']['device']}, TensorFlow {report['machine']['tensorflow']}",
         f"measured peak (fp32 matmul): {report['peak_gflops']:.1f} GFLOP/s",
         "",
-        f"{'arch':<16}{'params':>9}{'step p50':>10}{'p99':>8}{'window p50':>12}{'p99':>8}"
+        f"{'arch':<20}{'params':>10}{'step p50':>10}{'p99':>8}{'window p50':>12}{'p99':>8}"
         f"{'ratio':>7}{'MFLOP/tick':>12}{'% peak':>8}",
     ]
     for row in report["archs"]:
-        flops = row["step_flops"]
+        flops = row["step_flops"] or row["window_flops"]
+        step = row["step_xla"]
+        step_text = (
+            f"{step['p50_ms']:>8.2f}ms{step['p99_ms']:>6.2f}ms" if step else f"{'-':>10}{'-':>8}"
+        )
+        ratio = row["window_over_step_p50"]
         lines.append(
-            f"{row['arch']:<16}{row['parameters']:>9,}"
-            f"{row['step']['p50_ms']:>8.2f}ms{row['step']['p99_ms']:>6.2f}ms"
+            f"{row['arch']:<20}{row['parameters']:>10,}{step_text}"
             f"{row['window']['p50_ms']:>10.2f}ms{row['window']['p99_ms']:>6.2f}ms"
-            f"{row['window_over_step_p50']:>6.1f}x"
-            f"{(flops or 0) / 1e6:>12.1f}"
+            + (f"{ratio:>6.1f}x" if ratio else f"{'-':>7}")
+            + f"{(flops or 0) / 1e6:>12.1f}"
             f"{100 * row.get('step_fraction_of_peak', 0):>7.1f}%"
         )
     replay = report.get("replay")
@@ -306,6 +450,21 @@ def format_report(report: dict[str, Any]) -> str:
             f"dropped {row['dropped']}, resets {row['state_resets']}, latency p50 "
             f"{latency.get('p50_ms', float('nan')):.1f} ms p99 {latency.get('p99_ms', float('nan')):.1f} ms"
         )
+    if report.get("cameras"):
+        lines += [
+            "",
+            f"{'cameras':>8}{'ms/cam-frame':>14}{'frames/call':>13}{'busy':>7}{'dropped':>9}"
+            f"{'slowest cam/s':>15}{'p99 worst':>11}{'p99 median':>12}",
+        ]
+        for row in report["cameras"]:
+            lines.append(
+                f"{row['cameras']:>8}{row['model_ms_per_camera_frame'] or float('nan'):>14.2f}"
+                f"{row['frames_per_call'] or float('nan'):>13.1f}"
+                f"{100 * (row['worker_busy_fraction'] or 0):>6.0f}%"
+                f"{row['dropped_worker_behind']:>9.0f}{row['slowest_camera_scores_per_s']:>15.1f}"
+                f"{row['latency_p99_ms_worst_camera'] or float('nan'):>9.1f}ms"
+                f"{row['latency_p99_ms_median_camera'] or float('nan'):>10.1f}ms"
+            )
     memory = report["memory"]
     lines.append(
         f"peak RSS: bench process {memory['bench_process_mb']:.0f} MB, "

@@ -89,11 +89,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         arch=args.arch,
+        mode=args.mode,
         epochs=args.epochs,
         max_frames=args.max_frames,
         size=args.size,
         batch_size=args.batch_size,
         seed=args.seed,
+        clip=args.clip,
+        stride=args.stride,
+        loss=args.loss,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        checkpoint_dir=args.checkpoint_dir,
+        tensorboard=args.tensorboard,
+        resume=args.resume,
     )
     print(f"model written to {out}")
     return 0
@@ -170,6 +179,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         video=video,
         daemon_rates=args.daemon_fps or None,
         daemon_frames=args.daemon_frames,
+        cameras=args.cameras or None,
+        camera_seconds=args.camera_seconds,
     )
     print(format_report(report))
     if args.out:
@@ -215,13 +226,39 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data", nargs="+", help="video files, image folders, data set folders "
                        "or synthetic:?anomaly_rate=0&seed=N")
     train.add_argument("--out", required=True, help="output model file (.keras)")
-    train.add_argument("--arch", default="convlstm-ae")
+    train.add_argument("--arch", default="convlstm-ae",
+                       choices=["convlstm-ae", "seed-convlstm", "seed-convlstm-pool",
+                                "convlstm-vae", "conv3d-vae"],
+                       help="model architecture (default: convlstm-ae)")
+    train.add_argument("--mode", choices=["window", "stateful"],
+                       help="window: shuffled clips; stateful: whole videos side by side in "
+                       "consecutive chunks, state carried, reset per group (recurrent archs "
+                       "only). Default: stateful for recurrent archs, window for the others")
     train.add_argument("--epochs", type=_positive_int, default=10)
     train.add_argument("--max-frames", type=_positive_int, metavar="N",
                        help="use at most N frames of each video")
     train.add_argument("--size", type=_size, default=(64, 64), metavar="HxW")
-    train.add_argument("--batch-size", type=_positive_int, default=8)
+    train.add_argument("--batch-size", type=_positive_int, default=8,
+                       help="clips per batch (window), videos side by side (stateful)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--clip", type=_positive_int, metavar="N",
+                       help="frames per clip (window mode, per-step archs; default 20) or per "
+                       "chunk (stateful; default 10)")
+    train.add_argument("--stride", type=_positive_int, metavar="N",
+                       help="frames between clip starts in window mode (default: half a clip; "
+                       "= the clip length for no overlap)")
+    train.add_argument("--loss", choices=["mse", "l1+gdl"],
+                       help="pixel loss (default: l1+gdl for convlstm-ae, mse for the others; "
+                       "the VAEs add their KL term)")
+    train.add_argument("--learning-rate", type=float, default=2e-3)
+    train.add_argument("--patience", type=_positive_int, default=3,
+                       help="epochs without a better validation loss before stopping early")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="checkpoint after every epoch (default: <out>.checkpoints beside --out)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint: epoch count, optimizer state")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="TensorBoard logs (default: <out>.logs beside --out)")
     train.set_defaults(func=cmd_train)
 
     replay = sub.add_parser(
@@ -273,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--daemon-fps", type=float, action="append", metavar="FPS",
                        help="run the whole daemon on a synthetic source paced at FPS (repeatable)")
     bench.add_argument("--daemon-frames", type=_positive_int, default=2000)
+    bench.add_argument("--cameras", type=_positive_int, action="append", metavar="N",
+                       help="run N synthetic cameras at 10 fps in one worker (repeatable)")
+    bench.add_argument("--camera-seconds", type=float, default=30.0,
+                       help="seconds measured per --cameras run")
     bench.add_argument("--out", help="write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
 

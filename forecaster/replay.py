@@ -136,10 +136,10 @@ def load(path: Path) -> LoadedModel:
 
     import_tensorflow_quietly()
     from forecaster.model.artifact import load_model
-    from forecaster.model.step import Stepper
+    from forecaster.model.step import make_runner
 
     model, card = load_model(path)
-    return LoadedModel(path=path, card=card, stepper=RecordingStepper(Stepper(model)))
+    return LoadedModel(path=path, card=card, stepper=RecordingStepper(make_runner(model)))
 
 
 def predictions_to_uint8(prediction: np.ndarray) -> np.ndarray:

@@ -86,6 +86,7 @@ class InferenceEngine:
         cfg = self.scorer_config
         scorer = Scorer(
             self.calibration,
+            mode=cfg.mode,
             threshold_on=cfg.threshold_on,
             threshold_off=cfg.threshold_off,
             min_on_frames=cfg.min_on_frames,
@@ -534,11 +535,11 @@ def worker_main(
             raise ForecasterError(f"cannot bind the worker's wake-up socket: {error}") from None
         device = import_tensorflow_quietly()
         from forecaster.model.artifact import load_model
-        from forecaster.model.step import Stepper
+        from forecaster.model.step import make_runner
         from forecaster.publisher import CurveServer, Publisher
 
         model, card = load_model(spec.model_path, expect_size=spec.size)
-        stepper = Stepper(model)
+        stepper = make_runner(model)
         engine = InferenceEngine(stepper, card.calibration, spec.scorer, window=card.window)
         feeds = []
         for camera, name in spec.cameras:

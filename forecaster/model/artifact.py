@@ -2,7 +2,8 @@
 
 The card (``forecaster.json``, an extra member of the ``.keras`` zip) says what the model
 is (architecture, frame size, window), how it scores normal footage (calibration) and how
-it was made (training data summary, library versions). ``read_card`` reads it with the
+it was made (training data summary, mode, loss, epochs run, stride or chunk, timings,
+library versions). ``read_card`` reads it with the
 standard library alone, so tools can inspect a model without loading TensorFlow.
 """
 
@@ -174,9 +175,16 @@ def load_model(
         raise ModelError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from None
     try:
         size = builders.frame_size(model)
-        builders.arch_of(model)
+        arch = builders.arch_of(model)
     except ModelError as exc:
         raise ModelError(f"model {path}: {exc}") from None
+    if arch.name != card.arch:
+        raise ModelError(f"model {path} is a {arch.name} model but its card says {card.arch}")
+    steps = builders.input_frames(model)
+    if steps is not None and steps != card.window:
+        raise ModelError(
+            f"model {path} takes {steps}-frame windows but its card says window={card.window}"
+        )
     if size != card.size:
         raise ModelError(
             f"model {path} takes {size[0]}x{size[1]} frames but its card says "

@@ -1,9 +1,17 @@
 """The stateful one-step function: frames + carried recurrent state -> predictions + state.
 
-``Stepper`` wires a second functional graph onto the layer objects of a sequence model
-(built or loaded), with the ConvLSTM state as extra inputs and outputs, so it shares the
-trained weights. Running a sequence through it in chunks of any length, carrying the state,
-gives what the sequence model gives on the whole sequence at once.
+``Stepper`` wires a second functional graph onto the layer objects of a recurrent sequence
+model (built or loaded), with the ConvLSTM state as extra inputs and outputs, so it shares
+the trained weights. Running a sequence through it in chunks of any length, carrying the
+state, gives a prediction after every frame: what the sequence model gives on the whole
+sequence at once (for ``output="next"`` archs such as ``seed-convlstm``: what it gives on
+every prefix of the sequence).
+
+``make_runner(model)`` is what the worker, replay and evaluation use: a ``Stepper`` for a
+recurrent architecture, a :class:`~forecaster.model.runners.WindowRunner` (the last
+``window`` frames as state, the model run on a whole window every tick) for a clip
+architecture. Both have the same interface: ``initial_state(batch)`` and
+``run(frames, state) -> (predictions, new_state)``.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import numpy as np
 
 from forecaster.errors import ModelError
 from forecaster.model.builders import arch_of, frame_size, frames_input, model_layers
+from forecaster.model.runners import Runner, WindowRunner
 
 StepFn = Callable[..., Any]
 
@@ -36,18 +45,15 @@ class Stepper:
     def __init__(self, model: keras.Model, *, jit: bool | None = None) -> None:
         self.model = model
         self.arch = arch_of(model)
+        if self.arch.state_shapes is None:
+            raise ModelError(
+                f"{self.arch.name} is a clip model (no one-step recurrence): run it with "
+                f"make_runner(model), which runs it on a window of frames every tick"
+            )
         self.height, self.width = frame_size(model)
         layers = model_layers(model)
         self.state_shapes = self.arch.state_shapes(layers, self.height, self.width)
-        frames = frames_input(self.height, self.width)
-        states = [
-            keras.Input(shape=shape, dtype="float32", name=f"state_{i}")
-            for i, shape in enumerate(self.state_shapes)
-        ]
-        predictions, new_states = self.arch.graph(layers, frames, states)
-        self.step_model = keras.Model(
-            [frames, *states], [predictions, *new_states], name=f"{model.name}_step"
-        )
+        self.step_model = build_step_model(model)
         self.jit = jit
         self._fn = _compile(self.step_model, self.height, self.width, jit=bool(jit))
         self._single_fn: StepFn | None = None
@@ -99,6 +105,42 @@ class Stepper:
             return self._fn(frames, *state)
         self._single_checked = True
         return outputs
+
+
+def build_step_model(model: keras.Model) -> keras.Model:
+    """The step model of a recurrent sequence model: [frames, *state] -> [predictions, *state].
+
+    It calls the sequence model's own layer objects (shared weights). Frames (B, T, H, W, 1)
+    with T open; predictions (B, T, H, W, 1), at step t the prediction of frame t+1.
+    """
+    arch = arch_of(model)
+    if arch.state_shapes is None:
+        raise ModelError(f"{arch.name} is a clip model: it has no step model")
+    height, width = frame_size(model)
+    layers = model_layers(model)
+    frames = frames_input(height, width)
+    states = [
+        keras.Input(shape=shape, dtype="float32", name=f"state_{i}")
+        for i, shape in enumerate(arch.state_shapes(layers, height, width))
+    ]
+    graph = arch.step_graph or arch.graph
+    predictions, new_states = graph(layers, frames, states)
+    return keras.Model([frames, *states], [predictions, *new_states], name=f"{model.name}_step")
+
+
+def make_runner(
+    model: keras.Model, *, window: int | None = None, jit: bool | None = None
+) -> Runner:
+    """The runner the daemon uses for ``model``: a :class:`Stepper` for a recurrent
+    architecture, a :class:`WindowRunner` for a clip architecture.
+
+    ``window``: run even a recurrent model on a window of that many frames every tick (no
+    carried state), as the original Keras answers predict; for comparisons (``bench``).
+    """
+    arch = arch_of(model)
+    if arch.state_shapes is not None and window is None:
+        return Stepper(model, jit=jit)
+    return WindowRunner(model, window=window, jit=jit)
 
 
 def _compile(step_model: keras.Model, height: int, width: int, *, jit: bool) -> StepFn:

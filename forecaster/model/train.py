@@ -1,70 +1,55 @@
-"""Training: windows of frames -> next frames, then calibration on held-out normal videos.
+"""Training: frames -> next frames, then calibration on held-out normal videos.
 
-The model learns, at every step of a ``window``-frame clip, to predict the following frame.
+The model learns to predict the frame after each input frame (or after each window), in
+one of two modes (:mod:`forecaster.model.fitting`): shuffled windows, or whole videos side
+by side in consecutive chunks with the recurrent state carried (truncated BPTT).
 Validation holds out whole videos (or the tail of a single video). After training, the
-stepper runs over the held-out videos frame by frame, carrying its state as the daemon
-does, and the spread of ``ln(mse)`` on normal frames becomes the model's calibration.
+runner runs over the held-out videos frame by frame, as the daemon does, and the spread
+of ``ln(mse)`` on normal frames becomes the model's calibration.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import keras
 import numpy as np
 
+from forecaster.calibration import PatchSettings, patch_calibration
 from forecaster.errors import DataError, UsageError
 from forecaster.model import DEFAULT_ARCH, DEFAULT_WINDOW
 from forecaster.model.artifact import ModelCard, current_versions, save_model
-from forecaster.model.builders import build_model, check_size, get_spec
-from forecaster.model.step import Stepper
+from forecaster.model.builders import SPECS, build_model, check_size, get_spec
+from forecaster.model.fitting import (
+    DEFAULT_RECURRENT_MODE,
+    MODES,
+    FitOptions,
+    Mode,
+    StatefulGroups,
+    WindowBatches,
+    fit,
+    set_determinism,
+    to_unit,
+)
+
+# gradient_difference, l1_gdl and mse are re-exported for existing imports
+from forecaster.model.losses import (  # noqa: F401
+    LOSSES,
+    PixelLoss,
+    gradient_difference,
+    l1_gdl,
+    mse,
+)
+from forecaster.model.step import Stepper, make_runner
 
 log = logging.getLogger("forecaster.train")
 
 MSE_FLOOR = 1e-10  # as the scorer: ln(max(mse, 1e-10))
-
-
-# --- losses ----------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="forecaster")
-def gradient_difference(y_true: Any, y_pred: Any) -> Any:
-    """Per-sample gradient difference loss: mean | |grad y_true| - |grad y_pred| | over H and W.
-
-    Penalises blur: a prediction with softer edges than the target pays here even when
-    its pixel error is small. Tensors are (B, T, H, W, C).
-    """
-    ops = keras.ops
-    dy_true = ops.abs(y_true[:, :, 1:] - y_true[:, :, :-1])
-    dy_pred = ops.abs(y_pred[:, :, 1:] - y_pred[:, :, :-1])
-    dx_true = ops.abs(y_true[:, :, :, 1:] - y_true[:, :, :, :-1])
-    dx_pred = ops.abs(y_pred[:, :, :, 1:] - y_pred[:, :, :, :-1])
-    axes = (1, 2, 3, 4)
-    return ops.mean(ops.abs(dy_true - dy_pred), axis=axes) + ops.mean(
-        ops.abs(dx_true - dx_pred), axis=axes
-    )
-
-
-@keras.saving.register_keras_serializable(package="forecaster")
-def l1_gdl(y_true: Any, y_pred: Any) -> Any:
-    """Per-sample L1 pixel loss plus gradient difference loss."""
-    l1 = keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=(1, 2, 3, 4))
-    return l1 + gradient_difference(y_true, y_pred)
-
-
-@keras.saving.register_keras_serializable(package="forecaster")
-def mse(y_true: Any, y_pred: Any) -> Any:
-    """Per-sample mean squared error."""
-    return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=(1, 2, 3, 4))
-
-
-LOSSES: dict[str, Callable[[Any, Any], Any]] = {"l1+gdl": l1_gdl, "mse": mse}
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -83,62 +68,6 @@ class Video:
         if self.labels is None:
             return np.ones(len(self.frames), dtype=bool)
         return np.asarray(self.labels) == 0
-
-
-def to_unit(frames: np.ndarray) -> np.ndarray:
-    """uint8 frames (..., H, W) -> float32 (..., H, W, 1) in [0, 1], as the worker does."""
-    out = frames.astype(np.float32)[..., None]
-    out *= 1.0 / 255.0
-    return out
-
-
-class ClipBatches(keras.utils.PyDataset):
-    """Batches of (frames[s:s+n], frames[s+1:s+n+1]) clips of ``length`` n, reshuffled every epoch."""
-
-    def __init__(
-        self,
-        videos: Sequence[Video],
-        length: int,
-        batch_size: int,
-        *,
-        stride: int,
-        shuffle: bool,
-        seed: int,
-    ) -> None:
-        super().__init__()
-        self.videos = list(videos)
-        self.length = length
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.rng = np.random.default_rng(seed)
-        starts = [
-            (v, s)
-            for v, video in enumerate(self.videos)
-            for s in range(0, len(video.frames) - length, stride)
-        ]
-        self.starts = np.array(starts, dtype=np.int64).reshape(-1, 2)
-        self.order = np.arange(len(self.starts))
-        if shuffle:
-            self.rng.shuffle(self.order)
-
-    @property
-    def num_batches(self) -> int:
-        return math.ceil(len(self.starts) / self.batch_size)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        picks = self.starts[self.order[index * self.batch_size : (index + 1) * self.batch_size]]
-        clips = np.stack(
-            [self.videos[v].frames[s : s + self.length + 1] for v, s in picks]
-        )
-        clips = to_unit(clips)
-        return clips[:, :-1], clips[:, 1:]
-
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.rng.shuffle(self.order)
 
 
 def load_videos(
@@ -195,40 +124,31 @@ def split_videos(
     return train, val
 
 
-# --- progress --------------------------------------------------------------------------------
-
-
-class EpochLog(keras.callbacks.Callback):
-    """Logs loss, validation loss and throughput (frames per second) after every epoch."""
-
-    def __init__(self, frames_per_epoch: int, epochs: int) -> None:
-        super().__init__()
-        self.frames_per_epoch = frames_per_epoch
-        self.epochs = epochs
-        self.started = 0.0
-        self.history: list[dict[str, float]] = []
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        seconds = time.perf_counter() - self.started
-        logs = dict(logs or {})
-        entry = {k: float(v) for k, v in logs.items()}
-        entry["seconds"] = seconds
-        self.history.append(entry)
-        log.info(
-            "epoch %d/%d: loss %.5f val_loss %.5f, %.0f frames/s, %.1f s",
-            epoch + 1,
-            self.epochs,
-            entry.get("loss", math.nan),
-            entry.get("val_loss", math.nan),
-            self.frames_per_epoch / max(seconds, 1e-9),
-            seconds,
-        )
-
-
 # --- calibration -----------------------------------------------------------------------------
+
+
+def error_maps(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
+    """Squared error maps of the stepper's prediction (made at t-1) vs frame t, for t >= 1.
+
+    Returns (T - 1, H, W) float32 maps and the per-frame mse of the trivial forecast
+    "frame t equals frame t-1" for comparison. Runs one frame per call with the state
+    carried, as the daemon does.
+    """
+    frames = to_unit(video.frames)
+    state = stepper.initial_state(1)
+    maps = np.empty((max(len(frames) - 1, 0), *frames.shape[1:3]), dtype=np.float32)
+    copy_mse = np.empty(len(maps))
+    previous = None
+    for t in range(len(frames)):
+        actual = frames[t, :, :, 0]
+        if previous is not None:
+            np.square(previous - actual, out=maps[t - 1])
+            copy_mse[t - 1] = np.mean(
+                np.square(frames[t - 1, :, :, 0] - actual, dtype=np.float64)
+            )
+        prediction, state = stepper.run(frames[None, t : t + 1], state)
+        previous = prediction[0, 0, :, :, 0].astype(np.float32)
+    return maps, copy_mse
 
 
 def frame_errors(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
@@ -237,38 +157,61 @@ def frame_errors(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray
     Runs one frame per call with the state carried, as the daemon does. Also returns the
     mse of the trivial forecast "frame t equals frame t-1" for comparison.
     """
-    frames = to_unit(video.frames)
-    state = stepper.initial_state(1)
-    model_mse = np.empty(len(frames) - 1)
-    copy_mse = np.empty(len(frames) - 1)
-    previous = None
-    for t in range(len(frames)):
-        actual = frames[t, :, :, 0].astype(np.float64)
-        if previous is not None:
-            model_mse[t - 1] = np.mean((previous - actual) ** 2)
-            copy_mse[t - 1] = np.mean((frames[t - 1, :, :, 0].astype(np.float64) - actual) ** 2)
-        prediction, state = stepper.run(frames[None, t : t + 1], state)
-        previous = prediction[0, 0, :, :, 0].astype(np.float64)
-    return model_mse, copy_mse
+    maps, copy_mse = error_maps(stepper, video)
+    return maps.reshape(len(maps), -1).mean(axis=1, dtype=np.float64), copy_mse
 
 
-def calibrate(stepper: Stepper, videos: Sequence[Video], window: int) -> dict[str, Any]:
-    """Mean and spread of ln(mse) over normal frames with at least ``window`` frames of context."""
+def calibrate(
+    stepper: Stepper,
+    videos: Sequence[Video],
+    window: int,
+    patch: PatchSettings | None = None,
+    motion_videos: Sequence[Video] | None = None,
+) -> dict[str, Any]:
+    """The scorer's calibration from normal frames with at least ``window`` frames of context.
+
+    Global: mean and spread of ln(mse). ``"patch"``: the statistics of the scorer's patch
+    mode (:func:`forecaster.calibration.patch_calibration`, settings ``patch``, default
+    :class:`~forecaster.calibration.PatchSettings`), measured on the same frames, each
+    video's moving averages starting at its first scored frame as they do live. The motion
+    term does not depend on the model: its per-window statistics come from
+    ``motion_videos`` when given (best: every normal video at hand, training ones included;
+    a few videos give a too narrow picture of where people walk).
+    """
     logs, models, copies = [], [], []
+    scored_maps, scored_frames, scored_normal = [], [], []
     for video in videos:
-        model_mse, copy_mse = frame_errors(stepper, video)
-        # frame t (t >= 1) is predicted from t frames of context; model_mse[t - 1] scores it
+        maps, copy_mse = error_maps(stepper, video)
+        model_mse = maps.reshape(len(maps), -1).mean(axis=1, dtype=np.float64)
+        # frame t (t >= 1) is predicted from t frames of context; maps[t - 1] scores it
+        first = max(window - 1, 0)
         keep = video.normal()[1:].copy()
-        keep[: max(window - 1, 0)] = False
+        keep[:first] = False
         models.append(model_mse[keep])
         copies.append(copy_mse[keep])
         logs.append(np.log(np.maximum(model_mse[keep], MSE_FLOOR)))
+        if len(maps) > first:
+            scored_maps.append(maps[first:])
+            scored_frames.append(to_unit(video.frames[first + 1 :])[..., 0])
+            scored_normal.append(keep[first:])
     log_mse = np.concatenate(logs) if logs else np.empty(0)
     if len(log_mse) < 2:
         raise DataError(
             f"calibration needs at least 2 normal validation frames after {window} frames of "
             f"context, got {len(log_mse)}; use longer or more videos"
         )
+    motion_frames = motion_normal = None
+    if motion_videos is not None:
+        first = max(window - 1, 0)
+        usable = [v for v in motion_videos if len(v.frames) > first + 2]
+        motion_frames = [to_unit(v.frames[first + 1 :])[..., 0] for v in usable]
+        motion_normal = [v.normal()[first + 1 :] for v in usable]
+    try:
+        per_location = patch_calibration(scored_maps, scored_frames, patch, normal=scored_normal,
+                                         motion_frames=motion_frames,
+                                         motion_normal=motion_normal)
+    except ValueError as error:
+        raise DataError(f"per-location calibration: {error}") from None
     return {
         "log_mse_mean": float(np.mean(log_mse)),
         "log_mse_std": float(np.std(log_mse, ddof=1)),
@@ -276,10 +219,59 @@ def calibrate(stepper: Stepper, videos: Sequence[Video], window: int) -> dict[st
         "mse_mean": float(np.mean(np.concatenate(models))),
         "copy_last_mse_mean": float(np.mean(np.concatenate(copies))),
         "videos": [v.name for v in videos],
+        "patch": {**per_location, "motion_videos": [v.name for v in motion_videos or videos]},
     }
 
 
+def recalibrate(
+    model_path: str | Path,
+    out: str | Path,
+    *,
+    patch: PatchSettings | None = None,
+    data: Sequence[str] | None = None,
+    motion_data: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Calibrate a trained model again and write it with the new calibration to ``out``.
+
+    The footage is the card's validation videos (re-read from ``training.data``), or every
+    video of ``data`` when given (normal footage the model was not trained on). ``patch``:
+    the per-location settings; ``motion_data``: normal footage for the motion term's
+    per-window statistics (may include the training videos; default the same footage).
+    Returns the new calibration.
+    """
+    from forecaster.model.artifact import load_model
+
+    model, card = load_model(model_path)
+    training = card.training
+    if data is None:
+        names = set(training.get("val_videos", []))
+        sources = training.get("data", [])
+        if not names or not sources:
+            raise DataError(f"model {model_path} names no validation videos; give data")
+        videos = [v for v in load_videos(sources, card.size, training.get("max_frames"))
+                  if v.name in names]
+        if not videos:
+            raise DataError(f"validation videos {sorted(names)} of model {model_path} not found "
+                            f"in {', '.join(sources)}; give data")
+    else:
+        videos = load_videos(data, card.size, None)
+    motion_videos = None
+    if motion_data is not None:
+        motion_videos = load_videos(motion_data, card.size, training.get("max_frames"))
+    calibration = calibrate(make_runner(model), videos, card.window, patch,  # type: ignore[arg-type]
+                            motion_videos)
+    card.calibration = calibration
+    save_model(model, out, card)
+    return calibration
+
+
 # --- the command -----------------------------------------------------------------------------
+
+
+def default_mode(arch: str) -> str:
+    """The training mode used when none is given: recurrent archs train in
+    :data:`~forecaster.model.fitting.DEFAULT_RECURRENT_MODE`, clip archs on windows."""
+    return DEFAULT_RECURRENT_MODE if get_spec(arch).recurrent else "window"
 
 
 def train_command(
@@ -287,6 +279,7 @@ def train_command(
     out: str | Path,
     *,
     arch: str = DEFAULT_ARCH,
+    mode: str | None = None,
     epochs: int = 10,
     max_frames: int | None = None,
     size: tuple[int, int] = (64, 64),
@@ -296,27 +289,49 @@ def train_command(
     clip: int | None = None,
     val_fraction: float = 0.2,
     stride: int | None = None,
-    loss: str = "l1+gdl",
+    loss: str | None = None,
     learning_rate: float = 2e-3,
     patience: int = 3,
+    checkpoint_dir: str | Path | None = None,
+    tensorboard: str | Path | None = None,
+    resume: bool = False,
+    deterministic: bool = True,
     progress: bool = True,
 ) -> Path:
     """Train ``arch`` on ``data``, calibrate it, and write the model to ``out``.
 
-    ``clip``: frames per training clip (default ``2 * window``): longer than the scoring
-    window so the model learns to run with its state carried over many frames, as the
-    daemon runs it. ``stride``: frames between the starts of consecutive training clips
-    (default ``clip // 2``). Validation holds out ``val_fraction`` of the videos (or the tail of a
-    single video); training stops early when the validation loss has not improved for
-    ``patience`` epochs, keeping the best weights.
+    ``mode``: ``"window"`` (shuffled clips) or ``"stateful"`` (videos side by side in
+    consecutive chunks, state carried, reset per group; recurrent archs only); default
+    :func:`default_mode`. In window mode, archs that predict at every step train on clips
+    of ``clip`` frames (default ``2 * window``), the others on ``window`` frames -> the next
+    frame; ``stride``: frames between the starts of consecutive clips (default half a
+    clip). In stateful mode, each batch is ``clip`` (default ``window``) consecutive frames
+    of every video of the group. ``loss``: ``"mse"`` or ``"l1+gdl"`` (default: the arch's;
+    VAEs add their KL term). Validation holds out ``val_fraction`` of the videos (or the
+    tail of a single video); training stops early when the validation loss has not
+    improved for ``patience`` epochs, keeping the best weights. A checkpoint is written
+    after every epoch to ``checkpoint_dir`` (default ``<out>.checkpoints`` beside ``out``),
+    TensorBoard logs to ``tensorboard`` (default ``<out>.logs``); ``resume`` continues from
+    the checkpoint. ``deterministic``: same seed, same weights (on CPU).
     """
     started = time.perf_counter()
     out = Path(out)
     if out.suffix != ".keras":
         raise UsageError(f"model file name must end in .keras, got {out}")
-    get_spec(arch)
+    spec = get_spec(arch)
     height, width = size
     check_size(height, width)
+    mode = mode or default_mode(arch)
+    if mode not in MODES:
+        raise UsageError(f"unknown training mode {mode!r} (known: {', '.join(MODES)})")
+    if mode == "stateful" and not spec.recurrent:
+        stateful = ", ".join(name for name, s in SPECS.items() if s.recurrent)
+        raise UsageError(
+            f"--mode stateful needs a recurrent architecture ({stateful}); {arch} is a clip "
+            f"model (it sees a whole window at once, there is no state to carry): use "
+            f"--mode window"
+        )
+    loss = loss or spec.default_loss
     if loss not in LOSSES:
         raise UsageError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
     if window < 2:
@@ -326,50 +341,70 @@ def train_command(
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
-    clip = clip or 2 * window
-    if clip < 2:
-        raise UsageError(f"clip must be at least 2, got {clip}")
-    stride = stride or max(1, clip // 2)
+    if mode == "stateful":
+        if stride is not None:
+            raise UsageError("--stride applies to --mode window (stateful mode reads every frame once)")
+        length = clip or window  # frames per chunk
+    elif spec.output == "next":
+        if clip is not None and clip != window:
+            raise UsageError(f"{arch} trains on windows of {window} frames; clip does not apply")
+        length = window
+    else:
+        length = clip or 2 * window
+    if length < 2:
+        raise UsageError(f"clip must be at least 2, got {length}")
+    if stride is not None and stride < 1:
+        raise UsageError(f"stride must be at least 1, got {stride}")
+    if mode == "window":
+        stride = stride or max(1, length // 2)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.with_name(f"{out.stem}.checkpoints")
+    log_dir = Path(tensorboard) if tensorboard else out.with_name(f"{out.stem}.logs")
 
-    keras.utils.set_random_seed(seed)
+    set_determinism(seed, deterministic)
     videos = load_videos(data, size, max_frames)
-    train_videos, val_videos = split_videos(videos, val_fraction, clip, seed)
-    train_data = ClipBatches(train_videos, clip, batch_size, stride=stride, shuffle=True, seed=seed)
-    val_data = ClipBatches(val_videos, clip, batch_size, stride=clip, shuffle=False, seed=seed)
-    if len(train_data.starts) == 0 or len(val_data.starts) == 0:
+    train_videos, val_videos = split_videos(videos, val_fraction, length, seed)
+    if mode == "stateful":
+        train_data: WindowBatches | StatefulGroups = StatefulGroups(
+            [v.frames for v in train_videos], batch_size, length
+        )
+        val_data: WindowBatches | StatefulGroups = StatefulGroups(
+            [v.frames for v in val_videos], batch_size, length
+        )
+        samples, val_samples = train_data.num_chunks, val_data.num_chunks
+        unit = "chunks"
+    else:
+        assert stride is not None
+        target = "next" if spec.output == "next" else "sequence"
+        train_data = WindowBatches([v.frames for v in train_videos], length, batch_size,
+                                   stride=stride, shuffle=True, seed=seed, target=target)
+        val_data = WindowBatches([v.frames for v in val_videos], length, batch_size,
+                                 stride=length, shuffle=False, seed=seed, target=target)
+        samples, val_samples = len(train_data.starts), len(val_data.starts)
+        unit = "clips"
+    if samples == 0 or val_samples == 0:
         raise DataError(
-            f"not enough frames for clips of {clip} frames: "
-            f"{len(train_data.starts)} training and {len(val_data.starts)} validation clips"
+            f"not enough frames for {unit} of {length} frames: "
+            f"{samples} training and {val_samples} validation {unit}"
         )
     log.info(
-        "training %s on %d videos (%d clips), validating on %d videos (%d clips)",
-        arch,
-        len(train_videos),
-        len(train_data.starts),
-        len(val_videos),
-        len(val_data.starts),
+        "training %s (%s mode) on %d videos (%d %s of %d frames), validating on %d videos "
+        "(%d %s)", arch, mode, len(train_videos), samples, unit, length, len(val_videos),
+        val_samples, unit,
     )
 
-    model = build_model(arch, height, width)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSSES[loss])
-    epoch_log = EpochLog(len(train_data.starts) * clip, epochs)
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True
-        ),
-        epoch_log,
-    ]
-    model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=epochs,
-        callbacks=callbacks,
-        verbose=1 if progress else 0,
-    )
+    model = build_model(arch, height, width, window)
+    scale = float(height * width) if spec.loss_per_pixel_sum else 1.0
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=PixelLoss(loss, scale))
+    signature = {"arch": arch, "size": [height, width], "window": window, "mode": mode,
+                 "length": length, "stride": stride, "batch_size": batch_size, "loss": loss}
+    options = FitOptions(mode=cast(Mode, mode), epochs=epochs, patience=patience,
+                         checkpoint_dir=checkpoints, log_dir=log_dir, resume=resume,
+                         progress=progress, signature=signature)
+    model, result = fit(model, options, train=train_data, val=val_data)
     fit_seconds = time.perf_counter() - started
 
-    stepper = Stepper(model)
-    calibration = calibrate(stepper, val_videos, window)
+    runner = make_runner(model)
+    calibration = calibrate(runner, val_videos, window)  # type: ignore[arg-type]
     log.info(
         "calibration: ln(mse) %.3f +- %.3f over %d frames (mse %.3g, copy-last-frame mse %.3g)",
         calibration["log_mse_mean"],
@@ -378,33 +413,45 @@ def train_command(
         calibration["mse_mean"],
         calibration["copy_last_mse_mean"],
     )
-    history = epoch_log.history
-    best = min(history, key=lambda e: e.get("val_loss", math.inf)) if history else {}
+    history = result.history
+    train_seconds = [e["train_seconds"] for e in history if "train_seconds" in e]
     training = {
         "data": list(data),
+        "mode": mode,
         "train_videos": [v.name for v in train_videos],
         "val_videos": [v.name for v in val_videos],
         "videos": len(videos),
         "frames": int(sum(len(v.frames) for v in videos)),
         "train_frames": int(sum(len(v.frames) for v in train_videos)),
         "val_frames": int(sum(len(v.frames) for v in val_videos)),
-        "clips": len(train_data.starts),
-        "clip": clip,
+        "clips" if mode == "window" else "chunks": samples,
+        "clip" if mode == "window" else "chunk": length,
         "stride": stride,
+        "batch_size": getattr(train_data, "batch", batch_size),
+        "frames_per_epoch": result.train_frames_per_epoch,
         "max_frames": max_frames,
         "epochs": epochs,
         "epochs_run": len(history),
-        "batch_size": batch_size,
+        "resumed_from_epoch": result.resumed_from,
+        "stopped_early": result.stopped_early,
         "learning_rate": learning_rate,
         "loss": loss,
+        "loss_scale": scale,
+        "kl_term": spec.loss_per_pixel_sum,
         "final_loss": history[-1].get("loss") if history else None,
         "final_val_loss": history[-1].get("val_loss") if history else None,
-        "best_val_loss": best.get("val_loss"),  # the weights kept
-        "best_epoch": history.index(best) + 1 if history else None,
+        "best_val_loss": result.best_val_loss,  # the weights kept
+        "best_epoch": result.best_epoch,
         "seed": seed,
+        "deterministic": deterministic,
+        "train_seconds_per_epoch": round(float(np.mean(train_seconds)), 2) if train_seconds else None,
+        "frames_per_s": round(result.train_frames_per_epoch / float(np.mean(train_seconds)), 1)
+        if train_seconds else None,
         "fit_seconds": round(fit_seconds, 1),
         "duration_s": round(time.perf_counter() - started, 1),
         "params": int(model.count_params()),
+        "checkpoint_dir": str(checkpoints),
+        "tensorboard": str(log_dir),
     }
     card = ModelCard(
         arch=arch,
