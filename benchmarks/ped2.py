@@ -3,8 +3,9 @@
     python benchmarks/ped2.py [--size HxW] [--epochs N] [--loss L] [--retrain] ...
 
 The model is trained with ``forecaster.model.train.train_command`` (defaults below: the
-convlstm-ae at 64x96, the aspect ratio of Ped2's 240x360 frames, mse loss) and cached under
-``./cache/ped2/`` (named after the settings; reused when present). Training calibrates it on
+convlstm-ae at 64x96, the aspect ratio of Ped2's 240x360 frames, mse loss, stateful mode,
+80 epochs: about 9 minutes on 2 CPU cores) and cached under ``./cache/ped2/`` (named after
+the settings; reused when present). Training calibrates it on
 its held-out normal videos, globally and per location (the scorer's patch mode); the
 benchmark then recalibrates it (the network's weights unchanged) so that the motion term's
 per-window statistics come from all 16 training videos (they do not depend on the model,
@@ -19,8 +20,10 @@ causal; ``causal``: what the daemon publishes, with its default scorer settings)
 eval.json and the plots go to ``./cache/ped2/eval-<model>/``.
 
 Last, an ablation the eval table does not have: the copy-last forecast scored the way the
-model is (the same per-location calibration, made on the same held-out videos), which
-tells how much of the result is the scoring and how much the model's predictions.
+model is (patch mode, calibrated the same way), which tells how much of the result is the
+scoring and how much the model's predictions; and where the model stands against the
+accuracy target (causal micro AUC >= 0.95 and >= 0.03 above every baseline under both
+protocols). A summary goes to ``eval-<model>/benchmark.json``.
 """
 
 from __future__ import annotations
@@ -64,16 +67,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"the ped2 folder with training/ and testing/ (default {DATA})")
     parser.add_argument("--size", type=_size, default=(64, 96), metavar="HxW",
                         help="frame size (default 64x96)")
-    parser.add_argument("--epochs", type=int, default=30,
-                        help="training epochs (early stopping may end sooner; default 30)")
+    parser.add_argument("--epochs", type=int, default=80,
+                        help="training epochs (early stopping may end sooner; default 80)")
     parser.add_argument("--loss", default="mse", help="training loss (default mse)")
-    parser.add_argument("--mode", default=None, choices=("window", "stateful"),
-                        help="training mode (default: the architecture's, window)")
+    parser.add_argument("--mode", default="stateful", choices=("window", "stateful"),
+                        help="training mode (default stateful: consecutive chunks of every "
+                             "video, state carried, as the daemon runs the model)")
     parser.add_argument("--clip", type=int, default=None,
                         help="frames per training clip or stateful chunk (default: train's)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="default 1e-3")
-    parser.add_argument("--patience", type=int, default=6,
-                        help="epochs without validation improvement before stopping (default 6)")
+    parser.add_argument("--patience", type=int, default=10,
+                        help="epochs without validation improvement before stopping (default 10)")
     parser.add_argument("--max-frames", type=int, default=None, metavar="N",
                         help="use at most N frames of each training video (default all)")
     parser.add_argument("--seed", type=int, default=0)
