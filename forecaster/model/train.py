@@ -404,7 +404,8 @@ def train_command(
     fit_seconds = time.perf_counter() - started
 
     runner = make_runner(model)
-    calibration = calibrate(runner, val_videos, window)  # type: ignore[arg-type]
+    # motion energy does not depend on the model: its statistics may use every video
+    calibration = calibrate(runner, val_videos, window, motion_videos=videos)  # type: ignore[arg-type]
     log.info(
         "calibration: ln(mse) %.3f +- %.3f over %d frames (mse %.3g, copy-last-frame mse %.3g)",
         calibration["log_mse_mean"],
