@@ -37,6 +37,11 @@ from forecaster.scorer import Scorer
 Message = Forecast | Score | Event | Status
 
 
+def padded_batch(count: int) -> int:
+    """The batch size a call for ``count`` cameras runs with: the next power of two."""
+    return 1 << max(0, count - 1).bit_length()
+
+
 @dataclass(slots=True)
 class CameraState:
     """What the engine keeps per camera between ticks."""
@@ -149,10 +154,16 @@ class InferenceEngine:
             inputs = items[0][1].astype(np.float32)[None, :, :, :, None]
             state = cams[0].state
         else:
-            inputs = np.stack([frames for _, frames, _, _ in items]).astype(np.float32)[..., None]
+            # Pad the batch to a power of two: the compiled one-frame step is specialised
+            # per batch size, so a few sizes (compiled at start-up) serve any camera count.
+            rows = padded_batch(len(items))
+            frames = [frames for _, frames, _, _ in items]
+            frames += [np.zeros_like(frames[0])] * (rows - len(items))
+            inputs = np.stack(frames).astype(np.float32)[..., None]
+            blank = self.stepper.initial_state(rows - len(items))
             state = [
-                np.concatenate([cam.state[i] for cam in cams])  # type: ignore[index]
-                for i in range(len(cams[0].state))  # type: ignore[arg-type]
+                np.concatenate([*(cam.state[i] for cam in cams), blank[i]])  # type: ignore[index]
+                for i in range(len(blank))
             ]
         inputs *= 1.0 / 255.0
         predictions, new_state = self.stepper.run(inputs, state)
@@ -569,6 +580,10 @@ def worker_main(
         # (a tick) and several (a re-prime or catch-up) may take different compiled paths
         for count in (1, 2):
             stepper.run(np.zeros((1, count, *spec.size, 1), np.float32), stepper.initial_state(1))
+        rows = 2
+        while rows <= padded_batch(len(feeds)):  # every batch size a tick of all cameras uses
+            stepper.run(np.zeros((rows, 1, *spec.size, 1), np.float32), stepper.initial_state(rows))
+            rows *= 2
     except ForecasterError as error:
         control.put(("error", role, error.exit_code, str(error)))
         if publisher is not None:
