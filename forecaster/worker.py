@@ -512,6 +512,8 @@ class Worker:
                 for feed in self.feeds:
                     if not feed.ended_sent:
                         self._send(self.status(feed, elapsed))
+            if self.stop.is_set():
+                break  # captures mark their rings ended when stopped: that is no end of stream
             for feed in self.feeds:
                 if not feed.ended_sent and self._finished(feed):
                     feed.ended_sent = True
