@@ -135,6 +135,29 @@ def test_runner_equals_the_sequence_model(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", RECURRENT)
+@pytest.mark.parametrize("jit", [None, False])
+def test_tick_graph_has_no_loop_and_equals_the_chunk_graph(arch: str, jit: bool | None) -> None:
+    import tensorflow as tf
+
+    model = _model(arch)
+    stepper = Stepper(model, jit=jit)
+    ops = {op.type for op in stepper._tick(3).graph.get_operations()}
+    assert not ops & {"While", "StatelessWhile"}, sorted(ops)
+    frames = _frames(3, 4, 32, 32, seed=5)
+    state = [tf.constant(s) for s in stepper.initial_state(3)]
+    loop_state = list(state)
+    for t in range(4):  # the tick function against the loop graph, step by step
+        tick = stepper.run(frames[:, t : t + 1], state)
+        state = tick[1]
+        loop = stepper._fn(frames[:, t : t + 1], *loop_state)
+        loop_state = list(loop[1:])
+        np.testing.assert_allclose(tick[0], np.asarray(loop[0]), atol=1e-6)
+        for a, b in zip(tick[1], loop[1:], strict=True):
+            np.testing.assert_allclose(a, np.asarray(b), atol=1e-6)
+    assert set(stepper._tick_fns) == {3}
+
+
+@pytest.mark.parametrize("arch", RECURRENT)
 def test_recurrent_model_on_a_window_equals_the_sequence_model(arch: str) -> None:
     model = _model(arch)
     frames = _frames(1, 14, 32, 32, seed=4)

@@ -158,6 +158,18 @@ def with_sequences(layer: keras.layers.Layer) -> keras.layers.Layer:
     }
     twin = type(layer).from_config(config)
     twin.cell = layer.cell
+    twin.unroll = layer.unroll
+    return twin
+
+
+def unrolled(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """``layer`` itself, or for a recurrent layer a twin sharing its cell (its weights) that
+    unrolls its time loop (inputs of a fixed, short length: no loop in the graph)."""
+    if not isinstance(layer, keras.layers.RNN):
+        return layer
+    twin = type(layer).from_config({**layer.get_config(), "name": f"{layer.name}_unrolled"})
+    twin.cell = layer.cell
+    twin.unroll = True
     return twin
 
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from forecaster.errors import ModelError
-from forecaster.model.builders import arch_of, frame_size, frames_input, model_layers
+from forecaster.model.builders import arch_of, frame_size, frames_input, model_layers, unrolled
 from forecaster.model.runners import Runner, WindowRunner
 
 StepFn = Callable[..., Any]
@@ -35,11 +35,15 @@ log = logging.getLogger("forecaster.model")
 class Stepper:
     """Runs a sequence model one chunk at a time, carrying its recurrent state.
 
-    On TensorFlow, calls are compiled graph functions: by default (``jit=None``) the
-    single-frame call of every tick is compiled with XLA (about twice as fast; compiled
-    once per batch size), and longer chunks (catch-up, re-priming) run one graph traced
-    once for any batch and length. ``jit=True`` uses XLA for every call (compiled per
-    shape), ``jit=False`` never. On JAX every call is ``jax.jit``-compiled per shape.
+    Two graphs share the model's weights: the *tick* graph (exactly one frame, the
+    recurrent layers unrolled, no loop) that every tick of the daemon runs, and the *chunk*
+    graph (any number of frames, one loop) for catch-up, re-priming and replay.
+
+    On TensorFlow, by default (``jit=None``) the tick graph is compiled with XLA once per
+    batch size into a concrete function that is called directly (no retracing checks on
+    the per-tick path), and the chunk graph is one graph traced once for any batch and
+    length. ``jit=True`` uses XLA for chunks too (compiled per shape), ``jit=False`` never.
+    On JAX every call is ``jax.jit``-compiled per shape.
     """
 
     def __init__(self, model: keras.Model, *, jit: bool | None = None) -> None:
@@ -54,12 +58,16 @@ class Stepper:
         layers = model_layers(model)
         self.state_shapes = self.arch.state_shapes(layers, self.height, self.width)
         self.step_model = build_step_model(model)
+        self.tick_model = build_step_model(model, steps=1)
         self.jit = jit
         self._fn = _compile(self.step_model, self.height, self.width, jit=bool(jit))
-        self._single_fn: StepFn | None = None
-        self._single_checked = False
-        if jit is None and keras.config.backend() == "tensorflow":
-            self._single_fn = _compile(self.step_model, self.height, self.width, jit=True)
+        self._tensorflow = keras.config.backend() == "tensorflow"
+        # TensorFlow: batch size -> compiled tick function; other backends: one function
+        self._tick_fns: dict[int, StepFn] = {}
+        self._tick_xla = jit is not False
+        self._tick_any: StepFn | None = None
+        if not self._tensorflow:
+            self._tick_any = _compile(self.tick_model, self.height, self.width, jit=bool(jit))
 
     def initial_state(self, batch: int) -> list[np.ndarray]:
         """The state before any frame: zeros, one array per state tensor."""
@@ -74,8 +82,7 @@ class Stepper:
         t+1 — and the state after the last frame.
         """
         frames = np.asarray(frames, dtype=np.float32)
-        expected = (self.height, self.width, 1)
-        if frames.ndim != 5 or frames.shape[2:] != expected or frames.shape[1] < 1:
+        if frames.ndim != 5 or frames.shape[2:] != (self.height, self.width, 1) or frames.shape[1] < 1:
             raise ModelError(
                 f"stepper expects frames of shape (B, T>=1, {self.height}, {self.width}, 1), "
                 f"got {frames.shape}"
@@ -85,47 +92,69 @@ class Stepper:
         batch = frames.shape[0]
         state = [np.asarray(array, dtype=np.float32) for array in state]
         for array, shape in zip(state, self.state_shapes, strict=True):
-            if tuple(array.shape) != (batch, *shape):
+            if array.shape[0] != batch or array.shape[1:] != shape:
                 raise ModelError(
                     f"state shape {tuple(array.shape)} does not match {(batch, *shape)}"
                 )
-        outputs = self._call(frames, state)
+        if frames.shape[1] == 1:
+            outputs = self._tick(batch)(frames, *state)
+        else:
+            outputs = self._fn(frames, *state)
         return np.asarray(outputs[0]), [np.asarray(s) for s in outputs[1:]]
 
-    def _call(self, frames: np.ndarray, state: Sequence[np.ndarray]) -> Any:
-        if self._single_fn is None or frames.shape[1] != 1:
-            return self._fn(frames, *state)
-        if self._single_checked:
-            return self._single_fn(frames, *state)
-        try:
-            outputs = self._single_fn(frames, *state)
-        except Exception as exc:  # XLA unavailable on this platform: keep the plain graph
-            log.warning("XLA compilation failed, running without it: %s", exc)
-            self._single_fn = None
-            return self._fn(frames, *state)
-        self._single_checked = True
-        return outputs
+    def _tick(self, batch: int) -> StepFn:
+        """The compiled one-frame function for ``batch`` (built at the first call)."""
+        if self._tick_any is not None:
+            return self._tick_any
+        fn = self._tick_fns.get(batch)
+        if fn is None:
+            fn = self._tick_fns[batch] = self._compile_tick(batch)
+        return fn
+
+    def _compile_tick(self, batch: int) -> StepFn:
+        import tensorflow as tf
+
+        tick_model = self.tick_model
+
+        def call(frames: Any, *states: Any) -> Any:
+            return tick_model([frames, *states], training=False)
+
+        specs = [tf.TensorSpec((batch, 1, self.height, self.width, 1), tf.float32)]
+        specs += [tf.TensorSpec((batch, *shape), tf.float32) for shape in self.state_shapes]
+        if self._tick_xla:
+            try:
+                concrete = tf.function(call, jit_compile=True).get_concrete_function(*specs)
+                concrete(*[tf.zeros(spec.shape) for spec in specs])  # compiles now
+                return concrete
+            except Exception as exc:  # XLA unavailable on this platform: plain graphs
+                log.warning("XLA compilation failed, running without it: %s", exc)
+                self._tick_xla = False
+        return tf.function(call).get_concrete_function(*specs)
 
 
-def build_step_model(model: keras.Model) -> keras.Model:
+def build_step_model(model: keras.Model, steps: int | None = None) -> keras.Model:
     """The step model of a recurrent sequence model: [frames, *state] -> [predictions, *state].
 
     It calls the sequence model's own layer objects (shared weights). Frames (B, T, H, W, 1)
-    with T open; predictions (B, T, H, W, 1), at step t the prediction of frame t+1.
+    with T open, or fixed to ``steps`` (the recurrent layers then unrolled: no loop in the
+    graph); predictions (B, T, H, W, 1), at step t the prediction of frame t+1.
     """
     arch = arch_of(model)
     if arch.state_shapes is None:
         raise ModelError(f"{arch.name} is a clip model: it has no step model")
     height, width = frame_size(model)
     layers = model_layers(model)
-    frames = frames_input(height, width)
+    frames = frames_input(height, width, time=steps)
     states = [
         keras.Input(shape=shape, dtype="float32", name=f"state_{i}")
         for i, shape in enumerate(arch.state_shapes(layers, height, width))
     ]
+    if steps is not None:
+        layers = {name: unrolled(layer) for name, layer in layers.items()}
     graph = arch.step_graph or arch.graph
     predictions, new_states = graph(layers, frames, states)
-    return keras.Model([frames, *states], [predictions, *new_states], name=f"{model.name}_step")
+    suffix = "step" if steps is None else f"step{steps}"
+    return keras.Model([frames, *states], [predictions, *new_states], name=f"{model.name}_{suffix}")
 
 
 def make_runner(
