@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from forecaster.channels import exit_with_parent
+from forecaster.channels import exit_with_parent, set_process_name
 from forecaster.errors import ForecasterError, SourceDisconnected, SourceError
 from forecaster.health import C, Health
 from forecaster.logs import setup_child_logging
@@ -255,6 +255,7 @@ def capture_main(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     exit_with_parent(stop)
+    set_process_name(f"fc-cap:{spec.camera}")
     setup_child_logging(spec.log_level)
     log = logging.getLogger(f"forecaster.capture.{spec.camera}")
     role = f"capture:{spec.camera}"

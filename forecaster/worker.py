@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.channels import exit_with_parent
+from forecaster.channels import exit_with_parent, set_process_name
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.errors import ForecasterError
 from forecaster.health import C, Health
@@ -35,6 +35,9 @@ from forecaster.ring import FrameRing, RingStats
 from forecaster.scorer import Scorer
 
 Message = Forecast | Score | Event | Status
+
+#: uint8 pixel -> model input in [0, 1]
+_SCALE = np.float32(1.0 / 255.0)
 
 
 def padded_batch(count: int) -> int:
@@ -86,6 +89,18 @@ class InferenceEngine:
         self.window = window
         self.clock = clock
         self.cameras: dict[str, CameraState] = {}
+        #: batch size -> the input buffer of one-frame calls
+        self._tick_inputs: dict[int, np.ndarray] = {}
+
+    def _inputs(self, rows: int, steps: int, height: int, width: int) -> np.ndarray:
+        """The float32 model input (rows, steps, H, W, 1): one buffer per batch size kept
+        for ticks (steps == 1), a fresh array for catch-up and re-priming chunks."""
+        if steps != 1:
+            return np.empty((rows, steps, height, width, 1), np.float32)
+        buffer = self._tick_inputs.get(rows)
+        if buffer is None or buffer.shape[2:4] != (height, width):
+            buffer = self._tick_inputs[rows] = np.zeros((rows, 1, height, width, 1), np.float32)
+        return buffer
 
     def add_camera(self, camera: str) -> CameraState:
         cfg = self.scorer_config
@@ -150,22 +165,21 @@ class InferenceEngine:
         for cam in cams:
             if cam.state is None:
                 cam.state = self.stepper.initial_state(1)
+        # Pad the batch to a power of two: the compiled one-frame step is specialised per
+        # batch size, so a few sizes (compiled at start-up) serve any camera count.
+        rows = 1 if len(items) == 1 else padded_batch(len(items))
+        inputs = self._inputs(rows, *items[0][1].shape)
+        for row, (_, frames, _, _) in enumerate(items):
+            np.multiply(frames, _SCALE, out=inputs[row, :, :, :, 0])
         if len(items) == 1:
-            inputs = items[0][1].astype(np.float32)[None, :, :, :, None]
             state = cams[0].state
         else:
-            # Pad the batch to a power of two: the compiled one-frame step is specialised
-            # per batch size, so a few sizes (compiled at start-up) serve any camera count.
-            rows = padded_batch(len(items))
-            frames = [frames for _, frames, _, _ in items]
-            frames += [np.zeros_like(frames[0])] * (rows - len(items))
-            inputs = np.stack(frames).astype(np.float32)[..., None]
+            inputs[len(items):] = 0.0
             blank = self.stepper.initial_state(rows - len(items))
             state = [
                 np.concatenate([*(cam.state[i] for cam in cams), blank[i]])  # type: ignore[index]
                 for i in range(len(blank))
             ]
-        inputs *= 1.0 / 255.0
         predictions, new_state = self.stepper.run(inputs, state)
         results = []
         for row, (cam, (_, _, seqs, stamps)) in enumerate(zip(cams, items, strict=True)):
@@ -533,6 +547,7 @@ def worker_main(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     exit_with_parent(stop)
+    set_process_name("fc-worker")
     setup_child_logging(spec.log_level)
     log = logging.getLogger("forecaster.worker")
     role = "worker"
