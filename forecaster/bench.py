@@ -347,6 +347,126 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -
     return rows
 
 
+def _rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB (``VmRSS``), None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The direct children of ``pid`` and their process names (Linux ``/proc``)."""
+    found: dict[int, str] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            text = (task / "children").read_text()
+        except OSError:
+            continue
+        for child in text.split():
+            try:
+                found[int(child)] = Path(f"/proc/{child}/comm").read_text().strip()
+            except OSError:
+                continue
+    return found
+
+
+def _slope(ticks: list[float], values: list[float]) -> float | None:
+    """Least-squares slope of ``values`` against ``ticks``, in units per 100,000 ticks."""
+    if len(ticks) < 3 or max(ticks) - min(ticks) <= 0:
+        return None
+    return float(np.polyfit(np.asarray(ticks), np.asarray(values), 1)[0]) * 100_000.0
+
+
+def bench_soak(ticks: int, fps: float = 300.0, warmup: float = 0.1, interval: float = 2.0) -> dict[str, Any]:
+    """Resident memory over a long run: the daemon on one 64x64 synthetic camera paced at
+    ``fps`` for ``ticks`` frames. RSS of the supervisor, the capture and the worker is
+    sampled every ``interval`` seconds against the frames the worker processed; the slope
+    after the first ``warmup`` fraction of the run (MB per 100,000 ticks) shows growth."""
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = sock.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    samples: list[dict[str, Any]] = []
+    roles: dict[int, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "soak.toml"
+        config.write_text(
+            f'log_level = "warning"\n[publish]\nendpoint = "{endpoint}"\n'
+            f"[metrics]\nenabled = true\nport = {metrics_port}\n"
+            f'[[cameras]]\nid = "soak"\n'
+            f'source = "synthetic:?fps={fps:g}&width=64&height=64"\n'
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "forecaster", "run", "--config", str(config),
+             "--max-frames", str(ticks)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started = time.monotonic()
+        try:
+            deadline = started + ticks / fps * 3 + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(interval)
+                try:
+                    processed = _scrape(metrics_port).get("forecaster_frames_processed_total")
+                except OSError:
+                    continue  # not serving yet, or already stopping
+                if processed is None:
+                    continue
+                for pid, name in _children(proc.pid).items():
+                    if name == "fc-worker":
+                        roles[pid] = "worker"
+                    elif name.startswith("fc-cap:"):
+                        roles[pid] = "capture"
+                row: dict[str, Any] = {"t": time.monotonic() - started, "ticks": processed,
+                                       "supervisor": _rss_mb(proc.pid)}
+                for pid, role in roles.items():
+                    rss = _rss_mb(pid)
+                    if rss is not None:
+                        row[role] = rss
+                samples.append(row)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    total = max((row["ticks"] for row in samples), default=0.0)
+    steady = [row for row in samples if row["ticks"] >= warmup * total]
+    result: dict[str, Any] = {
+        "ticks_requested": ticks,
+        "ticks_processed": total,
+        "source_fps": fps,
+        "seconds": samples[-1]["t"] if samples else 0.0,
+        "exit_code": proc.returncode,
+        "samples": samples,
+        "processes": {},
+    }
+    for role in ("supervisor", "capture", "worker"):
+        points = [(row["ticks"], row[role]) for row in steady if row.get(role) is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        result["processes"][role] = {
+            "rss_after_warmup_mb": ys[0],
+            "rss_end_mb": ys[-1],
+            "rss_max_mb": max(ys),
+            "slope_mb_per_100k_ticks": _slope(list(xs), list(ys)),
+        }
+    return result
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -384,6 +504,7 @@ def run_bench(
     daemon_frames: int = 2000,
     cameras: list[int] | None = None,
     camera_seconds: float = 30.0,
+    soak_ticks: int | None = None,
 ) -> dict[str, Any]:
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.model.builders import SPECS
@@ -392,7 +513,7 @@ def run_bench(
     report: dict[str, Any] = {"machine": machine()}
     report["peak_gflops"] = measure_peak_gflops()
     report["archs"] = []
-    for arch in archs or list(SPECS):
+    for arch in list(SPECS) if archs is None else archs:
         row = bench_arch(arch, size, repeats)
         timed = row["step_xla"] or row["window"]  # the runner the daemon uses
         flops = row["step_flops"] or row["window_flops"]
@@ -406,6 +527,8 @@ def run_bench(
         report["daemon"] = bench_daemon(daemon_rates, daemon_frames)
     if cameras:
         report["cameras"] = bench_cameras(cameras, seconds=camera_seconds)
+    if soak_ticks:
+        report["soak"] = bench_soak(soak_ticks)
     report["memory"] = peak_rss_mb()
     return report
 
@@ -415,10 +538,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"machine: {report['machine'].get('cpu', '?')} x{report['machine']['cpus']}, "
         f"{report['machine']['device']}, TensorFlow {report['machine']['tensorflow']}",
         f"measured peak (fp32 matmul): {report['peak_gflops']:.1f} GFLOP/s",
-        "",
-        f"{'arch':<20}{'params':>10}{'step p50':>10}{'p99':>8}{'window p50':>12}{'p99':>8}"
-        f"{'ratio':>7}{'MFLOP/tick':>12}{'% peak':>8}",
     ]
+    if report["archs"]:
+        lines += [
+            "",
+            f"{'arch':<20}{'params':>10}{'step p50':>10}{'p99':>8}{'window p50':>12}{'p99':>8}"
+            f"{'ratio':>7}{'MFLOP/tick':>12}{'% peak':>8}",
+        ]
     for row in report["archs"]:
         flops = row["step_flops"] or row["window_flops"]
         step = row["step_xla"]
@@ -464,6 +590,18 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{row['dropped_worker_behind']:>9.0f}{row['slowest_camera_scores_per_s']:>15.1f}"
                 f"{row['latency_p99_ms_worst_camera'] or float('nan'):>9.1f}ms"
                 f"{row['latency_p99_ms_median_camera'] or float('nan'):>10.1f}ms"
+            )
+    soak = report.get("soak")
+    if soak:
+        lines += ["", f"soak: {soak['ticks_processed']:.0f} ticks at {soak['source_fps']:g} fps "
+                  f"in {soak['seconds']:.0f} s (exit {soak['exit_code']}); resident memory after "
+                  f"the first 10%:"]
+        for role, row in soak["processes"].items():
+            slope = row["slope_mb_per_100k_ticks"]
+            lines.append(
+                f"  {role:<11}{row['rss_after_warmup_mb']:>8.1f} MB -> {row['rss_end_mb']:>7.1f} MB"
+                f" (max {row['rss_max_mb']:.1f}), slope "
+                + (f"{slope:+.2f} MB per 100,000 ticks" if slope is not None else "n/a")
             )
     memory = report["memory"]
     lines.append(

@@ -173,7 +173,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         raise SourceError(f"benchmark video not found: {video}")
     report = run_bench(
-        archs=args.arch or None,
+        archs=[] if args.skip_archs else (args.arch or None),
         size=args.size,
         repeats=args.repeats,
         video=video,
@@ -181,6 +181,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         daemon_frames=args.daemon_frames,
         cameras=args.cameras or None,
         camera_seconds=args.camera_seconds,
+        soak_ticks=args.soak_ticks,
     )
     print(format_report(report))
     if args.out:
@@ -314,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run N synthetic cameras at 10 fps in one worker (repeatable)")
     bench.add_argument("--camera-seconds", type=float, default=30.0,
                        help="seconds measured per --cameras run")
+    bench.add_argument("--soak-ticks", type=_positive_int, metavar="N",
+                       help="run the daemon for N frames and report the slope of its resident "
+                            "memory (e.g. 100000)")
+    bench.add_argument("--skip-archs", action="store_true",
+                       help="skip the per-architecture step and window timings")
     bench.add_argument("--out", help="write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
 
