@@ -266,3 +266,45 @@ def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> No
         assert abs(score.mse - row["mse"]) <= 1e-5 * row["mse"], (seq, score, row)
         assert close(score.psnr, row["psnr"]) and close(score.score, row["score"]), (seq, score)
         assert score.anomaly == row["anomaly"]
+
+
+# --- reading ahead -------------------------------------------------------------------------
+
+
+def test_read_ahead_keeps_order_raises_where_the_reader_failed_and_stops_early() -> None:
+    import threading
+
+    from forecaster.replay import ReadAhead
+
+    with ReadAhead(iter(range(100)), depth=4) as items:
+        assert list(items) == list(range(100))
+
+    def failing():
+        yield from range(5)
+        raise OSError("disk gone at item 5")
+
+    seen = []
+    with pytest.raises(OSError, match="item 5"), ReadAhead(failing(), depth=2) as items:
+        for item in items:
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
+
+    produced = []
+
+    def endless():
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    before = threading.active_count()
+    with ReadAhead(endless(), depth=3) as items:
+        for item in items:
+            if item == 10:
+                break
+    # the reader stopped after the consumer left: at most the queue and one item ahead
+    assert threading.active_count() == before
+    count = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == count <= 10 + 3 + 2
