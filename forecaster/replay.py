@@ -23,7 +23,6 @@ paced at the source's nominal rate.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -61,8 +60,6 @@ from forecaster.worker import InferenceEngine, Message
 log = logging.getLogger("forecaster.replay")
 
 DEFAULT_CHUNK = 128
-#: chunks of frames decoded ahead of the model (in a thread) when not paced
-READ_AHEAD_CHUNKS = 2
 #: frame rate used to pace (``realtime``) and to write previews of sources that state none
 FALLBACK_FPS = 25.0
 #: messages a subscriber may have queued before the publisher drops (replay runs at full speed)
@@ -527,76 +524,6 @@ def _frames(source: FrameSource, size: tuple[int, int]) -> Iterator[tuple[np.nda
         yield to_gray_resized(frame.image, size), frame.ts, frame.label
 
 
-class ReadAhead:
-    """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
-
-    Decoding and resizing (OpenCV) release the GIL, so the next frames are read while the
-    model runs on the current chunk. An exception of the reader is raised in the consumer,
-    at the item where it happened. Use as a context manager: leaving it stops and joins
-    the reader, so the source can be closed after it.
-    """
-
-    _END = object()
-
-    def __init__(self, items: Iterator[Any], depth: int) -> None:
-        import queue
-        import threading
-
-        self._items = items
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, name="replay-read-ahead", daemon=True)
-
-    def __enter__(self) -> ReadAhead:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            self._drain()
-            self._thread.join(timeout=0.05)
-
-    def _drain(self) -> None:
-        import queue
-
-        try:
-            while True:
-                self._queue.get_nowait()
-        except queue.Empty:
-            pass
-
-    def _put(self, item: Any) -> bool:
-        import queue
-
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _read(self) -> None:
-        try:
-            for item in self._items:
-                if not self._put((item, None)):
-                    return
-        except BaseException as error:  # handed to the consumer
-            self._put((self._END, error))
-            return
-        self._put((self._END, None))
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            item, error = self._queue.get()
-            if item is self._END:
-                if error is not None:
-                    raise error
-                return
-            yield item
-
-
 class Replayer:
     """Replays videos through one engine; publishes when given a publisher."""
 
@@ -692,35 +619,30 @@ class Replayer:
             bar = tqdm(total=video.expected_frames, desc=video.name, unit="frame",
                        file=sys.stderr, disable=None if options.progress else True,
                        leave=False, mininterval=0.5)
-            # read ahead (decode + resize in a thread) except when paced like a camera
-            depth = 0 if options.realtime else READ_AHEAD_CHUNKS * chunk
-            reader = (ReadAhead(_frames(source, self.size), depth) if depth
-                      else contextlib.nullcontext(_frames(source, self.size)))
             try:
                 pending = 0
-                with reader as frames_in:
-                    for image, ts, label in frames_in:
-                        if pacer is not None:
-                            wait = pacer.wait_time(time.monotonic())
-                            if wait > 0:
-                                time.sleep(wait)
-                            pacer.admit(time.monotonic())
-                        if video.labels is not None and seq >= len(video.labels):
-                            raise label_mismatch(video.name, seq + 1, len(video.labels),
-                                                 at_least=True)
-                        if label is not None:
-                            synthetic_labels.append(label)
-                        frames[pending] = image
-                        stamps[pending] = ts
-                        pending += 1
-                        seq += 1
-                        if pending == chunk:
-                            flush(pending)
-                            bar.update(pending)
-                            pending = 0
-                    if pending:
+                for image, ts, label in _frames(source, self.size):
+                    if pacer is not None:
+                        wait = pacer.wait_time(time.monotonic())
+                        if wait > 0:
+                            time.sleep(wait)
+                        pacer.admit(time.monotonic())
+                    if video.labels is not None and seq >= len(video.labels):
+                        raise label_mismatch(video.name, seq + 1, len(video.labels),
+                                             at_least=True)
+                    if label is not None:
+                        synthetic_labels.append(label)
+                    frames[pending] = image
+                    stamps[pending] = ts
+                    pending += 1
+                    seq += 1
+                    if pending == chunk:
                         flush(pending)
                         bar.update(pending)
+                        pending = 0
+                if pending:
+                    flush(pending)
+                    bar.update(pending)
             finally:
                 bar.close()
                 if preview is not None:
