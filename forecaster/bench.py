@@ -44,6 +44,23 @@ def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 5) -> list[fl
     return samples
 
 
+def _time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, rounds: int = 10, warmup: int = 5
+) -> dict[str, list[float]]:
+    """Time several functions in alternating rounds of ``repeats / rounds`` calls each, so
+    that a slow spell of a shared machine weighs on all of them alike (their ratios are
+    then taken from the same minutes)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name] += _time_calls(fn, per_round, warmup=0)
+    return samples
+
+
 def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     """Floating-point peak of this machine as TensorFlow sees it: a large fp32 matmul."""
     import tensorflow as tf
@@ -76,9 +93,9 @@ def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]
     """Per-tick cost of one architecture, same weights, same run: the daemon's runner
     (the stateful step of a recurrent arch) against running the model on the last 10-frame
     window every tick (the way the original Keras answers predict; the only way for a clip
-    arch). Both as the worker runs them, one frame in per tick: the stateful step both as a
-    plain graph and XLA-compiled (the stepper's default for ticks), the window as a plain
-    graph (the window runner's default).
+    arch). Both as the worker runs them, one frame in per tick: the stateful step both as
+    plain graphs and as the daemon runs it (XLA-compiled one-frame graph), the window as the
+    window runner runs it; timed in alternating rounds.
     """
     import keras
 
@@ -97,7 +114,6 @@ def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]
         nonlocal window_state
         _, window_state = window_runner.run(frame, window_state)
 
-    window_stats = _percentiles(_time_calls(window_tick, repeats))
     window = np.repeat(frame, WINDOW, axis=1)
     row: dict[str, Any] = {
         "arch": arch,
@@ -106,23 +122,24 @@ def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]
         "parameters": int(model.count_params()),
         "step": None,
         "step_xla": None,
-        "window": window_stats,
+        "window": None,
         "window_over_step_p50": None,
         "step_ticks_per_s": None,
-        "window_ticks_per_s": 1000.0 / window_stats["p50_ms"],
+        "window_ticks_per_s": None,
         "step_flops": None,
         "window_flops": count_flops(model, [window]),
     }
     if not spec.recurrent:
+        row["window"] = _percentiles(_time_calls(window_tick, repeats))
+        row["window_ticks_per_s"] = 1000.0 / row["window"]["p50_ms"]
         return row
-    stepper = Stepper(model, jit=False)  # the plain graph
+    stepper = Stepper(model, jit=False)  # plain graphs
     state = stepper.initial_state(1)
 
     def step() -> None:
         nonlocal state
         _, state = stepper.run(frame, state)
 
-    step_stats = _percentiles(_time_calls(step, repeats))
     runner = make_runner(model)  # what the worker runs: XLA for one-frame ticks
     run_state = runner.initial_state(1)
 
@@ -130,14 +147,19 @@ def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]
         nonlocal run_state
         _, run_state = runner.run(frame, run_state)
 
-    xla_stats = _percentiles(_time_calls(tick, repeats))
+    samples = _time_interleaved({"window": window_tick, "step": step, "tick": tick}, repeats)
+    window_stats = _percentiles(samples["window"])
+    xla_stats = _percentiles(samples["tick"])
     row.update(
         {
-            "step": step_stats,
+            "step": _percentiles(samples["step"]),
             "step_xla": xla_stats,
+            "window": window_stats,
+            "window_ticks_per_s": 1000.0 / window_stats["p50_ms"],
             "window_over_step_p50": window_stats["p50_ms"] / xla_stats["p50_ms"],
             "step_ticks_per_s": 1000.0 / xla_stats["p50_ms"],
-            "step_flops": count_flops(stepper.step_model, [frame, *stepper.initial_state(1)]),
+            # the one-frame graph has no loop, whose operations the profiler would miss
+            "step_flops": count_flops(stepper.tick_model, [frame, *stepper.initial_state(1)]),
         }
     )
     return row
@@ -154,9 +176,59 @@ def _run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProce
     )
 
 
+def _decode(video: Path, size: tuple[int, int], max_frames: int | None) -> tuple[np.ndarray, float]:
+    """The video's frames gray and resized as replay reads them, and the seconds per frame
+    that reading (decode + resize) took."""
+    from forecaster.preprocess import to_gray_resized
+    from forecaster.sources import open_source
+
+    frames = []
+    started = time.perf_counter()
+    with open_source(str(video)) as source:
+        while (frame := source.read()) is not None:
+            frames.append(to_gray_resized(frame.image, size))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    seconds = time.perf_counter() - started
+    return np.stack(frames), seconds / max(1, len(frames))
+
+
+def bench_replay_engine(frames: np.ndarray, chunks: tuple[int, ...] = (1, 128)) -> dict[str, Any]:
+    """Replay's model + scoring on decoded frames (the bundled model, the daemon's scorer):
+    frames per second with one model call per ``chunk`` frames, after a warm-up pass."""
+    from forecaster.config import ScorerConfig
+    from forecaster.model.artifact import bundled_model_path
+    from forecaster.replay import feed_chunk, load
+
+    model = load(bundled_model_path())
+    stamps = np.zeros(len(frames))
+    results: dict[str, Any] = {"frames": len(frames)}
+    for chunk in chunks:
+        rates = []
+        for _ in range(2):  # the first pass compiles this chunk's shapes
+            engine = model.engine(ScorerConfig())
+            engine.add_camera("bench")
+            started = time.perf_counter()
+            for start in range(0, len(frames), chunk):
+                stop = min(start + chunk, len(frames))
+                feed_chunk(engine, model.stepper, "bench", frames[start:stop],
+                           range(start, stop), stamps[start:stop])
+            rates.append(len(frames) / (time.perf_counter() - started))
+        results[f"chunk_{chunk}_fps"] = rates[-1]
+    if len(chunks) == 2:
+        results["ratio"] = results[f"chunk_{chunks[1]}_fps"] / results[f"chunk_{chunks[0]}_fps"]
+    return results
+
+
 def bench_replay(video: Path, max_frames: int | None = None) -> dict[str, Any]:
-    """Replay throughput on a real video: chunked (default) against one call per frame."""
-    results: dict[str, Any] = {"video": str(video)}
+    """Replay throughput on a real video: chunked (default) against one call per frame,
+    end to end (``forecaster replay``, reading included) and for the model + scoring alone
+    on decoded frames; and what reading (decode + resize) costs per frame."""
+    from forecaster.model.artifact import bundled_model_path, read_card
+
+    card = read_card(bundled_model_path())
+    frames, read_s = _decode(video, (int(card.height), int(card.width)), max_frames)
+    results: dict[str, Any] = {"video": str(video), "read_ms_per_frame": 1000.0 * read_s}
     for label, extra in (("chunked", []), ("per_frame", ["--chunk", "1"])):
         with tempfile.TemporaryDirectory() as out:
             proc = _run_cli(["replay", str(video), "--out", out, *extra])
@@ -167,6 +239,7 @@ def bench_replay(video: Path, max_frames: int | None = None) -> dict[str, Any]:
             results[label] = {"frames": summary["total"]["frames"], "fps": summary["total"]["fps"]}
     if "fps" in results.get("chunked", {}) and "fps" in results.get("per_frame", {}):
         results["chunked_over_per_frame"] = results["chunked"]["fps"] / results["per_frame"]["fps"]
+    results["engine"] = bench_replay_engine(frames)
     return results
 
 
@@ -565,10 +638,18 @@ def format_report(report: dict[str, Any]) -> str:
         chunked = replay.get("chunked", {})
         per_frame = replay.get("per_frame", {})
         lines.append(
-            f"replay {Path(replay['video']).name}: chunked {chunked.get('fps', '?')} frames/s, "
-            f"one call per frame {per_frame.get('fps', '?')} frames/s"
+            f"replay {Path(replay['video']).name} end to end: chunked {chunked.get('fps', '?')} "
+            f"frames/s, one call per frame {per_frame.get('fps', '?')} frames/s"
             + (f" ({replay['chunked_over_per_frame']:.1f}x)" if "chunked_over_per_frame" in replay else "")
+            + f"; reading alone {replay['read_ms_per_frame']:.2f} ms/frame"
         )
+        engine = replay.get("engine")
+        if engine:
+            lines.append(
+                f"replay model + scoring on decoded frames: chunks of 128 "
+                f"{engine['chunk_128_fps']:.0f} frames/s, one call per frame "
+                f"{engine['chunk_1_fps']:.0f} frames/s ({engine['ratio']:.1f}x)"
+            )
     for row in report.get("daemon", []):
         latency = row["latency_ms"] or {}
         lines.append(

@@ -1,0 +1,87 @@
+"""``forecaster bench``: the memory soak's measurements and the command itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from forecaster.bench import _children, _rss_mb, _slope
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_slope_is_per_100k_ticks_and_needs_three_points() -> None:
+    ticks = [0.0, 10_000.0, 20_000.0, 30_000.0]
+    assert _slope(ticks, [100.0, 100.5, 101.0, 101.5]) == pytest.approx(5.0)
+    assert _slope(ticks, [100.0] * 4) == pytest.approx(0.0, abs=1e-9)
+    assert _slope(ticks[:2], [1.0, 2.0]) is None
+    assert _slope([5.0, 5.0, 5.0], [1.0, 2.0, 3.0]) is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="needs Linux /proc")
+def test_children_are_found_by_the_name_they_give_themselves(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import multiprocessing, time
+        from forecaster.channels import set_process_name
+
+        def child():
+            set_process_name("fc-worker")
+            time.sleep(30)
+
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("spawn")
+            p = multiprocessing.Process(target=child)
+            p.start()
+            print("started", flush=True)
+            p.join()
+        """
+    )
+    path = tmp_path / "parent.py"  # spawn re-imports the main module: a file, not -c
+    path.write_text(script)
+    parent = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 20
+        names: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            names = _children(parent.pid)
+            if "fc-worker" in names.values():
+                break
+            time.sleep(0.1)
+        assert "fc-worker" in names.values(), names
+        pid = next(pid for pid, name in names.items() if name == "fc-worker")
+        rss = _rss_mb(pid)
+        assert rss is not None and rss > 1.0
+    finally:
+        for child in _children(parent.pid):
+            os.kill(child, 15)
+        parent.terminate()
+        parent.wait(timeout=30)
+    assert _rss_mb(pid) is None  # gone
+
+
+def test_bench_soak_runs_the_daemon_and_reports_each_process(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "forecaster", "bench", "--skip-archs", "--soak-ticks", "600",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    soak = json.loads(out.read_text())["soak"]
+    assert soak["exit_code"] == 0
+    assert 0 < soak["ticks_processed"] <= 600
+    assert set(soak["processes"]) == {"supervisor", "capture", "worker"}
+    worker = soak["processes"]["worker"]
+    # the worker holds TensorFlow and the model: far bigger than a capture process
+    assert worker["rss_end_mb"] > 2 * soak["processes"]["capture"]["rss_end_mb"]
+    assert "slope" in proc.stdout and "worker" in proc.stdout
