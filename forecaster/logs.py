@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(levelname)s %(processName)s %(name)s: %(message)s"
@@ -32,6 +33,19 @@ def setup_child_logging(level: str) -> None:
     setup_logging(level)
 
 
+def _grow_gpu_memory(tf: Any) -> list[Any]:
+    """The visible GPUs, each set to take memory as needed rather than all of it at the
+    first operation (a daemon shares the GPU with other programs). Must run before
+    TensorFlow initialises its devices; later it changes nothing."""
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # devices already initialised
+            break
+    return list(gpus)
+
+
 def import_tensorflow_quietly() -> str:
     """Import TensorFlow with its start-up banner kept off stderr; return the device used.
 
@@ -42,7 +56,7 @@ def import_tensorflow_quietly() -> str:
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "0":
         import tensorflow as tf
 
-        gpus = tf.config.list_physical_devices("GPU")
+        gpus = _grow_gpu_memory(tf)
     else:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -51,7 +65,7 @@ def import_tensorflow_quietly() -> str:
             os.dup2(devnull, 2)
             import tensorflow as tf
 
-            gpus = tf.config.list_physical_devices("GPU")
+            gpus = _grow_gpu_memory(tf)
             _ = tf.constant(0.0) + 1.0  # the first op prints the oneDNN banner
         finally:
             os.dup2(saved, 2)
