@@ -165,6 +165,15 @@ def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]
     return row
 
 
+def _free_port() -> int:
+    """A TCP port on the loopback interface that is free now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     return subprocess.run(
@@ -246,17 +255,13 @@ def bench_replay(video: Path, max_frames: int | None = None) -> dict[str, Any]:
 def bench_daemon(rates: list[float], frames: int) -> list[dict[str, Any]]:
     """The whole daemon (capture -> worker -> publish) on a 64x64 synthetic source paced
     at each rate: frames scored per second, drops, and capture-to-publish latency."""
-    import socket
 
     from forecaster.client import Subscriber
     from forecaster.protocol import Forecast, Score, Status
 
     rows = []
     for rate in rates:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        endpoint = f"tcp://127.0.0.1:{port}"
+        endpoint = f"tcp://127.0.0.1:{_free_port()}"
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "bench.toml"
             config.write_text(
@@ -329,20 +334,14 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -
     the model time per camera-frame (from the worker's inference histogram), frames the
     worker had to skip, and each camera's capture-to-publish latency."""
     import signal
-    import socket
 
     from forecaster.client import Subscriber
     from forecaster.protocol import Score
 
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-
     rows = []
     for count in counts:
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        metrics_port = free_port()
+        endpoint = f"tcp://127.0.0.1:{_free_port()}"
+        metrics_port = _free_port()
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "cameras.toml"
             lines = [
@@ -458,20 +457,20 @@ def _slope(ticks: list[float], values: list[float]) -> float | None:
     return float(np.polyfit(np.asarray(ticks), np.asarray(values), 1)[0]) * 100_000.0
 
 
-def bench_soak(ticks: int, fps: float = 300.0, warmup: float = 0.1, interval: float = 2.0) -> dict[str, Any]:
+def bench_soak(
+    ticks: int, fps: float = 300.0, warmup: float = 0.1, interval: float | None = None
+) -> dict[str, Any]:
     """Resident memory over a long run: the daemon on one 64x64 synthetic camera paced at
     ``fps`` for ``ticks`` frames. RSS of the supervisor, the capture and the worker is
-    sampled every ``interval`` seconds against the frames the worker processed; the slope
-    after the first ``warmup`` fraction of the run (MB per 100,000 ticks) shows growth."""
+    sampled every ``interval`` seconds (default: 2 s, or about 50 samples in a short run)
+    against the frames the worker processed; the slope after the first ``warmup``
+    fraction of the run (MB per 100,000 ticks) shows growth."""
+    if interval is None:
+        interval = min(2.0, max(0.1, ticks / fps / 50.0))
     import signal
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        metrics_port = sock.getsockname()[1]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        endpoint = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    metrics_port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
     samples: list[dict[str, Any]] = []
     roles: dict[int, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
