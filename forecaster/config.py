@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from forecaster.errors import ConfigError
 
@@ -26,6 +34,16 @@ DEFAULT_LOOKUP = (Path("config.toml"), Path("/etc/forecaster/config.toml"))
 CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def _int_to_float(value: Any) -> Any:
+    """TOML ``5`` where a float is expected is 5.0 (strict mode would reject it); a bool
+    stays a bool, and is rejected."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+#: a float setting that also accepts a whole number
+Float = Annotated[float, BeforeValidator(_int_to_float)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -36,7 +54,7 @@ class CameraConfig(_Section):
     id: str = "cam0"
     source: str = "synthetic:"
     #: rate limit in frames per second; 0 = no limit
-    fps: Annotated[float, Field(ge=0)] = 0.0
+    fps: Annotated[Float, Field(ge=0)] = 0.0
     #: video files and image folders start again at the end instead of ending the stream
     loop: bool = False
 
@@ -47,11 +65,6 @@ class CameraConfig(_Section):
             raise ValueError("camera id must be 1-64 characters of A-Z a-z 0-9 _ . -")
         return value
 
-    @field_validator("fps", mode="before")
-    @classmethod
-    def _int_fps(cls, value: Any) -> Any:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
 
 class CaptureConfig(_Section):
     #: frame size (height, width) fed to the model; must match the model's input
@@ -59,7 +72,7 @@ class CaptureConfig(_Section):
     #: frames kept in each camera's shared-memory ring
     ring_frames: Annotated[int, Field(ge=2, le=64)] = 10
     #: seconds between reconnection attempts of a live source grow up to this cap
-    reconnect_max_s: Annotated[float, Field(gt=0)] = 30.0
+    reconnect_max_s: Annotated[Float, Field(gt=0)] = 30.0
 
     @field_validator("size", mode="before")
     @classmethod
@@ -76,11 +89,6 @@ class CaptureConfig(_Section):
             raise ValueError("size must be [height, width], each at least 16 and divisible by 4")
         return value
 
-    @field_validator("reconnect_max_s", mode="before")
-    @classmethod
-    def _int_float(cls, value: Any) -> Any:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
 
 class ModelConfig(_Section):
     #: path to a .keras model made by `forecaster train`; empty = the bundled model
@@ -95,7 +103,7 @@ class PublishConfig(_Section):
     #: milliseconds to flush pending messages on shutdown
     linger_ms: Annotated[int, Field(ge=0)] = 500
     #: seconds between status/<cam> messages
-    status_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    status_interval_s: Annotated[Float, Field(gt=0)] = 5.0
 
     #: accept a non-loopback tcp endpoint without CURVE (a trusted network only)
     allow_insecure: bool = False
@@ -110,11 +118,6 @@ class PublishConfig(_Section):
         if not value.startswith(("tcp://", "ipc://")):
             raise ValueError("endpoint must start with tcp:// or ipc://")
         return value
-
-    @field_validator("status_interval_s", mode="before")
-    @classmethod
-    def _int_float(cls, value: Any) -> Any:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("curve_secret_key")
     @classmethod
@@ -160,20 +163,16 @@ class ScorerConfig(_Section):
     #: "global" (the whole frame's mse) or "auto" (patch when the model card has it)
     mode: Literal["auto", "global", "patch"] = "auto"
     #: calibrated score at which a frame counts as anomalous
-    threshold_on: float = 3.0
+    threshold_on: Float = 3.0
     #: score under which an anomaly ends (hysteresis; <= threshold_on)
-    threshold_off: float = 2.0
+    threshold_off: Float = 2.0
     #: consecutive frames over threshold_on before an event starts
     min_on_frames: Annotated[int, Field(ge=1)] = 2
     #: consecutive frames under threshold_off before an event ends
     min_off_frames: Annotated[int, Field(ge=1)] = 5
     #: rate of online adaptation of the calibration to the scene (0 = fixed)
-    adapt_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    adapt_rate: Annotated[Float, Field(ge=0, lt=1)] = 0.0
 
-    @field_validator("threshold_on", "threshold_off", "adapt_rate", mode="before")
-    @classmethod
-    def _int_float(cls, value: Any) -> Any:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check_order(self) -> ScorerConfig:
@@ -187,14 +186,9 @@ class ScorerConfig(_Section):
 
 class WorkerConfig(_Section):
     #: seconds the daemon waits for capture and worker to report ready
-    startup_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    startup_timeout_s: Annotated[Float, Field(gt=0)] = 120.0
     #: extra delay per tick in milliseconds, to emulate slow hardware (0 in production)
-    throttle_ms: Annotated[float, Field(ge=0)] = 0.0
-
-    @field_validator("startup_timeout_s", "throttle_ms", mode="before")
-    @classmethod
-    def _int_float(cls, value: Any) -> Any:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    throttle_ms: Annotated[Float, Field(ge=0)] = 0.0
 
 
 class ServiceConfig(_Section):
@@ -202,14 +196,9 @@ class ServiceConfig(_Section):
     #: and the daemon exits with code 1 (systemd then restarts the whole service)
     max_restarts: Annotated[int, Field(ge=0)] = 5
     #: seconds over which max_restarts is counted
-    restart_window_s: Annotated[float, Field(gt=0)] = 60.0
+    restart_window_s: Annotated[Float, Field(gt=0)] = 60.0
     #: a capture or worker loop that makes no progress this long is stalled
-    stall_timeout_s: Annotated[float, Field(gt=0)] = 20.0
-
-    @field_validator("restart_window_s", "stall_timeout_s", mode="before")
-    @classmethod
-    def _int_float(cls, value: Any) -> Any:
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    stall_timeout_s: Annotated[Float, Field(gt=0)] = 20.0
 
 
 class MetricsConfig(_Section):

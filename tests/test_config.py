@@ -106,3 +106,20 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     missing = _check(tmp_path / "missing.toml")
     assert missing.returncode == 2
     assert "config file not found" in missing.stderr
+
+
+def test_every_float_setting_takes_a_whole_number_but_not_a_bool() -> None:
+    sections = {
+        "capture": {"reconnect_max_s": 7},
+        "publish": {"status_interval_s": 2},
+        "scorer": {"threshold_on": 4, "threshold_off": 1, "adapt_rate": 0},
+        "worker": {"startup_timeout_s": 30, "throttle_ms": 0},
+        "service": {"restart_window_s": 90, "stall_timeout_s": 10},
+    }
+    config = parse_config({**sections, "cameras": [{"fps": 5}]})
+    for section, values in sections.items():
+        for key, value in values.items():
+            got = getattr(getattr(config, section), key)
+            assert isinstance(got, float) and got == value, (section, key, got)
+    with pytest.raises(ConfigError, match="service.stall_timeout_s"):
+        parse_config({"service": {"stall_timeout_s": True}})
