@@ -43,12 +43,10 @@ class Arch:
     """One architecture: how to make its layers, how to wire them, and its state shape."""
 
     name: str
-    model_name: str  # keras.Model name; identifies the architecture of a loaded model
     make_layers: Callable[[int, int, int], LayerDict]  # (height, width, window)
     graph: GraphFn  # the sequence model: called with initial_state None
     #: per-sample state shapes of a recurrent arch; None for a clip arch
     state_shapes: StateShapesFn | None
-    kind: Literal["recurrent", "clip"] = "recurrent"
     output: Literal["sequence", "next"] = "sequence"
     #: graph of the stepper (state in and out, a prediction at every step); default: graph
     step_graph: GraphFn | None = None
@@ -60,8 +58,19 @@ class Arch:
     summary: str = ""
 
     @property
+    def model_name(self) -> str:
+        """The keras.Model name; identifies the architecture of a loaded model."""
+        return self.name.replace("-", "_")
+
+    @property
+    def kind(self) -> Literal["recurrent", "clip"]:
+        """``recurrent``: a state carried from frame to frame (a stepper); ``clip``: run on
+        the window of the last frames every tick."""
+        return "clip" if self.state_shapes is None else "recurrent"
+
+    @property
     def recurrent(self) -> bool:
-        return self.kind == "recurrent"
+        return self.state_shapes is not None
 
 
 def check_size(height: int, width: int) -> None:
@@ -450,7 +459,6 @@ def _conv3d_vae_graph(
 SPECS: dict[str, Arch] = {
     "convlstm-ae": Arch(
         name="convlstm-ae",
-        model_name="convlstm_ae",
         make_layers=_convlstm_ae_layers,
         graph=_convlstm_ae_graph,
         state_shapes=_convlstm_ae_state_shapes,
@@ -459,7 +467,6 @@ SPECS: dict[str, Arch] = {
     ),
     "seed-convlstm": Arch(
         name="seed-convlstm",
-        model_name="seed_convlstm",
         make_layers=_seed_convlstm_layers,
         graph=_seed_convlstm_graph,
         state_shapes=_seed_state_shapes,
@@ -471,11 +478,9 @@ SPECS: dict[str, Arch] = {
     ),
     "seed-convlstm-pool": Arch(
         name="seed-convlstm-pool",
-        model_name="seed_convlstm_pool",
         make_layers=_seed_convlstm_pool_layers,
         graph=_seed_convlstm_pool_graph,
         state_shapes=None,
-        kind="clip",
         output="next",
         fixed_time=True,
         default_loss="mse",
@@ -484,11 +489,9 @@ SPECS: dict[str, Arch] = {
     ),
     "convlstm-vae": Arch(
         name="convlstm-vae",
-        model_name="convlstm_vae",
         make_layers=_convlstm_vae_layers,
         graph=_convlstm_vae_graph,
         state_shapes=None,
-        kind="clip",
         output="next",
         fixed_time=True,
         default_loss="mse",
@@ -498,11 +501,9 @@ SPECS: dict[str, Arch] = {
     ),
     "conv3d-vae": Arch(
         name="conv3d-vae",
-        model_name="conv3d_vae",
         make_layers=_conv3d_vae_layers,
         graph=_conv3d_vae_graph,
         state_shapes=None,
-        kind="clip",
         output="next",
         fixed_time=True,
         default_loss="mse",
