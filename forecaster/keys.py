@@ -73,17 +73,22 @@ def generate_keypair(folder: str | Path, name: str = "server", force: bool = Fal
     return files
 
 
-def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
-    """(public, secret) of a ``.key_secret`` file; ValueError naming the file otherwise."""
+def _load_certificate(path: str | Path, what: str) -> tuple[bytes | None, bytes | None]:
+    """(public, secret) as in a ZeroMQ certificate file; ValueError naming the file."""
     import zmq.auth
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"secret key file not found: {path}")
+        raise ValueError(f"{what} key file not found: {path}")
     try:
-        public, secret = zmq.auth.load_certificate(path)
+        return zmq.auth.load_certificate(path)
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"not a ZeroMQ certificate file: {path}: {error}") from None
+
+
+def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) of a ``.key_secret`` file; ValueError naming the file otherwise."""
+    public, secret = _load_certificate(path, "secret")
     if not secret or not public:
         raise ValueError(f"{path} holds no secret key (use the .key_secret file)")
     return public, secret
@@ -91,15 +96,7 @@ def load_secret_key(path: str | Path) -> tuple[bytes, bytes]:
 
 def load_public_key(path: str | Path) -> bytes:
     """The public key of a ``.key`` (or ``.key_secret``) file; ValueError naming the file."""
-    import zmq.auth
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"public key file not found: {path}")
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"not a ZeroMQ certificate file: {path}: {error}") from None
+    public, _ = _load_certificate(path, "public")
     if not public:
         raise ValueError(f"{path} holds no public key")
     return public
