@@ -174,6 +174,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _daemon_config(
+    path: Path, endpoint: str, cameras: dict[str, str], metrics_port: int | None = None
+) -> Path:
+    """Write a daemon config for a benchmark run: quiet logs, the publisher on
+    ``endpoint`` with a deep send queue, a long start-up allowance, ``cameras`` (id ->
+    source) and, with ``metrics_port``, the Prometheus endpoint."""
+    lines = ['log_level = "warning"', "[publish]", f'endpoint = "{endpoint}"', "sndhwm = 100000",
+             "[worker]", "startup_timeout_s = 600.0"]
+    if metrics_port is not None:
+        lines += ["[metrics]", "enabled = true", f"port = {metrics_port}"]
+    for camera, source in cameras.items():
+        lines += ["[[cameras]]", f'id = "{camera}"', f'source = "{source}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     return subprocess.run(
@@ -263,11 +279,9 @@ def bench_daemon(rates: list[float], frames: int) -> list[dict[str, Any]]:
     for rate in rates:
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
         with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "bench.toml"
-            config.write_text(
-                f'log_level = "warning"\n[publish]\nendpoint = "{endpoint}"\nsndhwm = 100000\n'
-                f'[[cameras]]\nid = "bench"\n'
-                f'source = "synthetic:?fps={rate:g}&width=64&height=64&anomaly_rate=0"\n'
+            config = _daemon_config(
+                Path(tmp) / "bench.toml", endpoint,
+                {"bench": f"synthetic:?fps={rate:g}&width=64&height=64&anomaly_rate=0"},
             )
             with Subscriber(endpoint, rcvhwm=0) as sub:
                 proc = subprocess.Popen(
@@ -343,26 +357,12 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -
         endpoint = f"tcp://127.0.0.1:{_free_port()}"
         metrics_port = _free_port()
         with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "cameras.toml"
-            lines = [
-                'log_level = "warning"',
-                "[publish]",
-                f'endpoint = "{endpoint}"',
-                "sndhwm = 100000",
-                "[worker]",
-                "startup_timeout_s = 600.0",
-                "[metrics]",
-                "enabled = true",
-                f"port = {metrics_port}",
-            ]
-            for index in range(count):
-                lines += [
-                    "[[cameras]]",
-                    f'id = "cam{index:02d}"',
-                    f'source = "synthetic:?fps={fps:g}&width=64&height=64&anomaly_rate=0'
-                    f'&seed={index + 1}"',
-                ]
-            config.write_text("\n".join(lines) + "\n")
+            sources = {
+                f"cam{index:02d}": f"synthetic:?fps={fps:g}&width=64&height=64&anomaly_rate=0"
+                f"&seed={index + 1}"
+                for index in range(count)
+            }
+            config = _daemon_config(Path(tmp) / "cameras.toml", endpoint, sources, metrics_port)
             with Subscriber(endpoint, kinds=["score"], rcvhwm=0) as sub:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "forecaster", "run", "--config", str(config)],
@@ -474,13 +474,9 @@ def bench_soak(
     samples: list[dict[str, Any]] = []
     roles: dict[int, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "soak.toml"
-        config.write_text(
-            f'log_level = "warning"\n[publish]\nendpoint = "{endpoint}"\n'
-            f"[metrics]\nenabled = true\nport = {metrics_port}\n"
-            f'[[cameras]]\nid = "soak"\n'
-            f'source = "synthetic:?fps={fps:g}&width=64&height=64"\n'
-        )
+        config = _daemon_config(Path(tmp) / "soak.toml", endpoint,
+                                {"soak": f"synthetic:?fps={fps:g}&width=64&height=64"},
+                                metrics_port)
         proc = subprocess.Popen(
             [sys.executable, "-m", "forecaster", "run", "--config", str(config),
              "--max-frames", str(ticks)],
