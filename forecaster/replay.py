@@ -55,7 +55,7 @@ from forecaster.sources import (
     open_source,
     parse_synthetic_uri,
 )
-from forecaster.worker import InferenceEngine, Message
+from forecaster.worker import InferenceEngine, Message, prediction_to_uint8
 
 log = logging.getLogger("forecaster.replay")
 
@@ -140,11 +140,6 @@ def load(path: Path) -> LoadedModel:
 
     model, card = load_model(path)
     return LoadedModel(path=path, card=card, stepper=RecordingStepper(make_runner(model)))
-
-
-def predictions_to_uint8(prediction: np.ndarray) -> np.ndarray:
-    """A float prediction in [0, 1] as the uint8 frame the engine publishes."""
-    return np.clip(prediction * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
 
 
 @dataclass
@@ -485,7 +480,7 @@ class PreviewWriter:
             predicted_u8 = np.zeros_like(actual)
             error = np.zeros(actual.shape, np.float32)
         else:
-            predicted_u8 = predictions_to_uint8(predicted)
+            predicted_u8 = prediction_to_uint8(predicted)
             error = np.abs(actual_f - predicted)
         heat = cv2.applyColorMap(np.clip(error * 4.0 * 255.0, 0, 255).astype(np.uint8),
                                  cv2.COLORMAP_JET)
@@ -603,7 +598,7 @@ class Replayer:
                     if predictions is not None:
                         messages.append(Forecast(camera=camera, seq=s, ts=float(stamps[i]),
                                                  target_seq=s + 1,
-                                                 frame=predictions_to_uint8(predictions[i])))
+                                                 frame=prediction_to_uint8(predictions[i])))
                 self._publish(messages)
 
         fps = FALLBACK_FPS

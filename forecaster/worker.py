@@ -40,6 +40,11 @@ Message = Forecast | Score | Event | Status
 _SCALE = np.float32(1.0 / 255.0)
 
 
+def prediction_to_uint8(prediction: np.ndarray) -> np.ndarray:
+    """A float prediction in [0, 1] as the uint8 frame that is published."""
+    return np.clip(prediction * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
 def padded_batch(count: int) -> int:
     """The batch size a call for ``count`` cameras runs with: the next power of two."""
     return 1 << max(0, count - 1).bit_length()
@@ -233,7 +238,7 @@ class InferenceEngine:
             cam.prediction = predictions[index]
             cam.context += 1
             cam.last_seq = seq
-        frame = np.clip(predictions[-1] * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+        frame = prediction_to_uint8(predictions[-1])
         result.messages.append(
             Forecast(
                 camera=camera,
