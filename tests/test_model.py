@@ -217,6 +217,21 @@ def test_load_model_errors_name_the_file(
     assert str(info.value) == f"model {path} expects 64x64 frames, configured size is 64x80"
 
 
+def test_load_model_names_the_layers_a_model_of_another_version_lacks(tmp_path: Path) -> None:
+    frames = keras.Input(shape=(None, 64, 64, 1), name="frames")
+    hidden = keras.layers.ConvLSTM2D(4, 3, padding="same", return_sequences=True,
+                                     name="convlstm")(frames)
+    outputs = keras.layers.Conv3D(1, 1, name="delta")(hidden)
+    other = keras.Model(frames, outputs, name="convlstm_ae")  # the arch's name, not its layers
+    path = tmp_path / "other_version.keras"
+    save_model(other, path, _card())
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert message.startswith(f"model {path}: convlstm-ae model lacks the layer(s) ")
+    assert "shift" in message and "enc1" in message and "train it again" in message
+
+
 # --- training ------------------------------------------------------------------------------
 
 

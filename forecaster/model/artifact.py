@@ -180,6 +180,10 @@ def load_model(
         raise ModelError(f"model {path}: {exc}") from None
     if arch.name != card.arch:
         raise ModelError(f"model {path} is a {arch.name} model but its card says {card.arch}")
+    try:
+        builders.check_layers(model, arch, card.window)
+    except ModelError as exc:
+        raise ModelError(f"model {path}: {exc}") from None
     steps = builders.input_frames(model)
     if steps is not None and steps != card.window:
         raise ModelError(

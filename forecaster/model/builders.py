@@ -570,6 +570,19 @@ def arch_of(model: keras.Model) -> Arch:
     raise ModelError(f"model {model.name!r} is not a known forecaster architecture")
 
 
+def check_layers(model: keras.Model, arch: Arch, window: int = DEFAULT_WINDOW) -> None:
+    """ModelError unless ``model`` has every layer its architecture's graphs call (a model
+    saved by another version of the architecture may lack some)."""
+    height, width = frame_size(model)
+    expected = set(arch.make_layers(height, width, window))
+    missing = sorted(expected - {layer.name for layer in model.layers})
+    if missing:
+        raise ModelError(
+            f"{arch.name} model lacks the layer(s) {', '.join(missing)} of this version's "
+            f"{arch.name}: it was made by another version; train it again"
+        )
+
+
 def model_layers(model: keras.Model) -> LayerDict:
     """The named layers of a sequence model, for wiring a second graph onto its weights."""
     return {layer.name: layer for layer in model.layers}
