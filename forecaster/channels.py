@@ -173,9 +173,6 @@ class Outbox:
         """A control message ``(kind, role, exit code, text)``, waiting up to ``timeout``."""
         return self.send(json.dumps(list(message)).encode("utf-8"), timeout=timeout)
 
-    def cancel_join_thread(self) -> None:
-        """Nothing to cancel (compatibility with ``multiprocessing.Queue``)."""
-
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()

@@ -188,6 +188,10 @@ def _per_frame(layer: keras.layers.Layer, x: Any, name: str) -> Any:
 
 
 # --- convlstm-ae ---------------------------------------------------------------------------
+# The default architecture (about 98k parameters). Input per step: the frame and its
+# difference to the previous frame. A strided conv encoder down to H/4 x W/4, one ConvLSTM2D
+# there, a transposed-conv decoder with skips from the H/2 features and the inputs, and a
+# residual output: clip(frame + delta, 0, 1).
 
 CONVLSTM_FILTERS = 32
 
@@ -536,16 +540,6 @@ def build_model(arch: str, height: int, width: int, window: int = DEFAULT_WINDOW
     frames = frames_input(height, width, time=window if spec.fixed_time else None)
     predictions, _ = spec.graph(spec.make_layers(height, width, window), frames, None)
     return keras.Model(frames, predictions, name=spec.model_name)
-
-
-def build_convlstm_ae(height: int, width: int) -> keras.Model:
-    """The default architecture (about 98k parameters).
-
-    Input per step: the frame and its difference to the previous frame. A strided conv
-    encoder down to H/4 x W/4, one ConvLSTM2D there, a transposed-conv decoder with skips
-    from the H/2 features and the inputs, and a residual output: clip(frame + delta, 0, 1).
-    """
-    return build_model("convlstm-ae", height, width)
 
 
 ARCHS: dict[str, Callable[[int, int], keras.Model]] = {
