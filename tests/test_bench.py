@@ -66,6 +66,9 @@ def test_children_are_found_by_the_name_they_give_themselves(tmp_path: Path) -> 
             os.kill(child, 15)
         parent.terminate()
         parent.wait(timeout=30)
+    deadline = time.monotonic() + 20  # the killed child may take a moment to go
+    while _rss_mb(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _rss_mb(pid) is None  # gone
 
 
