@@ -121,5 +121,5 @@ def test_every_float_setting_takes_a_whole_number_but_not_a_bool() -> None:
         for key, value in values.items():
             got = getattr(getattr(config, section), key)
             assert isinstance(got, float) and got == value, (section, key, got)
-    with pytest.raises(ConfigError, match="service.stall_timeout_s"):
+    with pytest.raises(ConfigError, match=r"service\.stall_timeout_s"):
         parse_config({"service": {"stall_timeout_s": True}})
