@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from forecaster import __version__
 from forecaster.errors import ForecasterError
+from forecaster.model import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_LOSS, DEFAULT_PATIENCE
 
 if TYPE_CHECKING:
     from forecaster.config import Config
@@ -92,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         mode=args.mode,
         epochs=args.epochs,
         max_frames=args.max_frames,
+        record_minutes=args.minutes,
         size=args.size,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -104,7 +106,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard,
         resume=args.resume,
     )
-    print(f"model written to {out}")
+    from forecaster.model.artifact import read_card
+    from forecaster.model.train import error_ratio
+
+    ratio = error_ratio(read_card(out).calibration)
+    print(f"model written to {out} (its error: {ratio:.2f}x that of repeating the last frame)")
     return 0
 
 
@@ -235,9 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="window: shuffled clips; stateful: whole videos side by side in "
                        "consecutive chunks, state carried, reset per group (recurrent archs "
                        "only). Default: stateful for recurrent archs, window for the others")
-    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
+                       help=f"at most this many epochs (default {DEFAULT_EPOCHS}; training "
+                       "stops earlier when the validation loss stops improving)")
     train.add_argument("--max-frames", type=_positive_int, metavar="N",
                        help="use at most N frames of each video")
+    train.add_argument("--minutes", type=float, metavar="N",
+                       help="record N minutes of each camera or stream given as DATA (0, "
+                       "/dev/video0, rtsp://..., http://...) and train on that footage, which "
+                       "must be normal")
+
     train.add_argument("--size", type=_size, default=(64, 64), metavar="HxW")
     train.add_argument("--batch-size", type=_positive_int, default=8,
                        help="clips per batch (window), videos side by side (stateful)")
@@ -249,11 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="frames between clip starts in window mode (default: half a clip; "
                        "= the clip length for no overlap)")
     train.add_argument("--loss", choices=["mse", "l1+gdl"],
-                       help="pixel loss (default: l1+gdl for convlstm-ae, mse for the others; "
-                       "the VAEs add their KL term)")
-    train.add_argument("--learning-rate", type=float, default=2e-3)
-    train.add_argument("--patience", type=_positive_int, default=3,
-                       help="epochs without a better validation loss before stopping early")
+                       help=f"pixel loss (default {DEFAULT_LOSS}; the VAEs add their KL term)")
+    train.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+                       help=f"Adam's learning rate (default {DEFAULT_LEARNING_RATE:g})")
+    train.add_argument("--patience", type=_positive_int, default=DEFAULT_PATIENCE,
+                       help="epochs without a better validation loss before stopping early "
+                       f"(default {DEFAULT_PATIENCE})")
     train.add_argument("--checkpoint-dir", metavar="DIR",
                        help="checkpoint after every epoch (default: <out>.checkpoints beside --out)")
     train.add_argument("--resume", action="store_true",

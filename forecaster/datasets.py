@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,27 +51,36 @@ class VideoRef:
     uri: str
 
 
-def expand_videos(paths: Sequence[str]) -> list[VideoRef]:
+def expand_videos(paths: Sequence[str], *, live: bool = False) -> list[VideoRef]:
     """The videos named by ``paths``, in order.
 
     Each path is a video file (name = file stem), a folder of images (one video, name = folder
     name), a data-set folder (its child image folders and video files in natural order, name =
-    child name) or a ``synthetic:`` string (name ``synthetic-<seed>``).
+    child name) or a ``synthetic:`` string (name ``synthetic-<seed>``); with ``live`` also a
+    camera or stream (name ``live-<source>``), to be recorded for a while.
     """
     if isinstance(paths, str):
         raise TypeError("expand_videos takes a list of paths, not one string")
     videos: list[VideoRef] = []
     for text in paths:
-        videos.extend(_expand_one(text))
+        videos.extend(_expand_one(text, live))
     return videos
 
 
-def _expand_one(text: str) -> list[VideoRef]:
+def is_live(text: str) -> bool:
+    """Whether a source string names a camera or a network stream."""
+    return "://" in text or text.isdigit() or text.startswith("/dev/video")
+
+
+def _expand_one(text: str, live: bool) -> list[VideoRef]:
     if text.lower().startswith(SYNTHETIC_PREFIX):
         params = parse_synthetic_uri(text)
         return [VideoRef(f"synthetic-{params.seed}", text)]
-    if "://" in text or text.isdigit() or text.startswith("/dev/video"):
-        raise DataError(f"a data set must be files or folders, not a live source: {text}")
+    if is_live(text):
+        if not live:
+            raise DataError(f"a data set must be files or folders, not a live source: {text} "
+                            f"(forecaster train --minutes N records N minutes of it)")
+        return [VideoRef("live-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:48], text)]
     path = Path(text).expanduser()
     if not path.exists():
         raise DataError(f"data path not found: {text}")
@@ -90,16 +102,20 @@ def _expand_one(text: str) -> list[VideoRef]:
     return videos
 
 
-def read_video(uri: str, size: tuple[int, int], max_frames: int | None = None
-               ) -> tuple[np.ndarray, np.ndarray | None]:
+def read_video(uri: str, size: tuple[int, int], max_frames: int | None = None,
+               max_seconds: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """All frames of one video as ``(T, H, W) uint8`` at ``size``, and its labels or None.
 
     Labels come from the source (the synthetic scene); other sources give None. A
     ``synthetic:`` string is read unpaced; without ``frames=`` it gives ``max_frames`` or
-    ``DEFAULT_SYNTHETIC_FRAMES`` frames.
+    ``DEFAULT_SYNTHETIC_FRAMES`` frames. A live source (camera, stream) is recorded for
+    ``max_seconds`` of wall-clock time or ``max_frames`` frames, whichever comes first
+    (one of them is needed); ``max_seconds`` does not apply to other sources.
     """
     if max_frames is not None and max_frames < 1:
         raise DataError(f"max_frames must be >= 1, got {max_frames} for {uri}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise DataError(f"recording time must be above 0 s, got {max_seconds} for {uri}")
     source: FrameSource
     if uri.lower().startswith(SYNTHETIC_PREFIX):
         params = parse_synthetic_uri(uri)
@@ -107,13 +123,18 @@ def read_video(uri: str, size: tuple[int, int], max_frames: int | None = None
         source = SyntheticSource(replace(params, fps=0.0, frames=frames).uri())
     else:
         source = open_source(uri)
-        if source.live and max_frames is None:
-            raise DataError(f"reading a live source needs max_frames: {uri}")
+        if source.live and max_frames is None and max_seconds is None:
+            raise DataError(f"reading a live source needs a length: {uri} (forecaster "
+                            f"train --minutes N records N minutes of it)")
+    deadline = (time.monotonic() + max_seconds
+                if max_seconds is not None and source.live else math.inf)
+    if source.live and math.isfinite(deadline):
+        log.info("recording %s for %.0f s", uri, max_seconds)
     height, width = size
     images: list[np.ndarray] = []
     labels: list[int | None] = []
     with source:
-        while max_frames is None or len(images) < max_frames:
+        while (max_frames is None or len(images) < max_frames) and time.monotonic() < deadline:
             frame = source.read()
             if frame is None:
                 break

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import keras
 
 from forecaster.errors import ModelError
-from forecaster.model import DEFAULT_WINDOW
+from forecaster.model import DEFAULT_LOSS, DEFAULT_WINDOW
 
 LayerDict = dict[str, keras.layers.Layer]
 GraphFn = Callable[[LayerDict, Any, "list[Any] | None"], "tuple[Any, list[Any]]"]
@@ -52,7 +52,7 @@ class Arch:
     step_graph: GraphFn | None = None
     #: the sequence model takes exactly ``window`` frames (else any number)
     fixed_time: bool = False
-    default_loss: str = "l1+gdl"
+    default_loss: str = DEFAULT_LOSS
     #: the pixel loss is multiplied by H x W (the VAE loss: reconstruction x H x W + KL)
     loss_per_pixel_sum: bool = False
     summary: str = ""
@@ -476,7 +476,6 @@ SPECS: dict[str, Arch] = {
         state_shapes=_seed_state_shapes,
         step_graph=_seed_convlstm_step_graph,
         output="next",
-        default_loss="mse",
         summary="4 x (ConvLSTM2D(40, 3x3) + BatchNormalization), the last returning its last "
         "output only, Conv2D(1, 3x3, sigmoid) head: T frames -> the next frame",
     ),
@@ -487,7 +486,6 @@ SPECS: dict[str, Arch] = {
         state_shapes=None,
         output="next",
         fixed_time=True,
-        default_loss="mse",
         summary="4 x (ConvLSTM2D(40, 3x3) + BatchNormalization) on the sequence, "
         "Conv3D(1, 3x3x3, sigmoid), AveragePooling3D((window, 1, 1)): window -> next frame",
     ),
@@ -498,7 +496,6 @@ SPECS: dict[str, Arch] = {
         state_shapes=None,
         output="next",
         fixed_time=True,
-        default_loss="mse",
         loss_per_pixel_sum=True,
         summary="ConvLSTM2D(32, s2) -> ConvLSTM2D(64, s2) -> Dense(16) -> z (6) -> Dense -> "
         "Conv2DTranspose x 3: window -> next frame; loss pixel x H x W + KL",
@@ -510,7 +507,6 @@ SPECS: dict[str, Arch] = {
         state_shapes=None,
         output="next",
         fixed_time=True,
-        default_loss="mse",
         loss_per_pixel_sum=True,
         summary="Conv3D(32, s2) -> Conv3D(64, s2) -> Dense(16) -> z (6) -> Dense -> "
         "Conv3DTranspose x 3: window -> next frame; loss pixel x H x W + KL",

@@ -11,6 +11,7 @@ of ``ln(mse)`` on normal frames becomes the model's calibration.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ import numpy as np
 
 from forecaster.calibration import PatchSettings, patch_calibration
 from forecaster.errors import DataError, UsageError
-from forecaster.model import DEFAULT_ARCH, DEFAULT_WINDOW
+from forecaster.model import (
+    DEFAULT_ARCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_PATIENCE,
+    DEFAULT_WINDOW,
+    WEAK_MODEL_RATIO,
+)
 from forecaster.model.artifact import ModelCard, current_versions, save_model
 from forecaster.model.builders import SPECS, build_model, check_size, get_spec
 from forecaster.model.fitting import (
@@ -71,14 +79,16 @@ class Video:
 
 
 def load_videos(
-    data: Sequence[str], size: tuple[int, int], max_frames: int | None
+    data: Sequence[str], size: tuple[int, int], max_frames: int | None,
+    record_seconds: float | None = None,
 ) -> list[Video]:
-    """Read every video named by ``data`` (paths, data sets, synthetic: strings)."""
+    """Read every video named by ``data`` (paths, data sets, synthetic: strings; with
+    ``record_seconds`` also cameras and streams, recorded for that long)."""
     from forecaster.datasets import expand_videos, read_video
 
     videos = []
-    for ref in expand_videos(list(data)):
-        frames, labels = read_video(ref.uri, size, max_frames)
+    for ref in expand_videos(list(data), live=record_seconds is not None):
+        frames, labels = read_video(ref.uri, size, max_frames, record_seconds)
         log.info("read %s: %d frames", ref.name, len(frames))
         videos.append(Video(ref.name, np.asarray(frames, dtype=np.uint8), labels))
     return videos
@@ -265,6 +275,29 @@ def recalibrate(
     return calibration
 
 
+def error_ratio(calibration: dict[str, Any]) -> float:
+    """The model's mean error on held-out normal frames over that of repeating the last frame."""
+    copy = float(calibration.get("copy_last_mse_mean", math.nan))
+    model = float(calibration.get("mse_mean", math.nan))
+    return model / copy if copy > 0 else math.nan
+
+
+def ratio_report(calibration: dict[str, Any]) -> tuple[str, str | None]:
+    """A line giving the model's error as a ratio of copy-last's, and a warning or None."""
+    ratio = error_ratio(calibration)
+    line = (f"error on held-out normal frames: {ratio:.2f}x that of repeating the last frame "
+            f"(mse {calibration.get('mse_mean', math.nan):.3g} vs "
+            f"{calibration.get('copy_last_mse_mean', math.nan):.3g})")
+    if math.isfinite(ratio) and ratio <= WEAK_MODEL_RATIO:
+        return line, None
+    return line, (
+        f"the model barely beats repeating the last frame ({ratio:.2f}x its error, over "
+        f"{WEAK_MODEL_RATIO}): it has learned little, and its scores will mostly measure "
+        f"motion. Try more footage of the camera (minutes, not seconds), more epochs "
+        f"(--epochs), the mse loss (--loss mse), or a lower learning rate (--learning-rate)"
+    )
+
+
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -280,8 +313,9 @@ def train_command(
     *,
     arch: str = DEFAULT_ARCH,
     mode: str | None = None,
-    epochs: int = 10,
+    epochs: int = DEFAULT_EPOCHS,
     max_frames: int | None = None,
+    record_minutes: float | None = None,
     size: tuple[int, int] = (64, 64),
     batch_size: int = 8,
     seed: int = 0,
@@ -290,8 +324,8 @@ def train_command(
     val_fraction: float = 0.2,
     stride: int | None = None,
     loss: str | None = None,
-    learning_rate: float = 2e-3,
-    patience: int = 3,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    patience: int = DEFAULT_PATIENCE,
     checkpoint_dir: str | Path | None = None,
     tensorboard: str | Path | None = None,
     resume: bool = False,
@@ -361,7 +395,10 @@ def train_command(
     log_dir = Path(tensorboard) if tensorboard else out.with_name(f"{out.stem}.logs")
 
     set_determinism(seed, deterministic)
-    videos = load_videos(data, size, max_frames)
+    if record_minutes is not None and not record_minutes > 0:
+        raise UsageError(f"--minutes must be above 0, got {record_minutes}")
+    videos = load_videos(data, size, max_frames,
+                         None if record_minutes is None else record_minutes * 60.0)
     train_videos, val_videos = split_videos(videos, val_fraction, length, seed)
     if mode == "stateful":
         train_data: WindowBatches | StatefulGroups = StatefulGroups(
@@ -414,6 +451,10 @@ def train_command(
         calibration["mse_mean"],
         calibration["copy_last_mse_mean"],
     )
+    line, warning = ratio_report(calibration)
+    log.info("%s", line)
+    if warning:
+        log.warning("%s", warning)
     history = result.history
     train_seconds = [e["train_seconds"] for e in history if "train_seconds" in e]
     training = {
@@ -431,6 +472,7 @@ def train_command(
         "batch_size": getattr(train_data, "batch", batch_size),
         "frames_per_epoch": result.train_frames_per_epoch,
         "max_frames": max_frames,
+        "record_minutes": record_minutes,
         "epochs": epochs,
         "epochs_run": len(history),
         "resumed_from_epoch": result.resumed_from,
