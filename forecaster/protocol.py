@@ -123,7 +123,12 @@ class Status:
     connected: bool
     ended: bool
     reason: str | None = None
+    #: does the model fit this camera: "checking" (its first scores are being counted),
+    #: "ok", or "misfit" (most of them were at or above threshold_off); None: not said
+    model_fit: str | None = None
 
+
+MODEL_FIT_VALUES = ("checking", "ok", "misfit")
 
 Message = Forecast | Score | Event | Status
 
@@ -206,6 +211,11 @@ def encode(msg: Message) -> list[bytes]:
         if msg.reason is not None and not isinstance(msg.reason, str):
             raise ProtocolError(f"field 'reason' must be a string or None, got {msg.reason!r}")
         header["reason"] = msg.reason
+        if msg.model_fit is not None:
+            if msg.model_fit not in MODEL_FIT_VALUES:
+                raise ProtocolError(f"field 'model_fit' must be one of {MODEL_FIT_VALUES}, got "
+                                    f"{msg.model_fit!r}")
+            header["model_fit"] = msg.model_fit
     parts.append(json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8"))
     if payload is not None:
         parts.append(payload)
@@ -310,6 +320,11 @@ def _dec_status(camera: str, h: Mapping[str, Any], payload: Buffer | None) -> St
         raise ProtocolError(
             f"status header field 'reason' must be a string or null, got {reason!r}"
         )
+    model_fit = h.get("model_fit")
+    if model_fit is not None and not isinstance(model_fit, str):
+        raise ProtocolError(
+            f"status header field 'model_fit' must be a string or null, got {model_fit!r}"
+        )
     return Status(
         camera=camera,
         seq=_dec_int(h, kind, "seq"),
@@ -321,6 +336,7 @@ def _dec_status(camera: str, h: Mapping[str, Any], payload: Buffer | None) -> St
         connected=_dec_bool(h, kind, "connected"),
         ended=_dec_bool(h, kind, "ended"),
         reason=reason,
+        model_fit=model_fit,
     )
 
 

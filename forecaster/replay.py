@@ -334,6 +334,11 @@ class VideoResult:
     #: per frame (index = seq), when known
     labels: list[int] | None = None
     events: list[EpisodeRecord] = field(default_factory=list)
+    #: does the model fit this video (:mod:`forecaster.fit`): "ok", "misfit", or
+    #: "checking" when too few frames were scored to tell
+    model_fit: str = "checking"
+    #: the median score the verdict was made on (NaN: none made)
+    model_fit_median: float = math.nan
 
     @property
     def frames_scored(self) -> int:
@@ -368,6 +373,9 @@ class VideoResult:
             "anomalous_frames_scored": None if labels is None else int(labels.sum()),
             "auc": auc,
             "auc_undefined": why,
+            "model_fit": self.model_fit,
+            "model_fit_median": (round(self.model_fit_median, 3)
+                                 if math.isfinite(self.model_fit_median) else None),
         }
 
 
@@ -400,6 +408,7 @@ def summarize(results: Sequence[VideoResult], extra: dict[str, Any]) -> dict[str
         "events": sum(len(r.events) for r in results),
         "state_resets": sum(r.state_resets for r in results),
         "labelled_videos": len(labelled),
+        "misfit_videos": [r.name for r in results if r.model_fit == "misfit"],
     }
     if labelled:
         labels = np.concatenate([r.scored_labels() for r in labelled])  # type: ignore[misc]
@@ -653,6 +662,10 @@ class Replayer:
             result.labels = synthetic_labels
         if open_episode is not None:
             open_episode.peak_score = cam.scorer.peak_score
+        cam.fit.finish()
+        result.model_fit, result.model_fit_median = cam.fit.verdict, cam.fit.median
+        if cam.fit.verdict == "misfit":
+            log.warning("%s", cam.fit.message(f"video {video.name}", str(self.model.path)))
         if self.publisher is not None:
             self.publisher.send(Status(
                 camera=camera,

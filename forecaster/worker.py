@@ -28,6 +28,7 @@ import numpy as np
 from forecaster.channels import exit_with_parent, set_process_name
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.errors import ForecasterError
+from forecaster.fit import FitCheck
 from forecaster.health import C, Health
 from forecaster.logs import import_tensorflow_quietly, setup_child_logging
 from forecaster.protocol import Event, Forecast, Score, Status
@@ -56,6 +57,8 @@ class CameraState:
 
     camera: str
     scorer: Scorer
+    #: does the model fit this camera (its first scores against the calibration)
+    fit: FitCheck
     state: list[np.ndarray] | None = None
     #: frames fed since the last reset
     context: int = 0
@@ -70,6 +73,8 @@ class StepResult:
     messages: list[Message] = field(default_factory=list)
     #: the model produced NaN or inf: the camera's state must be rebuilt
     non_finite: bool = False
+    #: the camera's model-fit verdict was made during this call
+    fit_decided: bool = False
 
 
 class InferenceEngine:
@@ -118,7 +123,7 @@ class InferenceEngine:
             min_off_frames=cfg.min_off_frames,
             adapt_rate=cfg.adapt_rate,
         )
-        cam = CameraState(camera=camera, scorer=scorer)
+        cam = CameraState(camera=camera, scorer=scorer, fit=FitCheck(cfg.threshold_off))
         self.cameras[camera] = cam
         return cam
 
@@ -213,6 +218,8 @@ class InferenceEngine:
             ts = float(stamps[index])
             if cam.prediction is not None and cam.context >= self.window:
                 scored = cam.scorer.score(cam.prediction, actual[index])
+                if cam.fit.add(scored.score):
+                    result.fit_decided = True
                 result.messages.append(
                     Score(
                         camera=camera,
@@ -310,8 +317,10 @@ class Worker:
         status_interval_s: float,
         throttle_s: float = 0.0,
         health: Health | None = None,
+        model_name: str = "in use",
     ) -> None:
         self.engine = engine
+        self.model_name = model_name
         self.feeds = feeds
         self.publisher = publisher
         self.notify = notify
@@ -339,8 +348,19 @@ class Worker:
         sent = self.publisher.send(message)
         self.health.count_message(message.kind, sent is not False)
 
-    def _publish(self, feed: _Feed, messages: list[Message]) -> None:
-        for message in messages:
+    def _report_fit(self, feed: _Feed) -> None:
+        """Log the camera's model-fit verdict, just made: a warning for a misfit."""
+        fit = self.engine.cameras[feed.camera].fit
+        if fit.verdict == "misfit":
+            self.log.warning("%s", fit.message(f"camera {feed.camera}", self.model_name))
+        else:
+            self.log.info("camera %s: the model fits (median score of the first %d scored "
+                          "frames %.2f)", feed.camera, fit.decided_on, fit.median)
+
+    def _publish(self, feed: _Feed, result: StepResult) -> None:
+        if result.fit_decided:
+            self._report_fit(feed)
+        for message in result.messages:
             if isinstance(message, Score):
                 self.health.set(feed.index, C.LAST_SCORE, message.score)
             elif isinstance(message, Event) and message.state == "start":
@@ -390,7 +410,7 @@ class Worker:
                     self._prime(feed, feed.ring.stats())
                     continue
                 feed.processed += count
-                self._publish(feed, result.messages)
+                self._publish(feed, result)
 
     def _prime(self, feed: _Feed, stats: RingStats) -> None:
         """Reset the camera's state and rebuild it from the frames in the ring.
@@ -432,7 +452,7 @@ class Worker:
         feed.awaiting = False
         feed.non_finite_logged = False
         feed.processed += latest - first + 1
-        self._publish(feed, result.messages)
+        self._publish(feed, result)
 
     def service(self, feed: _Feed) -> None:
         """Bring one camera up to the newest frame in its ring."""
@@ -506,6 +526,7 @@ class Worker:
             connected=stats.connected,
             ended=ended,
             reason=reason,
+            model_fit=cam.fit.verdict,
         )
 
     def _finished(self, feed: _Feed) -> bool:
@@ -536,6 +557,8 @@ class Worker:
             for feed in self.feeds:
                 if not feed.ended_sent and self._finished(feed):
                     feed.ended_sent = True
+                    if self.engine.cameras[feed.camera].fit.finish():  # a short stream
+                        self._report_fit(feed)
                     self._send(self.status(feed, elapsed, ended=True))
                     self.log.info("camera %s: stream ended", feed.camera)
             if all(feed.ended_sent for feed in self.feeds):
@@ -597,6 +620,7 @@ def worker_main(
             publish.status_interval_s,
             throttle_s=spec.throttle_ms / 1000.0,
             health=health,
+            model_name=spec.model_path,
         )
         # compile before declaring readiness, so the first frames are not late: one frame
         # (a tick) and several (a re-prime or catch-up) may take different compiled paths

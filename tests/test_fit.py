@@ -1,0 +1,119 @@
+"""Whether a model fits: train's error ratio and warning, the misfit check of replay and the
+daemon, the frame size taken from the model's card, training on a recorded live stream."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forecaster.fit import MIN_FIT_FRAMES, FitCheck
+from tests.conftest import free_port
+from tests.daemon_harness import Daemon, config_text, wait_for
+from tests.test_replay import SIZE, cli, env, make_tiny_model
+
+pytestmark = pytest.mark.timeout(240)
+
+NORMAL = "synthetic:?anomaly_rate=0&seed={seed}&frames={frames}"
+
+
+def test_fit_check_median_against_threshold_off() -> None:
+    fit = FitCheck(threshold_off=2.0, frames=100)
+    for i in range(99):
+        assert not fit.add(5.0 if i % 3 else 0.0)  # two thirds above threshold_off
+    assert fit.verdict == "checking"
+    assert fit.add(math.nan) is False  # unscored frames do not count
+    assert fit.add(5.0) and fit.verdict == "misfit" and fit.median == 5.0
+    assert not fit.add(0.0) and fit.verdict == "misfit"  # decided once
+    ok = FitCheck(threshold_off=2.0, frames=100)
+    for i in range(100):
+        ok.add(9.0 if i % 10 == 0 else 0.1)  # a few anomalous frames do not make a misfit
+    assert ok.verdict == "ok"
+    short = FitCheck(threshold_off=2.0)
+    for _ in range(MIN_FIT_FRAMES - 1):
+        short.add(4.0)
+    assert not short.finish() and short.verdict == "checking"  # too few to tell
+    short.add(4.0)
+    assert short.finish() and short.verdict == "misfit" and short.decided_on == MIN_FIT_FRAMES
+
+
+def test_train_prints_the_ratio_and_warns_for_a_model_that_learned_nothing(
+        tmp_path: Path) -> None:
+    out = tmp_path / "m.keras"
+    data = [NORMAL.format(seed=s, frames=40) for s in range(2)]
+    result = subprocess.run(
+        [sys.executable, "-m", "forecaster", "train", *data, "--out", str(out), "--epochs", "1",
+         "--size", "32x32", "--max-frames", "40"],
+        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=200)
+    assert result.returncode == 0, result.stderr
+    assert "that of repeating the last frame" in result.stdout
+    ratio = float(result.stdout.split("its error: ")[1].split("x")[0])
+    assert ratio > 0.9  # one epoch of 40 frames: the residual model still repeats the frame
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert any("barely beats repeating the last frame" in line and "--epochs" in line
+               for line in warnings), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_replay_flags_the_bundled_model_on_real_footage(data_dir: Path, tmp_path: Path) -> None:
+    result = cli(["replay", str(data_dir / "vtest.avi"), "--out", str(tmp_path / "o")], tmp_path)
+    assert result.returncode == 0, result.stderr
+    video = _summary(tmp_path / "o")["videos"][0]
+    assert video["model_fit"] == "misfit" and video["model_fit_median"] > 2.0
+    assert _summary(tmp_path / "o")["total"]["misfit_videos"] == ["vtest"]
+    lines = [line for line in result.stderr.splitlines() if "does not fit" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "forecaster train" in lines[0]
+
+
+def test_replay_of_a_normal_synthetic_scene_fits_the_bundled_model(tmp_path: Path) -> None:
+    result = cli(["replay", NORMAL.format(seed=31, frames=300), "--out", str(tmp_path / "o")],
+                 tmp_path)
+    assert result.returncode == 0, result.stderr
+    video = _summary(tmp_path / "o")["videos"][0]
+    assert video["model_fit"] == "ok" and video["model_fit_median"] < 2.0
+    assert "does not fit" not in result.stderr
+
+
+def test_daemon_warns_once_and_says_so_in_status_on_footage_it_does_not_fit(
+        data_dir: Path, tmp_path: Path) -> None:
+    from forecaster.client import Subscriber
+    from forecaster.protocol import Status
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = config_text(endpoint, [("hall", str(data_dir / "vtest.avi"), {"fps": 60.0})])
+    statuses: list[Status] = []
+    with Daemon(tmp_path, config) as daemon, Subscriber(endpoint, kinds=["status"]) as sub:
+        def ended() -> bool:
+            msg = sub.recv(timeout=0.2)
+            if isinstance(msg, Status):
+                statuses.append(msg)
+            return bool(statuses) and statuses[-1].ended
+        wait_for(ended, 150, "the ended status")
+        daemon.wait_log("does not fit", 20)
+    assert statuses[-1].model_fit == "misfit"
+    assert {s.model_fit for s in statuses[:-1]} <= {"checking"}
+    lines = [line for line in daemon.log().splitlines() if "does not fit" in line]
+    assert len(lines) == 1 and "camera hall" in lines[0] and "WARNING" in lines[0]
+    assert "Traceback" not in daemon.log()
+
+
+def test_daemon_takes_the_frame_size_from_the_model_card(tmp_path: Path) -> None:
+    from forecaster.client import Subscriber
+    from forecaster.protocol import Forecast
+
+    model = make_tiny_model(tmp_path / "tiny.keras")  # SIZE x SIZE; capture.size unset
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = config_text(endpoint, [("cam", "synthetic:?anomaly_rate=0&seed=2")],
+                         {"model": {"path": str(model)}})
+    with Daemon(tmp_path, config) as daemon, Subscriber(endpoint, kinds=["forecast"]) as sub:
+        msg = wait_for(lambda: sub.recv(timeout=0.2), 90, "a forecast")
+        assert daemon.stop() == 0
+    assert isinstance(msg, Forecast) and msg.frame.shape == (SIZE, SIZE)
