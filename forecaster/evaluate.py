@@ -18,8 +18,10 @@ calibrated score ``(ln mse - mu) / sigma``). With the scorer in global mode the 
 
 Baselines on the same frames and protocols: ``copy-last`` (the prediction is the previous
 frame; paper: its PSNR min-max normalised; causal: its raw mse), ``frame-diff`` (mean
-absolute difference to the previous frame) and ``mog2`` (fraction of foreground pixels of
-OpenCV's MOG2 background subtractor run causally at the model's frame size). Baselines have
+absolute difference to the previous frame), ``mog2`` (fraction of foreground pixels of
+OpenCV's MOG2 background subtractor run causally at the model's frame size) and ``flow``
+(dense optical flow, :mod:`forecaster.flow`: the speed of the fastest places of the frame,
+no model at all). Baselines have
 no calibration: their causal score is the raw value (a monotone transform would not change
 a per-video AUC, but the micro AUC over all videos does depend on it).
 
@@ -45,6 +47,7 @@ import numpy as np
 from forecaster.config import Config
 from forecaster.datasets import expand_videos, load_labels, read_video
 from forecaster.errors import DataError
+from forecaster.flow import flow_scores
 from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
 from forecaster.replay import (
     DEFAULT_CHUNK,
@@ -59,7 +62,7 @@ from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR
 
 log = logging.getLogger("forecaster.evaluate")
 
-METHODS = ("model", "model-global", "copy-last", "frame-diff", "mog2")
+METHODS = ("model", "model-global", "copy-last", "frame-diff", "mog2", "flow")
 PROTOCOLS = ("paper", "causal")
 METHOD_NOTES = {
     "model": "paper: per-video min-max of the calibrated score the daemon publishes; causal: "
@@ -72,6 +75,9 @@ METHOD_NOTES = {
                   "causal: raw value",
     "mog2": "foreground fraction of cv2 MOG2 (detectShadows=False) run causally at the model's "
             "frame size; paper: per-video min-max; causal: raw value",
+    "flow": "dense optical flow (cv2 Farneback) between consecutive frames at the model's frame "
+            "size: mean magnitude of the top 5% of 8x8 windows, causal moving average (0.3 of "
+            "the past); paper: per-video min-max; causal: raw value",
 }
 
 
@@ -250,6 +256,7 @@ def evaluate_command(
         copy_mse = copy_last_mse(frames)[seqs]
         diff = frame_diff(frames)[seqs]
         mog = mog2_fraction(frames)[seqs]
+        flow = flow_scores(frames)[seqs]
         video = EvalVideo(name=name, frames=len(frames), seqs=seqs, labels=truth[seqs],
                           all_labels=truth)
         video.scores = {
@@ -258,9 +265,10 @@ def evaluate_command(
             "copy-last": {"paper": 1.0 - minmax(psnr(copy_mse)), "causal": copy_mse},
             "frame-diff": {"paper": minmax(diff), "causal": diff},
             "mog2": {"paper": minmax(mog), "causal": mog},
+            "flow": {"paper": minmax(flow), "causal": flow},
         }
         video.raw = {"model_mse": model_mse, "model_psnr": model_psnr, "copy_last_mse": copy_mse,
-                     "frame_diff": diff, "mog2": mog}
+                     "frame_diff": diff, "mog2": mog, "flow": flow}
         videos.append(video)
     if not videos:
         raise DataError(f"no video of {', '.join(data)} is longer than window={card.window} frames")
