@@ -67,8 +67,9 @@ class CameraConfig(_Section):
 
 
 class CaptureConfig(_Section):
-    #: frame size (height, width) fed to the model; must match the model's input
-    size: tuple[int, int] = (64, 64)
+    #: frame size (height, width) fed to the model; must match the model's input;
+    #: None (not set): the model's own size, from its card
+    size: tuple[int, int] | None = None
     #: frames kept in each camera's shared-memory ring
     ring_frames: Annotated[int, Field(ge=2, le=64)] = 10
     #: seconds between reconnection attempts of a live source grow up to this cap
@@ -83,7 +84,9 @@ class CaptureConfig(_Section):
 
     @field_validator("size")
     @classmethod
-    def _check_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+    def _check_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is None:
+            return value
         height, width = value
         if height < 16 or width < 16 or height % 4 or width % 4:
             raise ValueError("size must be [height, width], each at least 16 and divisible by 4")

@@ -68,7 +68,7 @@ def resolve_model_path(config: Config) -> Path:
 
     path = Path(config.model.path) if config.model.path else bundled_model_path()
     card = read_card(path)
-    if (card.height, card.width) != tuple(config.capture.size):
+    if config.capture.size is not None and (card.height, card.width) != config.capture.size:
         raise ModelError(
             f"model {path} expects {card.height}x{card.width} frames, configured "
             f"capture.size is {config.capture.size[0]}x{config.capture.size[1]}; "
@@ -183,7 +183,9 @@ class Supervisor:
                 config.publish.curve_secret_key, config.publish.curve_allowed_clients
             )
         remove_stale_rings()
-        height, width = config.capture.size
+        from forecaster.model.artifact import read_card
+
+        height, width = config.capture.size or read_card(model_path).size
         ring_names = []
         for camera in config.cameras:
             name = ring_name(self.instance, camera.id)
