@@ -201,3 +201,27 @@ def test_daemon_with_curve_serves_only_allowed_subscribers(
         assert mallory.received == 0 and plain.received == 0
         assert daemon.stop() == 0
         assert "CURVE on: 1 client key(s) allowed" in daemon.log()
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".hdf5"])
+def test_legacy_hdf5_model_paths_are_refused_before_loading(tmp_path: Path, suffix: str) -> None:
+    from forecaster.model.artifact import bundled_model_path
+
+    # a loadable model under a legacy name: only its name can make it refused
+    legacy = tmp_path / f"model{suffix}"
+    shutil.copy(bundled_model_path(), legacy)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[model]\npath = "{legacy}"\n')
+    for command in (
+        ["run", "--config", str(config), "--max-frames", "5"],
+        ["check-config", str(config)],
+        ["replay", "synthetic:?frames=30", "--model", str(legacy), "--out", str(tmp_path / "r")],
+        ["eval", "synthetic:?frames=30", "--model", str(legacy), "--out", str(tmp_path / "e")],
+    ):
+        result = _cli(command, tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+        assert len(lines) == 1, (command, result.stderr)
+        assert str(legacy) in lines[0] and "must end in .keras" in lines[0], lines[0]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()

@@ -130,8 +130,19 @@ def _strip_training_state(model: keras.Model) -> keras.Model:
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """Read the card of the model at ``path`` from the zip alone (no TensorFlow import)."""
+    """Read the card of the model at ``path`` from the zip alone (no TensorFlow import).
+
+    Only ``.keras`` files are read: Keras loads a legacy ``.h5``/``.hdf5`` file by another
+    code path that its safe mode does not guard, so such a path is refused by its name,
+    before anything opens it.
+    """
     path = Path(path)
+    if path.suffix != ".keras":
+        raise ModelError(
+            f"model file name must end in .keras, got {path} (legacy .h5/.hdf5 models are "
+            f"not loaded: Keras' safe mode does not cover them); use a model made by "
+            f"`forecaster train`"
+        )
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
