@@ -10,6 +10,7 @@ from types import TracebackType
 
 import zmq
 
+from forecaster.endpoints import parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.protocol import (
     KINDS,
@@ -44,6 +45,15 @@ def subscriptions(
         for kind in dict.fromkeys(kinds or KINDS)
         for camera in dict.fromkeys(cameras)
     ]
+
+
+
+def _is_ipv6(endpoint: str) -> bool:
+    """A tcp endpoint on an IPv6 address (libzmq needs the IPV6 option to reach it)."""
+    try:
+        return parse_endpoint(endpoint).ipv6
+    except ValueError:  # not ours to judge: connecting says what is wrong with it
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +122,8 @@ class Subscriber:
                 self._socket.curve_secretkey = curve.secret_key
             for prefix in self.topics:
                 self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
+            if _is_ipv6(endpoint):
+                self._socket.setsockopt(zmq.IPV6, 1)
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
             self._socket.close(linger=0)

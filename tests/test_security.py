@@ -121,7 +121,9 @@ def test_curve_publisher_admits_only_allowed_clients(
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://eth0:5556", "tcp://192.168.1.10:5556"]
+    "endpoint",
+    ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://eth0:5556", "tcp://192.168.1.10:5556",
+     "tcp://[::]:5556", "ipc://@forecaster"],  # an abstract ipc socket has no file permissions
 )
 def test_non_loopback_endpoint_needs_curve_or_allow_insecure(
     endpoint: str, keys: dict[str, Path]
@@ -140,7 +142,7 @@ def test_non_loopback_endpoint_needs_curve_or_allow_insecure(
 
 def test_loopback_and_ipc_endpoints_need_nothing() -> None:
     for endpoint in ("tcp://127.0.0.1:5556", "tcp://localhost:5556", "tcp://[::1]:5556",
-                     "tcp://127.0.0.2:*", "ipc:///run/forecaster/forecaster.sock"):
+                     "tcp://127.0.0.2:5556", "ipc:///run/forecaster/forecaster.sock"):
         assert parse_config({"publish": {"endpoint": endpoint}}).publish.endpoint == endpoint
 
 
