@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 CARD_MEMBER = "forecaster.json"
 CARD_FORMAT = 1
 CALIBRATION_KEYS = ("log_mse_mean", "log_mse_std", "frames")
+#: frames of context a model may need before its predictions are scored
+WINDOW_RANGE = (2, 1000)
 
 
 @dataclass
@@ -62,6 +64,9 @@ class ModelCard:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"card field {name!r} must be {kind.__name__}, got {value!r}")
             values[name] = value
+        low, high = WINDOW_RANGE
+        if not low <= values["window"] <= high:
+            raise ValueError(f"card field 'window' must be {low} to {high}, got {values['window']}")
         for name in ("calibration", "training", "versions"):
             value = data.get(name, {})
             if not isinstance(value, dict):
