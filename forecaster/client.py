@@ -48,14 +48,6 @@ def subscriptions(
 
 
 
-def _is_ipv6(endpoint: str) -> bool:
-    """A tcp endpoint on an IPv6 address (libzmq needs the IPV6 option to reach it)."""
-    try:
-        return parse_endpoint(endpoint).ipv6
-    except ValueError:  # not ours to judge: connecting says what is wrong with it
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class CurveClient:
     """CURVE for a subscriber: the publisher's public key and this client's key pair.
@@ -104,6 +96,10 @@ class Subscriber:
     ) -> None:
         if rcvhwm < 0:
             raise ValueError(f"rcvhwm must be >= 0, got {rcvhwm}")
+        try:
+            parsed = parse_endpoint(endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"cannot connect subscriber to {endpoint}: {exc}") from None
         self.endpoint = endpoint
         self.topics = subscriptions(cameras, kinds)
         self._cameras = frozenset(cameras) if cameras is not None else None
@@ -122,7 +118,7 @@ class Subscriber:
                 self._socket.curve_secretkey = curve.secret_key
             for prefix in self.topics:
                 self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
-            if _is_ipv6(endpoint):
+            if parsed.ipv6:
                 self._socket.setsockopt(zmq.IPV6, 1)
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import queue
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -425,6 +427,18 @@ def test_watch_once_and_ctrl_c(feed: _Feed) -> None:
             raise KeyboardInterrupt
 
     assert watch(feed.endpoint, None, out=Interrupting()) == 0
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:70000", "tcp://127.0.0.1", "tcp://::1:5556"])
+def test_watch_rejects_a_bad_endpoint_exit_2(endpoint: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "forecaster", "watch", "--endpoint", endpoint, "--camera", "cam0"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot connect subscriber to {endpoint}: " in lines[0], lines
 
 
 def test_watch_rejects_bad_camera() -> None:
