@@ -10,6 +10,7 @@ from types import TracebackType
 
 import zmq
 
+from forecaster.endpoints import parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.protocol import (
     KINDS,
@@ -44,6 +45,7 @@ def subscriptions(
         for kind in dict.fromkeys(kinds or KINDS)
         for camera in dict.fromkeys(cameras)
     ]
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,10 @@ class Subscriber:
     ) -> None:
         if rcvhwm < 0:
             raise ValueError(f"rcvhwm must be >= 0, got {rcvhwm}")
+        try:
+            parsed = parse_endpoint(endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"cannot connect subscriber to {endpoint}: {exc}") from None
         self.endpoint = endpoint
         self.topics = subscriptions(cameras, kinds)
         self._cameras = frozenset(cameras) if cameras is not None else None
@@ -112,6 +118,8 @@ class Subscriber:
                 self._socket.curve_secretkey = curve.secret_key
             for prefix in self.topics:
                 self._socket.setsockopt(zmq.SUBSCRIBE, prefix)
+            if parsed.ipv6:
+                self._socket.setsockopt(zmq.IPV6, 1)
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
             self._socket.close(linger=0)

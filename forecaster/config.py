@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from forecaster.endpoints import is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -40,8 +41,10 @@ def _int_to_float(value: Any) -> Any:
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-#: a float setting that also accepts a whole number
-Float = Annotated[float, BeforeValidator(_int_to_float)]
+#: a float setting that also accepts a whole number; never NaN or infinite
+Float = Annotated[float, BeforeValidator(_int_to_float), Field(allow_inf_nan=False)]
+#: the largest value a libzmq int option (sndhwm, linger) takes
+INT32_MAX = 2**31 - 1
 
 
 class _Section(BaseModel):
@@ -54,7 +57,7 @@ class CameraConfig(_Section):
     id: str = "cam0"
     source: str = "synthetic:"
     #: rate limit in frames per second; 0 = no limit
-    fps: Annotated[Float, Field(ge=0)] = 0.0
+    fps: Annotated[Float, Field(ge=0, le=1000)] = 0.0
     #: video files and image folders start again at the end instead of ending the stream
     loop: bool = False
 
@@ -73,7 +76,7 @@ class CaptureConfig(_Section):
     #: frames kept in each camera's shared-memory ring
     ring_frames: Annotated[int, Field(ge=2, le=64)] = 10
     #: seconds between reconnection attempts of a live source grow up to this cap
-    reconnect_max_s: Annotated[Float, Field(gt=0)] = 30.0
+    reconnect_max_s: Annotated[Float, Field(gt=0, le=3600)] = 30.0
 
     @field_validator("size", mode="before")
     @classmethod
@@ -99,14 +102,14 @@ class ModelConfig(_Section):
 
 
 class PublishConfig(_Section):
-    #: ZeroMQ PUB endpoint: tcp://HOST:PORT or ipc:///path
+    #: ZeroMQ PUB endpoint: tcp://HOST:PORT (PORT 1-65535) or ipc:///path
     endpoint: str = "tcp://127.0.0.1:5556"
     #: send high-water mark (messages queued per subscriber before dropping)
-    sndhwm: Annotated[int, Field(ge=1)] = 100
+    sndhwm: Annotated[int, Field(ge=1, le=INT32_MAX)] = 100
     #: milliseconds to flush pending messages on shutdown
-    linger_ms: Annotated[int, Field(ge=0)] = 500
+    linger_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
     #: seconds between status/<cam> messages
-    status_interval_s: Annotated[Float, Field(gt=0)] = 5.0
+    status_interval_s: Annotated[Float, Field(gt=0, le=3600)] = 5.0
 
     #: accept a non-loopback tcp endpoint without CURVE (a trusted network only)
     allow_insecure: bool = False
@@ -118,8 +121,12 @@ class PublishConfig(_Section):
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
-        if not value.startswith(("tcp://", "ipc://")):
-            raise ValueError("endpoint must start with tcp:// or ipc://")
+        endpoint = parse_endpoint(value)
+        if endpoint.transport == "tcp" and not endpoint.port:
+            raise ValueError(
+                "endpoint needs a fixed port from 1 to 65535, for subscribers to find it "
+                "(port 0 or * would pick a random one)"
+            )
         return value
 
     @field_validator("curve_secret_key")
@@ -150,12 +157,12 @@ class PublishConfig(_Section):
                 "curve_allowed_clients (a folder of client public keys); make them with "
                 "`forecaster keys`"
             )
-        if not self.curve and not self.allow_insecure and not is_local_endpoint(self.endpoint):
+        if not self.curve and not self.allow_insecure and not parse_endpoint(self.endpoint).local:
             raise ValueError(
                 f"refusing to publish unencrypted on {self.endpoint}, which is not a loopback "
-                f"address: set curve_secret_key and curve_allowed_clients (see `forecaster "
-                f"keys`), use 127.0.0.1 or an ipc:// endpoint, or set allow_insecure = true "
-                f"on a trusted network"
+                f"address or an ipc socket file: set curve_secret_key and "
+                f"curve_allowed_clients (see `forecaster keys`), use 127.0.0.1 or an "
+                f"ipc:///path endpoint, or set allow_insecure = true on a trusted network"
             )
         return self
 
@@ -189,9 +196,9 @@ class ScorerConfig(_Section):
 
 class WorkerConfig(_Section):
     #: seconds the daemon waits for capture and worker to report ready
-    startup_timeout_s: Annotated[Float, Field(gt=0)] = 120.0
+    startup_timeout_s: Annotated[Float, Field(gt=0, le=3600)] = 120.0
     #: extra delay per tick in milliseconds, to emulate slow hardware (0 in production)
-    throttle_ms: Annotated[Float, Field(ge=0)] = 0.0
+    throttle_ms: Annotated[Float, Field(ge=0, le=10_000)] = 0.0
 
 
 class ServiceConfig(_Section):
@@ -199,9 +206,9 @@ class ServiceConfig(_Section):
     #: and the daemon exits with code 1 (systemd then restarts the whole service)
     max_restarts: Annotated[int, Field(ge=0)] = 5
     #: seconds over which max_restarts is counted
-    restart_window_s: Annotated[Float, Field(gt=0)] = 60.0
+    restart_window_s: Annotated[Float, Field(gt=0, le=86_400)] = 60.0
     #: a capture or worker loop that makes no progress this long is stalled
-    stall_timeout_s: Annotated[Float, Field(gt=0)] = 20.0
+    stall_timeout_s: Annotated[Float, Field(gt=0, le=3600)] = 20.0
 
 
 class MetricsConfig(_Section):
@@ -211,6 +218,9 @@ class MetricsConfig(_Section):
     address: str = "127.0.0.1"
     #: TCP port to listen on
     port: Annotated[int, Field(ge=1, le=65535)] = 9108
+    #: accept a non-loopback address (the metrics have no authentication: a trusted
+    #: network only)
+    allow_insecure: bool = False
 
     @field_validator("address")
     @classmethod
@@ -221,18 +231,15 @@ class MetricsConfig(_Section):
             raise ValueError("address must be an IP address, e.g. 127.0.0.1 or ::1") from None
         return value
 
-
-def is_local_endpoint(endpoint: str) -> bool:
-    """True for ``ipc://`` endpoints and tcp endpoints bound to a loopback address."""
-    if not endpoint.startswith("tcp://"):
-        return True
-    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # "*", an interface name or a host name
-        return False
+    @model_validator(mode="after")
+    def _check_security(self) -> MetricsConfig:
+        if self.enabled and not self.allow_insecure and not is_loopback_host(self.address):
+            raise ValueError(
+                f"metrics.address = {self.address!r} is not a loopback address, and the "
+                f"metrics have no authentication: use 127.0.0.1 or ::1, or set "
+                f"metrics.allow_insecure = true on a trusted network"
+            )
+        return self
 
 
 class Config(_Section):
@@ -261,6 +268,8 @@ def _format_error(error: ValidationError, origin: str) -> str:
     for item in error.errors():
         path = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"]
+        if item["type"] == "value_error":  # our own ValueError: its text, not pydantic's prefix
+            message = str(item["ctx"]["error"])
         if item["type"] == "extra_forbidden":
             message = "unknown key (remove it or check the spelling)"
         if item["type"] == "missing":

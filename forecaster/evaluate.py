@@ -233,7 +233,7 @@ def evaluate_command(
     """Evaluate the model on ``data``; print the table, write eval.json and plots to ``out``."""
     cfg = config if config is not None else Config()
     model_path = resolve_model(model, config)
-    card = check_model(model_path)
+    card = check_model(model_path, cfg.scorer)
     size = (int(card.height), int(card.width))
     raw_videos = _read(data, labels, size)  # before TensorFlow: bad data fails fast
     out_dir = Path(out) if out is not None else Path(f"eval-{model_path.stem}")

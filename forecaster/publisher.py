@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -11,6 +15,7 @@ from typing import Any
 
 import zmq
 
+from forecaster.endpoints import parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.protocol import Message, encode
 
@@ -20,18 +25,41 @@ log = logging.getLogger("forecaster.publisher")
 _CLOSING_ERRNOS = frozenset({zmq.ETERM, zmq.ENOTSOCK, errno.EBADF})
 
 
-def _prepare_ipc_dir(endpoint: str) -> None:
-    """Create the parent folder of an ``ipc://`` socket path (abstract ``@names`` excluded)."""
-    path = endpoint[len("ipc://") :]
-    if not path or path.startswith("@"):
-        return
-    parent = Path(path).parent
+def _claim_ipc_path(endpoint: str, path: Path) -> int:
+    """Make ``path``'s folder and claim the socket file; return the fd of its lock.
+
+    libzmq binds an ``ipc://`` path by unlinking whatever socket file is there, so a second
+    publisher on the same path would silently take it over from a running one. The lock
+    file ``PATH.lock`` beside the socket, held while bound, refuses a second publisher of
+    this program; a socket file that accepts a connection refuses any other program.
+    """
+    parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
             f"cannot bind publisher to {endpoint}: cannot create folder {parent}: {exc.strerror or exc}"
         ) from exc
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot bind publisher to {endpoint}: cannot open lock file {lock}: {exc.strerror}"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect(str(path))
+    except BlockingIOError:
+        pass  # the lock is held: another publisher is bound there
+    except OSError:
+        return fd  # no socket file, or nobody listening on it: a stale file
+    os.close(fd)
+    raise ConfigError(
+        f"cannot bind publisher to {endpoint}: another process is publishing on it; give "
+        f"each daemon its own publish.endpoint"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +129,23 @@ class Publisher:
         self.dropped = 0
         self._linger_ms = linger_ms
         self._closed = False
-        if endpoint.startswith("ipc://"):
-            _prepare_ipc_dir(endpoint)
+        try:
+            parsed = parse_endpoint(endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"cannot bind publisher to {endpoint}: {exc}") from None
+        #: the socket file and the fd of its lock (an ipc endpoint with a file)
+        self._ipc: tuple[Path, int] | None = None
+        if parsed.transport == "ipc" and not parsed.abstract:
+            path = Path(parsed.address)
+            self._ipc = (path, _claim_ipc_path(endpoint, path))
         ctx = context if context is not None else zmq.Context.instance()
         self._auth: Any = _start_authenticator(ctx, curve) if curve is not None else None
         self._socket: zmq.Socket = ctx.socket(zmq.PUB)
         try:
             self._socket.setsockopt(zmq.SNDHWM, sndhwm)
             self._socket.setsockopt(zmq.LINGER, linger_ms)
+            if parsed.ipv6:
+                self._socket.setsockopt(zmq.IPV6, 1)
             if curve is not None:
                 self._socket.curve_secretkey = curve.secret_key
                 self._socket.curve_publickey = curve.public_key
@@ -118,6 +155,7 @@ class Publisher:
             self._socket.close(linger=0)
             self._closed = True
             self._stop_authenticator()
+            self._release_ipc(unlink=False)
             raise ConfigError(f"cannot bind publisher to {endpoint}: {exc.strerror}") from exc
         raw = self._socket.getsockopt(zmq.LAST_ENDPOINT)
         self._last_endpoint = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -160,6 +198,16 @@ class Publisher:
                 raise
         finally:
             self._stop_authenticator()
+            self._release_ipc(unlink=True)
+
+    def _release_ipc(self, *, unlink: bool) -> None:
+        """Remove the socket file this publisher bound (``unlink``) and release its lock."""
+        if self._ipc is not None:
+            (path, lock), self._ipc = self._ipc, None
+            if unlink:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            os.close(lock)
 
     def _stop_authenticator(self) -> None:
         if self._auth is not None:

@@ -55,7 +55,7 @@ from forecaster.sources import (
     open_source,
     parse_synthetic_uri,
 )
-from forecaster.worker import InferenceEngine, Message, prediction_to_uint8
+from forecaster.worker import InferenceEngine, Message, check_scorer, prediction_to_uint8
 
 log = logging.getLogger("forecaster.replay")
 
@@ -119,14 +119,16 @@ def resolve_model(model: str | None, config: Config | None) -> Path:
     return bundled_model_path()
 
 
-def check_model(path: Path) -> ModelCard:
-    """The model card at ``path`` (no TensorFlow); ModelError if unusable for scoring."""
+def check_model(path: Path, scorer: ScorerConfig) -> ModelCard:
+    """The model card at ``path`` (no TensorFlow); ModelError if unusable for scoring with
+    the ``scorer`` settings."""
     card = read_card(path)
     if not card.has_calibration():
         raise ModelError(
             f"model {path} has no usable calibration (log_mse_mean, log_mse_std, frames) in "
             f"its card; train it with `forecaster train`"
         )
+    check_scorer(path, card, scorer)
     return card
 
 
@@ -714,7 +716,7 @@ def replay_command(
     cfg = config if config is not None else Config()
     videos = plan(sources, labels, realtime=realtime)
     model_path = resolve_model(model, config)
-    card = check_model(model_path)
+    card = check_model(model_path, cfg.scorer)
     out_dir = Path(out) if out is not None else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     own_publisher = None

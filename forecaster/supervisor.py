@@ -41,7 +41,7 @@ from forecaster.health import C, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
-from forecaster.worker import WorkerSpec, worker_main
+from forecaster.worker import WorkerSpec, check_scorer, worker_main
 
 log = logging.getLogger("forecaster.supervisor")
 STOP_GRACE_S = 4.0
@@ -63,7 +63,8 @@ class Child:
 
 
 def resolve_model_path(config: Config) -> Path:
-    """The configured model, or the bundled one; checked without importing TensorFlow."""
+    """The configured model, or the bundled one; its card checked against the config (frame
+    size, the scorer it makes) without importing TensorFlow."""
     from forecaster.model.artifact import bundled_model_path, read_card
 
     path = Path(config.model.path) if config.model.path else bundled_model_path()
@@ -75,6 +76,7 @@ def resolve_model_path(config: Config) -> Path:
             f"set capture.size = [{card.height}, {card.width}] or use a model trained "
             f"at that size"
         )
+    check_scorer(path, card, config.scorer)
     return path
 
 

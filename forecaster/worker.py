@@ -19,21 +19,25 @@ import logging
 import queue
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from forecaster.channels import exit_with_parent, set_process_name
 from forecaster.config import PublishConfig, ScorerConfig
-from forecaster.errors import ForecasterError
+from forecaster.errors import ForecasterError, ModelError
 from forecaster.fit import FitCheck
 from forecaster.health import C, Health
 from forecaster.logs import import_tensorflow_quietly, setup_child_logging
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.ring import FrameRing, RingStats
 from forecaster.scorer import Scorer
+
+if TYPE_CHECKING:
+    from forecaster.model.artifact import ModelCard
 
 Message = Forecast | Score | Event | Status
 
@@ -44,6 +48,36 @@ _SCALE = np.float32(1.0 / 255.0)
 def prediction_to_uint8(prediction: np.ndarray) -> np.ndarray:
     """A float prediction in [0, 1] as the uint8 frame that is published."""
     return np.clip(prediction * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
+def make_scorer(calibration: Mapping[str, Any], config: ScorerConfig) -> Scorer:
+    """One camera's scorer, as the engine makes it; ValueError when the calibration does not
+    fit the settings (e.g. ``patch`` mode without a per-location calibration)."""
+    return Scorer(
+        calibration,
+        mode=config.mode,
+        threshold_on=config.threshold_on,
+        threshold_off=config.threshold_off,
+        min_on_frames=config.min_on_frames,
+        min_off_frames=config.min_off_frames,
+        adapt_rate=config.adapt_rate,
+    )
+
+
+def check_scorer(path: Path, card: ModelCard, config: ScorerConfig) -> None:
+    """Build the scorer the engine will build from ``card``'s calibration and the ``[scorer]``
+    settings; ModelError naming the model and the settings when that fails.
+
+    ``run`` (before any process starts), ``check-config``, ``replay`` and ``eval`` call it,
+    so a card that does not fit the settings is one line and exit 2, not a worker crash.
+    """
+    try:
+        make_scorer(card.calibration, config)
+    except ValueError as error:
+        raise ModelError(
+            f"model {path} does not fit the [scorer] settings (scorer.mode = "
+            f"{config.mode!r}): {error}"
+        ) from None
 
 
 def padded_batch(count: int) -> int:
@@ -113,17 +147,8 @@ class InferenceEngine:
         return buffer
 
     def add_camera(self, camera: str) -> CameraState:
-        cfg = self.scorer_config
-        scorer = Scorer(
-            self.calibration,
-            mode=cfg.mode,
-            threshold_on=cfg.threshold_on,
-            threshold_off=cfg.threshold_off,
-            min_on_frames=cfg.min_on_frames,
-            min_off_frames=cfg.min_off_frames,
-            adapt_rate=cfg.adapt_rate,
-        )
-        cam = CameraState(camera=camera, scorer=scorer, fit=FitCheck(cfg.threshold_off))
+        cam = CameraState(camera=camera, scorer=make_scorer(self.calibration, self.scorer_config),
+                          fit=FitCheck(self.scorer_config.threshold_off))
         self.cameras[camera] = cam
         return cam
 

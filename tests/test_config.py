@@ -40,6 +40,23 @@ def test_every_default_key_is_documented_in_example() -> None:
         ({"scorer": {"threshold_on": 1.0, "threshold_off": 2.0}}, "threshold_off (2.0)"),
         ({"publish": {"endpoint": "udp://x"}}, "publish.endpoint"),
         ({"cameras": [{"fps": -1}]}, "cameras.0.fps"),
+        ({"publish": {"endpoint": "tcp://127.0.0.1:70000"}}, "port must be a number from 1 to 65535"),
+        ({"publish": {"endpoint": "tcp://127.0.0.1:0"}}, "needs a fixed port"),
+        ({"publish": {"endpoint": "tcp://127.0.0.1:*"}}, "needs a fixed port"),
+        ({"publish": {"endpoint": "tcp://127.0.0.1"}}, "needs a host and a port"),
+        ({"publish": {"endpoint": "tcp://"}}, "needs a host and a port"),
+        ({"publish": {"endpoint": "tcp://:5556"}}, "needs a host and a port"),
+        ({"publish": {"endpoint": "tcp://127.0.0.1:5556 "}}, "must not contain spaces"),
+        ({"publish": {"endpoint": "tcp://::1:5556"}}, "goes in brackets"),
+        ({"publish": {"endpoint": "tcp://[::1]5556"}}, "tcp://[ADDRESS]:PORT"),
+        ({"publish": {"endpoint": "ipc://"}}, "needs a socket path"),
+        ({"publish": {"sndhwm": 2**31}}, "publish.sndhwm"),
+        ({"publish": {"linger_ms": 2**31}}, "publish.linger_ms"),
+        ({"scorer": {"threshold_on": float("nan")}}, "scorer.threshold_on: Input should be a finite"),
+        ({"cameras": [{"fps": float("inf")}]}, "cameras.0.fps: Input should be a finite"),
+        ({"worker": {"throttle_ms": 1e300}}, "worker.throttle_ms"),
+        ({"worker": {"startup_timeout_s": float("inf")}}, "worker.startup_timeout_s"),
+        ({"service": {"stall_timeout_s": 1e300}}, "service.stall_timeout_s"),
     ],
 )
 def test_bad_values_name_the_key_and_value(data: dict, expected: str) -> None:
@@ -125,3 +142,27 @@ def test_every_float_setting_takes_a_whole_number_but_not_a_bool() -> None:
             assert isinstance(got, float) and got == value, (section, key, got)
     with pytest.raises(ConfigError, match=r"service\.stall_timeout_s"):
         parse_config({"service": {"stall_timeout_s": True}})
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ('[publish]\nendpoint = "tcp://127.0.0.1:70000"\n', "publish.endpoint", "'70000'"),
+        ('[publish]\nendpoint = "tcp://127.0.0.1"\n', "publish.endpoint", "'tcp://127.0.0.1'"),
+        ("[publish]\nsndhwm = 3000000000\n", "publish.sndhwm", "3000000000"),
+        ("[publish]\nlinger_ms = 3000000000\n", "publish.linger_ms", "3000000000"),
+        ("[scorer]\nthreshold_on = nan\n", "scorer.threshold_on", "nan"),
+        ("[worker]\nthrottle_ms = 1e300\n", "worker.throttle_ms", "1e+300"),
+        ("[[cameras]]\nfps = inf\n", "cameras.0.fps", "inf"),
+    ],
+)
+def test_check_config_catches_what_used_to_crash_a_child(
+    tmp_path: Path, text: str, key: str, value: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    result = _check(config)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{key}: " in lines[0] and value in lines[0], result.stderr

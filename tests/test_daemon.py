@@ -18,6 +18,7 @@ import pytest
 from forecaster.client import Subscriber
 from forecaster.protocol import Event, Forecast, Score, Status
 from tests.conftest import free_port
+from tests.daemon_harness import Daemon, config_text, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -258,3 +259,22 @@ def test_model_trained_at_64x80_runs_end_to_end(tmp_path: Path) -> None:
     forecasts = by_camera(messages, Forecast)["wide"]
     assert forecasts and all(f.frame.shape == (64, 80) for f in forecasts)
     assert by_camera(messages, Score)["wide"], "no scores at 64x80"
+
+
+def test_second_daemon_on_the_same_ipc_endpoint_is_refused(tmp_path: Path) -> None:
+    sock_path = tmp_path / "run" / "fc.sock"
+    endpoint = f"ipc://{sock_path}"
+    (tmp_path / "first").mkdir()
+    config = config_text(endpoint, [("cam0", "synthetic:?fps=25&seed=2")])
+    with Daemon(tmp_path / "first", config) as first:
+        first.wait_log(r"worker ready", timeout=150)
+        second_config = tmp_path / "second.toml"
+        second_config.write_text(config)
+        line = _one_error_line(run_cli(["run", "--config", str(second_config)], tmp_path))
+        assert endpoint in line and "another process is publishing" in line
+        # the first one still owns the endpoint: a new subscriber hears it
+        with Subscriber(endpoint, kinds=["score"]) as sub:
+            wait_for(lambda: isinstance(sub.recv(timeout=0.2), Score), 60,
+                     "a score from the first daemon")
+        assert first.stop() == 0
+    assert not sock_path.exists()

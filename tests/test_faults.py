@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from forecaster.capture import Backoff, Capture, CaptureSpec
 from forecaster.client import Subscriber
 from forecaster.health import C as HC
 from forecaster.health import Health
-from forecaster.model.artifact import CARD_MEMBER, bundled_model_path
+from forecaster.model.artifact import CARD_MEMBER, bundled_model_path, read_card
 from forecaster.protocol import Forecast, Score, Status
 from forecaster.ring import FrameRing
 from forecaster.synthetic import SyntheticScene
@@ -363,20 +362,56 @@ def test_model_file_that_is_not_a_model_exit_2(tmp_path: Path) -> None:
     assert str(model) in line and "not a model" in line
 
 
-@pytest.mark.timeout(120)
-def test_model_with_the_wrong_input_shape_exit_2(tmp_path: Path) -> None:
-    # a real model whose card claims 32x32 frames: the network itself takes 64x64
-    model = tmp_path / "shape.keras"
-    shutil.copy(bundled_model_path(), model)
+def _forged_model(path: Path, **card_fields: object) -> Path:
+    """The bundled model written to ``path`` with these fields of its card replaced."""
     with zipfile.ZipFile(bundled_model_path()) as original:
         card = json.loads(original.read(CARD_MEMBER))
         members = {name: original.read(name) for name in original.namelist()}
-    card["height"], card["width"] = 32, 32
+    card.update(card_fields)
     members[CARD_MEMBER] = json.dumps(card).encode()
-    with zipfile.ZipFile(model, "w") as forged:
+    with zipfile.ZipFile(path, "w") as forged:
         for name, data in members.items():
             forged.writestr(name, data)
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_model_with_the_wrong_input_shape_exit_2(tmp_path: Path) -> None:
+    # a real model whose card claims 32x32 frames: the network itself takes 64x64
+    model = _forged_model(tmp_path / "shape.keras", height=32, width=32)
     config = tmp_path / "c.toml"
     config.write_text(f'[model]\npath = "{model}"\n[capture]\nsize = [32, 32]\n')
     line = _one_error_line(_run_cli(["run", "--config", str(config)], tmp_path))
     assert str(model) in line and "64x64" in line and "32x32" in line
+
+
+@pytest.mark.timeout(120)
+def test_card_that_does_not_fit_the_scorer_settings_exit_2_before_any_child(
+    tmp_path: Path,
+) -> None:
+    calibration = read_card(bundled_model_path()).calibration
+    junk = {**calibration, "patch": {"patch": 8, "stride": 4, "top_k": "many", "smoothing": 0.5}}
+    cases = [
+        # (model, [scorer] settings, what the line must say)
+        (bundled_model_path(), 'mode = "patch"', "needs a per-location calibration"),
+        (_forged_model(tmp_path / "junk.keras", calibration=junk), "",
+         "['top_k'] must be an integer, got 'many'"),
+        (_forged_model(tmp_path / "window.keras", window=10**9), "",
+         "card field 'window' must be 2 to 1000, got 1000000000"),
+    ]
+    for index, (model, scorer, expected) in enumerate(cases):
+        config = tmp_path / f"c{index}.toml"
+        config.write_text(f'[model]\npath = "{model}"\n[scorer]\n{scorer}\n')
+        for command in (
+            ["check-config", str(config)],
+            ["run", "--config", str(config)],
+            ["replay", "synthetic:?frames=30", "--config", str(config), "--out",
+             str(tmp_path / "r")],
+            ["eval", "synthetic:?frames=30", "--config", str(config), "--out",
+             str(tmp_path / "e")],
+        ):
+            line = _one_error_line(_run_cli(command, tmp_path))
+            assert str(model) in line and expected in line, (command, line)
+            if scorer:
+                assert "scorer.mode = 'patch'" in line, line
+    assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from forecaster.config import Config
+from forecaster.config import Config, parse_config
 from forecaster.health import C, Health
 from forecaster.metrics_http import MetricsServer
 from forecaster.ring import FrameRing
@@ -63,6 +63,26 @@ def ring() -> Iterator[FrameRing]:
 def test_metrics_are_off_by_default_and_loopback() -> None:
     assert Config().metrics.enabled is False
     assert Config().metrics.address == "127.0.0.1"
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "192.168.1.10", "::"])
+def test_non_loopback_metrics_address_needs_allow_insecure(tmp_path: Path, address: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[metrics]\nenabled = true\naddress = "{address}"\nport = {free_port()}\n')
+    for command in (["check-config", str(config)], ["run", "--config", str(config)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "forecaster", *command],
+            cwd=tmp_path, env=daemon_env(), capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+        assert len(lines) == 1, result.stderr
+        assert f"metrics.address = {address!r}" in lines[0] and "allow_insecure" in lines[0]
+    allowed = {"enabled": True, "address": address, "allow_insecure": True}
+    assert parse_config({"metrics": allowed}).metrics.address == address
+    assert parse_config({"metrics": {"address": address}}).metrics.enabled is False  # no socket
+    assert parse_config({"metrics": {"enabled": True, "address": "::1"}}).metrics.address == "::1"
 
 
 def test_counters_move_between_two_scrapes(ring: FrameRing) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import queue
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -127,6 +129,39 @@ def test_pubsub_over_ipc_in_tmp_path(ctx: zmq.Context, tmp_path: Path) -> None:
             pub.send(marker)
             got = _collect_until(sub, lambda m: m.camera == "cam0")
     assert got[-1] == marker
+
+
+def test_second_publisher_on_an_ipc_path_is_refused_and_the_first_keeps_it(
+    ctx: zmq.Context, tmp_path: Path
+) -> None:
+    sock_path = tmp_path / "pub.sock"
+    endpoint = f"ipc://{sock_path}"
+    with Publisher(endpoint, linger_ms=0, context=ctx) as first:
+        with pytest.raises(ConfigError) as info:
+            Publisher(endpoint, linger_ms=0, context=ctx)
+        assert info.value.exit_code == 2
+        assert str(info.value).startswith(f"cannot bind publisher to {endpoint}: another process")
+        # the refused one took nothing: a new subscriber still reaches the first
+        with Subscriber(endpoint, context=ctx) as sub:
+            _sync(first, [sub], [_score(seq=1)])
+    assert not sock_path.exists()  # removed at close
+    # another program listening on the path (no lock file of ours) is refused too
+    with zmq.Context() as other_ctx, other_ctx.socket(zmq.PUB) as other:
+        other.bind(endpoint)
+        with pytest.raises(ConfigError, match="another process is publishing"):
+            Publisher(endpoint, linger_ms=0, context=ctx)
+        other.close(linger=0)
+    # a stale socket file (its owner gone) is taken over
+    assert sock_path.exists()
+    with Publisher(endpoint, linger_ms=0, context=ctx) as again:
+        assert again.last_endpoint == endpoint
+
+
+def test_pubsub_over_ipv6_loopback(ctx: zmq.Context) -> None:
+    with Publisher("tcp://[::1]:*", linger_ms=0, context=ctx) as pub:
+        assert re.fullmatch(r"tcp://\[::1\]:\d+", pub.last_endpoint)
+        with Subscriber(pub.last_endpoint, context=ctx) as sub:
+            _sync(pub, [sub], [_score(seq=3)])
 
 
 def test_topic_prefix_filtering_by_camera_and_kind(ctx: zmq.Context) -> None:
@@ -392,6 +427,18 @@ def test_watch_once_and_ctrl_c(feed: _Feed) -> None:
             raise KeyboardInterrupt
 
     assert watch(feed.endpoint, None, out=Interrupting()) == 0
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:70000", "tcp://127.0.0.1", "tcp://::1:5556"])
+def test_watch_rejects_a_bad_endpoint_exit_2(endpoint: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "forecaster", "watch", "--endpoint", endpoint, "--camera", "cam0"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot connect subscriber to {endpoint}: " in lines[0], lines
 
 
 def test_watch_rejects_bad_camera() -> None:

@@ -121,7 +121,9 @@ def test_curve_publisher_admits_only_allowed_clients(
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://eth0:5556", "tcp://192.168.1.10:5556"]
+    "endpoint",
+    ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://eth0:5556", "tcp://192.168.1.10:5556",
+     "tcp://[::]:5556", "ipc://@forecaster"],  # an abstract ipc socket has no file permissions
 )
 def test_non_loopback_endpoint_needs_curve_or_allow_insecure(
     endpoint: str, keys: dict[str, Path]
@@ -140,7 +142,7 @@ def test_non_loopback_endpoint_needs_curve_or_allow_insecure(
 
 def test_loopback_and_ipc_endpoints_need_nothing() -> None:
     for endpoint in ("tcp://127.0.0.1:5556", "tcp://localhost:5556", "tcp://[::1]:5556",
-                     "tcp://127.0.0.2:*", "ipc:///run/forecaster/forecaster.sock"):
+                     "tcp://127.0.0.2:5556", "ipc:///run/forecaster/forecaster.sock"):
         assert parse_config({"publish": {"endpoint": endpoint}}).publish.endpoint == endpoint
 
 
@@ -201,3 +203,27 @@ def test_daemon_with_curve_serves_only_allowed_subscribers(
         assert mallory.received == 0 and plain.received == 0
         assert daemon.stop() == 0
         assert "CURVE on: 1 client key(s) allowed" in daemon.log()
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".hdf5"])
+def test_legacy_hdf5_model_paths_are_refused_before_loading(tmp_path: Path, suffix: str) -> None:
+    from forecaster.model.artifact import bundled_model_path
+
+    # a loadable model under a legacy name: only its name can make it refused
+    legacy = tmp_path / f"model{suffix}"
+    shutil.copy(bundled_model_path(), legacy)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[model]\npath = "{legacy}"\n')
+    for command in (
+        ["run", "--config", str(config), "--max-frames", "5"],
+        ["check-config", str(config)],
+        ["replay", "synthetic:?frames=30", "--model", str(legacy), "--out", str(tmp_path / "r")],
+        ["eval", "synthetic:?frames=30", "--model", str(legacy), "--out", str(tmp_path / "e")],
+    ):
+        result = _cli(command, tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+        assert len(lines) == 1, (command, result.stderr)
+        assert str(legacy) in lines[0] and "must end in .keras" in lines[0], lines[0]
+    assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()

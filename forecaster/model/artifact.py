@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 CARD_MEMBER = "forecaster.json"
 CARD_FORMAT = 1
 CALIBRATION_KEYS = ("log_mse_mean", "log_mse_std", "frames")
+#: frames of context a model may need before its predictions are scored
+WINDOW_RANGE = (2, 1000)
 
 
 @dataclass
@@ -62,6 +64,9 @@ class ModelCard:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"card field {name!r} must be {kind.__name__}, got {value!r}")
             values[name] = value
+        low, high = WINDOW_RANGE
+        if not low <= values["window"] <= high:
+            raise ValueError(f"card field 'window' must be {low} to {high}, got {values['window']}")
         for name in ("calibration", "training", "versions"):
             value = data.get(name, {})
             if not isinstance(value, dict):
@@ -130,8 +135,19 @@ def _strip_training_state(model: keras.Model) -> keras.Model:
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """Read the card of the model at ``path`` from the zip alone (no TensorFlow import)."""
+    """Read the card of the model at ``path`` from the zip alone (no TensorFlow import).
+
+    Only ``.keras`` files are read: Keras loads a legacy ``.h5``/``.hdf5`` file by another
+    code path that its safe mode does not guard, so such a path is refused by its name,
+    before anything opens it.
+    """
     path = Path(path)
+    if path.suffix != ".keras":
+        raise ModelError(
+            f"model file name must end in .keras, got {path} (legacy .h5/.hdf5 models are "
+            f"not loaded: Keras' safe mode does not cover them); use a model made by "
+            f"`forecaster train`"
+        )
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:

@@ -1,0 +1,90 @@
+"""ZeroMQ endpoints and listening addresses: parsed once, judged by one loopback rule.
+
+A listening socket (the publisher, the metrics server) is *local* when only programs on
+the same machine can reach it: a tcp endpoint or an address on a loopback interface, or an
+``ipc://`` socket file (its folder's permissions apply). An abstract ``ipc://@name``
+socket has no file and no permissions: any local user can connect, so it is not local.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+TCP = "tcp://"
+IPC = "ipc://"
+MAX_PORT = 65535
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name or a host name
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A parsed ``tcp://HOST:PORT`` or ``ipc://PATH`` endpoint."""
+
+    transport: Literal["tcp", "ipc"]
+    #: tcp: the host without brackets (an IP address, a host or interface name, ``*``);
+    #: ipc: the socket path, or ``@name`` for an abstract socket
+    address: str
+    #: tcp: the port, None for ``*`` (any free port; 0 means the same); ipc: None
+    port: int | None = None
+
+    @property
+    def ipv6(self) -> bool:
+        """A tcp endpoint on an IPv6 address (written in brackets)."""
+        return self.transport == "tcp" and ":" in self.address
+
+    @property
+    def abstract(self) -> bool:
+        """An ipc endpoint in the abstract namespace (no socket file)."""
+        return self.transport == "ipc" and self.address.startswith("@")
+
+    @property
+    def local(self) -> bool:
+        """Reachable only from this machine (see the module)."""
+        if self.transport == "ipc":
+            return not self.abstract
+        return is_loopback_host(self.address)
+
+
+def _port(text: str) -> int | None:
+    if text == "*":
+        return None
+    if not text.isdigit() or int(text) > MAX_PORT:
+        raise ValueError(f"port must be a number from 1 to {MAX_PORT}, got {text!r}")
+    return int(text)
+
+
+def parse_endpoint(endpoint: str) -> Endpoint:
+    """Parse ``endpoint``; ValueError saying what is wrong with it (the caller names it)."""
+    if endpoint != "".join(endpoint.split()):
+        raise ValueError("endpoint must not contain spaces")
+    if endpoint.startswith(IPC):
+        path = endpoint[len(IPC) :]
+        if path in ("", "@"):
+            raise ValueError("ipc endpoint needs a socket path, e.g. "
+                             "ipc:///run/forecaster/forecaster.sock")
+        return Endpoint("ipc", path)
+    if not endpoint.startswith(TCP):
+        raise ValueError("endpoint must start with tcp:// or ipc://")
+    rest = endpoint[len(TCP) :]
+    if rest.startswith("["):
+        host, bracket, port = rest[1:].partition("]")
+        if not bracket or not port.startswith(":") or not host:
+            raise ValueError("an IPv6 tcp endpoint is tcp://[ADDRESS]:PORT, e.g. tcp://[::1]:5556")
+        return Endpoint("tcp", host, _port(port[1:]))
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not port:
+        raise ValueError("tcp endpoint needs a host and a port, e.g. tcp://127.0.0.1:5556")
+    if ":" in host:
+        raise ValueError("an IPv6 address goes in brackets, e.g. tcp://[::1]:5556")
+    return Endpoint("tcp", host, _port(port))
