@@ -216,6 +216,22 @@ def test_labels_of_wrong_length_exit_2(tiny_model: Path, tmp_path: Path) -> None
     assert "'frames'" in line and "12" in line and "13" in line
 
 
+def test_folder_of_images_of_different_sizes_replays_every_image(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(20):  # three large images first, then small gray and colour ones
+        shape = (1500, 1500, 3) if i < 3 else (48, 64) if i % 2 else (60, 40, 3)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full(shape, i * 10, np.uint8))
+    out = tmp_path / "out"
+    result = cli(["replay", str(folder), "--model", str(tiny_model), "--out", str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" not in result.stderr
+    video = json.loads((out / "summary.json").read_text())["videos"][0]
+    assert video["frames"] == 20 and video["frames_skipped"] == 0
+
+
 @pytest.mark.timeout(180)
 def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> None:
     frames = 60
