@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         from forecaster.evaluate import evaluate_command
 
         report = evaluate_command([str(testing)], labels=str(labels), model=str(model),
-                                  out=args.cache / f"eval-{name}")
+                                  out=args.cache / f"eval-{name}", force=True)
         ablation = copy_last_ablation(model, training, testing, labels, settings)
     except ForecasterError as error:
         print(f"ped2 benchmark: error: {error}", file=sys.stderr)

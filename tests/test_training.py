@@ -146,7 +146,7 @@ def test_same_seed_same_weights_in_stateful_mode(tmp_path: Path) -> None:
     assert card.training["batch_size"] == 2 and card.training["deterministic"] is True
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
+def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, user_cache: Path) -> None:
     from forecaster.model.train import train_command
 
     common = {"arch": "convlstm-ae", "mode": "window", "size": (32, 32), "batch_size": 4,
@@ -161,7 +161,12 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
     _, card = load_model(resumed)
     assert card.training["resumed_from_epoch"] == 1 and card.training["epochs_run"] == 2
     # the same epoch-2 weights and optimizer state as a run that never stopped
-    last_straight = keras.saving.load_model(tmp_path / "straight.checkpoints" / "last.keras")
+    # checkpoints and logs by default: in the user's cache, under the model's absolute path
+    kept = user_cache / "forecaster" / "train" / tmp_path.relative_to(tmp_path.anchor)
+    assert sorted(p.name for p in kept.iterdir()) == ["straight.checkpoints", "straight.logs"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("straight")] == [
+        "straight.keras"]
+    last_straight = keras.saving.load_model(kept / "straight.checkpoints" / "last.keras")
     last_resumed = keras.saving.load_model(ckpt / "last.keras")
     assert int(last_resumed.optimizer.iterations) == int(last_straight.optimizer.iterations) > 0
     for a, b in zip(last_straight.get_weights(), last_resumed.get_weights(), strict=True):
