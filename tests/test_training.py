@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -179,3 +181,26 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, user_cache: P
     with pytest.raises(UsageError, match="mode"):
         train_command(_data(3), tmp_path / "other.keras", epochs=3, checkpoint_dir=ckpt,
                       resume=True, **{**common, "mode": "stateful", "clip": None})
+
+
+@pytest.mark.timeout(180)
+def test_train_command_is_quiet_and_keeps_its_folders_out_of_the_model_folder(
+    tmp_path: Path, user_cache: Path
+) -> None:
+    """As a user runs it, without TF_CPP_MIN_LOG_LEVEL: no native TensorFlow chatter
+    (CUDA, oneDNN, absl) on a machine without a GPU, and nothing beside the model file."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    out = tmp_path / "m.keras"
+    result = subprocess.run(
+        [sys.executable, "-m", "forecaster", "train", *_data(2, frames=60), "--out", str(out),
+         "--epochs", "1", "--max-frames", "60", "--size", "32x32"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    noise = [line for line in result.stderr.splitlines()
+             if any(word in line for word in ("cuInit", "oneDNN", "absl", "cuda_"))]
+    assert noise == [], result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+    kept = user_cache / "forecaster" / "train" / tmp_path.relative_to(tmp_path.anchor)
+    assert (kept / "m.checkpoints" / "last.keras").is_file()
+    assert f"checkpoints in {kept / 'm.checkpoints'}" in result.stderr
