@@ -24,8 +24,9 @@ def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/forecaster``, else ``~/.cache/forecaster`` (a relative
     XDG_CACHE_HOME is ignored, as the XDG base directory specification asks)."""
     base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
-    return root / "forecaster"
+    # expanduser, unlike Path.home(), does not raise where no home folder is known
+    root = base if os.path.isabs(base) else os.path.expanduser("~/.cache")
+    return Path(root) / "forecaster"
 
 
 def training_dir(model: Path, suffix: str) -> Path:
