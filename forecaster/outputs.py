@@ -32,7 +32,7 @@ def cache_dir() -> Path:
 def training_dir(model: Path, suffix: str) -> Path:
     """``<cache>/train/<absolute path of model, without .keras><suffix>``: one folder per
     model file, so two models of the same name never share checkpoints."""
-    absolute = model.absolute()
+    absolute = Path(os.path.abspath(model))  # .. resolved, so the folder stays in the cache
     return cache_dir() / "train" / absolute.parent.relative_to(absolute.anchor) / (
         absolute.stem + suffix)
 

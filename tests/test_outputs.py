@@ -30,6 +30,8 @@ def test_training_dir_is_one_folder_per_model_file(
         user_cache / "forecaster" / "train" / inside / "m.checkpoints")
     assert training_dir(tmp_path / "a" / "m.keras", ".logs") == (
         user_cache / "forecaster" / "train" / inside / "a" / "m.logs")
+    assert training_dir(Path("../../../../../../../../m.keras"), ".logs") == (
+        user_cache / "forecaster" / "train" / "m.logs")
 
 
 def test_fresh_dir_never_reuses_a_folder(user_cache: Path) -> None:
