@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ped2 benchmark: data not found: {', '.join(map(str, missing))} "
               f"(expected the UCSD Ped2 data set at {args.data}; use --data)", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     from forecaster.calibration import PatchSettings
     from forecaster.errors import ForecasterError
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         from forecaster.evaluate import evaluate_command
 
         report = evaluate_command([str(testing)], labels=str(labels), model=str(model),
-                                  out=args.cache / f"eval-{name}")
+                                  out=args.cache / f"eval-{name}", force=True)
         ablation = copy_last_ablation(model, training, testing, labels, settings)
     except ForecasterError as error:
         print(f"ped2 benchmark: error: {error}", file=sys.stderr)

@@ -52,7 +52,7 @@ def exit_with_parent(stop: Flag) -> None:
 
 
 def set_process_name(name: str) -> None:
-    """Name this process as ``ps``, ``top`` and ``/proc/PID/comm`` show it (Linux; at most
+    """Name this process as ``top``, ``ps -e`` and ``/proc/PID/comm`` show it (Linux; at most
     15 bytes are kept), e.g. ``fc-worker`` or ``fc-cap:front``."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux: no prctl
         libc = ctypes.CDLL(None, use_errno=True)

@@ -137,6 +137,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         realtime=args.realtime,
         preview=args.preview,
         chunk=args.chunk,
+        force=args.force,
     )
     for video in summary["videos"]:
         auc = "" if video["auc"] is None else f", AUC {video['auc']:.3f}"
@@ -163,6 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out=args.out,
         config=config if args.config is not None else None,
         chunk=args.chunk,
+        force=args.force,
     )
     return 0
 
@@ -207,6 +209,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from forecaster.outputs import cache_dir
+
+    cache = cache_dir()  # where default outputs go, named in --help as they are written
     parser = argparse.ArgumentParser(
         prog="forecaster",
         description="Streaming video frame forecaster: predicts every next frame with a "
@@ -269,11 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs without a better validation loss before stopping early "
                        f"(default {DEFAULT_PATIENCE})")
     train.add_argument("--checkpoint-dir", metavar="DIR",
-                       help="checkpoint after every epoch (default: <out>.checkpoints beside --out)")
+                       help="checkpoint after every epoch (default: "
+                       f"{cache}/train/<absolute --out path without .keras>.checkpoints)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the checkpoint: epoch count, optimizer state")
     train.add_argument("--tensorboard", metavar="DIR",
-                       help="TensorBoard logs (default: <out>.logs beside --out)")
+                       help="TensorBoard logs (default: "
+                       f"{cache}/train/<absolute --out path without .keras>.logs)")
     train.set_defaults(func=cmd_train)
 
     replay = sub.add_parser(
@@ -281,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("sources", nargs="+", metavar="SOURCE",
                         help="video files, image folders, data set folders or synthetic: strings")
     replay.add_argument("--out", metavar="DIR",
-                        help="output folder (default: ./replay-<date>-<time>)")
+                        help=f"output folder (default: a new {cache}/replay/<YYYYMMDD-HHMMSS>)")
+    replay.add_argument("--force", action="store_true",
+                        help="replace the results of an earlier replay in --out (default: refuse)")
     replay.add_argument("--labels", metavar="FILE",
                         help='labels JSON {"<video name>": [0, 1, ...]}, one 0/1 per frame')
     replay.add_argument("--model", metavar="M",
@@ -311,7 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="model file (default: the config's model.path, else the bundled "
                           "model)")
     evaluate.add_argument("--out", metavar="DIR",
-                          help="output folder for eval.json and plots (default: ./eval-<model>)")
+                          help="output folder for eval.json and plots (default: a new "
+                          f"{cache}/eval/<model file name without .keras>-<YYYYMMDD-HHMMSS>)")
+    evaluate.add_argument("--force", action="store_true",
+                          help="replace the results of an earlier eval in --out (default: refuse)")
     evaluate.add_argument("--config", metavar="PATH", help="config file whose scorer settings to use")
     evaluate.add_argument("--chunk", type=_positive_int, default=128, metavar="N",
                           help="frames per model call (default 128)")

@@ -49,6 +49,7 @@ from forecaster.datasets import expand_videos, load_labels, read_video
 from forecaster.errors import DataError
 from forecaster.flow import flow_scores
 from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
+from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.replay import (
     DEFAULT_CHUNK,
     MAX_PANELS,
@@ -220,6 +221,10 @@ def _read(data: Sequence[str], labels_path: str | None, size: tuple[int, int]
     return videos
 
 
+#: the files every evaluation writes into its output folder
+RESULT_FILES = ("eval.json", "roc.png", "timelines.png")
+
+
 def evaluate_command(
     data: Sequence[str],
     *,
@@ -229,15 +234,22 @@ def evaluate_command(
     config: Config | None = None,
     chunk: int = DEFAULT_CHUNK,
     echo: Callable[[str], None] = print,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate the model on ``data``; print the table, write eval.json and plots to ``out``."""
+    """Evaluate the model on ``data``; print the table, write eval.json and plots to ``out``.
+
+    ``out`` defaults to a fresh folder ``<cache>/eval/<model name>-<date>-<time>``
+    (:mod:`forecaster.outputs`); an ``out`` holding an earlier evaluation's results is
+    refused unless ``force``, which removes them first.
+    """
     cfg = config if config is not None else Config()
     model_path = resolve_model(model, config)
     card = check_model(model_path, cfg.scorer)
     size = (int(card.height), int(card.width))
+    if out is not None:
+        prepare_out_dir(Path(out), [Path(out) / name for name in RESULT_FILES], force=force)
     raw_videos = _read(data, labels, size)  # before TensorFlow: bad data fails fast
-    out_dir = Path(out) if out is not None else Path(f"eval-{model_path.stem}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out) if out is not None else fresh_dir("eval", model_path.stem)
 
     loaded = load(model_path)
     engine = loaded.engine(cfg.scorer)

@@ -9,11 +9,16 @@ its own ``.key_secret`` and a folder of the ``.key`` files of the clients it acc
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from forecaster.errors import ConfigError
+
+log = logging.getLogger("forecaster.keys")
 
 _HEADER = """#   ****  Generated on {date} by forecaster keys  ****
 #   ZeroMQ CURVE {kind} Certificate
@@ -33,16 +38,40 @@ class KeyFiles:
 
 
 def _write(path: Path, text: str, mode: int, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    """Write ``text`` to ``path`` with ``mode``, never through a symbolic link.
+
+    A new file is created with O_EXCL, which fails on any existing name, a link included.
+    With ``force`` the text goes to a temporary file in the same folder that is then
+    renamed over ``path``: a rename replaces a link at ``path`` itself, not its target.
+    """
+    temporary: str | None = None
     try:
-        fd = os.open(path, flags, mode)
+        if force:
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
         raise ConfigError(f"key file already exists: {path} (use --force to replace it)") from None
     except OSError as error:
         raise ConfigError(f"cannot write key file {path}: {error.strerror}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(path, mode)  # O_CREAT's mode is filtered by the umask; a replaced file keeps its own
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)  # the umask filters O_CREAT's mode
+            handle.write(text)
+        if temporary is not None:
+            os.replace(temporary, path)
+    except OSError as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        raise ConfigError(f"cannot write key file {path}: {error.strerror}") from None
+
+
+def warn_if_readable_by_others(path: str | Path) -> None:
+    """Log a warning when the secret key file ``path`` is readable by group or others."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o044:
+        log.warning("secret key file %s is readable by group or others (mode %04o): "
+                    "chmod 600 it", path, mode)
 
 
 def generate_keypair(folder: str | Path, name: str = "server", force: bool = False) -> KeyFiles:

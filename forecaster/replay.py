@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,6 +42,7 @@ from forecaster.datasets import DEFAULT_SYNTHETIC_FRAMES, VideoRef, expand_video
 from forecaster.errors import DataError, ModelError, SourceError
 from forecaster.metrics import roc_auc, undefined_reason
 from forecaster.model.artifact import ModelCard, bundled_model_path, read_card
+from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_gray_resized
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.sources import (
@@ -684,8 +684,20 @@ class Replayer:
         return result
 
 
-def default_out_dir() -> Path:
-    return Path(f"replay-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+#: the files every replay writes into its output folder (besides the previews)
+RESULT_FILES = ("scores.csv", "summary.json", "timeline.png")
+
+
+def earlier_results(folder: Path) -> list[Path]:
+    """The result files of an earlier replay into ``folder``: the fixed files and the
+    preview of each video its ``summary.json`` names (absent after an interrupted run)."""
+    files = [folder / name for name in RESULT_FILES]
+    try:
+        videos = json.loads((folder / "summary.json").read_text(encoding="utf-8"))["videos"]
+        cameras = [str(video["camera"]) for video in videos]
+    except (OSError, ValueError, KeyError, TypeError):  # no summary, or not a replay's
+        return files
+    return files + [folder / f"{camera}.mp4" for camera in cameras if camera_id(camera) == camera]
 
 
 def replay_command(
@@ -702,8 +714,13 @@ def replay_command(
     chunk: int = DEFAULT_CHUNK,
     progress: bool = True,
     publisher: Any = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Replay ``sources`` and write scores.csv, summary.json, timeline.png (and previews).
+
+    ``out`` defaults to a fresh folder ``<cache>/replay/<date>-<time>``
+    (:mod:`forecaster.outputs`); an ``out`` holding an earlier replay's results is refused
+    unless ``force``, which removes them first.
 
     Inputs, labels and the model card are checked before TensorFlow is loaded. With
     ``publish`` a :class:`~forecaster.publisher.Publisher` is bound on ``endpoint`` (else the
@@ -717,8 +734,11 @@ def replay_command(
     videos = plan(sources, labels, realtime=realtime)
     model_path = resolve_model(model, config)
     card = check_model(model_path, cfg.scorer)
-    out_dir = Path(out) if out is not None else default_out_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        out_dir = fresh_dir("replay")
+    else:
+        out_dir = Path(out)
+        prepare_out_dir(out_dir, earlier_results(out_dir), force=force)
     own_publisher = None
     if publish and publisher is None:
         from forecaster.publisher import Publisher

@@ -301,9 +301,15 @@ class FileSource(FrameSource):
 class FolderSource(FrameSource):
     """Images of one folder in natural name order (``2.jpg`` before ``10.jpg``).
 
-    An unreadable image, or one whose size differs from the first readable image, is skipped
-    and counted in ``skipped`` (once per file). ``loop=True`` restarts at the end.
+    Images may differ in size and colour: each is returned as decoded, and the reader
+    converts and resizes each on its own to the model's frame size. An unreadable image is
+    skipped and counted in ``skipped`` (once per file); the first ``WARN_SKIPPED`` are
+    logged one by one, the rest in one summary at the end of the folder. ``loop=True``
+    restarts at the end.
     """
+
+    #: unreadable images logged one line each; later ones are summed up in one line
+    WARN_SKIPPED = 3
 
     def __init__(self, path: str | Path, *, loop: bool = False) -> None:
         super().__init__(str(path))
@@ -311,8 +317,8 @@ class FolderSource(FrameSource):
         self.loop = loop
         self.files: list[Path] = []
         self._next = 0
-        self._shape: tuple[int, int] | None = None
         self._bad: set[int] = set()
+        self._unreported = 0
         self._pending: np.ndarray | None = None
         self._open = False
 
@@ -324,7 +330,7 @@ class FolderSource(FrameSource):
         if not self.files:
             raise SourceError(f"image folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
                               f": {self.path}")
-        self._next, self._shape, self._bad, self.skipped = 0, None, set(), 0
+        self._next, self._bad, self.skipped, self._unreported = 0, set(), 0, 0
         first = self._scan(len(self.files))
         if first is None:
             raise SourceError(f"image folder has no readable image ({len(self.files)} tried): "
@@ -342,22 +348,22 @@ class FolderSource(FrameSource):
             path = self.files[index]
             image = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)
             if image is None or image.dtype != np.uint8 or image.size == 0:
-                self._skip(index, f"unreadable image skipped: {path}")
-                continue
-            if self._shape is None:
-                self._shape = image.shape[:2]
-            elif image.shape[:2] != self._shape:
-                self._skip(index, f"image of size {image.shape[1]}x{image.shape[0]} skipped, "
-                                  f"the folder's first image is {self._shape[1]}x{self._shape[0]}: "
-                                  f"{path}")
+                self._skip(index, path)
                 continue
             return image
+        if self._unreported:
+            log.warning("%d more unreadable image(s) skipped in %s (%d in all)",
+                        self._unreported, self.path, self.skipped)
+            self._unreported = 0
         return None
 
-    def _skip(self, index: int, message: str) -> None:
+    def _skip(self, index: int, path: Path) -> None:
         self._bad.add(index)
         self.skipped += 1
-        log.warning(message)
+        if self.skipped <= self.WARN_SKIPPED:
+            log.warning("unreadable image skipped: %s", path)
+        else:
+            self._unreported += 1
 
     def read(self) -> SourceFrame | None:
         if not self._open:

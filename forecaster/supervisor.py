@@ -179,11 +179,13 @@ class Supervisor:
             open_source(camera.source, loop=camera.loop)  # parse errors before any spawn
         model_path = resolve_model_path(config)
         if config.publish.curve:
+            from forecaster.keys import warn_if_readable_by_others
             from forecaster.publisher import CurveServer
 
             CurveServer.from_files(
                 config.publish.curve_secret_key, config.publish.curve_allowed_clients
             )
+            warn_if_readable_by_others(config.publish.curve_secret_key)
         remove_stale_rings()
         from forecaster.model.artifact import read_card
 

@@ -23,3 +23,12 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shared data set not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """XDG_CACHE_HOME of every test (and of the commands it starts): default outputs
+    (replay, eval, training checkpoints and logs) go there, not to the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -98,6 +99,45 @@ def test_eval_cli_bad_inputs_exit_2(dataset, tmp_path: Path) -> None:
     line = one_error_line(cli(["eval", str(data), "--labels", str(short), "--model", str(model),
                                "--out", str(tmp_path / "o")], tmp_path))
     assert "'02'" in line and str(FRAMES) in line and str(FRAMES - 3) in line
+
+
+def test_eval_out_is_checked_and_an_earlier_eval_is_replaced_only_with_force(
+    dataset, tmp_path: Path
+) -> None:
+    data, labels_path, model = dataset
+    args = ["eval", str(data), "--labels", str(labels_path), "--model", str(model)]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out in (a_file, a_file / "below"):
+        line = one_error_line(cli([*args, "--out", str(out)], tmp_path))
+        assert str(out) in line
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "roc.png").write_bytes(b"an earlier run's plot")
+    line = one_error_line(cli([*args, "--out", str(out)], tmp_path))
+    assert str(out) in line and "roc.png" in line and "--force" in line
+    assert (out / "roc.png").read_bytes() == b"an earlier run's plot"
+    forced = cli([*args, "--out", str(out), "--force"], tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "eval.json").read_text())["frames"] == 2 * FRAMES
+
+
+def test_eval_default_out_is_a_new_folder_in_the_user_cache(
+    dataset, tmp_path: Path, user_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, labels_path, model = dataset
+    monkeypatch.chdir(tmp_path)
+    lines: list[str] = []
+    for _ in range(2):
+        evaluate_command([str(data)], labels=str(labels_path), model=str(model),
+                         echo=lines.append)
+    made = sorted((user_cache / "forecaster" / "eval").iterdir())
+    assert len(made) == 2 and all(re.fullmatch(r"copy-\d{8}-\d{6}(-2)?", m.name) for m in made)
+    for folder in made:
+        assert (folder / "eval.json").is_file()
+        assert any(line.startswith(f"wrote {folder / 'eval.json'}") for line in lines)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_patch_mode_model_and_global_row(dataset, tmp_path: Path) -> None:

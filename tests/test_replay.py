@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -214,6 +215,72 @@ def test_labels_of_wrong_length_exit_2(tiny_model: Path, tmp_path: Path) -> None
     line = one_error_line(cli(["replay", str(folder), "--labels", str(labels), "--model",
                                str(tiny_model), "--out", str(tmp_path / "o")], tmp_path))
     assert "'frames'" in line and "12" in line and "13" in line
+
+
+def test_folder_of_images_of_different_sizes_replays_every_image(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(20):  # three large images first, then small gray and colour ones
+        shape = (1500, 1500, 3) if i < 3 else (48, 64) if i % 2 else (60, 40, 3)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full(shape, i * 10, np.uint8))
+    out = tmp_path / "out"
+    result = cli(["replay", str(folder), "--model", str(tiny_model), "--out", str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" not in result.stderr
+    video = json.loads((out / "summary.json").read_text())["videos"][0]
+    assert video["frames"] == 20 and video["frames_skipped"] == 0
+
+
+def test_out_that_is_a_file_or_cannot_be_made_exit_2(tiny_model: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out in (a_file, a_file / "below"):
+        line = one_error_line(cli(["replay", CLIP, "--model", str(tiny_model), "--out", str(out)],
+                                  tmp_path))
+        assert str(out) in line
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        line = one_error_line(cli(["replay", CLIP, "--model", str(tiny_model), "--out",
+                                   str(locked)], tmp_path))
+        assert "not writable" in line and str(locked) in line
+
+
+def test_out_holding_an_earlier_replay_is_refused_unless_force(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    clip = write_avi(tmp_path / "clip.avi", 15)
+    first = cli(["replay", str(clip), "--model", str(tiny_model), "--out", str(out), "--preview"],
+                tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (out / "clip.mp4").is_file()
+    (out / "notes.txt").write_text("the user's own file")
+    again = [CLIP, "--model", str(tiny_model), "--out", str(out)]
+    line = one_error_line(cli(["replay", *again], tmp_path))
+    assert str(out) in line and "scores.csv" in line and "--force" in line
+    assert {r["camera"] for r in read_scores_csv(out / "scores.csv")} == {"clip"}
+    forced = cli(["replay", *again, "--force"], tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert {r["camera"] for r in read_scores_csv(out / "scores.csv")} == {"synthetic-1"}
+    assert sorted(p.name for p in out.iterdir()) == [
+        "notes.txt", "scores.csv", "summary.json", "timeline.png"]
+
+
+def test_default_out_is_a_new_folder_in_the_user_cache(
+    tiny_model: Path, tmp_path: Path, user_cache: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    result = cli(["replay", "synthetic:?frames=12&width=64&height=48", "--model", str(tiny_model)], work)
+    assert result.returncode == 0, result.stderr
+    assert list(work.iterdir()) == []
+    (made,) = (user_cache / "forecaster" / "replay").iterdir()
+    assert re.fullmatch(r"\d{8}-\d{6}", made.name)
+    assert f"wrote {made}" in result.stdout
+    assert (made / "summary.json").is_file()
 
 
 @pytest.mark.timeout(180)

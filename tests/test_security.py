@@ -70,6 +70,26 @@ def test_keys_command_writes_a_certificate_pair(tmp_path: Path) -> None:
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
 
 
+def test_keys_force_replaces_a_link_at_the_key_path_not_its_target(tmp_path: Path) -> None:
+    folder = tmp_path / "k"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim.chmod(0o644)
+    link = folder / "alice.key_secret"
+    link.symlink_to(victim)
+    refused = _cli(["keys", str(folder), "--name", "alice"], tmp_path)
+    assert refused.returncode == 2 and "already exists" in refused.stderr, refused.stderr
+    forced = _cli(["keys", str(folder), "--name", "alice", "--force"], tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert victim.read_text() == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert not link.is_symlink()
+    assert stat.S_IMODE(link.stat().st_mode) == 0o600
+    assert zmq.auth.load_certificate(link)[1] is not None
+    assert sorted(p.name for p in folder.iterdir()) == ["alice.key", "alice.key_secret"]
+
+
 @pytest.fixture
 def contexts() -> Iterator[tuple[zmq.Context, zmq.Context]]:
     server, clients = zmq.Context(), zmq.Context()
@@ -178,6 +198,7 @@ def test_daemon_with_curve_serves_only_allowed_subscribers(
     tmp_path: Path, keys: dict[str, Path]
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
+    keys["server_secret"].chmod(0o640)
     config = config_text(endpoint, [("cam0", "synthetic:?fps=25&seed=5")], {"publish": {
         "curve_secret_key": str(keys["server_secret"]),
         "curve_allowed_clients": str(keys["allowed"]),
@@ -203,6 +224,9 @@ def test_daemon_with_curve_serves_only_allowed_subscribers(
         assert mallory.received == 0 and plain.received == 0
         assert daemon.stop() == 0
         assert "CURVE on: 1 client key(s) allowed" in daemon.log()
+        warnings = [line for line in daemon.log().splitlines() if "readable by group" in line]
+        assert len(warnings) == 1 and str(keys["server_secret"]) in warnings[0]
+        assert "mode 0640" in warnings[0]
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".hdf5"])

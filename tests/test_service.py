@@ -156,6 +156,8 @@ def test_units_declare_notify_watchdog_and_hardening() -> None:
             "StateDirectory=", "DeviceAllow=char-video4linux rw", "SupplementaryGroups=video",
         ):
             assert re.search(rf"^{re.escape(directive)}", text, re.M), (name, directive)
+        # the daemon's own default (TensorFlow's native errors off) applies, not a louder one
+        assert "TF_CPP_MIN_LOG_LEVEL" not in text, name
     assert "--config /etc/forecaster/%i.toml" in _unit_text("forecaster@.service")
 
 

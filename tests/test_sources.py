@@ -178,12 +178,41 @@ def test_folder_reads_in_natural_order_and_skips_bad_images(tmp_path: Path) -> N
         image = np.full((40, 50, 3), number * 10, dtype=np.uint8)
         cv2.imwrite(str(tmp_path / f"{number}.png"), image)
     (tmp_path / "3.jpg").write_bytes(os.urandom(2000))  # unreadable
-    cv2.imwrite(str(tmp_path / "4.png"), np.zeros((30, 50), dtype=np.uint8))  # wrong size
+    cv2.imwrite(str(tmp_path / "4.png"), np.full((30, 70, 3), 40, dtype=np.uint8))  # another size
     (tmp_path / "notes.txt").write_text("not an image")
     source = open_source(str(tmp_path))
     frames = read_all(source)
-    assert [int(f[0, 0, 0]) for f in frames] == [10, 20, 100, 110]
-    assert source.skipped == 2
+    assert [int(f[0, 0, 0]) for f in frames] == [10, 20, 40, 100, 110]
+    assert source.skipped == 1
+
+
+def test_folder_images_of_different_sizes_are_all_read(tmp_path: Path) -> None:
+    for number in range(3):  # large images first: they must not set the size of the rest
+        cv2.imwrite(str(tmp_path / f"{number:02d}.png"), np.full((900, 1200, 3), number, np.uint8))
+    for number in range(3, 20):
+        shape = (48, 64) if number % 2 else (60, 40, 3)
+        cv2.imwrite(str(tmp_path / f"{number:02d}.png"), np.full(shape, number, np.uint8))
+    source = FolderSource(tmp_path)
+    frames = read_all(source)
+    assert [int(f.reshape(-1)[0]) for f in frames] == list(range(20))
+    assert [f.shape for f in frames[:4]] == [(900, 1200, 3)] * 3 + [(48, 64)]
+    assert source.skipped == 0
+
+
+def test_folder_warns_of_the_first_unreadable_images_then_sums_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cv2.imwrite(str(tmp_path / "00.png"), np.zeros((20, 20), np.uint8))
+    for number in range(1, 11):
+        (tmp_path / f"{number:02d}.jpg").write_bytes(b"\xff\xd8 broken")
+    source = FolderSource(tmp_path, loop=True)
+    with caplog.at_level("WARNING", logger="forecaster.sources"):
+        frames = read_all(source, limit=3)
+    assert len(frames) == 3 and source.skipped == 10
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[:3] == [f"unreadable image skipped: {tmp_path / f'{n:02d}.jpg'}"
+                            for n in (1, 2, 3)]
+    assert messages[3:] == [f"7 more unreadable image(s) skipped in {tmp_path} (10 in all)"]
 
 
 def test_folder_loop_restarts_and_counts_each_bad_file_once(tmp_path: Path) -> None:

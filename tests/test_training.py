@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -146,7 +148,7 @@ def test_same_seed_same_weights_in_stateful_mode(tmp_path: Path) -> None:
     assert card.training["batch_size"] == 2 and card.training["deterministic"] is True
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
+def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, user_cache: Path) -> None:
     from forecaster.model.train import train_command
 
     common = {"arch": "convlstm-ae", "mode": "window", "size": (32, 32), "batch_size": 4,
@@ -161,7 +163,12 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
     _, card = load_model(resumed)
     assert card.training["resumed_from_epoch"] == 1 and card.training["epochs_run"] == 2
     # the same epoch-2 weights and optimizer state as a run that never stopped
-    last_straight = keras.saving.load_model(tmp_path / "straight.checkpoints" / "last.keras")
+    # checkpoints and logs by default: in the user's cache, under the model's absolute path
+    kept = user_cache / "forecaster" / "train" / tmp_path.relative_to(tmp_path.anchor)
+    assert sorted(p.name for p in kept.iterdir()) == ["straight.checkpoints", "straight.logs"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("straight")] == [
+        "straight.keras"]
+    last_straight = keras.saving.load_model(kept / "straight.checkpoints" / "last.keras")
     last_resumed = keras.saving.load_model(ckpt / "last.keras")
     assert int(last_resumed.optimizer.iterations) == int(last_straight.optimizer.iterations) > 0
     for a, b in zip(last_straight.get_weights(), last_resumed.get_weights(), strict=True):
@@ -174,3 +181,26 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="mode"):
         train_command(_data(3), tmp_path / "other.keras", epochs=3, checkpoint_dir=ckpt,
                       resume=True, **{**common, "mode": "stateful", "clip": None})
+
+
+@pytest.mark.timeout(180)
+def test_train_command_is_quiet_and_keeps_its_folders_out_of_the_model_folder(
+    tmp_path: Path, user_cache: Path
+) -> None:
+    """As a user runs it, without TF_CPP_MIN_LOG_LEVEL: no native TensorFlow chatter
+    (CUDA, oneDNN, absl) on a machine without a GPU, and nothing beside the model file."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    out = tmp_path / "m.keras"
+    result = subprocess.run(
+        [sys.executable, "-m", "forecaster", "train", *_data(2, frames=60), "--out", str(out),
+         "--epochs", "1", "--max-frames", "60", "--size", "32x32"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    noise = [line for line in result.stderr.splitlines()
+             if any(word in line for word in ("cuInit", "oneDNN", "absl", "cuda_"))]
+    assert noise == [], result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+    kept = user_cache / "forecaster" / "train" / tmp_path.relative_to(tmp_path.anchor)
+    assert (kept / "m.checkpoints" / "last.keras").is_file()
+    assert f"checkpoints in {kept / 'm.checkpoints'}" in result.stderr

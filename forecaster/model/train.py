@@ -54,6 +54,7 @@ from forecaster.model.losses import (  # noqa: F401
     mse,
 )
 from forecaster.model.step import Stepper, make_runner
+from forecaster.outputs import training_dir
 
 log = logging.getLogger("forecaster.train")
 
@@ -344,8 +345,9 @@ def train_command(
     VAEs add their KL term). Validation holds out ``val_fraction`` of the videos (or the
     tail of a single video); training stops early when the validation loss has not
     improved for ``patience`` epochs, keeping the best weights. A checkpoint is written
-    after every epoch to ``checkpoint_dir`` (default ``<out>.checkpoints`` beside ``out``),
-    TensorBoard logs to ``tensorboard`` (default ``<out>.logs``); ``resume`` continues from
+    after every epoch to ``checkpoint_dir`` (default: :func:`~forecaster.outputs.training_dir`,
+    ``<cache>/train/<absolute out without .keras>.checkpoints``), TensorBoard logs to
+    ``tensorboard`` (default: the same with ``.logs``); ``resume`` continues from
     the checkpoint. ``deterministic``: same seed, same weights (on CPU).
     """
     started = time.perf_counter()
@@ -391,8 +393,9 @@ def train_command(
         raise UsageError(f"stride must be at least 1, got {stride}")
     if mode == "window":
         stride = stride or max(1, length // 2)
-    checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.with_name(f"{out.stem}.checkpoints")
-    log_dir = Path(tensorboard) if tensorboard else out.with_name(f"{out.stem}.logs")
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir else training_dir(out, ".checkpoints")
+    log_dir = Path(tensorboard) if tensorboard else training_dir(out, ".logs")
+    log.info("checkpoints in %s, TensorBoard logs in %s", checkpoints, log_dir)
 
     set_determinism(seed, deterministic)
     if record_minutes is not None and not record_minutes > 0:
