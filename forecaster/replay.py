@@ -654,9 +654,12 @@ class Replayer:
         if open_episode is not None:
             open_episode.peak_score = cam.scorer.peak_score
         if self.publisher is not None:
+            end = engine.end_of_stream(camera)  # as the daemon: an open episode ends first
+            if end is not None:
+                self.publisher.send(end)
             self.publisher.send(Status(
                 camera=camera,
-                seq=max(seq - 1, 0),
+                seq=seq - 1,
                 ts=time.time(),
                 fps=seq / result.seconds if result.seconds > 0 else 0.0,
                 frames_captured=seq,

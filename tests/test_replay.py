@@ -15,7 +15,7 @@ import pytest
 
 from forecaster.client import Subscriber
 from forecaster.metrics import roc_auc
-from forecaster.protocol import Forecast, Score, Status
+from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.replay import CSV_COLUMNS, read_scores_csv, replay_command
 from tests.conftest import free_port
 
@@ -155,7 +155,11 @@ def test_chunked_replay_equals_one_frame_per_call(tiny_model: Path, tmp_path: Pa
 
 
 def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_path: Path) -> None:
+    from forecaster.config import Config, ScorerConfig
     from forecaster.publisher import Publisher
+
+    # thresholds every frame exceeds: an episode starts and is still open at the end
+    always = Config(scorer=ScorerConfig(threshold_on=-1000.0, threshold_off=-2000.0))
 
     endpoint = f"ipc://{tmp_path}/replay.sock"
     with Publisher(endpoint, sndhwm=100_000, linger_ms=1000) as publisher, \
@@ -169,7 +173,7 @@ def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_pa
         while sub.recv(timeout=0.05) is not None:
             pass
         replay_command([CLIP], out=tmp_path / "out", model=str(tiny_model), chunk=32,
-                       publisher=publisher, progress=False)
+                       config=always, publisher=publisher, progress=False)
         messages = []
         while (msg := sub.recv(timeout=1.0)) is not None:
             messages.append(msg)
@@ -182,9 +186,16 @@ def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_pa
     rows = read_scores_csv(tmp_path / "out" / "scores.csv")
     assert [s.seq for s in scores] == [r["seq"] for r in rows]
     assert all(s.score == r["score"] and s.mse == r["mse"] for s, r in zip(scores, rows, strict=True))
-    end = messages[-1]
-    assert isinstance(end, Status) and end.ended and end.reason == "end of stream"
-    assert end.camera == "synthetic-1" and end.frames_captured == 100
+    # as the daemon does: each score before its frame's event and forecast, and the open
+    # episode's end event before the ended status
+    start = next(i for i, m in enumerate(messages) if isinstance(m, Event))
+    assert [type(m) for m in messages[start - 1 : start + 2]] == [Score, Event, Forecast]
+    assert messages[start - 1].seq == messages[start].seq == messages[start + 1].seq
+    end, status = messages[-2:]
+    assert isinstance(end, Event) and end.state == "end" and end.seq == 99
+    assert [m.state for m in messages if isinstance(m, Event)] == ["start", "end"]
+    assert isinstance(status, Status) and status.ended and status.reason == "end of stream"
+    assert status.camera == "synthetic-1" and status.frames_captured == 100 and status.seq == 99
 
 
 def test_missing_and_corrupt_inputs_exit_2(tiny_model: Path, tmp_path: Path) -> None:
