@@ -42,8 +42,8 @@ class ChildFailed(ForecasterError):
     """A supervised process failed to start or died."""
 
 
-def name_some(names: Sequence[str], shown: int = 3) -> str:
+def name_some(names: Sequence[str], shown: int = 3, sep: str = ", ") -> str:
     """``"a, b, c and 9 more"``: a list of names that keeps a one-line message short."""
     if len(names) <= shown + 1:
-        return ", ".join(names)
-    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+        return sep.join(names)
+    return f"{sep.join(names[:shown])} and {len(names) - shown} more"

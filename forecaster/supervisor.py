@@ -45,8 +45,8 @@ from forecaster.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("forecaster.supervisor")
 STOP_GRACE_S = 4.0
-#: failing cameras named in one start-up error line before "and N more"
-STARTUP_ERRORS_SHOWN = 3
+#: cameras or processes named in one error line before "and N more"
+NAMES_SHOWN = 3
 WORKER = -1  # Child.index of the worker
 
 
@@ -97,7 +97,7 @@ def check_sources(config: Config) -> None:
     first, error = failed[0]
     message = f"camera {first}: {error}"
     if len(failed) > 1:
-        others = name_some([camera for camera, _ in failed[1:]], STARTUP_ERRORS_SHOWN)
+        others = name_some([camera for camera, _ in failed[1:]], NAMES_SHOWN)
         message = (f"{len(failed)} of {len(config.cameras)} cameras have no usable source: "
                    f"{message}; also {others}")
     raise SourceError(message)
@@ -274,7 +274,7 @@ class Supervisor:
             if time.monotonic() > deadline:
                 waiting = [c.role for c in self.children if not c.ready]
                 raise ChildFailed(
-                    f"{name_some(waiting, STARTUP_ERRORS_SHOWN)} not ready after "
+                    f"{name_some(waiting, NAMES_SHOWN)} not ready after "
                     f"{timeout_s:g} s (worker.startup_timeout_s + "
                     f"worker.startup_per_camera_s per camera); see the log above"
                 )
@@ -421,7 +421,7 @@ class Supervisor:
         )
         healthy = not stalls
         if not healthy and self.healthy:
-            what = "; ".join(f"{s.role}: {s.reason}" for s in stalls)
+            what = name_some([f"{s.role}: {s.reason}" for s in stalls], NAMES_SHOWN, "; ")
             if self.systemd.ping_interval_s is not None:
                 log.error("stalled (%s): watchdog pings stopped, systemd will restart the "
                           "service unless frames flow again", what)
