@@ -18,6 +18,7 @@ from forecaster.metrics import roc_auc
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.replay import CSV_COLUMNS, read_scores_csv, replay_command
 from tests.conftest import free_port
+from tests.daemon_harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -242,13 +243,17 @@ def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> No
         f'endpoint = "{endpoint}"',
         "sndhwm = 10000",
         "status_interval_s = 0.5",
+        "[scorer]",  # every frame over the threshold: an episode is still open at the end
+        "threshold_on = -1000.0",
+        "threshold_off = -2000.0",
         "[[cameras]]",
         'id = "clip"',
         f'source = "{video}"',
         "fps = 20",
     ]) + "\n")
     live: dict[int, Score] = {}
-    with Subscriber(endpoint, kinds=["score", "status"]) as sub:
+    live_events: list[tuple[str, int]] = []
+    with Subscriber(endpoint, kinds=["score", "status", "event"]) as sub:
         proc = subprocess.Popen(
             [sys.executable, "-m", "forecaster", "run", "--config", str(config), "--max-frames",
              str(frames)],
@@ -259,6 +264,9 @@ def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> No
             msg = sub.recv(timeout=0.5)
             if isinstance(msg, Score):
                 live[msg.seq] = msg
+            elif isinstance(msg, Event):
+                assert not ended, "an event after the ended status"
+                live_events.append((msg.state, msg.seq))
             elif isinstance(msg, Status) and msg.ended:
                 ended = True
             elif msg is None and proc.poll() is not None:
@@ -267,8 +275,24 @@ def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> No
     assert proc.returncode == 0, err
     assert ended, err
     assert sorted(live) == list(range(10, frames)), "frames were dropped"
-    replay_command([str(video)], out=tmp_path / "replay", model=str(tiny_model), chunk=64,
-                   progress=False)
+    assert live_events == [("start", 11), ("end", frames - 1)]
+    from forecaster.config import load_config
+    from forecaster.publisher import Publisher
+
+    replay_endpoint = f"ipc://{tmp_path}/replay.sock"
+    with Publisher(replay_endpoint, sndhwm=100_000, linger_ms=1000) as publisher, \
+            Subscriber(replay_endpoint, kinds=["event", "status"]) as sub:
+        probe = Status(camera="probe", seq=0, ts=0.0, fps=0.0, frames_captured=0,
+                       frames_dropped=0, state_resets=0, connected=True, ended=False)
+        wait_for(lambda: publisher.send(probe) and sub.recv(timeout=0.02), 10, "the subscription")
+        while sub.recv(timeout=0.05) is not None:
+            pass
+        replay_command([str(video)], out=tmp_path / "replay", model=str(tiny_model), chunk=64,
+                       config=load_config(config), publisher=publisher, progress=False)
+        replayed = []
+        while (msg := sub.recv(timeout=1.0)) is not None and not isinstance(msg, Status):
+            replayed.append((msg.state, msg.seq))
+    assert replayed == live_events
     rows = {r["seq"]: r for r in read_scores_csv(tmp_path / "replay" / "scores.csv")}
     assert sorted(rows) == sorted(live)
     for seq, score in live.items():
