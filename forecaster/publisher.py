@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ class Publisher:
         #: subscribers refused at the handshake (CURVE only)
         self.refused = 0
         self._refusals_unlogged = 0
-        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL_S
+        self._refusal_logged_at = -math.inf
         self._monitor: zmq.Socket | None = None
         self._linger_ms = linger_ms
         self._closed = False

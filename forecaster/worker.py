@@ -62,7 +62,7 @@ class CameraState:
     #: prediction for the next frame (float32, H x W), made from the last frame fed
     prediction: np.ndarray | None = None
     last_seq: int | None = None
-    #: capture time of frame ``last_seq`` (None after a worker restart, until a frame)
+    #: capture time of the last frame fed (None before the first)
     last_ts: float | None = None
     resets: int = 0
 
@@ -126,12 +126,12 @@ class InferenceEngine:
 
     def _episode_end(self, cam: CameraState) -> Event | None:
         """The "end" event of the camera's open anomaly episode, at its last frame."""
-        if not cam.scorer.anomaly or cam.last_seq is None:
+        if not cam.scorer.anomaly or cam.last_seq is None or cam.last_ts is None:
             return None
         return Event(
             camera=cam.camera,
             seq=cam.last_seq,
-            ts=cam.last_ts if cam.last_ts is not None else self.clock(),
+            ts=cam.last_ts,
             state="end",
             peak_score=cam.scorer.peak_score,
         )
