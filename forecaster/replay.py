@@ -12,8 +12,8 @@ the daemon runs, and writes what came out:
 - ``timeline.png``: per video the score over time, the scorer's ``threshold_on``,
   anomalous ground-truth frames shaded and detected events marked;
 - with ``preview``: ``<video>.mp4`` per video (actual | predicted | error heat map);
-- with ``publish``: every message on the wire protocol, each video ending with a
-  ``status`` message with ``ended: true``.
+- with ``publish``: every message on the wire protocol, each video ending with the
+  ``end`` event of an episode still open, then a ``status`` message with ``ended: true``.
 
 Frames go to the engine in chunks (one model call per chunk); the recurrent state is
 carried between chunks, so every score equals the one the daemon computes frame by frame
