@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from forecaster import __version__
-from forecaster.errors import ForecasterError
+from forecaster.errors import ForecasterError, name_some
 from forecaster.model import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_LOSS, DEFAULT_PATIENCE
 
 if TYPE_CHECKING:
@@ -54,21 +54,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         "forecaster %s starting; config: %s; cameras: %s",
         __version__,
         origin,
-        ", ".join(f"{c.id}={c.source}" for c in config.cameras),
+        name_some([f"{c.id}={c.source}" for c in config.cameras]),
     )
     return run(config, max_frames=args.max_frames)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from forecaster.config import load_config
-    from forecaster.sources import open_source
-    from forecaster.supervisor import resolve_model_path
+    from forecaster.supervisor import check_sources, resolve_model_path
 
     config = load_config(args.path)
-    for camera in config.cameras:
-        open_source(camera.source, loop=camera.loop)
+    check_sources(config)
     model = resolve_model_path(config)
-    cameras = ", ".join(f"{c.id}={c.source}" for c in config.cameras)
+    cameras = name_some([f"{c.id}={c.source}" for c in config.cameras])
     print(f"{args.path}: ok ({len(config.cameras)} camera(s): {cameras}; model {model})")
     return 0
 

@@ -197,6 +197,8 @@ class ScorerConfig(_Section):
 class WorkerConfig(_Section):
     #: seconds the daemon waits for capture and worker to report ready
     startup_timeout_s: Annotated[Float, Field(gt=0, le=3600)] = 120.0
+    #: seconds added to startup_timeout_s per camera (all processes start at once)
+    startup_per_camera_s: Annotated[Float, Field(ge=0, le=60)] = 1.0
     #: extra delay per tick in milliseconds, to emulate slow hardware (0 in production)
     throttle_ms: Annotated[Float, Field(ge=0, le=10_000)] = 0.0
 

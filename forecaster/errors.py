@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ForecasterError(Exception):
     """Base class of all errors the application raises on purpose."""
@@ -38,3 +40,10 @@ class SourceDisconnected(ForecasterError):
 
 class ChildFailed(ForecasterError):
     """A supervised process failed to start or died."""
+
+
+def name_some(names: Sequence[str], shown: int = 3, sep: str = ", ") -> str:
+    """``"a, b, c and 9 more"``: a list of names that keeps a one-line message short."""
+    if len(names) <= shown + 1:
+        return sep.join(names)
+    return f"{sep.join(names[:shown])} and {len(names) - shown} more"

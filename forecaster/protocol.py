@@ -110,7 +110,10 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """Periodic health of one camera's pipeline; ``seq`` is the last frame captured."""
+    """Periodic health of one camera's pipeline.
+
+    ``seq`` is the last frame processed (-1 before the first), ``ts`` the time of sending.
+    """
 
     kind: ClassVar[str] = "status"
     camera: str

@@ -6,8 +6,10 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +25,29 @@ log = logging.getLogger("forecaster.publisher")
 
 #: zmq errors that only mean "the socket or context is already closing"
 _CLOSING_ERRNOS = frozenset({zmq.ETERM, zmq.ENOTSOCK, errno.EBADF})
+
+#: socket monitor events of a subscriber refused during the handshake
+_REFUSAL_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+#: at most one refusal line per this many seconds (a refused client retries ~10 times a second)
+REFUSAL_LOG_INTERVAL_S = 1.0
+
+
+def describe_refusal(event: int, value: int) -> str:
+    """Why the handshake of a subscriber failed, from a socket monitor event."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"its public key is not in the allowed clients (ZAP status {value})"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return "it does not use CURVE"
+        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            return "its CURVE handshake failed (wrong server public key?)"
+        return f"ZMTP protocol error {value:#x}"
+    # the peer hung up first: seen when a subscriber without CURVE notices the mismatch
+    return f"handshake failed ({os.strerror(value)}; a subscriber without CURVE?)"
 
 
 def _claim_ipc_path(endpoint: str, path: Path) -> int:
@@ -109,6 +134,7 @@ class Publisher:
     ``send`` never blocks: a message that cannot be queued is dropped and counted in
     ``dropped`` (a PUB socket also drops silently per subscriber whose queue of ``sndhwm``
     messages is full, so one slow subscriber never slows the publisher or the others).
+    With CURVE, :meth:`log_refusals` logs the subscribers refused at the handshake.
     """
 
     def __init__(
@@ -127,6 +153,11 @@ class Publisher:
         self.endpoint = endpoint
         self.sent = 0
         self.dropped = 0
+        #: subscribers refused at the handshake (CURVE only)
+        self.refused = 0
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = -math.inf
+        self._monitor: zmq.Socket | None = None
         self._linger_ms = linger_ms
         self._closed = False
         try:
@@ -159,6 +190,8 @@ class Publisher:
             raise ConfigError(f"cannot bind publisher to {endpoint}: {exc.strerror}") from exc
         raw = self._socket.getsockopt(zmq.LAST_ENDPOINT)
         self._last_endpoint = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if curve is not None:
+            self._monitor = self._socket.get_monitor_socket(_REFUSAL_EVENTS)
         log.info("publishing on %s", self._last_endpoint)
 
     @property
@@ -186,12 +219,41 @@ class Publisher:
         self.sent += 1
         return True
 
+    def log_refusals(self) -> int:
+        """Log the subscribers refused since the last call (debug, at most one line per
+        ``REFUSAL_LOG_INTERVAL_S``); never blocks. Returns how many were refused."""
+        if self._monitor is None or self._closed:
+            return 0
+        from zmq.utils.monitor import recv_monitor_message
+
+        count = 0
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            count += 1
+            self._refusals_unlogged += 1
+            now = time.monotonic()
+            if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL_S:
+                continue
+            more = self._refusals_unlogged - 1
+            log.debug(
+                "refused a subscriber on %s: %s%s", self._last_endpoint,
+                describe_refusal(int(event["event"]), int(event["value"])),
+                f" ({more} more refusal(s) since the last line)" if more else "",
+            )
+            self._refusals_unlogged = 0
+            self._refusal_logged_at = now
+        self.refused += count
+        return count
+
     def close(self) -> None:
         """Close the socket (idempotent); unsent messages wait at most ``linger_ms``."""
         if self._closed:
             return
         self._closed = True
         try:
+            if self._monitor is not None:
+                self._socket.disable_monitor()
+                self._monitor.close(linger=0)
             self._socket.close(linger=self._linger_ms)
         except zmq.ZMQError as exc:
             if exc.errno not in _CLOSING_ERRNOS:

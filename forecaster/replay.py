@@ -12,8 +12,8 @@ the daemon runs, and writes what came out:
 - ``timeline.png``: per video the score over time, the scorer's ``threshold_on``,
   anomalous ground-truth frames shaded and detected events marked;
 - with ``preview``: ``<video>.mp4`` per video (actual | predicted | error heat map);
-- with ``publish``: every message on the wire protocol, each video ending with a
-  ``status`` message with ``ended: true``.
+- with ``publish``: every message on the wire protocol, each video ending with the
+  ``end`` event of an episode still open, then a ``status`` message with ``ended: true``.
 
 Frames go to the engine in chunks (one model call per chunk); the recurrent state is
 carried between chunks, so every score equals the one the daemon computes frame by frame
@@ -669,9 +669,12 @@ class Replayer:
         if cam.fit.verdict == "misfit":
             log.warning("%s", cam.fit.message(f"video {video.name}", str(self.model.path)))
         if self.publisher is not None:
+            end = engine.end_of_stream(camera)  # as the daemon: an open episode ends first
+            if end is not None:
+                self.publisher.send(end)
             self.publisher.send(Status(
                 camera=camera,
-                seq=max(seq - 1, 0),
+                seq=seq - 1,
                 ts=time.time(),
                 fps=seq / result.seconds if result.seconds > 0 else 0.0,
                 frames_captured=seq,

@@ -36,7 +36,7 @@ from typing import Any
 from forecaster.capture import CaptureSpec, capture_main
 from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
-from forecaster.errors import ChildFailed, ModelError
+from forecaster.errors import ChildFailed, ModelError, SourceError, UsageError, name_some
 from forecaster.health import C, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
 from forecaster.ring import FrameRing, ring_name
@@ -45,6 +45,8 @@ from forecaster.worker import WorkerSpec, check_scorer, worker_main
 
 log = logging.getLogger("forecaster.supervisor")
 STOP_GRACE_S = 4.0
+#: cameras or processes named in one error line before "and N more"
+NAMES_SHOWN = 3
 WORKER = -1  # Child.index of the worker
 
 
@@ -78,6 +80,36 @@ def resolve_model_path(config: Config) -> Path:
         )
     check_scorer(path, card, config.scorer)
     return path
+
+
+def check_sources(config: Config) -> None:
+    """Parse every camera's source string (and find its file) before anything is started.
+
+    One SourceError: the first failing camera and why, then the others by id (the first
+    few, then how many more), so that the line stays short with hundreds of cameras.
+    """
+    failed: list[tuple[str, UsageError]] = []
+    for camera in config.cameras:
+        try:
+            open_source(camera.source, loop=camera.loop)
+        except UsageError as error:
+            failed.append((camera.id, error))
+    if not failed:
+        return
+    first, error = failed[0]
+    message = f"camera {first}: {error}"
+    if len(failed) > 1:
+        others = name_some([camera for camera, _ in failed[1:]], NAMES_SHOWN)
+        message = (f"{len(failed)} of {len(config.cameras)} cameras have no usable source: "
+                   f"{message}; also {others}")
+    raise SourceError(message)
+
+
+def startup_timeout_s(config: Config) -> float:
+    """How long ``run`` waits for every process to be ready: a base and a per-camera
+    allowance, since all of them start at once and share the machine's cores."""
+    worker = config.worker
+    return worker.startup_timeout_s + worker.startup_per_camera_s * len(config.cameras)
 
 
 def remove_stale_rings(shm_dir: Path = Path("/dev/shm")) -> None:
@@ -175,8 +207,7 @@ class Supervisor:
 
     def start(self) -> None:
         config = self.config
-        for camera in config.cameras:
-            open_source(camera.source, loop=camera.loop)  # parse errors before any spawn
+        check_sources(config)  # parse errors before any spawn
         model_path = resolve_model_path(config)
         if config.publish.curve:
             from forecaster.keys import warn_if_readable_by_others
@@ -228,10 +259,11 @@ class Supervisor:
             )
         ]
         self.systemd.status("starting: loading the model")
+        # start() of a spawned process does not wait for it: all of them start at once
         self._start_child(WORKER)
         for index in range(len(config.cameras)):
             self._start_child(index)
-        self._await_ready(config.worker.startup_timeout_s)
+        self._await_ready(startup_timeout_s(config))
         self.go.set()
 
     def _await_ready(self, timeout_s: float) -> None:
@@ -246,10 +278,11 @@ class Supervisor:
                     self._drain_control(starting=True)
                     raise ChildFailed(f"{child.role} exited with code {code} during start-up")
             if time.monotonic() > deadline:
-                waiting = ", ".join(c.role for c in self.children if not c.ready)
+                waiting = [c.role for c in self.children if not c.ready]
                 raise ChildFailed(
-                    f"{waiting} not ready after {timeout_s:.0f} s "
-                    f"(worker.startup_timeout_s); see the log above"
+                    f"{name_some(waiting, NAMES_SHOWN)} not ready after "
+                    f"{timeout_s:g} s (worker.startup_timeout_s + "
+                    f"worker.startup_per_camera_s per camera); see the log above"
                 )
         for child in self.children:
             log.info("%s ready (pid %s)", child.role, child.process.pid)
@@ -394,7 +427,7 @@ class Supervisor:
         )
         healthy = not stalls
         if not healthy and self.healthy:
-            what = "; ".join(f"{s.role}: {s.reason}" for s in stalls)
+            what = name_some([f"{s.role}: {s.reason}" for s in stalls], NAMES_SHOWN, "; ")
             if self.systemd.ping_interval_s is not None:
                 log.error("stalled (%s): watchdog pings stopped, systemd will restart the "
                           "service unless frames flow again", what)

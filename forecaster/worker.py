@@ -99,6 +99,8 @@ class CameraState:
     #: prediction for the next frame (float32, H x W), made from the last frame fed
     prediction: np.ndarray | None = None
     last_seq: int | None = None
+    #: capture time of the last frame fed (None before the first)
+    last_ts: float | None = None
     resets: int = 0
 
 
@@ -152,27 +154,36 @@ class InferenceEngine:
         self.cameras[camera] = cam
         return cam
 
+    def _episode_end(self, cam: CameraState) -> Event | None:
+        """The "end" event of the camera's open anomaly episode, at its last frame."""
+        if not cam.scorer.anomaly or cam.last_seq is None or cam.last_ts is None:
+            return None
+        return Event(
+            camera=cam.camera,
+            seq=cam.last_seq,
+            ts=cam.last_ts,
+            state="end",
+            peak_score=cam.scorer.peak_score,
+        )
+
     def reset(self, camera: str) -> Event | None:
         """Forget the camera's recurrent state; the next frames re-prime it.
 
         An anomaly episode still open is closed: the returned "end" event says so.
         """
         cam = self.cameras[camera]
-        end = None
-        if cam.scorer.anomaly and cam.last_seq is not None:
-            end = Event(
-                camera=camera,
-                seq=cam.last_seq,
-                ts=self.clock(),
-                state="end",
-                peak_score=cam.scorer.peak_score,
-            )
+        end = self._episode_end(cam)
         cam.state = None
         cam.context = 0
         cam.prediction = None
         cam.resets += 1
         cam.scorer.reset()
         return end
+
+    def end_of_stream(self, camera: str) -> Event | None:
+        """The camera's finite source ended: the "end" event of an anomaly episode still
+        open (at the last frame fed), or None. Sent before the "ended" status."""
+        return self._episode_end(self.cameras[camera])
 
     def process(
         self, camera: str, frames: np.ndarray, seqs: Sequence[int], stamps: Sequence[float]
@@ -270,6 +281,7 @@ class InferenceEngine:
             cam.prediction = predictions[index]
             cam.context += 1
             cam.last_seq = seq
+            cam.last_ts = ts
         frame = prediction_to_uint8(predictions[-1])
         result.messages.append(
             Forecast(
@@ -542,7 +554,7 @@ class Worker:
             reason = None
         return Status(
             camera=feed.camera,
-            seq=max(cam.last_seq if cam.last_seq is not None else -1, 0),
+            seq=cam.last_seq if cam.last_seq is not None else -1,
             ts=time.time(),
             fps=fps,
             frames_captured=stats.frames_captured,
@@ -570,6 +582,7 @@ class Worker:
             except queue.Empty:
                 pass
             self.service_all([feed for feed in self.feeds if not feed.ended_sent])
+            self.publisher.log_refusals()  # a poll with no wait
             now = time.monotonic()
             elapsed = now - self._last_status
             if elapsed >= self.status_interval_s:
@@ -582,6 +595,9 @@ class Worker:
             for feed in self.feeds:
                 if not feed.ended_sent and self._finished(feed):
                     feed.ended_sent = True
+                    end = self.engine.end_of_stream(feed.camera)
+                    if end is not None:
+                        self._publish(feed, StepResult(messages=[end]))
                     if self.engine.cameras[feed.camera].fit.finish():  # a short stream
                         self._report_fit(feed)
                     self._send(self.status(feed, elapsed, ended=True))

@@ -278,3 +278,25 @@ def test_second_daemon_on_the_same_ipc_endpoint_is_refused(tmp_path: Path) -> No
                      "a score from the first daemon")
         assert first.stop() == 0
     assert not sock_path.exists()
+
+
+def test_many_cameras_with_missing_files_one_short_line(tmp_path: Path) -> None:
+    cameras = [(f"cam{i:02d}", str(tmp_path / f"missing{i:02d}.mp4")) for i in range(12)]
+    config = write_config(tmp_path / "c.toml", f"tcp://127.0.0.1:{free_port()}", cameras)
+    for command in (["run", "--config", str(config)], ["check-config", str(config)]):
+        line = _one_error_line(run_cli(command, tmp_path))
+        assert "12 of 12 cameras" in line and "missing00.mp4" in line, line
+        assert line.endswith("; also cam01, cam02, cam03 and 8 more"), line
+        assert "cam04" not in line and len(line) < 300, line
+
+
+def test_many_cameras_not_ready_in_time_one_short_line(tmp_path: Path) -> None:
+    cameras = [(f"cam{i:02d}", "synthetic:") for i in range(12)]
+    extra = "[worker]\nstartup_timeout_s = 0.2\nstartup_per_camera_s = 0.0"
+    config = write_config(tmp_path / "c.toml", f"tcp://127.0.0.1:{free_port()}", cameras, extra)
+    result = run_cli(["run", "--config", str(config)], tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "not ready after" in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "worker, capture:cam00, capture:cam01 and 10 more not ready after 0.2 s" in lines[0]
+    assert len(lines[0]) < 300, lines[0]

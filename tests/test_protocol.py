@@ -72,7 +72,20 @@ SAMPLES: list[Message] = [
         state_resets=2,
         connected=False,
         ended=True,
-        reason="end of file",
+        reason="end of stream",
+    ),
+    # before the first frame is processed
+    Status(
+        camera="cam1",
+        seq=-1,
+        ts=1700000001.0,
+        fps=0.0,
+        frames_captured=0,
+        frames_dropped=0,
+        state_resets=0,
+        connected=False,
+        ended=False,
+        reason="source disconnected; reconnecting",
     ),
 ]
 
@@ -134,7 +147,7 @@ def test_score_and_status_headers_have_documented_fields() -> None:
         "v", "camera", "seq", "ts", "fps", "frames_captured", "frames_dropped",
         "state_resets", "connected", "ended", "reason",
     }  # fmt: skip
-    assert status["reason"] == "end of file"
+    assert status["reason"] == "end of stream"
     event = _strict_json(encode(SAMPLES[2])[1])
     assert set(event) == {"v", "camera", "seq", "ts", "state", "peak_score"}
 

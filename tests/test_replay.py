@@ -16,9 +16,10 @@ import pytest
 
 from forecaster.client import Subscriber
 from forecaster.metrics import roc_auc
-from forecaster.protocol import Forecast, Score, Status
+from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.replay import CSV_COLUMNS, read_scores_csv, replay_command
 from tests.conftest import free_port
+from tests.daemon_harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,7 +157,11 @@ def test_chunked_replay_equals_one_frame_per_call(tiny_model: Path, tmp_path: Pa
 
 
 def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_path: Path) -> None:
+    from forecaster.config import Config, ScorerConfig
     from forecaster.publisher import Publisher
+
+    # thresholds every frame exceeds: an episode starts and is still open at the end
+    always = Config(scorer=ScorerConfig(threshold_on=-1000.0, threshold_off=-2000.0))
 
     endpoint = f"ipc://{tmp_path}/replay.sock"
     with Publisher(endpoint, sndhwm=100_000, linger_ms=1000) as publisher, \
@@ -170,7 +175,7 @@ def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_pa
         while sub.recv(timeout=0.05) is not None:
             pass
         replay_command([CLIP], out=tmp_path / "out", model=str(tiny_model), chunk=32,
-                       publisher=publisher, progress=False)
+                       config=always, publisher=publisher, progress=False)
         messages = []
         while (msg := sub.recv(timeout=1.0)) is not None:
             messages.append(msg)
@@ -183,9 +188,16 @@ def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_pa
     rows = read_scores_csv(tmp_path / "out" / "scores.csv")
     assert [s.seq for s in scores] == [r["seq"] for r in rows]
     assert all(s.score == r["score"] and s.mse == r["mse"] for s, r in zip(scores, rows, strict=True))
-    end = messages[-1]
-    assert isinstance(end, Status) and end.ended and end.reason == "end of stream"
-    assert end.camera == "synthetic-1" and end.frames_captured == 100
+    # as the daemon does: each score before its frame's event and forecast, and the open
+    # episode's end event before the ended status
+    start = next(i for i, m in enumerate(messages) if isinstance(m, Event))
+    assert [type(m) for m in messages[start - 1 : start + 2]] == [Score, Event, Forecast]
+    assert messages[start - 1].seq == messages[start].seq == messages[start + 1].seq
+    end, status = messages[-2:]
+    assert isinstance(end, Event) and end.state == "end" and end.seq == 99
+    assert [m.state for m in messages if isinstance(m, Event)] == ["start", "end"]
+    assert isinstance(status, Status) and status.ended and status.reason == "end of stream"
+    assert status.camera == "synthetic-1" and status.frames_captured == 100 and status.seq == 99
 
 
 def test_missing_and_corrupt_inputs_exit_2(tiny_model: Path, tmp_path: Path) -> None:
@@ -298,13 +310,17 @@ def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> No
         f'endpoint = "{endpoint}"',
         "sndhwm = 10000",
         "status_interval_s = 0.5",
+        "[scorer]",  # every frame over the threshold: an episode is still open at the end
+        "threshold_on = -1000.0",
+        "threshold_off = -2000.0",
         "[[cameras]]",
         'id = "clip"',
         f'source = "{video}"',
         "fps = 20",
     ]) + "\n")
     live: dict[int, Score] = {}
-    with Subscriber(endpoint, kinds=["score", "status"]) as sub:
+    live_events: list[tuple[str, int]] = []
+    with Subscriber(endpoint, kinds=["score", "status", "event"]) as sub:
         proc = subprocess.Popen(
             [sys.executable, "-m", "forecaster", "run", "--config", str(config), "--max-frames",
              str(frames)],
@@ -315,6 +331,9 @@ def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> No
             msg = sub.recv(timeout=0.5)
             if isinstance(msg, Score):
                 live[msg.seq] = msg
+            elif isinstance(msg, Event):
+                assert not ended, "an event after the ended status"
+                live_events.append((msg.state, msg.seq))
             elif isinstance(msg, Status) and msg.ended:
                 ended = True
             elif msg is None and proc.poll() is not None:
@@ -323,8 +342,24 @@ def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> No
     assert proc.returncode == 0, err
     assert ended, err
     assert sorted(live) == list(range(10, frames)), "frames were dropped"
-    replay_command([str(video)], out=tmp_path / "replay", model=str(tiny_model), chunk=64,
-                   progress=False)
+    assert live_events == [("start", 11), ("end", frames - 1)]
+    from forecaster.config import load_config
+    from forecaster.publisher import Publisher
+
+    replay_endpoint = f"ipc://{tmp_path}/replay.sock"
+    with Publisher(replay_endpoint, sndhwm=100_000, linger_ms=1000) as publisher, \
+            Subscriber(replay_endpoint, kinds=["event", "status"]) as sub:
+        probe = Status(camera="probe", seq=0, ts=0.0, fps=0.0, frames_captured=0,
+                       frames_dropped=0, state_resets=0, connected=True, ended=False)
+        wait_for(lambda: publisher.send(probe) and sub.recv(timeout=0.02), 10, "the subscription")
+        while sub.recv(timeout=0.05) is not None:
+            pass
+        replay_command([str(video)], out=tmp_path / "replay", model=str(tiny_model), chunk=64,
+                       config=load_config(config), publisher=publisher, progress=False)
+        replayed = []
+        while (msg := sub.recv(timeout=1.0)) is not None and not isinstance(msg, Status):
+            replayed.append((msg.state, msg.seq))
+    assert replayed == live_events
     rows = {r["seq"]: r for r in read_scores_csv(tmp_path / "replay" / "scores.csv")}
     assert sorted(rows) == sorted(live)
     for seq, score in live.items():

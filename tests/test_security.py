@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import stat
 import subprocess
@@ -251,3 +252,44 @@ def test_legacy_hdf5_model_paths_are_refused_before_loading(tmp_path: Path, suff
         assert len(lines) == 1, (command, result.stderr)
         assert str(legacy) in lines[0] and "must end in .keras" in lines[0], lines[0]
     assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    ("client", "why"),
+    [
+        ("plain", "CURVE"),  # which side notices the mismatch first varies
+        ("wrong server key", "wrong server public key"),
+        ("unknown client key", "not in the allowed clients"),
+    ],
+)
+def test_refused_subscribers_are_logged_at_debug(
+    client: str, why: str, keys: dict[str, Path], contexts: tuple[zmq.Context, zmq.Context],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server_ctx, client_ctx = contexts
+    caplog.set_level(logging.DEBUG, logger="forecaster.publisher")
+    curve = CurveServer.from_files(str(keys["server_secret"]), str(keys["allowed"]))
+    clients = {
+        "plain": None,
+        # mallory's public key stands for a wrong server key
+        "wrong server key": CurveClient.from_files(keys["mallory"], keys["alice"]),
+        "unknown client key": CurveClient.from_files(keys["server_public"], keys["mallory"]),
+    }
+    with Publisher("tcp://127.0.0.1:*", linger_ms=0, context=server_ctx, curve=curve) as pub:
+        assert pub.log_refusals() == 0
+
+        def refused(count: int) -> bool:
+            pub.log_refusals()
+            return pub.refused >= count
+
+        with Subscriber(pub.last_endpoint, context=client_ctx, curve=clients[client]):
+            wait_for(lambda: refused(1), 10, f"a {client} refusal")
+            if client == "wrong server key":  # it retries about 10 times a second
+                wait_for(lambda: refused(5), 10, "5 refusals")
+        lines = [r.getMessage() for r in caplog.records if r.name == "forecaster.publisher"
+                 and r.getMessage().startswith("refused a subscriber")]
+        assert lines and all(r.levelno == logging.DEBUG for r in caplog.records
+                             if r.getMessage() in lines)
+        assert why in lines[0] and pub.last_endpoint in lines[0]
+        # rate-limited: a client that keeps retrying does not get a line per retry
+        assert len(lines) == 1 if pub.refused == 1 else len(lines) < pub.refused

@@ -12,7 +12,7 @@ import pytest
 
 from forecaster.client import Subscriber
 from forecaster.config import ScorerConfig
-from forecaster.protocol import Forecast, Score
+from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.publisher import Publisher
 from forecaster.ring import FrameRing
 from forecaster.synthetic import SyntheticScene
@@ -55,11 +55,13 @@ def reference(stepper, frames: np.ndarray) -> np.ndarray:
 
 
 class Harness:
-    def __init__(self, stepper, ring: FrameRing, tmp_path: Path) -> None:
+    def __init__(
+        self, stepper, ring: FrameRing, tmp_path: Path, calibration: dict = CALIBRATION
+    ) -> None:
         endpoint = f"ipc://{tmp_path}/w.sock"
         self.publisher = Publisher(endpoint, sndhwm=10000, linger_ms=0)
         self.sub = Subscriber(endpoint)
-        self.engine = InferenceEngine(stepper, CALIBRATION, ScorerConfig(), window=10)
+        self.engine = InferenceEngine(stepper, calibration, ScorerConfig(), window=10)
         self.feed = _Feed(camera="cam0", ring=ring)
         self.stop = mp.get_context("spawn").Event()
         self.worker = Worker(self.engine, [self.feed], self.publisher, queue.Queue(), self.stop, 60.0)
@@ -143,6 +145,38 @@ def test_far_behind_or_new_epoch_resets_and_reprimes(stepper, ring, tmp_path) ->
         assert cam.resets == resets_before + 2
         np.testing.assert_allclose(cam.prediction, reference(stepper, frames[33:43])[-1], atol=1e-5)
         harness.drain()
+    finally:
+        harness.close()
+
+
+def test_open_episode_ends_before_the_ended_status(stepper, ring, tmp_path) -> None:
+    frames = scene_frames(25)
+    # a calibration under which every frame is anomalous: an episode starts and stays open
+    anomalous = {"log_mse_mean": -40.0, "log_mse_std": 1.0, "frames": 100}
+    harness = Harness(stepper, ring, tmp_path, calibration=anomalous)
+    try:
+        before = harness.worker.status(harness.feed, 1.0)
+        assert before.seq == -1 and not before.ended  # no frame processed yet
+        for i in range(10):
+            ring.write(frames[i], 100.0 + i)
+        harness.worker.service(harness.feed)
+        for i in range(10, 25):  # one frame per tick, each scored
+            ring.write(frames[i], 100.0 + i)
+            harness.worker.service(harness.feed)
+        assert harness.worker.status(harness.feed, 1.0).seq == 24
+        ring.set_ended()
+        harness.worker.run()  # returns once the ended status is sent
+        messages = [m for m in harness.drain() if not isinstance(m, Forecast)]
+        assert [type(m) for m in messages[-2:]] == [Event, Status]
+        end, status = messages[-2:]
+        assert end.state == "end" and end.seq == 24 and end.ts == 124.0
+        assert status.ended and status.seq == 24 and status.reason == "end of stream"
+        events = [m for m in messages if isinstance(m, Event)]
+        assert [e.state for e in events] == ["start", "end"]
+        # the event of a frame comes right after that frame's score
+        start = messages.index(events[0])
+        assert isinstance(messages[start - 1], Score)
+        assert messages[start - 1].seq == events[0].seq and messages[start - 1].anomaly
     finally:
         harness.close()
 
