@@ -11,6 +11,7 @@ the worker rebuilds the camera's state from the new frames only.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 from forecaster.channels import exit_with_parent, set_process_name
 from forecaster.errors import ForecasterError, SourceDisconnected, SourceError
+from forecaster.flow import MotionCue
 from forecaster.health import C, Health
 from forecaster.logs import setup_child_logging
 from forecaster.preprocess import to_gray_resized
@@ -40,6 +42,8 @@ class CaptureSpec:
     max_frames: int | None = None
     reconnect_max_s: float = 30.0
     log_level: str = "info"
+    #: rows of the frames the motion cue is computed on (the scorer's fused mode); None: no cue
+    cue_height: int | None = None
 
 
 class RateLimiter:
@@ -103,6 +107,7 @@ class Capture:
         self.health = health if health is not None else Health(spec.index + 1)
         self.log = logging.getLogger(f"forecaster.capture.{spec.camera}")
         self.limiter = RateLimiter(spec.fps)
+        self.cue = None if spec.cue_height is None else MotionCue(spec.cue_height)
         self.backoff = Backoff(spec.reconnect_max_s)
         self.frames = 0
         self._skipped_seen = 0
@@ -224,13 +229,16 @@ class Capture:
                 if self._reconnected:
                     self._reconnected = False
                     self.backoff.reset()
+                    if self.cue is not None:  # no motion across the outage
+                        self.cue.reset()
                 now = time.monotonic()
                 if live and self.limiter.wait_time(now) > 0:
                     self.ring.count_rate_limited()
                     continue
                 self.limiter.admit(now)
                 image = to_gray_resized(frame.image, spec.size)
-                self.ring.write(image, frame.ts)
+                cue = math.nan if self.cue is None else self.cue(frame.image)
+                self.ring.write(image, frame.ts, cue)
                 self.frames += 1
                 self._signal()
                 skipped = self.source.skipped

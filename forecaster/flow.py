@@ -49,6 +49,48 @@ class FlowEnergy:
         return float(top_k_mean(self.pooler(magnitude), self.top))
 
 
+def cue_size(height: int, width: int, cue_height: int) -> tuple[int, int]:
+    """The size a frame of ``height`` x ``width`` is resized to for its motion cue: ``cue_height``
+    rows (never more than the frame has), the frame's aspect ratio kept."""
+    rows = min(cue_height, height)
+    cols = max(8, round(width * rows / height))
+    return max(8, rows), cols
+
+
+class MotionCue:
+    """The motion cue of each frame of one stream: :class:`FlowEnergy` on the frame converted
+    to gray and resized to ``cue_height`` rows (aspect ratio kept), a size that is not the
+    model's: the model's 64x64 frames blur a cyclist into a walker, the cue need not.
+
+    Computed where the full-size frame is at hand (the capture process, replay, training's
+    calibration), so one frame's cue is the same number everywhere.
+    """
+
+    def __init__(self, cue_height: int) -> None:
+        if cue_height < 8:
+            raise ValueError(f"motion cue height must be at least 8 rows, got {cue_height}")
+        self.cue_height = cue_height
+        self._energy: FlowEnergy | None = None
+        self._source_shape: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        if self._energy is not None:
+            self._energy.reset()
+
+    def __call__(self, image: np.ndarray) -> float:
+        """The cue of ``image`` (any size, gray or BGR uint8) against the previous frame; NaN
+        for the first frame and after a change of the source's frame size."""
+        from forecaster.preprocess import to_gray_resized
+
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        if shape != self._source_shape:
+            self._source_shape = shape
+            self._energy = FlowEnergy(*cue_size(*shape, self.cue_height))
+        assert self._energy is not None
+        pooler = self._energy.pooler
+        return self._energy(to_gray_resized(image, (pooler.height, pooler.width)))
+
+
 def flow_scores(frames: np.ndarray, smoothing: float = SMOOTHING) -> np.ndarray:
     """The flow baseline of every frame of a video (T, H, W) uint8: its value smoothed by a
     causal moving average (NaN for frame 0, which has no previous frame)."""

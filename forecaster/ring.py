@@ -7,9 +7,11 @@ capture and worker restarts, so a restarted worker re-primes its state from it.
 Layout (all little-endian, 8-byte fields):
     header   magic, version, height, width, slots, latest_seq, frames_captured,
              frames_skipped, connected, ended, epoch, writer_pid, frames_rate_limited
-    slot[i]  seq (int64), ts (float64), pixels (height*width uint8, padded to 64 bytes)
+    slot[i]  seq (int64), ts (float64), cue (float64: the frame's motion cue, see
+             :mod:`forecaster.flow`; NaN when none is computed), 8 bytes of padding,
+             pixels (height*width uint8, padded to 64 bytes)
 
-A slot is written as: seq := -1, pixels, ts, seq := frame seq; then latest_seq. A reader
+A slot is written as: seq := -1, pixels, ts, cue, seq := frame seq; then latest_seq. A reader
 copies a slot and checks its seq before and after the copy, so a frame overwritten during
 the read is detected rather than returned torn.
 """
@@ -26,7 +28,7 @@ import numpy as np
 from forecaster.errors import ForecasterError
 
 MAGIC = 0x46524E47  # "FRNG"
-VERSION = 1
+VERSION = 2
 _HEADER_FIELDS = (
     "magic",
     "version",
@@ -44,7 +46,7 @@ _HEADER_FIELDS = (
 )
 _H = {name: index for index, name in enumerate(_HEADER_FIELDS)}
 HEADER_BYTES = 128  # room for 16 int64 fields
-SLOT_META_BYTES = 16
+SLOT_META_BYTES = 32
 
 
 def ring_name(instance: str, camera: str) -> str:
@@ -92,11 +94,13 @@ class FrameRing:
         slot_bytes = _slot_bytes(self.height, self.width)
         self._meta: list[np.ndarray] = []
         self._ts: list[np.ndarray] = []
+        self._cue: list[np.ndarray] = []
         self._pixels: list[np.ndarray] = []
         for index in range(self.slots):
             start = HEADER_BYTES + index * slot_bytes
             self._meta.append(np.ndarray((1,), dtype=np.int64, buffer=shm.buf, offset=start))
             self._ts.append(np.ndarray((1,), dtype=np.float64, buffer=shm.buf, offset=start + 8))
+            self._cue.append(np.ndarray((1,), dtype=np.float64, buffer=shm.buf, offset=start + 16))
             self._pixels.append(
                 np.ndarray(
                     (self.height, self.width),
@@ -156,6 +160,7 @@ class FrameRing:
         """Release this process's mapping (views into it must be gone)."""
         self._meta.clear()
         self._ts.clear()
+        self._cue.clear()
         self._pixels.clear()
         del self.header
         with contextlib.suppress(BufferError):
@@ -169,13 +174,15 @@ class FrameRing:
 
     # -- writer ---------------------------------------------------------------------------
 
-    def write(self, frame: np.ndarray, ts: float) -> int:
-        """Store the next frame and return its seq. ``frame`` is uint8 (height, width)."""
+    def write(self, frame: np.ndarray, ts: float, cue: float = float("nan")) -> int:
+        """Store the next frame (uint8 (height, width)) with its capture time and motion
+        cue; return its seq."""
         seq = int(self.header[_H["latest_seq"]]) + 1
         slot = seq % self.slots
         self._meta[slot][0] = -1
         self._pixels[slot][...] = frame
         self._ts[slot][0] = ts
+        self._cue[slot][0] = cue
         self._meta[slot][0] = seq
         self.header[_H["latest_seq"]] = seq
         self.header[_H["frames_captured"]] += 1
@@ -219,8 +226,10 @@ class FrameRing:
             epoch=int(h[_H["epoch"]]),
         )
 
-    def read(self, first: int, last: int, out: np.ndarray, ts_out: np.ndarray) -> bool:
-        """Copy frames ``first..last`` (inclusive) into ``out[:n]`` and ``ts_out[:n]``.
+    def read(self, first: int, last: int, out: np.ndarray, ts_out: np.ndarray,
+             cue_out: np.ndarray | None = None) -> bool:
+        """Copy frames ``first..last`` (inclusive) into ``out[:n]`` and ``ts_out[:n]`` (and
+        their motion cues into ``cue_out[:n]``).
 
         Returns False if any of them is no longer (or not yet) in the ring; ``out`` is then
         partly written and must not be used.
@@ -234,6 +243,8 @@ class FrameRing:
                 return False
             out[index] = self._pixels[slot]
             ts_out[index] = self._ts[slot][0]
+            if cue_out is not None:
+                cue_out[index] = self._cue[slot][0]
             if self._meta[slot][0] != seq:
                 return False
         return True
