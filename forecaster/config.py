@@ -168,10 +168,11 @@ class PublishConfig(_Section):
 
 
 class ScorerConfig(_Section):
-    #: how the calibrated score is made: "patch" (the worst places of the frame, each window's
-    #: error against that window's normal error; needs a model card with calibration.patch),
-    #: "global" (the whole frame's mse) or "auto" (patch when the model card has it)
-    mode: Literal["auto", "global", "patch"] = "auto"
+    #: how the calibrated score is made: "fused" (the prediction error fused with a motion
+    #: cue; needs calibration.fused in the model card), "patch" (each window's error against
+    #: that window's normal error; needs calibration.patch), "global" (the whole frame's
+    #: mse) or "auto" (fused, else patch, else global, as the model card allows)
+    mode: Literal["auto", "global", "patch", "fused"] = "auto"
     #: calibrated score at which a frame counts as anomalous
     threshold_on: Float = 3.0
     #: score under which an anomaly ends (hysteresis; <= threshold_on)

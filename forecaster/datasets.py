@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from forecaster.errors import DataError
+from forecaster.flow import MotionCue
 from forecaster.preprocess import to_gray_resized
 from forecaster.sources import (
     SYNTHETIC_PREFIX,
@@ -31,7 +32,7 @@ from forecaster.sources import (
 )
 
 __all__ = ["DEFAULT_SYNTHETIC_FRAMES", "VIDEO_EXTENSIONS", "VideoRef", "expand_videos",
-           "load_labels", "read_video"]
+           "is_live", "load_labels", "read_video", "read_video_cues"]
 
 VIDEO_EXTENSIONS = frozenset(
     {".avi", ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
@@ -104,7 +105,19 @@ def _expand_one(text: str, live: bool) -> list[VideoRef]:
 
 def read_video(uri: str, size: tuple[int, int], max_frames: int | None = None,
                max_seconds: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """All frames of one video as ``(T, H, W) uint8`` at ``size``, and its labels or None.
+    """All frames of one video as ``(T, H, W) uint8`` at ``size``, and its labels or None
+    (see :func:`read_video_cues`)."""
+    frames, labels, _ = read_video_cues(uri, size, max_frames, max_seconds)
+    return frames, labels
+
+
+def read_video_cues(
+    uri: str, size: tuple[int, int], max_frames: int | None = None,
+    max_seconds: float | None = None, cue_height: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """All frames of one video as ``(T, H, W) uint8`` at ``size``, its labels or None, and
+    with ``cue_height`` each frame's motion cue (:class:`forecaster.flow.MotionCue`, made
+    from the full-size frame as the capture process makes it), else None.
 
     Labels come from the source (the synthetic scene); other sources give None. A
     ``synthetic:`` string is read unpaced; without ``frames=`` it gives ``max_frames`` or
@@ -133,6 +146,8 @@ def read_video(uri: str, size: tuple[int, int], max_frames: int | None = None,
     height, width = size
     images: list[np.ndarray] = []
     labels: list[int | None] = []
+    cue = None if cue_height is None else MotionCue(cue_height)
+    cues: list[float] = []
     with source:
         while (max_frames is None or len(images) < max_frames) and time.monotonic() < deadline:
             frame = source.read()
@@ -140,15 +155,18 @@ def read_video(uri: str, size: tuple[int, int], max_frames: int | None = None,
                 break
             images.append(to_gray_resized(frame.image, (height, width)))
             labels.append(frame.label)
+            if cue is not None:
+                cues.append(cue(frame.image))
     if not images:
         raise DataError(f"no frames read from {uri}")
     stack = np.stack(images)
     if isinstance(source, FolderSource) and source.skipped:
         log.warning("%d image(s) skipped in %s: frames no longer line up with labels counted "
                     "per image file", source.skipped, uri)
+    cue_array = None if cue is None else np.asarray(cues, dtype=np.float64)
     if any(label is None for label in labels):
-        return stack, None
-    return stack, np.asarray(labels, dtype=np.uint8)
+        return stack, None, cue_array
+    return stack, np.asarray(labels, dtype=np.uint8), cue_array
 
 
 def load_labels(path: str | Path) -> dict[str, np.ndarray]:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from forecaster.config import Config
-from forecaster.datasets import expand_videos, load_labels, read_video
+from forecaster.datasets import expand_videos, load_labels, read_video_cues
 from forecaster.errors import DataError
 from forecaster.flow import flow_scores
 from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
@@ -59,7 +59,7 @@ from forecaster.replay import (
     resolve_model,
     score_video,
 )
-from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR
+from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height
 
 log = logging.getLogger("forecaster.evaluate")
 
@@ -202,13 +202,13 @@ def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 # --- the command ---------------------------------------------------------------------------
 
 
-def _read(data: Sequence[str], labels_path: str | None, size: tuple[int, int]
-          ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _read(data: Sequence[str], labels_path: str | None, size: tuple[int, int],
+          cue_rows: int | None) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
     refs = expand_videos(list(data))
     labels = load_labels(labels_path) if labels_path else {}
     videos = []
     for ref in refs:
-        frames, own = read_video(ref.uri, size)
+        frames, own, cues = read_video_cues(ref.uri, size, cue_height=cue_rows)
         truth = labels.get(ref.name, own)
         if truth is None:
             raise DataError(
@@ -217,7 +217,7 @@ def _read(data: Sequence[str], labels_path: str | None, size: tuple[int, int]
             )
         if len(truth) != len(frames):
             raise label_mismatch(ref.name, len(frames), len(truth))
-        videos.append((ref.name, frames, np.asarray(truth, dtype=np.uint8)))
+        videos.append((ref.name, frames, np.asarray(truth, dtype=np.uint8), cues))
     return videos
 
 
@@ -248,14 +248,15 @@ def evaluate_command(
     size = (int(card.height), int(card.width))
     if out is not None:
         prepare_out_dir(Path(out), [Path(out) / name for name in RESULT_FILES], force=force)
-    raw_videos = _read(data, labels, size)  # before TensorFlow: bad data fails fast
+    # before TensorFlow: bad data fails fast
+    raw_videos = _read(data, labels, size, cue_height(cfg.scorer.mode, card.calibration))
     out_dir = Path(out) if out is not None else fresh_dir("eval", model_path.stem)
 
     loaded = load(model_path)
     engine = loaded.engine(cfg.scorer)
     videos: list[EvalVideo] = []
-    for index, (name, frames, truth) in enumerate(raw_videos):
-        scored = score_video(engine, loaded.stepper, f"video{index}", frames, chunk)
+    for index, (name, frames, truth, cues) in enumerate(raw_videos):
+        scored = score_video(engine, loaded.stepper, f"video{index}", frames, chunk, cues)
         seqs = np.asarray([s.seq for s in scored], dtype=np.int64)
         if len(seqs) == 0:
             log.warning("video %s: no frame scored (%d frames, window %d)", name, len(frames),
@@ -286,7 +287,7 @@ def evaluate_command(
         raise DataError(f"no video of {', '.join(data)} is longer than window={card.window} frames")
 
     scorer_mode = next(iter(engine.cameras.values())).scorer.mode
-    frames_total = sum(len(f) for _, f, _ in raw_videos)
+    frames_total = sum(len(video[1]) for video in raw_videos)
     evaluated = sum(len(v.seqs) for v in videos)
     left_out = frames_total - evaluated
     results = {m: {p: method_metrics(videos, m, p) for p in PROTOCOLS} for m in METHODS}
@@ -325,6 +326,12 @@ def evaluate_command(
 
 
 def _mode_note(mode: str, calibration: dict[str, Any]) -> str:
+    if mode == "fused":
+        fused = calibration["fused"]
+        error = "whole-frame" if fused["error"] == "global" else f"top-{fused['top_k']} window"
+        return (f" ({error} error x {fused['error_weight']:g} + motion cue at "
+                f"{fused['cue_height']} rows x {fused['flow_weight']:g}, smoothing "
+                f"{fused['smoothing']:g})")
     if mode != "patch":
         return " (whole-frame error)"
     patch = calibration["patch"]

@@ -40,11 +40,13 @@ import numpy as np
 from forecaster.config import Config, ScorerConfig
 from forecaster.datasets import DEFAULT_SYNTHETIC_FRAMES, VideoRef, expand_videos, load_labels
 from forecaster.errors import DataError, ModelError, SourceError
+from forecaster.flow import MotionCue
 from forecaster.metrics import roc_auc, undefined_reason
 from forecaster.model.artifact import ModelCard, bundled_model_path, read_card
 from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_gray_resized
 from forecaster.protocol import Event, Forecast, Score, Status
+from forecaster.scorer import cue_height
 from forecaster.sources import (
     SYNTHETIC_PREFIX,
     FileSource,
@@ -160,12 +162,14 @@ def feed_chunk(
     frames: np.ndarray,
     seqs: Sequence[int],
     stamps: Sequence[float],
+    cues: np.ndarray | None = None,
 ) -> ChunkResult:
-    """Feed one chunk; on non-finite output reset and re-prime from the chunk's last frames.
+    """Feed one chunk (with the frames' motion cues, when the scorer uses them); on
+    non-finite output reset and re-prime from the chunk's last frames.
 
     The re-prime mirrors the worker, which rebuilds the state from the frames in its ring.
     """
-    result = engine.process(camera, frames, seqs, stamps)
+    result = engine.process(camera, frames, seqs, stamps, cues)
     if not result.non_finite:
         predictions = None if stepper.last is None else stepper.last[0, :, :, :, 0]
         return ChunkResult(result.messages, predictions)
@@ -176,7 +180,8 @@ def feed_chunk(
     if end is not None:
         messages.append(end)
     tail = max(0, len(frames) - engine.window)
-    result = engine.process(camera, frames[tail:], seqs[tail:], stamps[tail:])
+    result = engine.process(camera, frames[tail:], seqs[tail:], stamps[tail:],
+                            None if cues is None else cues[tail:])
     if result.non_finite:
         engine.reset(camera)
         return ChunkResult(messages, None, reset=True)
@@ -190,15 +195,18 @@ def score_video(
     camera: str,
     frames: np.ndarray,
     chunk: int = DEFAULT_CHUNK,
+    cues: np.ndarray | None = None,
 ) -> list[Score]:
-    """Score all ``frames`` (T, H, W) uint8 of one video; one Score per scored frame."""
+    """Score all ``frames`` (T, H, W) uint8 of one video (with their motion cues, when the
+    scorer uses them); one Score per scored frame."""
     engine.add_camera(camera)
     scores: list[Score] = []
     stamps = np.zeros(len(frames))
     for start in range(0, len(frames), chunk):
         stop = min(start + chunk, len(frames))
         result = feed_chunk(engine, stepper, camera, frames[start:stop],
-                            range(start, stop), stamps[start:stop])
+                            range(start, stop), stamps[start:stop],
+                            None if cues is None else cues[start:stop])
         scores.extend(m for m in result.messages if isinstance(m, Score))
     return scores
 
@@ -524,10 +532,13 @@ class ReplayOptions:
     progress: bool = True
 
 
-def _frames(source: FrameSource, size: tuple[int, int]) -> Iterator[tuple[np.ndarray, float, int | None]]:
-    """(gray frame at the model size, capture time, label) until the end of the source."""
+def _frames(source: FrameSource, size: tuple[int, int], cue: MotionCue | None
+            ) -> Iterator[tuple[np.ndarray, float, float, int | None]]:
+    """(gray frame at the model size, capture time, motion cue, label) until the end of the
+    source; the cue as the capture process makes it (NaN without ``cue``)."""
     while (frame := source.read()) is not None:
-        yield to_gray_resized(frame.image, size), frame.ts, frame.label
+        value = math.nan if cue is None else cue(frame.image)
+        yield to_gray_resized(frame.image, size), frame.ts, value, frame.label
 
 
 class Replayer:
@@ -559,6 +570,9 @@ class Replayer:
         height, width = self.size
         frames = np.empty((chunk, height, width), np.uint8)
         stamps = np.empty(chunk, np.float64)
+        cues = np.empty(chunk, np.float64)
+        rows = cue_height(options.scorer.mode, self.model.card.calibration)
+        cue = None if rows is None else MotionCue(rows)
         preview: PreviewWriter | None = None
         previous: np.ndarray | None = None  # prediction of the next frame to come
         seq = 0
@@ -575,7 +589,7 @@ class Replayer:
             first = seq - count
             seqs = range(first, seq)
             chunk_result = feed_chunk(engine, self.model.stepper, camera, frames[:count],
-                                      seqs, stamps[:count])
+                                      seqs, stamps[:count], cues[:count])
             if chunk_result.reset:
                 result.state_resets += 1
             scores_by_seq: dict[int, list[Message]] = {}
@@ -627,7 +641,7 @@ class Replayer:
                        leave=False, mininterval=0.5)
             try:
                 pending = 0
-                for image, ts, label in _frames(source, self.size):
+                for image, ts, value, label in _frames(source, self.size, cue):
                     if pacer is not None:
                         wait = pacer.wait_time(time.monotonic())
                         if wait > 0:
@@ -640,6 +654,7 @@ class Replayer:
                         synthetic_labels.append(label)
                     frames[pending] = image
                     stamps[pending] = ts
+                    cues[pending] = value
                     pending += 1
                     seq += 1
                     if pending == chunk:

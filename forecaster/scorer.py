@@ -13,8 +13,13 @@ The score of frame t compares it with the prediction made from frame t-1. Always
   average. The score is that statistic standardised by its mean and spread on normal
   frames (``calibration["patch"]``), so both modes read "standard deviations above normal".
 
-``auto`` (the default) is ``patch`` when the calibration has a ``"patch"`` entry, else
-``global``. Everything is causal: a frame's result depends only on it and earlier frames.
+- ``fused``: the prediction error fused with a motion cue (dense optical flow at a size
+  above the model's), each smoothed and under one normalisation for the whole frame (see
+  :mod:`forecaster.fused`; ``calibration["fused"]``).
+
+``auto`` (the default) is ``fused`` when the calibration has a ``"fused"`` entry, else
+``patch`` when it has a ``"patch"`` one, else ``global``. Everything is causal: a frame's
+result depends only on it and earlier frames (and their cues).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from forecaster.calibration import MSE_FLOOR, PatchStatistic, parse_patch_calibration
+from forecaster.fused import FusedStatistic, parse_fused_calibration
 
 SIGMA_FLOOR = 1e-3
 
@@ -96,18 +102,29 @@ def _calibration_value(calibration: Mapping[str, Any], key: str) -> float:
     return number
 
 
-SCORER_MODES: tuple[str, ...] = ("auto", "global", "patch")
+SCORER_MODES: tuple[str, ...] = ("auto", "global", "patch", "fused")
+Mode = Literal["global", "patch", "fused"]
 
 
-def resolve_mode(mode: str, calibration: Mapping[str, Any]) -> Literal["global", "patch"]:
+def resolve_mode(mode: str, calibration: Mapping[str, Any]) -> Mode:
     """The mode a Scorer with ``mode`` uses for ``calibration`` (``auto`` picks)."""
     if mode not in SCORER_MODES:
         raise ValueError(f"scorer mode must be one of {', '.join(SCORER_MODES)}, got {mode!r}")
-    if mode == "global":
-        return "global"
-    if mode == "patch" or "patch" in calibration:
-        return "patch"
+    if mode != "auto":
+        return mode  # type: ignore[return-value]
+    for candidate in ("fused", "patch"):
+        if candidate in calibration:
+            return candidate  # type: ignore[return-value]
     return "global"
+
+
+def cue_height(mode: str, calibration: Mapping[str, Any]) -> int | None:
+    """Rows of the frames the motion cue is computed on for a scorer with ``mode`` and
+    ``calibration``; None when that scorer needs no cue."""
+    if resolve_mode(mode, calibration) != "fused":
+        return None
+    settings = parse_fused_calibration(calibration.get("fused")).settings
+    return settings.cue_height if settings.needs_cue else None
 
 
 class Scorer:
@@ -140,7 +157,17 @@ class Scorer:
     ) -> None:
         self.mode = resolve_mode(mode, calibration)
         self._patch: PatchStatistic | None = None
-        if self.mode == "patch":
+        self._fused: FusedStatistic | None = None
+        if self.mode == "fused":
+            if "fused" not in calibration:
+                raise ValueError(
+                    "scorer mode 'fused' needs calibration['fused'] in the model card; train "
+                    "the model again, or use mode 'auto'"
+                )
+            fused = parse_fused_calibration(calibration["fused"])
+            self._fused = FusedStatistic(fused)
+            mu, sigma = fused.score_mean, fused.score_std
+        elif self.mode == "patch":
             if "patch" not in calibration:
                 raise ValueError(
                     "scorer mode 'patch' needs a per-location calibration (calibration['patch'])"
@@ -206,10 +233,10 @@ class Scorer:
     def calibration(self) -> dict[str, float]:
         """The current (possibly adapted) calibration of the statistic.
 
-        Global mode: ``log_mse_mean`` and ``log_mse_std``; patch mode: ``score_mean`` and
-        ``score_std`` (the per-window grids never adapt).
+        Global mode: ``log_mse_mean`` and ``log_mse_std``; patch and fused modes:
+        ``score_mean`` and ``score_std`` (the terms' own statistics never adapt).
         """
-        if self.mode == "patch":
+        if self.mode != "global":
             return {"score_mean": self._mu, "score_std": math.sqrt(self._var)}
         return {"log_mse_mean": self._mu, "log_mse_std": math.sqrt(self._var)}
 
@@ -223,27 +250,33 @@ class Scorer:
         self._peak = -math.inf
         if self._patch is not None:
             self._patch.reset()
+        if self._fused is not None:
+            self._fused.reset()
 
     def score_mse(self, mse: float) -> ScoreResult:
         """Score a frame whose mean squared error is already known (global mode only)."""
         if self.mode != "global":
             raise ValueError(
-                "a scorer in patch mode needs the frames, not their mse: use score(predicted, "
-                "actual)"
+                f"a scorer in {self.mode} mode needs the frames, not their mse: use "
+                f"score(predicted, actual)"
             )
         log_mse = math.log(max(mse, MSE_FLOOR)) if not math.isnan(mse) else math.nan
         return self._judge(mse, log_mse)
 
-    def score(self, predicted: np.ndarray, actual: np.ndarray) -> ScoreResult:
+    def score(self, predicted: np.ndarray, actual: np.ndarray, cue: float = math.nan
+              ) -> ScoreResult:
         """Score ``actual`` (frame t) against ``predicted`` (made from frame t-1).
 
-        Both are float arrays in [0, 1] of the same shape, normally float32 (H, W).
+        Both are float arrays in [0, 1] of the same shape, normally float32 (H, W); ``cue``
+        is frame t's motion cue (fused mode; NaN: none).
         """
         _check_pair(predicted, actual)
         buffer = self._buffer
         if buffer is None or buffer.shape != predicted.shape:
             buffer = self._buffer = np.empty(predicted.shape, dtype=np.float32)
         mse = _mse(predicted, actual, buffer)  # leaves the squared errors in buffer
+        if self._fused is not None:
+            return self._judge(mse, self._fused(buffer, cue))
         if self._patch is None:
             return self.score_mse(mse)
         if predicted.ndim != 2:

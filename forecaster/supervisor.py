@@ -219,8 +219,11 @@ class Supervisor:
             warn_if_readable_by_others(config.publish.curve_secret_key)
         remove_stale_rings()
         from forecaster.model.artifact import read_card
+        from forecaster.scorer import cue_height
 
-        height, width = config.capture.size or read_card(model_path).size
+        card = read_card(model_path)
+        height, width = config.capture.size or card.size
+        cue_rows = cue_height(config.scorer.mode, card.calibration)  # checked: check_scorer
         ring_names = []
         for camera in config.cameras:
             name = ring_name(self.instance, camera.id)
@@ -253,6 +256,7 @@ class Supervisor:
                 max_frames=self.max_frames,
                 reconnect_max_s=config.capture.reconnect_max_s,
                 log_level=config.log_level,
+                cue_height=cue_rows,
             )
             for index, (camera, (_, name)) in enumerate(
                 zip(config.cameras, ring_names, strict=True)

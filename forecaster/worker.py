@@ -16,6 +16,7 @@ goes on from them (no frame published twice, drop counts kept).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import signal
 import time
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from forecaster.model.artifact import ModelCard
 
 Message = Forecast | Score | Event | Status
+#: one camera's frames for one model call: camera, frames (T, H, W) uint8, seqs, capture
+#: times, motion cues (None: no cue)
+Item = tuple[str, np.ndarray, Sequence[int], Sequence[float], Sequence[float] | None]
 
 #: uint8 pixel -> model input in [0, 1]
 _SCALE = np.float32(1.0 / 255.0)
@@ -186,26 +190,26 @@ class InferenceEngine:
         return self._episode_end(self.cameras[camera])
 
     def process(
-        self, camera: str, frames: np.ndarray, seqs: Sequence[int], stamps: Sequence[float]
+        self, camera: str, frames: np.ndarray, seqs: Sequence[int], stamps: Sequence[float],
+        cues: Sequence[float] | None = None,
     ) -> StepResult:
-        """Feed ``frames`` (T, H, W) uint8 of one camera in one model call.
+        """Feed ``frames`` (T, H, W) uint8 of one camera in one model call, with their
+        motion cues when the scorer uses them.
 
         Returns the score (and event) messages of every scored frame and the forecast
         made from the newest frame.
         """
-        return self.process_many([(camera, frames, seqs, stamps)])[0]
+        return self.process_many([(camera, frames, seqs, stamps, cues)])[0]
 
-    def process_many(
-        self, items: Sequence[tuple[str, np.ndarray, Sequence[int], Sequence[float]]]
-    ) -> list[StepResult]:
+    def process_many(self, items: Sequence[Item]) -> list[StepResult]:
         """Feed several cameras the same number of frames in ONE model call.
 
         Each camera's state is a row of the batch; ``items`` holds
-        ``(camera, frames (T, H, W) uint8, seqs, stamps)`` with one T for all. The result
-        of each camera equals what :meth:`process` gives for it alone.
+        ``(camera, frames (T, H, W) uint8, seqs, stamps, cues or None)`` with one T for all.
+        The result of each camera equals what :meth:`process` gives for it alone.
         """
-        cams = [self.cameras[camera] for camera, _, _, _ in items]
-        counts = {frames.shape[0] for _, frames, _, _ in items}
+        cams = [self.cameras[item[0]] for item in items]
+        counts = {item[1].shape[0] for item in items}
         if len(counts) != 1:
             raise ValueError(f"process_many needs one frame count for all cameras, got {counts}")
         for cam in cams:
@@ -215,8 +219,8 @@ class InferenceEngine:
         # batch size, so a few sizes (compiled at start-up) serve any camera count.
         rows = 1 if len(items) == 1 else padded_batch(len(items))
         inputs = self._inputs(rows, *items[0][1].shape)
-        for row, (_, frames, _, _) in enumerate(items):
-            np.multiply(frames, _SCALE, out=inputs[row, :, :, :, 0])
+        for row, item in enumerate(items):
+            np.multiply(item[1], _SCALE, out=inputs[row, :, :, :, 0])
         if len(items) == 1:
             state = cams[0].state
         else:
@@ -228,13 +232,13 @@ class InferenceEngine:
             ]
         predictions, new_state = self.stepper.run(inputs, state)
         results = []
-        for row, (cam, (_, _, seqs, stamps)) in enumerate(zip(cams, items, strict=True)):
+        for row, (cam, (_, _, seqs, stamps, cues)) in enumerate(zip(cams, items, strict=True)):
             rows = predictions[row, :, :, :, 0]
             if not np.isfinite(rows).all():
                 results.append(StepResult(non_finite=True))
                 continue
             cam.state = [array[row : row + 1] for array in new_state]
-            results.append(self._score(cam, rows, inputs[row, :, :, :, 0], seqs, stamps))
+            results.append(self._score(cam, rows, inputs[row, :, :, :, 0], seqs, stamps, cues))
         return results
 
     def _score(
@@ -244,6 +248,7 @@ class InferenceEngine:
         actual: np.ndarray,
         seqs: Sequence[int],
         stamps: Sequence[float],
+        cues: Sequence[float] | None,
     ) -> StepResult:
         """Score each fed frame against the prediction made from the one before it."""
         camera = cam.camera
@@ -253,7 +258,8 @@ class InferenceEngine:
             seq = int(seqs[index])
             ts = float(stamps[index])
             if cam.prediction is not None and cam.context >= self.window:
-                scored = cam.scorer.score(cam.prediction, actual[index])
+                cue = math.nan if cues is None else float(cues[index])
+                scored = cam.scorer.score(cam.prediction, actual[index], cue)
                 if cam.fit.add(scored.score):
                     result.fit_decided = True
                 result.messages.append(
@@ -333,9 +339,10 @@ class _Feed:
     synced_processed: int = 0
     synced_resets: int = 0
     non_finite_logged: bool = False
-    #: frames read from the ring for the next model call, and their time stamps
+    #: frames read from the ring for the next model call, their time stamps and cues
     frames: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0), np.uint8))
     stamps: np.ndarray = field(default_factory=lambda: np.empty((0,), np.float64))
+    cues: np.ndarray = field(default_factory=lambda: np.empty((0,), np.float64))
     #: seqs first..last of the frames waiting in ``frames`` (count = last - first + 1)
     first: int = 0
     last: int = -1
@@ -370,6 +377,7 @@ class Worker:
             ring = feed.ring
             feed.frames = np.empty((ring.slots, ring.height, ring.width), dtype=np.uint8)
             feed.stamps = np.empty((ring.slots,), dtype=np.float64)
+            feed.cues = np.empty((ring.slots,), dtype=np.float64)
         self._last_status = time.monotonic()
         for index, feed in enumerate(feeds):
             feed.index = index
@@ -422,7 +430,8 @@ class Worker:
         count = latest - first + 1
         began = time.perf_counter()
         result = self.engine.process(
-            feed.camera, feed.frames[:count], range(first, latest + 1), feed.stamps[:count]
+            feed.camera, feed.frames[:count], range(first, latest + 1), feed.stamps[:count],
+            feed.cues[:count]
         )
         self.health.observe_inference(time.perf_counter() - began)
         return result
@@ -436,7 +445,8 @@ class Worker:
             began = time.perf_counter()
             results = self.engine.process_many(
                 [
-                    (f.camera, f.frames[:count], range(f.first, f.last + 1), f.stamps[:count])
+                    (f.camera, f.frames[:count], range(f.first, f.last + 1), f.stamps[:count],
+                     f.cues[:count])
                     for f in group
                 ]
             )
@@ -469,7 +479,7 @@ class Worker:
             first = max(0, latest - ring.slots + 1, floor)
             if latest < max(first, feed.need):
                 return  # nothing new of this epoch yet
-            if ring.read(first, latest, feed.frames, feed.stamps):
+            if ring.read(first, latest, feed.frames, feed.stamps, feed.cues):
                 break
         else:
             self.log.warning("camera %s: ring overwritten while re-priming", feed.camera)
@@ -529,7 +539,7 @@ class Worker:
         if latest < first:
             return False
         if latest - first + 1 > feed.ring.slots or not feed.ring.read(
-            first, latest, feed.frames, feed.stamps
+            first, latest, feed.frames, feed.stamps, feed.cues
         ):
             self._prime(feed, stats)
             return False

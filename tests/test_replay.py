@@ -27,12 +27,13 @@ SIZE = 32
 CLIP = "synthetic:?frames=100&seed=1&anomaly_rate=0.05&width=64&height=48"
 
 
-def make_tiny_model(path: Path, *, perturb: bool = True) -> Path:
+def make_tiny_model(path: Path, *, perturb: bool = True, fused: bool = False) -> Path:
     """A small untrained model with a calibration, saved to ``path``.
 
     Untouched, the model predicts "the next frame equals this one" (its output layer starts
     at zero); ``perturb`` gives that layer random weights, so predictions depend on the
-    carried state.
+    carried state. ``fused`` adds a (made-up) calibration of the fused mode, with a motion
+    cue at 48 rows.
     """
     import keras
 
@@ -53,6 +54,13 @@ def make_tiny_model(path: Path, *, perturb: bool = True) -> Path:
         window=10,
         calibration={"log_mse_mean": -7.0, "log_mse_std": 0.5, "frames": 100},
     )
+    if fused:
+        from forecaster.fused import FusedSettings
+
+        card.calibration["fused"] = {
+            **FusedSettings(error="worst", cue_height=48).as_dict(), "height": SIZE,
+            "width": SIZE, "frames": 100, "score_mean": 0.5, "score_std": 1.5,
+            "terms": {"error": {"mean": -7.0, "std": 0.5}, "flow": {"mean": -2.0, "std": 1.0}}}
     save_model(model, path, card)
     return path
 
@@ -60,6 +68,11 @@ def make_tiny_model(path: Path, *, perturb: bool = True) -> Path:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.keras")
+
+
+@pytest.fixture(scope="module")
+def tiny_fused_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "fused.keras", fused=True)
 
 
 def env() -> dict[str, str]:
@@ -296,7 +309,12 @@ def test_default_out_is_a_new_folder_in_the_user_cache(
 
 
 @pytest.mark.timeout(180)
-def test_live_scores_equal_replay_scores(tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", ["tiny_model", "tiny_fused_model"])
+def test_live_scores_equal_replay_scores(which: str, request: pytest.FixtureRequest,
+                                         tmp_path: Path) -> None:
+    """The fused mode's motion cue is made by the capture process live and by replay
+    offline: the scores agree all the same."""
+    tiny_model = request.getfixturevalue(which)
     frames = 60
     video = write_avi(tmp_path / "clip.avi", frames)
     endpoint = f"tcp://127.0.0.1:{free_port()}"

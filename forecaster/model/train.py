@@ -23,6 +23,7 @@ import numpy as np
 
 from forecaster.calibration import PatchSettings, patch_calibration
 from forecaster.errors import DataError, UsageError
+from forecaster.fused import DEFAULT_FUSED, FusedSettings, fused_calibration
 from forecaster.model import (
     DEFAULT_ARCH,
     DEFAULT_EPOCHS,
@@ -71,6 +72,8 @@ class Video:
     name: str
     frames: np.ndarray
     labels: np.ndarray | None = None
+    #: each frame's motion cue (:class:`forecaster.flow.MotionCue`), when read with one
+    cues: np.ndarray | None = None
 
     def normal(self) -> np.ndarray:
         """Boolean mask of the frames known or assumed normal."""
@@ -81,17 +84,19 @@ class Video:
 
 def load_videos(
     data: Sequence[str], size: tuple[int, int], max_frames: int | None,
-    record_seconds: float | None = None,
+    record_seconds: float | None = None, cue_height: int | None = DEFAULT_FUSED.cue_height,
 ) -> list[Video]:
     """Read every video named by ``data`` (paths, data sets, synthetic: strings; with
-    ``record_seconds`` also cameras and streams, recorded for that long)."""
-    from forecaster.datasets import expand_videos, read_video
+    ``record_seconds`` also cameras and streams, recorded for that long), with each frame's
+    motion cue at ``cue_height`` rows (None: without)."""
+    from forecaster.datasets import expand_videos, read_video_cues
 
     videos = []
     for ref in expand_videos(list(data), live=record_seconds is not None):
-        frames, labels = read_video(ref.uri, size, max_frames, record_seconds)
+        frames, labels, cues = read_video_cues(ref.uri, size, max_frames, record_seconds,
+                                               cue_height)
         log.info("read %s: %d frames", ref.name, len(frames))
-        videos.append(Video(ref.name, np.asarray(frames, dtype=np.uint8), labels))
+        videos.append(Video(ref.name, np.asarray(frames, dtype=np.uint8), labels, cues))
     return videos
 
 
@@ -178,8 +183,12 @@ def calibrate(
     window: int,
     patch: PatchSettings | None = None,
     motion_videos: Sequence[Video] | None = None,
+    fused: FusedSettings | None = DEFAULT_FUSED,
 ) -> dict[str, Any]:
     """The scorer's calibration from normal frames with at least ``window`` frames of context.
+
+    ``"fused"`` (with ``fused`` settings; the videos' motion cues are needed when its flow
+    term has a weight): :func:`forecaster.fused.fused_calibration` on the same frames.
 
     Global: mean and spread of ln(mse). ``"patch"``: the statistics of the scorer's patch
     mode (:func:`forecaster.calibration.patch_calibration`, settings ``patch``, default
@@ -190,7 +199,7 @@ def calibrate(
     a few videos give a too narrow picture of where people walk).
     """
     logs, models, copies = [], [], []
-    scored_maps, scored_frames, scored_normal = [], [], []
+    scored_maps, scored_frames, scored_normal, scored_cues = [], [], [], []
     for video in videos:
         maps, copy_mse = error_maps(stepper, video)
         model_mse = maps.reshape(len(maps), -1).mean(axis=1, dtype=np.float64)
@@ -205,6 +214,7 @@ def calibrate(
             scored_maps.append(maps[first:])
             scored_frames.append(to_unit(video.frames[first + 1 :])[..., 0])
             scored_normal.append(keep[first:])
+            scored_cues.append(None if video.cues is None else video.cues[first + 1 :])
     log_mse = np.concatenate(logs) if logs else np.empty(0)
     if len(log_mse) < 2:
         raise DataError(
@@ -223,6 +233,15 @@ def calibrate(
                                          motion_normal=motion_normal)
     except ValueError as error:
         raise DataError(f"per-location calibration: {error}") from None
+    extra: dict[str, Any] = {}
+    if fused is not None:
+        cues = None if any(c is None for c in scored_cues) else scored_cues
+        if fused.needs_cue and cues is None:
+            raise DataError("fused calibration: the videos were read without motion cues")
+        try:
+            extra["fused"] = fused_calibration(scored_maps, cues, fused, normal=scored_normal)
+        except ValueError as error:
+            raise DataError(f"fused calibration: {error}") from None
     return {
         "log_mse_mean": float(np.mean(log_mse)),
         "log_mse_std": float(np.std(log_mse, ddof=1)),
@@ -231,6 +250,7 @@ def calibrate(
         "copy_last_mse_mean": float(np.mean(np.concatenate(copies))),
         "videos": [v.name for v in videos],
         "patch": {**per_location, "motion_videos": [v.name for v in motion_videos or videos]},
+        **extra,
     }
 
 
@@ -268,7 +288,7 @@ def recalibrate(
         videos = load_videos(data, card.size, None)
     motion_videos = None
     if motion_data is not None:
-        motion_videos = load_videos(motion_data, card.size, training.get("max_frames"))
+        motion_videos = load_videos(motion_data, card.size, training.get("max_frames"), cue_height=None)
     calibration = calibrate(make_runner(model), videos, card.window, patch,  # type: ignore[arg-type]
                             motion_videos)
     card.calibration = calibration

@@ -1,0 +1,128 @@
+"""The fused scorer mode: its calibration agrees with the scorer frame by frame, the motion
+cue measures speed, and a card that cannot serve the mode is refused."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from forecaster.flow import MotionCue, cue_size, flow_scores
+from forecaster.fused import FusedSettings, fused_calibration, parse_fused_calibration
+from forecaster.scorer import Scorer, cue_height, resolve_mode
+
+
+def _videos(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(predicted, actual, cues) of two short videos of 32x32 frames in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for length in (40, 55):
+        actual = rng.random((length, 32, 32), dtype=np.float32)
+        noise = rng.normal(0, 0.05, actual.shape).astype(np.float32)
+        predicted = np.clip(actual + noise * rng.random((length, 1, 1)), 0, 1).astype(np.float32)
+        cues = rng.gamma(2.0, 0.5, length)
+        cues[0] = math.nan  # the first frame of a stream has no cue
+        out.append((predicted, actual, cues))
+    return out
+
+
+@pytest.mark.parametrize("settings", [
+    FusedSettings(),
+    FusedSettings(error="worst", top_k=3, smoothing=0.5, flow_weight=2.0),
+    FusedSettings(smoothing=0.0, flow_weight=0.0),
+    FusedSettings(error_weight=0.0, flow_weight=1.0, smoothing=0.85),
+])
+def test_scorer_reads_about_0_plus_minus_1_on_its_calibration_frames(
+        settings: FusedSettings) -> None:
+    videos = _videos()
+    entry = fused_calibration([np.square(p - a) for p, a, _ in videos],
+                              [c for _, _, c in videos], settings)
+    scorer = Scorer({"fused": entry})
+    assert scorer.mode == "fused"
+    scores = []
+    for predicted, actual, cues in videos:
+        scorer.reset()  # a new stream: the moving averages start afresh, as in calibration
+        scores += [scorer.score(p, a, float(c)).score for p, a, c in
+                   zip(predicted, actual, cues, strict=True)]
+    # the calibration measured exactly the statistic the scorer computes, frame by frame
+    assert abs(np.mean(scores)) < 1e-4 and abs(np.std(scores, ddof=1) - 1.0) < 1e-4
+
+
+def test_flow_term_follows_the_cue_and_a_missing_cue_changes_nothing() -> None:
+    videos = _videos(1)
+    settings = FusedSettings(error_weight=0.0, smoothing=0.0)
+    entry = fused_calibration([np.square(p - a) for p, a, _ in videos],
+                              [c for _, _, c in videos], settings)
+    scorer = Scorer({"fused": entry}, threshold_on=100.0, threshold_off=50.0)
+    frame = np.full((32, 32), 0.5, np.float32)
+    assert scorer.score(frame, frame, math.nan).score == pytest.approx(
+        -entry["score_mean"] / entry["score_std"])  # no cue yet: the term is 0
+    slow = scorer.score(frame, frame, 0.1).score
+    held = scorer.score(frame, frame, math.nan).score  # no cue: the average holds
+    fast = scorer.score(frame, frame, 5.0).score
+    assert held == pytest.approx(slow) and fast > slow + 1.0
+
+
+def test_auto_prefers_fused_and_cue_height_follows_the_mode() -> None:
+    videos = _videos()
+    entry = fused_calibration([np.square(p - a) for p, a, _ in videos],
+                              [c for _, _, c in videos], FusedSettings(cue_height=96))
+    calibration = {"log_mse_mean": -5.0, "log_mse_std": 1.0, "frames": 10, "fused": entry}
+    assert resolve_mode("auto", calibration) == "fused"
+    assert cue_height("auto", calibration) == 96
+    assert cue_height("global", calibration) is None
+    no_flow = {**calibration, "fused": {**entry, "flow_weight": 0.0}}
+    assert cue_height("auto", no_flow) is None  # no flow term: capture makes no cue
+    assert resolve_mode("auto", {"log_mse_mean": -5.0, "log_mse_std": 1.0}) == "global"
+    with pytest.raises(ValueError, match="mode 'fused' needs calibration"):
+        Scorer({"log_mse_mean": -5.0, "log_mse_std": 1.0}, mode="fused")
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"top_k": 2.5}, "top_k"),
+    ({"error": "median"}, "error"),
+    ({"smoothing": 1.0}, "smoothing"),
+    ({"cue_height": 4}, "cue_height"),
+    ({"score_std": "x"}, "score_std"),
+    ({"terms": {"error": {"mean": 0.0, "std": 1.0}}}, "flow"),
+])
+def test_junk_in_the_card_is_refused_naming_the_field(change: dict, named: str) -> None:
+    videos = _videos()
+    entry = fused_calibration([np.square(p - a) for p, a, _ in videos],
+                              [c for _, _, c in videos], FusedSettings())
+    with pytest.raises(ValueError, match=named):
+        parse_fused_calibration({**entry, **change})
+
+
+def _moving_square(speed: int, size: tuple[int, int] = (240, 360), frames: int = 12
+                   ) -> list[np.ndarray]:
+    out = []
+    for t in range(frames):
+        image = np.full(size, 90, np.uint8)
+        x = 20 + speed * t
+        cv2.rectangle(image, (x, 100), (x + 30, 150), 220, -1)
+        out.append(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
+    return out
+
+
+def test_motion_cue_measures_speed_at_its_own_size() -> None:
+    assert cue_size(240, 360, 120) == (120, 180)  # aspect ratio kept
+    assert cue_size(48, 64, 120) == (48, 64)  # never upscaled
+    cue = MotionCue(120)
+    values = [cue(image) for image in _moving_square(4)]
+    assert math.isnan(values[0]) and all(v > 0 for v in values[1:])
+    fast = MotionCue(120)
+    faster = [fast(image) for image in _moving_square(16)]
+    assert np.median(faster[2:]) > 2.5 * np.median(values[2:])
+    still = MotionCue(120)
+    frame = _moving_square(0)[0]
+    assert still(frame) != still(frame) and still(frame) < 0.05  # NaN, then about 0
+
+
+def test_flow_baseline_is_causal() -> None:
+    frames = np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in _moving_square(6)])
+    full = flow_scores(frames)
+    assert math.isnan(full[0])
+    np.testing.assert_allclose(flow_scores(frames[:7])[1:], full[1:7])
