@@ -174,14 +174,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: ``[scorer] mode`` of every daemon a benchmark starts (``forecaster bench --scorer-mode``)
+SCORER_MODE = {"mode": "auto"}
+
+
 def _daemon_config(
     path: Path, endpoint: str, cameras: dict[str, str], metrics_port: int | None = None
 ) -> Path:
     """Write a daemon config for a benchmark run: quiet logs, the publisher on
-    ``endpoint`` with a deep send queue, a long start-up allowance, ``cameras`` (id ->
-    source) and, with ``metrics_port``, the Prometheus endpoint."""
+    ``endpoint`` with a deep send queue, a long start-up allowance, the benchmark's scorer
+    mode, ``cameras`` (id -> source) and, with ``metrics_port``, the Prometheus endpoint."""
     lines = ['log_level = "warning"', "[publish]", f'endpoint = "{endpoint}"', "sndhwm = 100000",
-             "[worker]", "startup_timeout_s = 600.0"]
+             "[worker]", "startup_timeout_s = 600.0", "[scorer]",
+             f'mode = "{SCORER_MODE["mode"]}"']
     if metrics_port is not None:
         lines += ["[metrics]", "enabled = true", f"port = {metrics_port}"]
     for camera, source in cameras.items():
@@ -573,12 +578,14 @@ def run_bench(
     cameras: list[int] | None = None,
     camera_seconds: float = 30.0,
     soak_ticks: int | None = None,
+    scorer_mode: str = "auto",
 ) -> dict[str, Any]:
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.model.builders import SPECS
 
     import_tensorflow_quietly()
-    report: dict[str, Any] = {"machine": machine()}
+    SCORER_MODE["mode"] = scorer_mode
+    report: dict[str, Any] = {"machine": machine(), "scorer_mode": scorer_mode}
     report["peak_gflops"] = measure_peak_gflops()
     report["archs"] = []
     for arch in list(SPECS) if archs is None else archs:

@@ -171,6 +171,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from forecaster.logs import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from forecaster.bench import format_report, run_bench
 
     video = Path(args.video) if args.video else None
@@ -188,6 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cameras=args.cameras or None,
         camera_seconds=args.camera_seconds,
         soak_ticks=args.soak_ticks,
+        scorer_mode=args.scorer_mode,
     )
     print(format_report(report))
     if args.out:
@@ -208,6 +212,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from forecaster.outputs import cache_dir
+    from forecaster.scorer import SCORER_MODES
 
     cache = cache_dir()  # where default outputs go, named in --help as they are written
     parser = argparse.ArgumentParser(
@@ -342,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--soak-ticks", type=_positive_int, metavar="N",
                        help="run the daemon for N frames and report the slope of its resident "
                             "memory (e.g. 100000)")
+    bench.add_argument("--scorer-mode", default="auto", choices=SCORER_MODES,
+                       help="[scorer] mode of the daemons it runs (default auto: the fused "
+                       "mode, whose motion cue each capture process computes; global: none)")
     bench.add_argument("--skip-archs", action="store_true",
                        help="skip the per-architecture step and window timings")
     bench.add_argument("--out", help="write the results as JSON here")

@@ -390,12 +390,15 @@ def test_card_that_does_not_fit_the_scorer_settings_exit_2_before_any_child(
     tmp_path: Path,
 ) -> None:
     calibration = read_card(bundled_model_path()).calibration
-    junk = {**calibration, "patch": {"patch": 8, "stride": 4, "top_k": "many", "smoothing": 0.5}}
+    junk = {**calibration, "fused": {**calibration["fused"], "top_k": "many"}}
+    # a card of an older version: the whole-frame calibration only
+    old = {k: calibration[k] for k in ("log_mse_mean", "log_mse_std", "frames")}
     cases = [
         # (model, [scorer] settings, what the line must say)
-        (bundled_model_path(), 'mode = "patch"', "needs a per-location calibration"),
+        (_forged_model(tmp_path / "old.keras", calibration=old), 'mode = "fused"',
+         "needs calibration['fused']"),
         (_forged_model(tmp_path / "junk.keras", calibration=junk), "",
-         "['top_k'] must be an integer, got 'many'"),
+         "top_k must be an integer >= 1, got 'many'"),
         (_forged_model(tmp_path / "window.keras", window=10**9), "",
          "card field 'window' must be 2 to 1000, got 1000000000"),
     ]
@@ -413,5 +416,5 @@ def test_card_that_does_not_fit_the_scorer_settings_exit_2_before_any_child(
             line = _one_error_line(_run_cli(command, tmp_path))
             assert str(model) in line and expected in line, (command, line)
             if scorer:
-                assert "scorer.mode = 'patch'" in line, line
+                assert "scorer.mode = 'fused'" in line, line
     assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()

@@ -117,3 +117,28 @@ def test_daemon_takes_the_frame_size_from_the_model_card(tmp_path: Path) -> None
         msg = wait_for(lambda: sub.recv(timeout=0.2), 90, "a forecast")
         assert daemon.stop() == 0
     assert isinstance(msg, Forecast) and msg.frame.shape == (SIZE, SIZE)
+
+
+def test_train_records_minutes_of_a_live_stream_and_trains_on_them(tmp_path: Path) -> None:
+    from forecaster.model.artifact import read_card
+    from tests.mjpeg_server import MJPEGServer
+
+    out = tmp_path / "cam.keras"
+    with MJPEGServer(fps=25, lifetime_s=120) as server:
+        result = subprocess.run(
+            [sys.executable, "-m", "forecaster", "train", server.url, "--minutes", "0.1",
+             "--out", str(out), "--epochs", "1", "--size", "32x32"],
+            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=200)
+    assert result.returncode == 0, result.stderr
+    card = read_card(out)
+    frames = card.training["frames"]
+    assert 60 <= frames <= 6.0 * 25 + 5  # about 6 s of a 25 fps stream
+    assert card.training["record_minutes"] == 0.1
+    assert card.training["data"] == [server.url]
+    assert "fused" in card.calibration  # its cues were made while recording
+    # without --minutes a live source is refused with the remedy
+    line = [x for x in subprocess.run(
+        [sys.executable, "-m", "forecaster", "train", "rtsp://127.0.0.1:9/x", "--out",
+         str(tmp_path / "x.keras")], cwd=tmp_path, env=env(), capture_output=True, text=True,
+        timeout=60).stderr.splitlines() if "error" in x.lower()]
+    assert len(line) == 1 and "--minutes" in line[0]

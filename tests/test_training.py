@@ -204,3 +204,17 @@ def test_train_command_is_quiet_and_keeps_its_folders_out_of_the_model_folder(
     kept = user_cache / "forecaster" / "train" / tmp_path.relative_to(tmp_path.anchor)
     assert (kept / "m.checkpoints" / "last.keras").is_file()
     assert f"checkpoints in {kept / 'm.checkpoints'}" in result.stderr
+
+
+def test_bench_is_quiet_too(tmp_path: Path) -> None:
+    """``forecaster bench`` imports TensorFlow itself: none of its native start-up lines."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "forecaster", "bench", "--skip-archs"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "measured peak" in result.stdout
+    noise = [line for line in result.stderr.splitlines()
+             if any(word in line for word in ("cuInit", "oneDNN", "absl", "cudart", "cuda_"))]
+    assert noise == [], result.stderr
