@@ -348,8 +348,10 @@ class PatchStatistic:
         z = (logs - cal.grid_mean) / cal.grid_std
         return (float(top_k_mean(z, self.settings.top_k)) - cal.mean) / cal.std
 
-    def __call__(self, squared_errors: np.ndarray, actual: np.ndarray) -> float:
-        """The statistic of a frame: its squared error map and the frame itself (H, W)."""
+    def __call__(self, squared_errors: np.ndarray, actual: np.ndarray,
+                 cue: float = math.nan) -> float:
+        """The statistic of a frame: its squared error map and the frame itself (H, W); the
+        motion cue is not used (the motion term is measured on the frames)."""
         cal = self.calibration
         if squared_errors.shape != (cal.height, cal.width):
             raise ValueError(

@@ -203,7 +203,9 @@ class FusedStatistic:
         self._averages[term] = value
         return value
 
-    def __call__(self, squared_errors: np.ndarray, cue: float) -> float:
+    def __call__(self, squared_errors: np.ndarray, actual: np.ndarray, cue: float) -> float:
+        """The statistic of a frame: its squared error map (H, W), the frame itself (not
+        used: the cue stands for the motion) and its motion cue (NaN: none)."""
         cal, settings = self.calibration, self.settings
         if squared_errors.shape != (cal.height, cal.width):
             raise ValueError(f"frames of shape {squared_errors.shape} scored with a fused "

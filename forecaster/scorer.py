@@ -156,26 +156,22 @@ class Scorer:
         adapt_rate: float = 0.0,
     ) -> None:
         self.mode = resolve_mode(mode, calibration)
-        self._patch: PatchStatistic | None = None
-        self._fused: FusedStatistic | None = None
-        if self.mode == "fused":
-            if "fused" not in calibration:
+        #: the statistic of the patch and fused modes (None: global, ln(mse))
+        self._statistic: PatchStatistic | FusedStatistic | None = None
+        if self.mode != "global":
+            if self.mode not in calibration:
                 raise ValueError(
-                    "scorer mode 'fused' needs calibration['fused'] in the model card; train "
-                    "the model again, or use mode 'auto'"
+                    f"scorer mode {self.mode!r} needs calibration[{self.mode!r}] in the model "
+                    f"card; calibrate the model again (forecaster train), or use mode 'auto'"
                 )
-            fused = parse_fused_calibration(calibration["fused"])
-            self._fused = FusedStatistic(fused)
-            mu, sigma = fused.score_mean, fused.score_std
-        elif self.mode == "patch":
-            if "patch" not in calibration:
-                raise ValueError(
-                    "scorer mode 'patch' needs a per-location calibration (calibration['patch'])"
-                    " in the model card; recalibrate the model, or use mode 'global' or 'auto'"
-                )
-            patch = parse_patch_calibration(calibration["patch"])
-            self._patch = PatchStatistic(patch)
-            mu, sigma = patch.score_mean, patch.score_std
+            if self.mode == "fused":
+                fused = parse_fused_calibration(calibration["fused"])
+                self._statistic = FusedStatistic(fused)
+                mu, sigma = fused.score_mean, fused.score_std
+            else:
+                patch = parse_patch_calibration(calibration["patch"])
+                self._statistic = PatchStatistic(patch)
+                mu, sigma = patch.score_mean, patch.score_std
         else:
             mu = _calibration_value(calibration, "log_mse_mean")
             sigma = _calibration_value(calibration, "log_mse_std")
@@ -248,10 +244,8 @@ class Scorer:
         self._off_count = 0
         self._run_peak = -math.inf
         self._peak = -math.inf
-        if self._patch is not None:
-            self._patch.reset()
-        if self._fused is not None:
-            self._fused.reset()
+        if self._statistic is not None:
+            self._statistic.reset()
 
     def score_mse(self, mse: float) -> ScoreResult:
         """Score a frame whose mean squared error is already known (global mode only)."""
@@ -275,13 +269,12 @@ class Scorer:
         if buffer is None or buffer.shape != predicted.shape:
             buffer = self._buffer = np.empty(predicted.shape, dtype=np.float32)
         mse = _mse(predicted, actual, buffer)  # leaves the squared errors in buffer
-        if self._fused is not None:
-            return self._judge(mse, self._fused(buffer, cue))
-        if self._patch is None:
+        if self._statistic is None:
             return self.score_mse(mse)
         if predicted.ndim != 2:
-            raise ValueError(f"patch mode scores (H, W) frames, got shape {predicted.shape}")
-        return self._judge(mse, self._patch(buffer, actual))
+            raise ValueError(f"{self.mode} mode scores (H, W) frames, got shape "
+                             f"{predicted.shape}")
+        return self._judge(mse, self._statistic(buffer, actual, cue))
 
     def _judge(self, mse: float, statistic: float) -> ScoreResult:
         psnr = psnr_from_mse(mse)

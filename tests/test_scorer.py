@@ -252,7 +252,7 @@ def test_mode_auto_picks_patch_when_the_card_has_it() -> None:
     assert Scorer(calibration).mode == "patch"
     assert Scorer(calibration, mode="global").mode == "global"
     assert Scorer(UNIT).mode == "global"
-    with pytest.raises(ValueError, match=r"needs a per-location calibration"):
+    with pytest.raises(ValueError, match=r"needs calibration\['patch'\]"):
         Scorer(UNIT, mode="patch")
     with pytest.raises(ValueError, match="scorer mode must be one of auto, global, patch"):
         Scorer(calibration, mode="local")
