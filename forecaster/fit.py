@@ -1,17 +1,20 @@
 """Does the model fit the camera? The first scores of a camera against the calibration.
 
-A model's score is calibrated on normal footage of the scenes it was trained on: about 0
-there, "standard deviations above normal" elsewhere. On a camera whose scene the model has
-never seen (another place, another light, another lens) nearly every frame scores high, and
-the anomaly flag stays on for good. That is not an anomaly but a misfit, and the remedy is
-a model trained on that camera's footage.
+A model is calibrated on normal footage of the scenes it was trained on: there its
+prediction error is about its calibration mean. On a camera whose scene the model has
+never seen (another place, another light, another lens) it predicts badly on nearly every
+frame, the scores stay high and the anomaly flag stays on for good. That is not an anomaly
+but a misfit, and the remedy is a model trained on that camera's footage.
 
-:class:`FitCheck` collects a camera's first :data:`FIT_FRAMES` scores and compares their
-median with ``threshold_off`` (the score under which an anomaly episode ends): a median at
-or above it means that most of those frames would hold an episode open, so the model does
-not fit. A short video (replay) is judged at its end on what it had, from
-:data:`MIN_FIT_FRAMES` scores on. The median ignores a few anomalous frames; footage that is
-anomalous from start to end looks like a misfit too, which the message says.
+:class:`FitCheck` takes the whole-frame prediction error of a camera's first
+:data:`FIT_FRAMES` scored frames in standard deviations of the model's calibration
+(``(ln mse - log_mse_mean) / log_mse_std``, the global score, whatever the scorer's mode)
+and compares their median with ``threshold_off`` (the score under which an anomaly episode
+ends): at or above it, most of those frames are predicted as badly as anomalies are, so the
+model does not fit. The motion cue plays no part: a busy scene is no misfit. A short video
+(replay) is judged at its end on what it had, from :data:`MIN_FIT_FRAMES` frames on. The
+median ignores a few anomalous frames; footage that is anomalous from start to end looks
+like a misfit too, which the message says.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import math
 from typing import Literal
 
 import numpy as np
+
+from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR
 
 #: scored frames a verdict is made on (a minute at 10 fps)
 FIT_FRAMES = 600
@@ -30,10 +35,14 @@ Fit = Literal["checking", "ok", "misfit"]
 
 
 class FitCheck:
-    """The model-fit verdict of one camera, from its first scores."""
+    """The model-fit verdict of one camera, from the prediction error of its first frames
+    against the calibration's ``log_mse_mean`` and ``log_mse_std``."""
 
-    def __init__(self, threshold_off: float, frames: int = FIT_FRAMES) -> None:
+    def __init__(self, threshold_off: float, log_mse_mean: float, log_mse_std: float,
+                 frames: int = FIT_FRAMES) -> None:
         self.threshold_off = float(threshold_off)
+        self.mu = float(log_mse_mean)
+        self.sigma = max(float(log_mse_std), SIGMA_FLOOR)
         self.frames = frames
         self._scores: list[float] = []
         self.verdict: Fit = "checking"
@@ -41,11 +50,11 @@ class FitCheck:
         #: scores the verdict was made on
         self.decided_on = 0
 
-    def add(self, score: float) -> bool:
-        """Count one frame's score; True when this frame settles the verdict."""
-        if self.verdict != "checking" or math.isnan(score):
+    def add(self, mse: float) -> bool:
+        """Count one scored frame's mean squared error; True when it settles the verdict."""
+        if self.verdict != "checking" or math.isnan(mse):
             return False
-        self._scores.append(score)
+        self._scores.append((math.log(max(mse, MSE_FLOOR)) - self.mu) / self.sigma)
         if len(self._scores) < self.frames:
             return False
         return self._decide()
@@ -66,9 +75,11 @@ class FitCheck:
     def message(self, where: str, model: str) -> str:
         """The warning for a misfit (one line); ``where``: "camera cam0", "video v1"."""
         return (
-            f"{where}: model {model} does not fit this camera: the median score of "
-            f"its first {self.decided_on} scored frames is {self.median:.1f}, at or above threshold_off ({self.threshold_off:g}), so most "
-            f"frames count as anomalous (unless the footage is anomalous throughout). Train "
+            f"{where}: model {model} does not fit this camera: over its first "
+            f"{self.decided_on} scored frames the median prediction error is "
+            f"{self.median:.1f} standard deviations above the model's normal error, at or "
+            f"above threshold_off ({self.threshold_off:g}), so most frames look anomalous "
+            f"(unless the footage is anomalous throughout). Train "
             f"a model on normal footage of this camera (forecaster train SOURCE --minutes N "
             f"--out MODEL.keras) and set [model] path"
         )

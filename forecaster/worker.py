@@ -154,7 +154,9 @@ class InferenceEngine:
 
     def add_camera(self, camera: str) -> CameraState:
         cam = CameraState(camera=camera, scorer=make_scorer(self.calibration, self.scorer_config),
-                          fit=FitCheck(self.scorer_config.threshold_off))
+                          fit=FitCheck(self.scorer_config.threshold_off,
+                                       float(self.calibration["log_mse_mean"]),
+                                       float(self.calibration["log_mse_std"])))
         self.cameras[camera] = cam
         return cam
 
@@ -260,7 +262,7 @@ class InferenceEngine:
             if cam.prediction is not None and cam.context >= self.window:
                 cue = math.nan if cues is None else float(cues[index])
                 scored = cam.scorer.score(cam.prediction, actual[index], cue)
-                if cam.fit.add(scored.score):
+                if cam.fit.add(scored.mse):
                     result.fit_decided = True
                 result.messages.append(
                     Score(

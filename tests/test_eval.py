@@ -157,7 +157,7 @@ def test_patch_mode_model_and_global_row(dataset, tmp_path: Path) -> None:
             cv2.imwrite(str(normal / f"n{v}" / f"{i:03d}.png"), frame.astype(np.uint8))
     patched = tmp_path / "patched.keras"
     calibration = recalibrate(model, patched, data=[str(normal / "n0")],
-                              motion_data=[str(normal)])
+                              motion_data=[str(normal)], fused=None)
     assert calibration["frames"] == calibration["patch"]["frames"] == FRAMES - 10
     assert calibration["patch"]["motion_videos"] == ["n0", "n1"]
     assert calibration["patch"]["terms"]["motion"]["frames"] == 2 * (FRAMES - 11)

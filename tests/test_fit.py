@@ -22,22 +22,26 @@ NORMAL = "synthetic:?anomaly_rate=0&seed={seed}&frames={frames}"
 
 
 def test_fit_check_median_against_threshold_off() -> None:
-    fit = FitCheck(threshold_off=2.0, frames=100)
+    def mse(z: float) -> float:  # the mse whose global score is z (mu -8, sigma 0.5)
+        return math.exp(-8.0 + 0.5 * z)
+
+    fit = FitCheck(threshold_off=2.0, log_mse_mean=-8.0, log_mse_std=0.5, frames=100)
     for i in range(99):
-        assert not fit.add(5.0 if i % 3 else 0.0)  # two thirds above threshold_off
+        assert not fit.add(mse(5.0 if i % 3 else 0.0))  # two thirds above threshold_off
     assert fit.verdict == "checking"
     assert fit.add(math.nan) is False  # unscored frames do not count
-    assert fit.add(5.0) and fit.verdict == "misfit" and fit.median == 5.0
-    assert not fit.add(0.0) and fit.verdict == "misfit"  # decided once
-    ok = FitCheck(threshold_off=2.0, frames=100)
+    assert fit.add(mse(5.0)) and fit.verdict == "misfit"
+    assert fit.median == pytest.approx(5.0)
+    assert not fit.add(mse(0.0)) and fit.verdict == "misfit"  # decided once
+    ok = FitCheck(threshold_off=2.0, log_mse_mean=-8.0, log_mse_std=0.5, frames=100)
     for i in range(100):
-        ok.add(9.0 if i % 10 == 0 else 0.1)  # a few anomalous frames do not make a misfit
+        ok.add(mse(9.0 if i % 10 == 0 else 0.1))  # a few anomalous frames make no misfit
     assert ok.verdict == "ok"
-    short = FitCheck(threshold_off=2.0)
+    short = FitCheck(threshold_off=2.0, log_mse_mean=-8.0, log_mse_std=0.5)
     for _ in range(MIN_FIT_FRAMES - 1):
-        short.add(4.0)
+        short.add(mse(4.0))
     assert not short.finish() and short.verdict == "checking"  # too few to tell
-    short.add(4.0)
+    short.add(mse(4.0))
     assert short.finish() and short.verdict == "misfit" and short.decided_on == MIN_FIT_FRAMES
 
 

@@ -128,9 +128,12 @@ def split_videos(
                 f"training and validation clips of {clip} frames"
             )
         labels = video.labels
-        train = Video(video.name, video.frames[:cut], None if labels is None else labels[:cut])
+        cues = video.cues
+        train = Video(video.name, video.frames[:cut], None if labels is None else labels[:cut],
+                      None if cues is None else cues[:cut])
         val = Video(
-            f"{video.name}[{cut}:]", video.frames[cut:], None if labels is None else labels[cut:]
+            f"{video.name}[{cut}:]", video.frames[cut:], None if labels is None else labels[cut:],
+            None if cues is None else cues[cut:],
         )
         return [train], [val]
     order = np.random.default_rng(seed).permutation(len(usable))
@@ -183,7 +186,7 @@ def calibrate(
     window: int,
     patch: PatchSettings | None = None,
     motion_videos: Sequence[Video] | None = None,
-    fused: FusedSettings | None = DEFAULT_FUSED,
+    fused: FusedSettings | None = None,
 ) -> dict[str, Any]:
     """The scorer's calibration from normal frames with at least ``window`` frames of context.
 
@@ -261,14 +264,16 @@ def recalibrate(
     patch: PatchSettings | None = None,
     data: Sequence[str] | None = None,
     motion_data: Sequence[str] | None = None,
+    fused: FusedSettings | None = DEFAULT_FUSED,
 ) -> dict[str, Any]:
     """Calibrate a trained model again and write it with the new calibration to ``out``.
 
     The footage is the card's validation videos (re-read from ``training.data``), or every
     video of ``data`` when given (normal footage the model was not trained on). ``patch``:
     the per-location settings; ``motion_data``: normal footage for the motion term's
-    per-window statistics (may include the training videos; default the same footage).
-    Returns the new calibration.
+    per-window statistics (may include the training videos; default the same footage);
+    ``fused``: the fused mode's settings (None: no fused calibration). Returns the new
+    calibration.
     """
     from forecaster.model.artifact import load_model
 
@@ -290,7 +295,7 @@ def recalibrate(
     if motion_data is not None:
         motion_videos = load_videos(motion_data, card.size, training.get("max_frames"), cue_height=None)
     calibration = calibrate(make_runner(model), videos, card.window, patch,  # type: ignore[arg-type]
-                            motion_videos)
+                            motion_videos, fused)
     card.calibration = calibration
     save_model(model, out, card)
     return calibration
@@ -465,7 +470,8 @@ def train_command(
 
     runner = make_runner(model)
     # motion energy does not depend on the model: its statistics may use every video
-    calibration = calibrate(runner, val_videos, window, motion_videos=videos)  # type: ignore[arg-type]
+    calibration = calibrate(runner, val_videos, window, motion_videos=videos,  # type: ignore[arg-type]
+                            fused=DEFAULT_FUSED)
     log.info(
         "calibration: ln(mse) %.3f +- %.3f over %d frames (mse %.3g, copy-last-frame mse %.3g)",
         calibration["log_mse_mean"],
