@@ -291,16 +291,21 @@ def test_subscriptions_flow_upstream_and_health_is_its_own_topic(tmp_path: Path)
 
 
 @pytest.mark.timeout(120)
-def test_duplicate_camera_is_logged_and_metrics_are_served(tmp_path: Path) -> None:
+def test_config_file_duplicate_camera_metrics_and_subscribers_of_everything(
+    tmp_path: Path,
+) -> None:
     fakes = [FakeDaemon("cam0"), FakeDaemon("cam1"), FakeDaemon("cam0")]
     port = free_port()
     bind = f"tcp://127.0.0.1:{free_port()}"
-    args = ["--bind", bind, "--health-interval", "0.3", "--metrics-port", str(port)]
-    for fake in fakes:
-        args += ["--upstream", fake.endpoint]
-    scores = _sub(bind, b"score/")  # something to forward
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[relay]\nbind = "{bind}"\nhealth_interval_s = 0.3\nmetrics_port = {port}\n'
+        + "".join(f'[[relay.upstreams]]\nendpoint = "{fake.endpoint}"\n' for fake in fakes)
+    )
+    everything = _sub(bind, b"")
+    client = Subscriber(bind)  # subscribes to "" too
     try:
-        with RelayProcess(tmp_path, args) as relay:
+        with RelayProcess(tmp_path, ["--config", str(config)]) as relay:
             line = relay.wait_log(r"ERROR .*camera cam0 is published by two upstreams.*")
             assert fakes[0].endpoint in line.group(0) and fakes[2].endpoint in line.group(0)
             assert fakes[1].endpoint not in line.group(0)
@@ -321,10 +326,17 @@ def test_duplicate_camera_is_logged_and_metrics_are_served(tmp_path: Path) -> No
                 assert f'forecaster_relay_upstream_cameras{{upstream="{fake.endpoint}"}} 1.0' \
                     in text
             assert "forecaster_relay_duplicate_cameras 1.0" in text
+            # a subscriber of everything gets the relay's health too; the client skips it
+            wait_for(lambda: any(m[0].startswith(b"relay/") for m in _receive(everything, 0.5)),
+                     10, "relay/ messages on a subscription to everything", interval=0)
+            kinds = {type(client.recv(timeout=5)).__name__ for _ in range(200)}
+            assert kinds == {"Score", "Forecast", "Status"}, kinds
+            assert client.invalid == 0
             assert relay.stop(signal.SIGINT) == 0, relay.log()
             assert "received SIGINT: stopping" in relay.log()
     finally:
-        scores.close(linger=0)
+        everything.close(linger=0)
+        client.close()
         for fake in fakes:
             fake.close()
 
