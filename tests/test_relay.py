@@ -360,23 +360,29 @@ def test_curve_on_both_sides_admits_only_allowed_subscribers(tmp_path: Path) -> 
 
     fake = FakeDaemon("gate", CurveServer.from_files(str(daemon_keys.secret),
                                                      str(daemon_clients)))
+    plain = FakeDaemon("lobby")  # a loopback daemon without CURVE, after the CURVE one
     bind = f"tcp://127.0.0.1:{free_port()}"
     args = ["--upstream", fake.endpoint, "--server-key", str(daemon_keys.public),
+            "--upstream", plain.endpoint, "--server-key", "",
             "--curve-secret-key", str(relay_keys.secret),
             "--curve-allowed-clients", str(relay_clients), "--bind", bind,
             "--health-interval", "0.3"]
     socks: list[zmq.Socket] = []
     try:
         with RelayProcess(tmp_path, args) as relay:
-            relay.wait_log(r"relaying 1 upstream\(s\) to .* \(CURVE\)")
+            relay.wait_log(r"relaying 2 upstream\(s\) to .* \(CURVE\)")
             allowed = CurveClient.from_files(relay_keys.public, alice.secret)
             refused = CurveClient.from_files(relay_keys.public, bob.secret)
             socks = [_sub(bind, b"score/", b"relay/", curve=allowed),
                      _sub(bind, b"", curve=refused), _sub(bind, b"")]
             header = _health(socks[0], 0, lambda h: h["connected"], 30, "relay/0 connected")
             assert header["handshake_failures"] == 0 and header["last_error"] is None
-            wait_for(lambda: any(m[0] == b"score/gate" for m in _receive(socks[0], 0.5)), 30,
-                     "alice's scores through the CURVE relay")
+            header = _health(socks[0], 1, lambda h: h["connected"], 30, "relay/1 connected")
+            assert header["cameras"] == ["lobby"]
+            topics: set[bytes] = set()
+            wait_for(lambda: topics.update(m[0] for m in _receive(socks[0], 0.5)) or
+                     {b"score/gate", b"score/lobby"} <= topics, 30,
+                     "alice's scores of both daemons through the CURVE relay")
             assert {m[0].split(b"/")[0] for m in _receive(socks[0], 1.0)} <= {b"score", b"relay"}
             # bob's key is not allowed, the plain subscriber has no CURVE: nothing arrives
             assert _receive(socks[1], 2.0) == []
@@ -386,6 +392,7 @@ def test_curve_on_both_sides_admits_only_allowed_subscribers(tmp_path: Path) -> 
         for sock in socks:
             sock.close(linger=0)
         fake.close()
+        plain.close()
 
 
 @pytest.mark.timeout(120)
