@@ -556,7 +556,7 @@ class Relay:
                 self._publish_health()
                 next_health = now + self.config.health_interval_s
             timeout = max(0.0, min(0.2, next_health - time.monotonic()))
-            for sock, _ in poller.poll(timeout * 1000):
+            for sock, _ in poller.poll(round(timeout * 1000)):
                 if sock is self.monitor:
                     event = parse_monitor_message(self.monitor.recv_multipart())
                     self.health.on_monitor_event(int(event["event"]), int(event["value"]),

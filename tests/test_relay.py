@@ -144,7 +144,7 @@ class RelayProcess:
 
 
 def _sub(endpoint: str, *prefixes: bytes, curve: CurveClient | None = None) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     if curve is not None:
         sock.curve_serverkey = curve.server_public_key
@@ -226,9 +226,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     line = _one_line_error(_relay_cli("--config", str(config), cwd=tmp_path))
     assert "upstreams listed twice" in line
     # a taken port: the bind fails before anything connects
+    taken: zmq.Socket
     with zmq.Context.instance().socket(zmq.PUB) as taken:
         taken.setsockopt(zmq.LINGER, 0)
-        port = taken.bind_to_random_port("tcp://127.0.0.1")
+        port = free_port()
+        taken.bind(f"tcp://127.0.0.1:{port}")
         line = _one_line_error(_relay_cli("--upstream", up, "--bind",
                                           f"tcp://127.0.0.1:{port}", cwd=tmp_path))
         assert f"cannot bind relay to tcp://127.0.0.1:{port}" in line
@@ -380,9 +382,12 @@ def test_curve_on_both_sides_admits_only_allowed_subscribers(tmp_path: Path) -> 
             header = _health(socks[0], 1, lambda h: h["connected"], 30, "relay/1 connected")
             assert header["cameras"] == ["lobby"]
             topics: set[bytes] = set()
-            wait_for(lambda: topics.update(m[0] for m in _receive(socks[0], 0.5)) or
-                     {b"score/gate", b"score/lobby"} <= topics, 30,
-                     "alice's scores of both daemons through the CURVE relay")
+
+            def both() -> bool:
+                topics.update(m[0] for m in _receive(socks[0], 0.5))
+                return {b"score/gate", b"score/lobby"} <= topics
+
+            wait_for(both, 30, "alice's scores of both daemons through the CURVE relay")
             assert {m[0].split(b"/")[0] for m in _receive(socks[0], 1.0)} <= {b"score", b"relay"}
             # bob's key is not allowed, the plain subscriber has no CURVE: nothing arrives
             assert _receive(socks[1], 2.0) == []
