@@ -210,6 +210,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    from forecaster.relay import relay_command
+
+    return relay_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from forecaster.outputs import cache_dir
     from forecaster.scorer import SCORER_MODES
@@ -365,6 +371,31 @@ def build_parser() -> argparse.ArgumentParser:
                       help="file name of the pair (default: server; e.g. a subscriber's name)")
     keys.add_argument("--force", action="store_true", help="replace existing key files")
     keys.set_defaults(func=cmd_keys)
+
+    relay = sub.add_parser("relay", help="republish several daemons on one endpoint "
+                           "(libzmq's XSUB/XPUB proxy)")
+    relay.add_argument("--config", metavar="FILE", help="TOML file with a [relay] section "
+                       "(the options below override it)")
+    relay.add_argument("--upstream", action="append", metavar="E",
+                       help="a daemon's publish endpoint, e.g. tcp://edge1:5556 (repeatable)")
+    relay.add_argument("--server-key", action="append", metavar="FILE",
+                       help="the daemon's public key file for CURVE (one per --upstream, in "
+                       "the same order, or one for all)")
+    relay.add_argument("--bind", metavar="E", help="endpoint for the relay's subscribers "
+                       "(default tcp://127.0.0.1:5560)")
+    relay.add_argument("--curve-secret-key", metavar="FILE",
+                       help="the relay's own key pair (.key_secret), for CURVE on either side")
+    relay.add_argument("--curve-allowed-clients", metavar="DIR",
+                       help="public keys of the subscribers allowed to connect (CURVE on --bind)")
+    relay.add_argument("--allow-insecure", action="store_true",
+                       help="accept unencrypted non-loopback endpoints (a trusted network only)")
+    relay.add_argument("--health-interval", metavar="S",
+                       help="seconds between relay/<n> health messages (default 5)")
+    relay.add_argument("--metrics-port", metavar="PORT", help="serve Prometheus metrics")
+    relay.add_argument("--metrics-address", metavar="IP",
+                       help="address of the metrics (default 127.0.0.1)")
+    relay.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    relay.set_defaults(func=cmd_relay)
     return parser
 
 

@@ -141,6 +141,8 @@ class Subscriber:
                     return None
                 continue
             parts = self._socket.recv_multipart(zmq.NOBLOCK)
+            if parts[0].startswith(b"relay/"):
+                continue  # a relay's own health messages (subscribed to with ""), not v1
             try:
                 msg = decode(parts)
             except ProtocolError:

@@ -161,6 +161,19 @@ def test_units_declare_notify_watchdog_and_hardening() -> None:
     assert "--config /etc/forecaster/%i.toml" in _unit_text("forecaster@.service")
 
 
+def test_relay_unit_runs_the_relay_hardened() -> None:
+    text = _unit_text("forecaster-relay.service")
+    assert re.search(r"^ExecStart=\S+/forecaster relay --config /etc/forecaster/relay\.toml$",
+                     text, re.M)
+    for directive in (
+        "Restart=on-failure", "TimeoutStopSec=", "DynamicUser=yes", "ProtectSystem=strict",
+        "ProtectHome=yes", "PrivateTmp=yes", "NoNewPrivileges=yes", "PrivateDevices=yes",
+        "MemoryDenyWriteExecute=yes", "CapabilityBoundingSet=", "SystemCallFilter=@system-service",
+    ):
+        assert re.search(rf"^{re.escape(directive)}", text, re.M), directive
+    assert not re.search(r"^DeviceAllow=", text, re.M), "the relay needs no device"
+
+
 @pytest.mark.timeout(60)
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
@@ -171,7 +184,8 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         pytest.skip(f"{program} not installed; verify needs an existing ExecStart program")
     units = []
     for name, target in (("forecaster.service", "forecaster.service"),
-                         ("forecaster@.service", "forecaster@check.service")):
+                         ("forecaster@.service", "forecaster@check.service"),
+                         ("forecaster-relay.service", "forecaster-relay.service")):
         text = _unit_text(name).replace("/opt/forecaster/.venv/bin/forecaster", str(program))
         (tmp_path / target).write_text(text)
         units.append(str(tmp_path / target))
