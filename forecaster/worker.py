@@ -3,9 +3,12 @@
 :class:`InferenceEngine` holds each camera's recurrent state and scorer and turns frames
 into protocol messages; it has no notion of processes or shared memory, so replay and
 evaluation run the very same code. :class:`Worker` feeds it from the cameras' rings:
-one step per new frame, the missed frames in one call when behind by less than a ring,
-and a reset + re-prime from the ring when further behind, after a reconnect or restart,
-or when the model returns non-finite values. A re-prime uses only frames of the ring's
+one step per new frame, the missed frames in one call when behind by less than a ring;
+further behind (the worker cannot keep up), a skip to the newest half ring of frames with
+the state kept (the frames in between are dropped and counted, the first frame after the
+gap is not scored), so an overloaded worker sheds frames instead of spending its time on
+re-primes; a reset + re-prime from the ring after a reconnect or restart, a gap of more
+than 4 rings, or when the model returns non-finite values. A re-prime uses only frames of the ring's
 current epoch, so the state after a reconnect is built from the new frames alone.
 
 The worker's progress and counters live in the shared :class:`~forecaster.health.Health`
@@ -44,6 +47,10 @@ Message = Forecast | Score | Event | Status
 #: one camera's frames for one model call: camera, frames (T, H, W) uint8, seqs, capture
 #: times, motion cues (None: no cue)
 Item = tuple[str, np.ndarray, Sequence[int], Sequence[float], Sequence[float] | None]
+
+#: a camera further behind than this many rings of frames is re-primed; a camera less far
+#: behind skips to its newest frames and keeps its state
+WARM_GAP_RINGS = 4
 
 #: uint8 pixel -> model input in [0, 1]
 _SCALE = np.float32(1.0 / 255.0)
@@ -171,6 +178,12 @@ class InferenceEngine:
             state="end",
             peak_score=cam.scorer.peak_score,
         )
+
+    def skip(self, camera: str) -> None:
+        """Frames of the camera were skipped: its state goes on from the last frame fed, but
+        the prediction made from that frame is not for the next frame fed, which is then
+        not scored (the ones after it are)."""
+        self.cameras[camera].prediction = None
 
     def reset(self, camera: str) -> Event | None:
         """Forget the camera's recurrent state; the next frames re-prime it.
@@ -540,9 +553,20 @@ class Worker:
         first = cam.last_seq + 1
         if latest < first:
             return False
-        if latest - first + 1 > feed.ring.slots or not feed.ring.read(
-            first, latest, feed.frames, feed.stamps, feed.cues
-        ):
+        slots = feed.ring.slots
+        if latest - first + 1 > slots:
+            # Further behind than the ring holds: the frames in between are gone. Skip to the
+            # newest ones and go on with the state as it is: a reset would re-prime from a
+            # whole ring of frames, none of them scored, and fall further behind under load.
+            # Only after a long gap is the old state worth less than a re-prime.
+            if latest - first + 1 > WARM_GAP_RINGS * slots:
+                self._prime(feed, stats)
+                return False
+            skip_to = latest - max(1, slots // 2) + 1
+            feed.dropped += skip_to - first
+            self.engine.skip(feed.camera)
+            first = skip_to
+        if not feed.ring.read(first, latest, feed.frames, feed.stamps, feed.cues):
             self._prime(feed, stats)
             return False
         feed.first, feed.last = first, latest

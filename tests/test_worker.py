@@ -122,8 +122,9 @@ def test_prime_then_steps_equal_a_fresh_run_over_the_ring(stepper, ring, tmp_pat
         harness.close()
 
 
-def test_far_behind_or_new_epoch_resets_and_reprimes(stepper, ring, tmp_path) -> None:
-    frames = scene_frames(80)
+def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
+        stepper, ring, tmp_path) -> None:
+    frames = scene_frames(90)
     harness = Harness(stepper, ring, tmp_path)
     try:
         for i in range(12):
@@ -131,19 +132,31 @@ def test_far_behind_or_new_epoch_resets_and_reprimes(stepper, ring, tmp_path) ->
         harness.worker.service(harness.feed)
         cam = harness.engine.cameras["cam0"]
         resets_before = cam.resets
+        state = [s.copy() for s in cam.state]
+        harness.drain()
         # 30 frames arrive before the next tick: more than the ring holds
         for i in range(12, 42):
             ring.write(frames[i], float(i))
         harness.worker.service(harness.feed)
+        assert cam.resets == resets_before  # no reset, no re-prime
+        assert harness.feed.dropped == 37 - 12  # frames 12..36 skipped, 37..41 fed
+        x = frames[37:42].astype(np.float32)[None, :, :, :, None] / 255.0
+        expected, _ = stepper.run(x, state)  # the old state goes on over the newest frames
+        np.testing.assert_allclose(cam.prediction, expected[0, -1, :, :, 0], atol=1e-5)
+        scored = [m.seq for m in harness.drain() if isinstance(m, Score)]
+        assert scored == [38, 39, 40, 41]  # not 37: its prediction was made from frame 11
+        # a gap of more than 4 rings: the state is stale, re-primed from the ring
+        for i in range(42, 90):
+            ring.write(frames[i], float(i))
+        harness.worker.service(harness.feed)
         assert cam.resets == resets_before + 1
-        assert harness.feed.dropped == 42 - 10 - 12
-        np.testing.assert_allclose(cam.prediction, reference(stepper, frames[32:42])[-1], atol=1e-5)
+        np.testing.assert_allclose(cam.prediction, reference(stepper, frames[80:90])[-1],
+                                   atol=1e-5)
         # a reconnect (new epoch) resets too, even with no frame missed
-        ring.write(frames[42], 42.0)
+        ring.write(frames[0], 90.0)
         ring.new_epoch()
         harness.worker.service(harness.feed)
         assert cam.resets == resets_before + 2
-        np.testing.assert_allclose(cam.prediction, reference(stepper, frames[33:43])[-1], atol=1e-5)
         harness.drain()
     finally:
         harness.close()
