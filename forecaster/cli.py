@@ -172,7 +172,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from forecaster.logs import import_tensorflow_quietly
+    from forecaster.outputs import check_writable_file
 
+    if args.out:
+        check_writable_file(Path(args.out), "benchmark report (--out)")
     import_tensorflow_quietly()
     from forecaster.bench import format_report, run_bench
 

@@ -76,6 +76,19 @@ def prepare_out_dir(folder: Path, results: Iterable[Path], *, force: bool) -> No
             raise UsageError(f"cannot remove earlier result {path}: {error.strerror}") from None
 
 
+def check_writable_file(path: Path, what: str) -> None:
+    """Before a long run: UsageError unless ``path`` can be written when the run ends (a
+    file, or nothing yet, in an existing writable folder)."""
+    if path.is_dir():
+        raise UsageError(f"{what} must be a file, got a folder: {path}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"folder of the {what} does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and
+                                                    not os.access(path, os.W_OK)):
+        raise UsageError(f"{what} cannot be written: {path}")
+
+
 def _make_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -146,3 +146,17 @@ def test_train_records_minutes_of_a_live_stream_and_trains_on_them(tmp_path: Pat
          str(tmp_path / "x.keras")], cwd=tmp_path, env=env(), capture_output=True, text=True,
         timeout=60).stderr.splitlines() if "error" in x.lower()]
     assert len(line) == 1 and "--minutes" in line[0]
+
+
+def test_train_and_bench_check_their_output_before_the_long_run(tmp_path: Path) -> None:
+    from tests.test_replay import one_error_line
+
+    (tmp_path / "folder.keras").mkdir()
+    for out in (tmp_path / "absent" / "m.keras", tmp_path / "folder.keras"):
+        result = cli(["train", NORMAL.format(seed=1, frames=40), "--out", str(out)], tmp_path)
+        line = one_error_line(result)
+        assert str(out.parent if "absent" in str(out) else out) in line, line
+        assert "epoch" not in result.stderr  # refused before any training
+    line = one_error_line(cli(["bench", "--skip-archs", "--out",
+                               str(tmp_path / "absent" / "b.json")], tmp_path))
+    assert "benchmark report (--out)" in line and "measured peak" not in line

@@ -55,7 +55,7 @@ from forecaster.model.losses import (  # noqa: F401
     mse,
 )
 from forecaster.model.step import Stepper, make_runner
-from forecaster.outputs import training_dir
+from forecaster.outputs import check_writable_file, training_dir
 
 log = logging.getLogger("forecaster.train")
 
@@ -379,6 +379,7 @@ def train_command(
     out = Path(out)
     if out.suffix != ".keras":
         raise UsageError(f"model file name must end in .keras, got {out}")
+    check_writable_file(out, "model file (--out)")  # before training, not after
     spec = get_spec(arch)
     height, width = size
     check_size(height, width)
