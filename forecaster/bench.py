@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from forecaster.errors import ChildFailed
+
 WINDOW = 10
 
 
@@ -313,6 +315,11 @@ def bench_daemon(rates: list[float], frames: int) -> list[dict[str, Any]]:
                     elif isinstance(msg, Status):
                         last_status = msg
                 proc.wait(timeout=30)
+                if proc.returncode != 0:
+                    _stdout, stderr = proc.communicate()
+                    lines = (stderr or "").strip().splitlines() or ["no output"]
+                    raise ChildFailed(f"daemon at {rate:g} fps exited with code "
+                                     f"{proc.returncode}: {lines[-1]}")
         span = forecast_stamps[-1] - forecast_stamps[0] if len(forecast_stamps) > 1 else 0.0
         rows.append(
             {
@@ -326,6 +333,26 @@ def bench_daemon(rates: list[float], frames: int) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+#: source rate of the run that finds the worker's capacity (far above it on a CPU)
+OVERLOAD_PROBE_FPS = 1000.0
+
+
+def bench_overload(frames: int) -> dict[str, Any]:
+    """Graceful overload: the scored rate with the source far too fast (the worker's
+    capacity C, as it sheds load), then with the source paced at C and at 2C. A worker that
+    sheds load scores about C at 2C too; one that collapses scores a fraction of it."""
+    probe = bench_daemon([OVERLOAD_PROBE_FPS], frames)[0]
+    capacity = max(1.0, probe["scored_per_s"])
+    at_capacity, at_twice = bench_daemon([round(capacity), round(2 * capacity)], frames)
+    return {
+        "probe": probe,
+        "capacity": capacity,
+        "at_capacity": at_capacity,
+        "at_twice": at_twice,
+        "ratio": at_twice["scored_per_s"] / max(at_capacity["scored_per_s"], 1e-9),
+    }
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -579,6 +606,7 @@ def run_bench(
     camera_seconds: float = 30.0,
     soak_ticks: int | None = None,
     scorer_mode: str = "auto",
+    overload: bool = False,
 ) -> dict[str, Any]:
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.model.builders import SPECS
@@ -600,6 +628,8 @@ def run_bench(
         report["replay"] = bench_replay(video)
     if daemon_rates:
         report["daemon"] = bench_daemon(daemon_rates, daemon_frames)
+    if overload:
+        report["overload"] = bench_overload(daemon_frames)
     if cameras:
         report["cameras"] = bench_cameras(cameras, seconds=camera_seconds)
     if soak_ticks:
@@ -658,6 +688,16 @@ def format_report(report: dict[str, Any]) -> str:
             f"daemon at {row['source_fps']:g} fps: {row['scored_per_s']:.0f} scored/s, "
             f"dropped {row['dropped']}, resets {row['state_resets']}, latency p50 "
             f"{latency.get('p50_ms', float('nan')):.1f} ms p99 {latency.get('p99_ms', float('nan')):.1f} ms"
+        )
+    if report.get("overload"):
+        over = report["overload"]
+        twice, once = over["at_twice"], over["at_capacity"]
+        lines.append(
+            f"overload: capacity {over['capacity']:.0f} scored/s (source at "
+            f"{over['probe']['source_fps']:g} fps); at {once['source_fps']:g} fps "
+            f"{once['scored_per_s']:.0f} scored/s, at {twice['source_fps']:g} fps "
+            f"{twice['scored_per_s']:.0f} scored/s ({over['ratio']:.2f}x), dropped "
+            f"{twice['dropped']}, resets {twice['state_resets']}"
         )
     if report.get("cameras"):
         lines += [

@@ -195,6 +195,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         camera_seconds=args.camera_seconds,
         soak_ticks=args.soak_ticks,
         scorer_mode=args.scorer_mode,
+        overload=args.overload,
     )
     print(format_report(report))
     if args.out:
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scorer-mode", default="auto", choices=SCORER_MODES,
                        help="[scorer] mode of the daemons it runs (default auto: the fused "
                        "mode, whose motion cue each capture process computes; global: none)")
+    bench.add_argument("--overload", action="store_true",
+                       help="graceful overload: the daemon's capacity, then its scored rate "
+                       "with the source at that rate and at twice it")
     bench.add_argument("--skip-archs", action="store_true",
                        help="skip the per-architecture step and window timings")
     bench.add_argument("--out", help="write the results as JSON here")

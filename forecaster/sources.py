@@ -401,7 +401,7 @@ class SyntheticParams:
     # (kind, low, high) of each parameter
     RULES: ClassVar[dict[str, tuple[type, float, float]]] = {
         "seed": (int, 0, 2**63 - 1),
-        "fps": (float, 0.0, 1000.0),
+        "fps": (float, 0.0, 10000.0),
         "anomaly_rate": (float, 0.0, 1.0),
         "frames": (int, 1, 2**63 - 1),
         "width": (int, 16, 4096),
