@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -57,7 +57,16 @@ from forecaster.sources import (
     open_source,
     parse_synthetic_uri,
 )
-from forecaster.worker import InferenceEngine, Message, check_scorer, prediction_to_uint8
+from forecaster.worker import (
+    Floats,
+    InferenceEngine,
+    Message,
+    check_scorer,
+    prediction_to_uint8,
+)
+
+if TYPE_CHECKING:
+    from forecaster.model.runners import Runner
 
 log = logging.getLogger("forecaster.replay")
 
@@ -83,8 +92,9 @@ class RecordingStepper:
     the per-frame forecasts of a replay need all of them.
     """
 
-    def __init__(self, stepper: Any) -> None:
+    def __init__(self, stepper: Runner) -> None:
         self.stepper = stepper
+        self.height, self.width = stepper.height, stepper.width
         #: (B, T, H, W, 1) predictions of the last ``run`` call
         self.last: np.ndarray | None = None
 
@@ -161,7 +171,7 @@ def feed_chunk(
     camera: str,
     frames: np.ndarray,
     seqs: Sequence[int],
-    stamps: Sequence[float],
+    stamps: Floats,
     cues: np.ndarray | None = None,
 ) -> ChunkResult:
     """Feed one chunk (with the frames' motion cues, when the scorer uses them); on
@@ -421,7 +431,7 @@ def summarize(results: Sequence[VideoResult], extra: dict[str, Any]) -> dict[str
         "misfit_videos": [r.name for r in results if r.model_fit == "misfit"],
     }
     if labelled:
-        labels = np.concatenate([r.scored_labels() for r in labelled])  # type: ignore[misc]
+        labels = np.concatenate([r.scored_labels() for r in labelled])
         scores = np.concatenate([np.asarray(r.scores, dtype=np.float64) for r in labelled])
         total["auc"], total["auc_undefined"] = _auc(labels, scores)
         per_video = [r.auc()[0] for r in labelled]
@@ -484,7 +494,7 @@ class PreviewWriter:
         self.scale = max(1, PREVIEW_HEIGHT // height)
         self.height, self.width = height * self.scale, width * self.scale
         self.path = path
-        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+        fourcc = cv2.VideoWriter.fourcc(*"mp4v")
         self._writer = cv2.VideoWriter(str(path), fourcc, fps, (3 * self.width, self.height))
         if not self._writer.isOpened():
             raise SourceError(f"cannot write preview video {path} (OpenCV has no mp4v encoder?)")

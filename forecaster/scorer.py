@@ -114,7 +114,7 @@ def resolve_mode(mode: str, calibration: Mapping[str, Any]) -> Mode:
         return mode  # type: ignore[return-value]
     for candidate in ("fused", "patch"):
         if candidate in calibration:
-            return candidate  # type: ignore[return-value]
+            return candidate
     return "global"
 
 

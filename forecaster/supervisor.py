@@ -92,8 +92,8 @@ def check_sources(config: Config) -> None:
     for camera in config.cameras:
         try:
             open_source(camera.source, loop=camera.loop)
-        except UsageError as error:
-            failed.append((camera.id, error))
+        except UsageError as problem:
+            failed.append((camera.id, problem))
     if not failed:
         return
     first, error = failed[0]

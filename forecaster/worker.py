@@ -39,11 +39,14 @@ from forecaster.scorer import Scorer
 
 if TYPE_CHECKING:
     from forecaster.model.artifact import ModelCard
+    from forecaster.model.runners import Runner
 
 Message = Forecast | Score | Event | Status
+#: per-frame numbers (capture times, motion cues): a list or a float array
+Floats = Sequence[float] | np.ndarray
 #: one camera's frames for one model call: camera, frames (T, H, W) uint8, seqs, capture
 #: times, motion cues (None: no cue)
-Item = tuple[str, np.ndarray, Sequence[int], Sequence[float], Sequence[float] | None]
+Item = tuple[str, np.ndarray, Sequence[int], Floats, Floats | None]
 
 #: uint8 pixel -> model input in [0, 1]
 _SCALE = np.float32(1.0 / 255.0)
@@ -127,7 +130,7 @@ class InferenceEngine:
 
     def __init__(
         self,
-        stepper: Any,
+        stepper: Runner,
         calibration: dict[str, Any],
         scorer: ScorerConfig,
         window: int = 10,
@@ -190,8 +193,8 @@ class InferenceEngine:
         return self._episode_end(self.cameras[camera])
 
     def process(
-        self, camera: str, frames: np.ndarray, seqs: Sequence[int], stamps: Sequence[float],
-        cues: Sequence[float] | None = None,
+        self, camera: str, frames: np.ndarray, seqs: Sequence[int], stamps: Floats,
+        cues: Floats | None = None,
     ) -> StepResult:
         """Feed ``frames`` (T, H, W) uint8 of one camera in one model call, with their
         motion cues when the scorer uses them.
@@ -212,9 +215,11 @@ class InferenceEngine:
         counts = {item[1].shape[0] for item in items}
         if len(counts) != 1:
             raise ValueError(f"process_many needs one frame count for all cameras, got {counts}")
+        states: list[list[np.ndarray]] = []
         for cam in cams:
             if cam.state is None:
                 cam.state = self.stepper.initial_state(1)
+            states.append(cam.state)
         # Pad the batch to a power of two: the compiled one-frame step is specialised per
         # batch size, so a few sizes (compiled at start-up) serve any camera count.
         rows = 1 if len(items) == 1 else padded_batch(len(items))
@@ -222,23 +227,23 @@ class InferenceEngine:
         for row, item in enumerate(items):
             np.multiply(item[1], _SCALE, out=inputs[row, :, :, :, 0])
         if len(items) == 1:
-            state = cams[0].state
+            state = states[0]
         else:
             inputs[len(items):] = 0.0
             blank = self.stepper.initial_state(rows - len(items))
             state = [
-                np.concatenate([*(cam.state[i] for cam in cams), blank[i]])  # type: ignore[index]
+                np.concatenate([*(cam_state[i] for cam_state in states), blank[i]])
                 for i in range(len(blank))
             ]
         predictions, new_state = self.stepper.run(inputs, state)
         results = []
         for row, (cam, (_, _, seqs, stamps, cues)) in enumerate(zip(cams, items, strict=True)):
-            rows = predictions[row, :, :, :, 0]
-            if not np.isfinite(rows).all():
+            predicted = predictions[row, :, :, :, 0]
+            if not np.isfinite(predicted).all():
                 results.append(StepResult(non_finite=True))
                 continue
             cam.state = [array[row : row + 1] for array in new_state]
-            results.append(self._score(cam, rows, inputs[row, :, :, :, 0], seqs, stamps, cues))
+            results.append(self._score(cam, predicted, inputs[row, :, :, :, 0], seqs, stamps, cues))
         return results
 
     def _score(
@@ -247,8 +252,8 @@ class InferenceEngine:
         predictions: np.ndarray,
         actual: np.ndarray,
         seqs: Sequence[int],
-        stamps: Sequence[float],
-        cues: Sequence[float] | None,
+        stamps: Floats,
+        cues: Floats | None,
     ) -> StepResult:
         """Score each fed frame against the prediction made from the one before it."""
         camera = cam.camera

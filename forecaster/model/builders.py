@@ -323,7 +323,7 @@ def _seed_convlstm_step_graph(
 
 
 def _seed_state_shapes(layers: LayerDict, height: int, width: int) -> list[tuple[int, ...]]:
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     for i in range(1, SEED_DEPTH + 1):
         hidden = (height, width, int(layers[f"convlstm{i}"].filters))
         shapes += [hidden, hidden]

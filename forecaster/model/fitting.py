@@ -381,7 +381,7 @@ class _ScalarLog:
             return
         import tensorflow as tf
 
-        runs = {
+        runs: dict[str, dict[str, float]] = {
             "train": {k: entry[k] for k in ("loss", "frames_per_s", "train_seconds") if k in entry},
             "validation": {"loss": entry["val_loss"]} if "val_loss" in entry else {},
         }

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import keras
 import numpy as np
@@ -128,11 +128,11 @@ def split_videos(
                 f"training and validation clips of {clip} frames"
             )
         labels = video.labels
-        train = Video(video.name, video.frames[:cut], None if labels is None else labels[:cut])
-        val = Video(
+        head = Video(video.name, video.frames[:cut], None if labels is None else labels[:cut])
+        tail = Video(
             f"{video.name}[{cut}:]", video.frames[cut:], None if labels is None else labels[cut:]
         )
-        return [train], [val]
+        return [head], [tail]
     order = np.random.default_rng(seed).permutation(len(usable))
     n_val = min(len(usable) - 1, max(1, round(len(usable) * val_fraction)))
     val = [usable[i] for i in sorted(order[:n_val])]
@@ -235,7 +235,8 @@ def calibrate(
         raise DataError(f"per-location calibration: {error}") from None
     extra: dict[str, Any] = {}
     if fused is not None:
-        cues = None if any(c is None for c in scored_cues) else scored_cues
+        present = [c for c in scored_cues if c is not None]
+        cues = present if len(present) == len(scored_cues) else None
         if fused.needs_cue and cues is None:
             raise DataError("fused calibration: the videos were read without motion cues")
         try:
@@ -434,7 +435,7 @@ def train_command(
         unit = "chunks"
     else:
         assert stride is not None
-        target = "next" if spec.output == "next" else "sequence"
+        target: Literal["sequence", "next"] = "next" if spec.output == "next" else "sequence"
         train_data = WindowBatches([v.frames for v in train_videos], length, batch_size,
                                    stride=stride, shuffle=True, seed=seed, target=target)
         val_data = WindowBatches([v.frames for v in val_videos], length, batch_size,
