@@ -1,7 +1,7 @@
 """Evaluation: frame-level detection quality of a model on a labelled data set.
 
 ``forecaster eval DATA --labels FILE`` scores every video with the daemon's own code
-(:class:`~forecaster.worker.InferenceEngine` + :class:`~forecaster.scorer.Scorer`, frames
+(:class:`~forecaster.engine.InferenceEngine` + :class:`~forecaster.scorer.Scorer`, frames
 fed in chunks with the state carried) and compares the scores with the labels under two
 protocols:
 
@@ -46,6 +46,7 @@ import numpy as np
 
 from forecaster.config import Config
 from forecaster.datasets import expand_videos, load_labels, read_video_cues
+from forecaster.engine import check_model, load, model_path
 from forecaster.errors import DataError
 from forecaster.flow import flow_scores
 from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
@@ -53,10 +54,8 @@ from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.replay import (
     DEFAULT_CHUNK,
     MAX_PANELS,
-    check_model,
+    RecordingStepper,
     label_mismatch,
-    load,
-    resolve_model,
     score_video,
 )
 from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height
@@ -243,20 +242,21 @@ def evaluate_command(
     refused unless ``force``, which removes them first.
     """
     cfg = config if config is not None else Config()
-    model_path = resolve_model(model, config)
-    card = check_model(model_path, cfg.scorer)
+    path = model_path(model, config)
+    card = check_model(path, cfg.scorer)
     size = (int(card.height), int(card.width))
     if out is not None:
         prepare_out_dir(Path(out), [Path(out) / name for name in RESULT_FILES], force=force)
     # before TensorFlow: bad data fails fast
     raw_videos = _read(data, labels, size, cue_height(cfg.scorer.mode, card.calibration))
-    out_dir = Path(out) if out is not None else fresh_dir("eval", model_path.stem)
+    out_dir = Path(out) if out is not None else fresh_dir("eval", path.stem)
 
-    loaded = load(model_path)
-    engine = loaded.engine(cfg.scorer)
+    loaded = load(path)
+    stepper = RecordingStepper(loaded.runner)
+    engine = loaded.engine(cfg.scorer, stepper)
     videos: list[EvalVideo] = []
     for index, (name, frames, truth, cues) in enumerate(raw_videos):
-        scored = score_video(engine, loaded.stepper, f"video{index}", frames, chunk, cues)
+        scored = score_video(engine, stepper, f"video{index}", frames, chunk, cues)
         seqs = np.asarray([s.seq for s in scored], dtype=np.int64)
         if len(seqs) == 0:
             log.warning("video %s: no frame scored (%d frames, window %d)", name, len(frames),
@@ -304,7 +304,7 @@ def evaluate_command(
     report = {
         "data": list(data),
         "labels": labels,
-        "model": str(model_path),
+        "model": str(path),
         "model_card": {"arch": card.arch, "size": [card.height, card.width],
                        "window": card.window, "calibration": card.calibration},
         "scorer": cfg.scorer.model_dump(),

@@ -2,7 +2,7 @@
 
 ``forecaster replay SOURCE...`` reads each video with the capture code path (the same
 source classes and :func:`~forecaster.preprocess.to_gray_resized`), feeds the frames to
-the same :class:`~forecaster.worker.InferenceEngine` and :class:`~forecaster.scorer.Scorer`
+the same :class:`~forecaster.engine.InferenceEngine` and :class:`~forecaster.scorer.Scorer`
 the daemon runs, and writes what came out:
 
 - ``scores.csv``: one row per scored frame: ``camera, seq, ts, mse, psnr, score, anomaly``
@@ -39,10 +39,19 @@ import numpy as np
 
 from forecaster.config import Config, ScorerConfig
 from forecaster.datasets import DEFAULT_SYNTHETIC_FRAMES, VideoRef, expand_videos, load_labels
-from forecaster.errors import DataError, ModelError, SourceError
+from forecaster.engine import (
+    Floats,
+    InferenceEngine,
+    LoadedModel,
+    Message,
+    check_model,
+    load,
+    model_path,
+    prediction_to_uint8,
+)
+from forecaster.errors import DataError, SourceError
 from forecaster.flow import MotionCue
 from forecaster.metrics import roc_auc, undefined_reason
-from forecaster.model.artifact import ModelCard, bundled_model_path, read_card
 from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_gray_resized
 from forecaster.protocol import Event, Forecast, Score, Status
@@ -56,13 +65,6 @@ from forecaster.sources import (
     image_files,
     open_source,
     parse_synthetic_uri,
-)
-from forecaster.worker import (
-    Floats,
-    InferenceEngine,
-    Message,
-    check_scorer,
-    prediction_to_uint8,
 )
 
 if TYPE_CHECKING:
@@ -105,55 +107,6 @@ class RecordingStepper:
         predictions, new_state = self.stepper.run(frames, state)
         self.last = predictions
         return predictions, new_state
-
-
-@dataclass
-class LoadedModel:
-    path: Path
-    card: ModelCard
-    stepper: RecordingStepper
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (int(self.card.height), int(self.card.width))
-
-    def engine(self, scorer: ScorerConfig) -> InferenceEngine:
-        """A fresh engine with the daemon's scorer settings."""
-        return InferenceEngine(self.stepper, self.card.calibration, scorer, window=self.card.window)
-
-
-def resolve_model(model: str | None, config: Config | None) -> Path:
-    """``model``, else the config's ``model.path``, else the bundled model."""
-    if model:
-        return Path(model)
-    if config is not None and config.model.path:
-        return Path(config.model.path)
-    return bundled_model_path()
-
-
-def check_model(path: Path, scorer: ScorerConfig) -> ModelCard:
-    """The model card at ``path`` (no TensorFlow); ModelError if unusable for scoring with
-    the ``scorer`` settings."""
-    card = read_card(path)
-    if not card.has_calibration():
-        raise ModelError(
-            f"model {path} has no usable calibration (log_mse_mean, log_mse_std, frames) in "
-            f"its card; train it with `forecaster train`"
-        )
-    check_scorer(path, card, scorer)
-    return card
-
-
-def load(path: Path) -> LoadedModel:
-    """Load the model at ``path`` and wrap it in a stepper (imports TensorFlow)."""
-    from forecaster.logs import import_tensorflow_quietly
-
-    import_tensorflow_quietly()
-    from forecaster.model.artifact import load_model
-    from forecaster.model.step import make_runner
-
-    model, card = load_model(path)
-    return LoadedModel(path=path, card=card, stepper=RecordingStepper(make_runner(model)))
 
 
 @dataclass
@@ -558,7 +511,8 @@ class Replayer:
         self.model = model
         self.options = options
         self.publisher = publisher
-        self.engine = model.engine(options.scorer)
+        self.stepper = RecordingStepper(model.runner)
+        self.engine = model.engine(options.scorer, self.stepper)
         self.size = model.size
 
     def _publish(self, messages: Sequence[Message]) -> None:
@@ -598,7 +552,7 @@ class Replayer:
             nonlocal previous, open_episode
             first = seq - count
             seqs = range(first, seq)
-            chunk_result = feed_chunk(engine, self.model.stepper, camera, frames[:count],
+            chunk_result = feed_chunk(engine, self.stepper, camera, frames[:count],
                                       seqs, stamps[:count], cues[:count])
             if chunk_result.reset:
                 result.state_resets += 1
@@ -760,8 +714,8 @@ def replay_command(
         raise DataError(f"chunk must be at least 1 frame, got {chunk}")
     cfg = config if config is not None else Config()
     videos = plan(sources, labels, realtime=realtime)
-    model_path = resolve_model(model, config)
-    card = check_model(model_path, cfg.scorer)
+    path = model_path(model, config)
+    card = check_model(path, cfg.scorer)
     if out is None:
         out_dir = fresh_dir("replay")
     else:
@@ -777,7 +731,7 @@ def replay_command(
             linger_ms=max(cfg.publish.linger_ms, 2000),
         )
     try:
-        loaded = load(model_path)
+        loaded = load(path)
         options = ReplayOptions(out=out_dir, scorer=cfg.scorer, chunk=chunk, realtime=realtime,
                                 preview=preview, progress=progress)
         replayer = Replayer(loaded, options, publisher)
@@ -798,7 +752,7 @@ def replay_command(
             own_publisher.close()
     summary = summarize(results, {
         "out": str(out_dir),
-        "model": str(model_path),
+        "model": str(path),
         "model_card": {"arch": card.arch, "size": [card.height, card.width],
                        "window": card.window, "calibration": card.calibration},
         "scorer": cfg.scorer.model_dump(),

@@ -36,12 +36,13 @@ from typing import Any
 from forecaster.capture import CaptureSpec, capture_main
 from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
+from forecaster.engine import check_scorer, model_path
 from forecaster.errors import ChildFailed, ModelError, SourceError, UsageError, name_some
 from forecaster.health import C, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
-from forecaster.worker import WorkerSpec, check_scorer, worker_main
+from forecaster.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("forecaster.supervisor")
 STOP_GRACE_S = 4.0
@@ -67,9 +68,9 @@ class Child:
 def resolve_model_path(config: Config) -> Path:
     """The configured model, or the bundled one; its card checked against the config (frame
     size, the scorer it makes) without importing TensorFlow."""
-    from forecaster.model.artifact import bundled_model_path, read_card
+    from forecaster.model.artifact import read_card
 
-    path = Path(config.model.path) if config.model.path else bundled_model_path()
+    path = model_path(None, config)
     card = read_card(path)
     if config.capture.size is not None and (card.height, card.width) != config.capture.size:
         raise ModelError(
