@@ -229,7 +229,7 @@ def bench_replay_engine(frames: np.ndarray, chunks: tuple[int, ...] = (1, 128)) 
     from forecaster.config import ScorerConfig
     from forecaster.engine import load
     from forecaster.model.artifact import bundled_model_path
-    from forecaster.replay import RecordingStepper, feed_chunk
+    from forecaster.replay_feed import RecordingStepper, feed_chunk
 
     model = load(bundled_model_path())
     stepper = RecordingStepper(model.runner)

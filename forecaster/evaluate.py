@@ -51,13 +51,9 @@ from forecaster.errors import DataError
 from forecaster.flow import flow_scores
 from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
 from forecaster.outputs import fresh_dir, prepare_out_dir
-from forecaster.replay import (
-    DEFAULT_CHUNK,
-    MAX_PANELS,
-    RecordingStepper,
-    label_mismatch,
-    score_video,
-)
+from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, score_video
+from forecaster.replay_inputs import label_mismatch
+from forecaster.replay_results import MAX_PANELS
 from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height
 
 log = logging.getLogger("forecaster.evaluate")
