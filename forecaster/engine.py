@@ -23,21 +23,18 @@ from forecaster.config import Config, ScorerConfig
 from forecaster.errors import ModelError
 from forecaster.fit import FitCheck
 from forecaster.model.artifact import ModelCard, bundled_model_path, read_card
-from forecaster.protocol import Event, Forecast, Score, Status
+from forecaster.preprocess import to_unit
+from forecaster.protocol import Event, Forecast, Message, Score
 from forecaster.scorer import Scorer
 
 if TYPE_CHECKING:
     from forecaster.model.runners import Runner
 
-Message = Forecast | Score | Event | Status
 #: per-frame numbers (capture times, motion cues): a list or a float array
 Floats = Sequence[float] | np.ndarray
 #: one camera's frames for one model call: camera, frames (T, H, W) uint8, seqs, capture
 #: times, motion cues (None: no cue)
 Item = tuple[str, np.ndarray, Sequence[int], Floats, Floats | None]
-
-#: uint8 pixel -> model input in [0, 1]
-_SCALE = np.float32(1.0 / 255.0)
 
 
 def prediction_to_uint8(prediction: np.ndarray) -> np.ndarray:
@@ -226,7 +223,7 @@ class InferenceEngine:
         rows = 1 if len(items) == 1 else padded_batch(len(items))
         inputs = self._inputs(rows, *items[0][1].shape)
         for row, item in enumerate(items):
-            np.multiply(item[1], _SCALE, out=inputs[row, :, :, :, 0])
+            to_unit(item[1], out=inputs[row, :, :, :, 0])
         if len(items) == 1:
             state = states[0]
         else:

@@ -51,6 +51,7 @@ from forecaster.errors import DataError
 from forecaster.flow import flow_scores
 from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
 from forecaster.outputs import fresh_dir, prepare_out_dir
+from forecaster.preprocess import to_unit
 from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, score_video
 from forecaster.replay_inputs import label_mismatch
 from forecaster.replay_results import MAX_PANELS
@@ -98,7 +99,7 @@ class EvalVideo:
 
 def copy_last_mse(frames: np.ndarray) -> np.ndarray:
     """mse of "frame t = frame t-1" for every frame (NaN for frame 0), pixels in [0, 1]."""
-    x = frames.astype(np.float32) / 255.0
+    x = to_unit(frames)
     out = np.full(len(frames), np.nan)
     if len(frames) > 1:
         diff = x[1:] - x[:-1]
@@ -108,7 +109,7 @@ def copy_last_mse(frames: np.ndarray) -> np.ndarray:
 
 def frame_diff(frames: np.ndarray) -> np.ndarray:
     """Mean absolute difference to the previous frame (NaN for frame 0), pixels in [0, 1]."""
-    x = frames.astype(np.float32) / 255.0
+    x = to_unit(frames)
     out = np.full(len(frames), np.nan)
     if len(frames) > 1:
         out[1:] = np.mean(np.abs(x[1:] - x[:-1], dtype=np.float64), axis=(1, 2))

@@ -9,6 +9,7 @@ import numpy as np
 
 from forecaster.engine import prediction_to_uint8
 from forecaster.errors import SourceError
+from forecaster.preprocess import to_unit
 
 PREVIEW_HEIGHT = 256
 
@@ -33,7 +34,7 @@ class PreviewWriter:
         import cv2
 
         up = (self.width, self.height)
-        actual_f = actual.astype(np.float32) / 255.0
+        actual_f = to_unit(actual)
         if predicted is None:
             predicted_u8 = np.zeros_like(actual)
             error = np.zeros(actual.shape, np.float32)

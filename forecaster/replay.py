@@ -38,7 +38,6 @@ import numpy as np
 from forecaster.config import Config, ScorerConfig
 from forecaster.engine import (
     LoadedModel,
-    Message,
     check_model,
     load,
     model_path,
@@ -49,7 +48,7 @@ from forecaster.flow import MotionCue
 from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_gray_resized
 from forecaster.preview import PreviewWriter
-from forecaster.protocol import Event, Forecast, Score, Status
+from forecaster.protocol import Event, Forecast, Message, Score, Status
 from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed_chunk
 from forecaster.replay_inputs import ReplayVideo, camera_id, label_mismatch, plan
 from forecaster.replay_results import EpisodeRecord, VideoResult, plot_replay, summarize

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from forecaster.engine import Floats, InferenceEngine, Message
-from forecaster.protocol import Score
+from forecaster.engine import Floats, InferenceEngine
+from forecaster.protocol import Message, Score
 
 if TYPE_CHECKING:
     from forecaster.model.runners import Runner

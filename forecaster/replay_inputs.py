@@ -4,7 +4,6 @@ model is loaded."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 
 from forecaster.datasets import DEFAULT_SYNTHETIC_FRAMES, VideoRef, expand_videos, load_labels
 from forecaster.errors import DataError
+from forecaster.protocol import camera_safe
 from forecaster.sources import (
     SYNTHETIC_PREFIX,
     FileSource,
@@ -24,8 +24,6 @@ from forecaster.sources import (
 )
 
 log = logging.getLogger("forecaster.replay")
-
-_CAMERA_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 @dataclass
@@ -41,7 +39,7 @@ class ReplayVideo:
 
 def camera_id(name: str) -> str:
     """A valid camera id (``[A-Za-z0-9_.-]+``) for a video name."""
-    return _CAMERA_UNSAFE.sub("_", name).strip("_")[:64] or "video"
+    return camera_safe(name) or "video"
 
 
 def _synthetic_uri(uri: str, realtime: bool) -> str:

@@ -26,11 +26,11 @@ import numpy as np
 
 from forecaster.channels import exit_with_parent, set_process_name
 from forecaster.config import PublishConfig, ScorerConfig
-from forecaster.engine import InferenceEngine, Message, StepResult, load, padded_batch
+from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
 from forecaster.errors import ForecasterError
 from forecaster.health import C, Health
 from forecaster.logs import setup_child_logging
-from forecaster.protocol import Event, Score, Status
+from forecaster.protocol import Event, Message, Score, Status
 from forecaster.ring import FrameRing, RingStats
 
 

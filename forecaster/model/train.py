@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 import keras
 import numpy as np
 
-from forecaster.calibration import PatchSettings, patch_calibration
+from forecaster.calibration import MSE_FLOOR, PatchSettings, patch_calibration
 from forecaster.errors import DataError, UsageError
 from forecaster.fused import DEFAULT_FUSED, FusedSettings, fused_calibration
 from forecaster.model import (
@@ -30,20 +30,19 @@ from forecaster.model import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_PATIENCE,
     DEFAULT_WINDOW,
+    TRAINING_MODES,
     WEAK_MODEL_RATIO,
 )
 from forecaster.model.artifact import ModelCard, current_versions, save_model
 from forecaster.model.builders import SPECS, build_model, check_size, get_spec
 from forecaster.model.fitting import (
     DEFAULT_RECURRENT_MODE,
-    MODES,
     FitOptions,
     Mode,
     StatefulGroups,
     WindowBatches,
     fit,
     set_determinism,
-    to_unit,
 )
 
 # gradient_difference, l1_gdl and mse are re-exported for existing imports
@@ -56,10 +55,9 @@ from forecaster.model.losses import (  # noqa: F401
 )
 from forecaster.model.step import Stepper, make_runner
 from forecaster.outputs import training_dir
+from forecaster.preprocess import to_unit
 
 log = logging.getLogger("forecaster.train")
-
-MSE_FLOOR = 1e-10  # as the scorer: ln(max(mse, 1e-10))
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -150,7 +148,7 @@ def error_maps(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
     "frame t equals frame t-1" for comparison. Runs one frame per call with the state
     carried, as the daemon does.
     """
-    frames = to_unit(video.frames)
+    frames = to_unit(video.frames)[..., None]
     state = stepper.initial_state(1)
     maps = np.empty((max(len(frames) - 1, 0), *frames.shape[1:3]), dtype=np.float32)
     copy_mse = np.empty(len(maps))
@@ -212,7 +210,7 @@ def calibrate(
         logs.append(np.log(np.maximum(model_mse[keep], MSE_FLOOR)))
         if len(maps) > first:
             scored_maps.append(maps[first:])
-            scored_frames.append(to_unit(video.frames[first + 1 :])[..., 0])
+            scored_frames.append(to_unit(video.frames[first + 1 :]))
             scored_normal.append(keep[first:])
             scored_cues.append(None if video.cues is None else video.cues[first + 1 :])
     log_mse = np.concatenate(logs) if logs else np.empty(0)
@@ -225,7 +223,7 @@ def calibrate(
     if motion_videos is not None:
         first = max(window - 1, 0)
         usable = [v for v in motion_videos if len(v.frames) > first + 2]
-        motion_frames = [to_unit(v.frames[first + 1 :])[..., 0] for v in usable]
+        motion_frames = [to_unit(v.frames[first + 1 :]) for v in usable]
         motion_normal = [v.normal()[first + 1 :] for v in usable]
     try:
         per_location = patch_calibration(scored_maps, scored_frames, patch, normal=scored_normal,
@@ -379,8 +377,8 @@ def train_command(
     height, width = size
     check_size(height, width)
     mode = mode or default_mode(arch)
-    if mode not in MODES:
-        raise UsageError(f"unknown training mode {mode!r} (known: {', '.join(MODES)})")
+    if mode not in TRAINING_MODES:
+        raise UsageError(f"unknown training mode {mode!r} (known: {', '.join(TRAINING_MODES)})")
     if mode == "stateful" and not spec.recurrent:
         stateful = ", ".join(name for name, s in SPECS.items() if s.recurrent)
         raise UsageError(
