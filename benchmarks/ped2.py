@@ -180,8 +180,8 @@ def score_all(model_path: Path, pool: list[tuple[str, str, np.ndarray | None]],
 
 def micro_auc(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray],
               videos: Sequence[str], paper: bool = False) -> float:
+    from forecaster.detection_metrics import roc_auc
     from forecaster.evaluate import minmax
-    from forecaster.metrics import roc_auc
 
     s = np.concatenate([minmax(scores[v]) if paper else scores[v] for v in videos])
     y = np.concatenate([labels[v] for v in videos])

@@ -21,7 +21,7 @@ from typing import Any
 from forecaster.channels import exit_with_parent, set_process_name
 from forecaster.errors import ForecasterError, SourceDisconnected, SourceError
 from forecaster.flow import MotionCue
-from forecaster.health import C, Health
+from forecaster.health import CameraField, Health
 from forecaster.logs import setup_child_logging
 from forecaster.preprocess import to_gray_resized
 from forecaster.ring import FrameRing
@@ -120,7 +120,7 @@ class Capture:
 
     def _new_epoch(self) -> None:
         """The frames from the next one on do not continue the ones in the ring."""
-        self.health.set(self.spec.index, C.EPOCH_START, self.ring.latest_seq + 1)
+        self.health.set(self.spec.index, CameraField.EPOCH_START, self.ring.latest_seq + 1)
         self.ring.new_epoch()
 
     def open(self) -> None:

@@ -46,10 +46,10 @@ import numpy as np
 
 from forecaster.config import Config
 from forecaster.datasets import expand_videos, load_labels, read_video_cues
+from forecaster.detection_metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
 from forecaster.engine import check_model, load, model_path
 from forecaster.errors import DataError
 from forecaster.flow import flow_scores
-from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
 from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_unit
 from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, score_video

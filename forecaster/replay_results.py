@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.metrics import roc_auc, undefined_reason
+from forecaster.detection_metrics import roc_auc, undefined_reason
 from forecaster.report import Series, TimelinePanel, plot_timelines
 
 #: videos drawn in timeline.png (one panel each)

@@ -38,7 +38,7 @@ from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
 from forecaster.engine import check_scorer, model_path
 from forecaster.errors import ChildFailed, ModelError, SourceError, UsageError, name_some
-from forecaster.health import C, Health, RestartBudget, StallDetector
+from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
@@ -233,7 +233,7 @@ class Supervisor:
             )
             ring_names.append((camera.id, name))
         if config.metrics.enabled:
-            from forecaster.metrics_http import MetricsServer
+            from forecaster.prometheus import MetricsServer
 
             self.metrics = MetricsServer(config.metrics.address, config.metrics.port, self)
         self._worker_spec = WorkerSpec(
@@ -351,7 +351,7 @@ class Supervisor:
         return 0
 
     def _processed(self) -> list[float]:
-        return [self.health.get(i, C.PROCESSED) for i in range(len(self.camera_ids))]
+        return [self.health.get(i, CameraField.PROCESSED) for i in range(len(self.camera_ids))]
 
     def _status_text(self, rates: list[float] | float) -> str:
         parts = []
@@ -364,7 +364,7 @@ class Supervisor:
                 parts.append(f"{camera} source down, reconnecting")
                 continue
             fps = rates[index] if isinstance(rates, list) else rates
-            score = self.health.get(index, C.LAST_SCORE)
+            score = self.health.get(index, CameraField.LAST_SCORE)
             shown = f"{score:.2f}" if math.isfinite(score) else "-"
             parts.append(f"{camera} {fps:.1f} fps, score {shown}")
         text = "; ".join(parts)

@@ -28,7 +28,7 @@ from forecaster.channels import exit_with_parent, set_process_name
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
 from forecaster.errors import ForecasterError
-from forecaster.health import C, Health
+from forecaster.health import CameraField, Health
 from forecaster.logs import setup_child_logging
 from forecaster.protocol import Event, Message, Score, Status
 from forecaster.ring import FrameRing, RingStats
@@ -115,7 +115,7 @@ class Worker:
         for index, feed in enumerate(feeds):
             feed.index = index
             cam = engine.add_camera(feed.camera)
-            done = int(self.health.get(index, C.WORKER_SEQ))
+            done = int(self.health.get(index, CameraField.WORKER_SEQ))
             if done >= 0:  # a previous worker process got this far: go on from there
                 cam.last_seq = done
                 feed.need = done + 1
@@ -140,22 +140,22 @@ class Worker:
             self._report_fit(feed)
         for message in result.messages:
             if isinstance(message, Score):
-                self.health.set(feed.index, C.LAST_SCORE, message.score)
+                self.health.set(feed.index, CameraField.LAST_SCORE, message.score)
             elif isinstance(message, Event) and message.state == "start":
-                self.health.add(feed.index, C.ANOMALY_EVENTS)
+                self.health.add(feed.index, CameraField.ANOMALY_EVENTS)
             self._send(message)
 
     def _sync(self, feed: _Feed) -> None:
         """Add what changed since the last call to the shared counters."""
         health, index = self.health, feed.index
         cam = self.engine.cameras[feed.camera]
-        health.add(index, C.DROPPED, feed.dropped - feed.synced_dropped)
-        health.add(index, C.PROCESSED, feed.processed - feed.synced_processed)
-        health.add(index, C.PRIMES, cam.resets - feed.synced_resets)
+        health.add(index, CameraField.DROPPED, feed.dropped - feed.synced_dropped)
+        health.add(index, CameraField.PROCESSED, feed.processed - feed.synced_processed)
+        health.add(index, CameraField.PRIMES, cam.resets - feed.synced_resets)
         feed.synced_dropped, feed.synced_processed = feed.dropped, feed.processed
         feed.synced_resets = cam.resets
         if cam.last_seq is not None:
-            health.set(index, C.WORKER_SEQ, cam.last_seq)
+            health.set(index, CameraField.WORKER_SEQ, cam.last_seq)
 
     # -- model ----------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class Worker:
             if end is not None:
                 self._send(end)
             feed.awaiting = True
-        floor = max(feed.floor, int(self.health.get(feed.index, C.EPOCH_START)))
+        floor = max(feed.floor, int(self.health.get(feed.index, CameraField.EPOCH_START)))
         for _ in range(3):
             latest = ring.latest_seq
             first = max(0, latest - ring.slots + 1, floor)
@@ -287,8 +287,8 @@ class Worker:
         cam = self.engine.cameras[feed.camera]
         fps = (feed.processed - feed.processed_at_status) / elapsed if elapsed > 0 else 0.0
         feed.processed_at_status = feed.processed
-        dropped = int(self.health.get(feed.index, C.DROPPED))
-        resets = int(self.health.get(feed.index, C.PRIMES))
+        dropped = int(self.health.get(feed.index, CameraField.DROPPED))
+        resets = int(self.health.get(feed.index, CameraField.PRIMES))
         if ended:
             reason: str | None = "end of stream"
         elif not stats.connected:

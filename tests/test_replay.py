@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from forecaster.client import Subscriber
-from forecaster.metrics import roc_auc
+from forecaster.detection_metrics import roc_auc
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.replay import replay_command
 from forecaster.scores_csv import CSV_COLUMNS, read_scores_csv
