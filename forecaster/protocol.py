@@ -89,6 +89,7 @@ class Forecast:
             and bool(np.array_equal(self.frame, other.frame))
         )
 
+    # compared by value (the frame's pixels included), so not hashable
     __hash__ = None  # type: ignore[assignment]
 
 

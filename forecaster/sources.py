@@ -446,6 +446,7 @@ def parse_synthetic_uri(uri: str) -> SyntheticParams:
             raise SourceError(f"synthetic source parameter {key!r} given twice in {uri!r}")
         kind, low, high = rule
         values[key] = _parse_value(key, text.strip() if sep else "", kind, low, high, uri)
+    # each value has its field's type: _parse_value converted it by the field's rule
     return SyntheticParams(**values)  # type: ignore[arg-type]
 
 

@@ -53,7 +53,8 @@ from forecaster.model.losses import (  # noqa: F401
     l1_gdl,
     mse,
 )
-from forecaster.model.step import Stepper, make_runner
+from forecaster.model.runners import Runner
+from forecaster.model.step import make_runner
 from forecaster.outputs import training_dir
 from forecaster.preprocess import to_unit
 
@@ -141,7 +142,7 @@ def split_videos(
 # --- calibration -----------------------------------------------------------------------------
 
 
-def error_maps(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
+def error_maps(stepper: Runner, video: Video) -> tuple[np.ndarray, np.ndarray]:
     """Squared error maps of the stepper's prediction (made at t-1) vs frame t, for t >= 1.
 
     Returns (T - 1, H, W) float32 maps and the per-frame mse of the trivial forecast
@@ -165,7 +166,7 @@ def error_maps(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
     return maps, copy_mse
 
 
-def frame_errors(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
+def frame_errors(stepper: Runner, video: Video) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame mse of the stepper's prediction (made at t-1) vs frame t, for t >= 1.
 
     Runs one frame per call with the state carried, as the daemon does. Also returns the
@@ -176,7 +177,7 @@ def frame_errors(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray
 
 
 def calibrate(
-    stepper: Stepper,
+    stepper: Runner,
     videos: Sequence[Video],
     window: int,
     patch: PatchSettings | None = None,
@@ -288,7 +289,7 @@ def recalibrate(
     motion_videos = None
     if motion_data is not None:
         motion_videos = load_videos(motion_data, card.size, training.get("max_frames"), cue_height=None)
-    calibration = calibrate(make_runner(model), videos, card.window, patch,  # type: ignore[arg-type]
+    calibration = calibrate(make_runner(model), videos, card.window, patch,
                             motion_videos)
     card.calibration = calibration
     save_model(model, out, card)
@@ -464,7 +465,7 @@ def train_command(
 
     runner = make_runner(model)
     # motion energy does not depend on the model: its statistics may use every video
-    calibration = calibrate(runner, val_videos, window, motion_videos=videos)  # type: ignore[arg-type]
+    calibration = calibrate(runner, val_videos, window, motion_videos=videos)
     log.info(
         "calibration: ln(mse) %.3f +- %.3f over %d frames (mse %.3g, copy-last-frame mse %.3g)",
         calibration["log_mse_mean"],
