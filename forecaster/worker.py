@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.channels import exit_with_parent, set_process_name
+from forecaster.channels import Flag, Outbox, start_child
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
 from forecaster.errors import ForecasterError
 from forecaster.health import CameraField, Health
-from forecaster.logs import setup_child_logging
 from forecaster.protocol import Event, Message, Score, Status
 from forecaster.ring import FrameRing, RingStats
 
@@ -352,15 +350,10 @@ class Worker:
 
 
 def worker_main(
-    spec: WorkerSpec, wakeup_address: str, control: Any, stop: Any, health: Health
+    spec: WorkerSpec, wakeup_address: str, control: Outbox, stop: Flag, health: Health
 ) -> None:
     """Entry point of the worker process (spawned, and restarted, by the supervisor)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    exit_with_parent(stop)
-    set_process_name("fc-worker")
-    setup_child_logging(spec.log_level)
+    start_child("fc-worker", stop, spec.log_level)
     log = logging.getLogger("forecaster.worker")
     role = "worker"
     rings: list[FrameRing] = []
