@@ -3,8 +3,8 @@
 :class:`InferenceEngine` holds each camera's recurrent state and scorer and turns frames
 into protocol messages. The worker process feeds it from the cameras' rings
 (:mod:`forecaster.worker`); replay, eval and bench feed it from files, so offline scores
-are the live scores. :func:`load` loads a model for it (one way for all of them) and
-:func:`model_path` says which model a command uses and :func:`check_model` whether its
+are the live scores. :func:`load` loads a model for it (one way for all of them),
+:func:`model_path` says which model a command uses, and :func:`check_model` whether its
 card can score with the ``[scorer]`` settings (before TensorFlow is imported).
 """
 

@@ -1,8 +1,8 @@
 """Inference worker: one process for all cameras.
 
 :class:`Worker` feeds the process-free :class:`~forecaster.engine.InferenceEngine` (the
-same one replay and evaluation run) from the cameras' rings:
-one step per new frame, the missed frames in one call when behind by less than a ring,
+same one replay and evaluation run) from the cameras' rings: one step per new frame, the
+missed frames in one call when behind by less than a ring,
 and a reset + re-prime from the ring when further behind, after a reconnect or restart,
 or when the model returns non-finite values. A re-prime uses only frames of the ring's
 current epoch, so the state after a reconnect is built from the new frames alone.
