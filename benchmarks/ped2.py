@@ -156,11 +156,10 @@ def score_all(model_path: Path, pool: list[tuple[str, str, np.ndarray | None]],
               val_uris: list[tuple[str, str]], cands: Sequence[Candidate],
               ) -> dict[str, dict[str, np.ndarray]]:
     """{candidate: {video: causal scores}} of one model on the pool."""
-    from forecaster.model.artifact import load_model
-    from forecaster.model.step import make_runner
+    from forecaster.engine import load
 
-    model, card = load_model(model_path)
-    stepper = make_runner(model)
+    loaded = load(model_path)
+    stepper, card = loaded.runner, loaded.card
     size, window = card.size, card.window
 
     def scored(name: str, uri: str, labels: np.ndarray | None) -> Scored:
@@ -181,8 +180,8 @@ def score_all(model_path: Path, pool: list[tuple[str, str, np.ndarray | None]],
 
 def micro_auc(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray],
               videos: Sequence[str], paper: bool = False) -> float:
+    from forecaster.detection_metrics import roc_auc
     from forecaster.evaluate import minmax
-    from forecaster.metrics import roc_auc
 
     s = np.concatenate([minmax(scores[v]) if paper else scores[v] for v in videos])
     y = np.concatenate([labels[v] for v in videos])

@@ -229,21 +229,23 @@ def bench_replay_engine(frames: np.ndarray, chunks: tuple[int, ...] = (1, 128)) 
     """Replay's model + scoring on decoded frames (the bundled model, the daemon's scorer):
     frames per second with one model call per ``chunk`` frames, after a warm-up pass."""
     from forecaster.config import ScorerConfig
+    from forecaster.engine import load
     from forecaster.model.artifact import bundled_model_path
-    from forecaster.replay import feed_chunk, load
+    from forecaster.replay_feed import RecordingStepper, feed_chunk
 
     model = load(bundled_model_path())
+    stepper = RecordingStepper(model.runner)
     stamps = np.zeros(len(frames))
     results: dict[str, Any] = {"frames": len(frames)}
     for chunk in chunks:
         rates = []
         for _ in range(2):  # the first pass compiles this chunk's shapes
-            engine = model.engine(ScorerConfig())
+            engine = model.engine(ScorerConfig(), stepper)
             engine.add_camera("bench")
             started = time.perf_counter()
             for start in range(0, len(frames), chunk):
                 stop = min(start + chunk, len(frames))
-                feed_chunk(engine, model.stepper, "bench", frames[start:stop],
+                feed_chunk(engine, stepper, "bench", frames[start:stop],
                            range(start, stop), stamps[start:stop])
             rates.append(len(frames) / (time.perf_counter() - started))
         results[f"chunk_{chunk}_fps"] = rates[-1]

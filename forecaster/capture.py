@@ -13,16 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from forecaster.channels import exit_with_parent, set_process_name
+from forecaster.channels import Flag, Outbox, start_child
 from forecaster.errors import ForecasterError, SourceDisconnected, SourceError
 from forecaster.flow import MotionCue
-from forecaster.health import C, Health
-from forecaster.logs import setup_child_logging
+from forecaster.health import CameraField, Health
 from forecaster.preprocess import to_gray_resized
 from forecaster.ring import FrameRing
 from forecaster.sources import FrameSource, open_source
@@ -120,7 +118,7 @@ class Capture:
 
     def _new_epoch(self) -> None:
         """The frames from the next one on do not continue the ones in the ring."""
-        self.health.set(self.spec.index, C.EPOCH_START, self.ring.latest_seq + 1)
+        self.health.set(self.spec.index, CameraField.EPOCH_START, self.ring.latest_seq + 1)
         self.ring.new_epoch()
 
     def open(self) -> None:
@@ -252,19 +250,14 @@ class Capture:
 
 
 def capture_main(
-    spec: CaptureSpec, wakeup: Any, control: Any, stop: Any, go: Any, health: Health
+    spec: CaptureSpec, wakeup: Outbox, control: Outbox, stop: Flag, go: Flag, health: Health
 ) -> None:
     """Entry point of a capture process (spawned, and restarted, by the supervisor).
 
     Opens the source (reporting errors), reports ready, then waits for ``go`` (every
     process ready) before reading frames.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    exit_with_parent(stop)
-    set_process_name(f"fc-cap:{spec.camera}")
-    setup_child_logging(spec.log_level)
+    start_child(f"fc-cap:{spec.camera}", stop, spec.log_level)
     log = logging.getLogger(f"forecaster.capture.{spec.camera}")
     role = f"capture:{spec.camera}"
     ring: FrameRing | None = None

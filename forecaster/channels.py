@@ -27,6 +27,8 @@ import time
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from forecaster.logs import setup_child_logging
+
 #: errors of a non-blocking send that mean "nobody listens now" or "receiver is full"
 _DROP_ERRNOS = frozenset({errno.EAGAIN, errno.ECONNREFUSED, errno.ENOENT, errno.ENOBUFS})
 _POLL_S = 0.02
@@ -57,6 +59,18 @@ def set_process_name(name: str) -> None:
     with contextlib.suppress(OSError, AttributeError):  # not Linux: no prctl
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(15, name.encode()[:15] + b"\0", 0, 0, 0)  # 15 = PR_SET_NAME
+
+
+def start_child(name: str, stop: Flag, log_level: str) -> None:
+    """The prologue of every child process: Ctrl-C and SIGHUP are the supervisor's to handle
+    (ignored here), SIGTERM sets ``stop``, the child stops when its parent dies, it is named
+    ``name`` in ``ps`` and ``top``, and it logs at ``log_level``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    exit_with_parent(stop)
+    set_process_name(name)
+    setup_child_logging(log_level)
 
 
 class Flag:

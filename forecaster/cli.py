@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 
 from forecaster import __version__
 from forecaster.errors import ForecasterError, name_some
-from forecaster.model import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_LOSS, DEFAULT_PATIENCE
+from forecaster.model import (
+    ARCH_NAMES,
+    DEFAULT_ARCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_LOSS,
+    DEFAULT_PATIENCE,
+    LOSS_NAMES,
+    TRAINING_MODES,
+)
 
 if TYPE_CHECKING:
     from forecaster.config import Config
@@ -251,11 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data", nargs="+", help="video files, image folders, data set folders "
                        "or synthetic:?anomaly_rate=0&seed=N")
     train.add_argument("--out", required=True, help="output model file (.keras)")
-    train.add_argument("--arch", default="convlstm-ae",
-                       choices=["convlstm-ae", "seed-convlstm", "seed-convlstm-pool",
-                                "convlstm-vae", "conv3d-vae"],
-                       help="model architecture (default: convlstm-ae)")
-    train.add_argument("--mode", choices=["window", "stateful"],
+    train.add_argument("--arch", default=DEFAULT_ARCH,
+                       choices=ARCH_NAMES,
+                       help=f"model architecture (default: {DEFAULT_ARCH})")
+    train.add_argument("--mode", choices=TRAINING_MODES,
                        help="window: shuffled clips; stateful: whole videos side by side in "
                        "consecutive chunks, state carried, reset per group (recurrent archs "
                        "only). Default: stateful for recurrent archs, window for the others")
@@ -279,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stride", type=_positive_int, metavar="N",
                        help="frames between clip starts in window mode (default: half a clip; "
                        "= the clip length for no overlap)")
-    train.add_argument("--loss", choices=["mse", "l1+gdl"],
+    train.add_argument("--loss", choices=LOSS_NAMES,
                        help=f"pixel loss (default {DEFAULT_LOSS}; the VAEs add their KL term)")
     train.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
                        help=f"Adam's learning rate (default {DEFAULT_LEARNING_RATE:g})")

@@ -8,7 +8,6 @@ bundled model). Unknown keys and wrong types are rejected with the key path and 
 from __future__ import annotations
 
 import ipaddress
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +24,8 @@ from pydantic import (
 
 from forecaster.endpoints import is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
+from forecaster.model import frame_size_fits
+from forecaster.protocol import CAMERA_PATTERN, MAX_CAMERA_ID
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,7 +33,6 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 DEFAULT_LOOKUP = (Path("config.toml"), Path("/etc/forecaster/config.toml"))
-CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def _int_to_float(value: Any) -> Any:
@@ -64,8 +64,8 @@ class CameraConfig(_Section):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not CAMERA_ID.match(value):
-            raise ValueError("camera id must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        if CAMERA_PATTERN.fullmatch(value) is None or len(value) > MAX_CAMERA_ID:
+            raise ValueError(f"camera id must be 1-{MAX_CAMERA_ID} characters of A-Z a-z 0-9 _ . -")
         return value
 
 
@@ -91,7 +91,7 @@ class CaptureConfig(_Section):
         if value is None:
             return value
         height, width = value
-        if height < 16 or width < 16 or height % 4 or width % 4:
+        if not frame_size_fits(height, width):
             raise ValueError("size must be [height, width], each at least 16 and divisible by 4")
         return value
 

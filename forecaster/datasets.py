@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +19,7 @@ import numpy as np
 from forecaster.errors import DataError
 from forecaster.flow import MotionCue
 from forecaster.preprocess import to_gray_resized
+from forecaster.protocol import camera_safe
 from forecaster.sources import (
     SYNTHETIC_PREFIX,
     FolderSource,
@@ -81,7 +81,7 @@ def _expand_one(text: str, live: bool) -> list[VideoRef]:
         if not live:
             raise DataError(f"a data set must be files or folders, not a live source: {text} "
                             f"(forecaster train --minutes N records N minutes of it)")
-        return [VideoRef("live-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:48], text)]
+        return [VideoRef("live-" + camera_safe(text, 48), text)]
     path = Path(text).expanduser()
     if not path.exists():
         raise DataError(f"data path not found: {text}")

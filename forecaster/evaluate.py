@@ -1,7 +1,7 @@
 """Evaluation: frame-level detection quality of a model on a labelled data set.
 
 ``forecaster eval DATA --labels FILE`` scores every video with the daemon's own code
-(:class:`~forecaster.worker.InferenceEngine` + :class:`~forecaster.scorer.Scorer`, frames
+(:class:`~forecaster.engine.InferenceEngine` + :class:`~forecaster.scorer.Scorer`, frames
 fed in chunks with the state carried) and compares the scores with the labels under two
 protocols:
 
@@ -46,19 +46,15 @@ import numpy as np
 
 from forecaster.config import Config
 from forecaster.datasets import expand_videos, load_labels, read_video_cues
+from forecaster.detection_metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
+from forecaster.engine import check_model, load, model_path
 from forecaster.errors import DataError
 from forecaster.flow import flow_scores
-from forecaster.metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
 from forecaster.outputs import fresh_dir, prepare_out_dir
-from forecaster.replay import (
-    DEFAULT_CHUNK,
-    MAX_PANELS,
-    check_model,
-    label_mismatch,
-    load,
-    resolve_model,
-    score_video,
-)
+from forecaster.preprocess import to_unit
+from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, score_video
+from forecaster.replay_inputs import label_mismatch
+from forecaster.replay_results import MAX_PANELS
 from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height
 
 log = logging.getLogger("forecaster.evaluate")
@@ -103,7 +99,7 @@ class EvalVideo:
 
 def copy_last_mse(frames: np.ndarray) -> np.ndarray:
     """mse of "frame t = frame t-1" for every frame (NaN for frame 0), pixels in [0, 1]."""
-    x = frames.astype(np.float32) / 255.0
+    x = to_unit(frames)
     out = np.full(len(frames), np.nan)
     if len(frames) > 1:
         diff = x[1:] - x[:-1]
@@ -113,7 +109,7 @@ def copy_last_mse(frames: np.ndarray) -> np.ndarray:
 
 def frame_diff(frames: np.ndarray) -> np.ndarray:
     """Mean absolute difference to the previous frame (NaN for frame 0), pixels in [0, 1]."""
-    x = frames.astype(np.float32) / 255.0
+    x = to_unit(frames)
     out = np.full(len(frames), np.nan)
     if len(frames) > 1:
         out[1:] = np.mean(np.abs(x[1:] - x[:-1], dtype=np.float64), axis=(1, 2))
@@ -243,20 +239,21 @@ def evaluate_command(
     refused unless ``force``, which removes them first.
     """
     cfg = config if config is not None else Config()
-    model_path = resolve_model(model, config)
-    card = check_model(model_path, cfg.scorer)
+    path = model_path(model, config)
+    card = check_model(path, cfg.scorer)
     size = (int(card.height), int(card.width))
     if out is not None:
         prepare_out_dir(Path(out), [Path(out) / name for name in RESULT_FILES], force=force)
     # before TensorFlow: bad data fails fast
     raw_videos = _read(data, labels, size, cue_height(cfg.scorer.mode, card.calibration))
-    out_dir = Path(out) if out is not None else fresh_dir("eval", model_path.stem)
+    out_dir = Path(out) if out is not None else fresh_dir("eval", path.stem)
 
-    loaded = load(model_path)
-    engine = loaded.engine(cfg.scorer)
+    loaded = load(path)
+    stepper = RecordingStepper(loaded.runner)
+    engine = loaded.engine(cfg.scorer, stepper)
     videos: list[EvalVideo] = []
     for index, (name, frames, truth, cues) in enumerate(raw_videos):
-        scored = score_video(engine, loaded.stepper, f"video{index}", frames, chunk, cues)
+        scored = score_video(engine, stepper, f"video{index}", frames, chunk, cues)
         seqs = np.asarray([s.seq for s in scored], dtype=np.int64)
         if len(seqs) == 0:
             log.warning("video %s: no frame scored (%d frames, window %d)", name, len(frames),
@@ -304,7 +301,7 @@ def evaluate_command(
     report = {
         "data": list(data),
         "labels": labels,
-        "model": str(model_path),
+        "model": str(path),
         "model_card": {"arch": card.arch, "size": [card.height, card.width],
                        "window": card.window, "calibration": card.calibration},
         "scorer": cfg.scorer.model_dump(),

@@ -43,8 +43,10 @@ class FlowEnergy:
         if previous is None:
             return float("nan")
         scale, levels, window, iterations, poly_n, poly_sigma = FARNEBACK
-        flow = cv2.calcOpticalFlowFarneback(previous, frame, None, scale, levels, window,
-                                            iterations, poly_n, poly_sigma, 0)
+        # OpenCV's stubs omit flow=None (a new output array), which the binding accepts
+        flow = cv2.calcOpticalFlowFarneback(previous, frame, None,  # type: ignore[call-overload]
+                                            scale, levels, window, iterations, poly_n,
+                                            poly_sigma, 0)
         magnitude = np.sqrt(np.square(flow[..., 0]) + np.square(flow[..., 1]))
         return float(top_k_mean(self.pooler(magnitude), self.top))
 

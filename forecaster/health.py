@@ -29,7 +29,7 @@ INFERENCE_BUCKETS: tuple[float, ...] = (
 MESSAGE_KINDS: tuple[str, ...] = ("forecast", "score", "event", "status")
 
 
-class G(IntEnum):
+class DaemonField(IntEnum):
     """Daemon-wide fields."""
 
     WORKER_BEAT = 0  # time.monotonic() of the worker loop's last turn
@@ -39,10 +39,10 @@ class G(IntEnum):
     BUCKETS = MESSAGES + len(MESSAGE_KINDS)  # + bucket index (len(INFERENCE_BUCKETS) = +Inf)
 
 
-GLOBAL_FIELDS = int(G.BUCKETS) + len(INFERENCE_BUCKETS) + 1
+GLOBAL_FIELDS = int(DaemonField.BUCKETS) + len(INFERENCE_BUCKETS) + 1
 
 
-class C(IntEnum):
+class CameraField(IntEnum):
     """Per-camera fields."""
 
     CAPTURE_BEAT = 0  # time.monotonic() of the capture loop's last turn (capture writes)
@@ -55,7 +55,7 @@ class C(IntEnum):
     LAST_SCORE = 7  # calibrated score of the last frame scored (NaN = none)
 
 
-CAMERA_FIELDS = len(C)
+CAMERA_FIELDS = len(CameraField)
 
 
 class Health:
@@ -67,8 +67,8 @@ class Health:
         self._raw: Any = ctx.RawArray("d", size) if ctx is not None else (ctypes.c_double * size)()
         self._view: np.ndarray | None = None
         for index in range(cameras):
-            self.set(index, C.WORKER_SEQ, -1.0)
-            self.set(index, C.LAST_SCORE, math.nan)
+            self.set(index, CameraField.WORKER_SEQ, -1.0)
+            self.set(index, CameraField.LAST_SCORE, math.nan)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"cameras": self.cameras, "_raw": self._raw}
@@ -86,18 +86,18 @@ class Health:
 
     # -- per camera -----------------------------------------------------------------------
 
-    def get(self, camera: int, field: C) -> float:
+    def get(self, camera: int, field: CameraField) -> float:
         return float(self.values[GLOBAL_FIELDS + camera * CAMERA_FIELDS + field])
 
-    def set(self, camera: int, field: C, value: float) -> None:
+    def set(self, camera: int, field: CameraField, value: float) -> None:
         self.values[GLOBAL_FIELDS + camera * CAMERA_FIELDS + field] = value
 
-    def add(self, camera: int, field: C, amount: float = 1.0) -> None:
+    def add(self, camera: int, field: CameraField, amount: float = 1.0) -> None:
         if amount:
             self.values[GLOBAL_FIELDS + camera * CAMERA_FIELDS + field] += amount
 
     def beat_capture(self, camera: int) -> None:
-        self.set(camera, C.CAPTURE_BEAT, time.monotonic())
+        self.set(camera, CameraField.CAPTURE_BEAT, time.monotonic())
 
     # -- daemon-wide ----------------------------------------------------------------------
 
@@ -105,13 +105,13 @@ class Health:
         return float(self.values[field])
 
     def beat_worker(self) -> None:
-        self.values[G.WORKER_BEAT] = time.monotonic()
+        self.values[DaemonField.WORKER_BEAT] = time.monotonic()
 
     def count_message(self, kind: str, sent: bool = True) -> None:
         if sent:
-            self.values[G.MESSAGES + MESSAGE_KINDS.index(kind)] += 1
+            self.values[DaemonField.MESSAGES + MESSAGE_KINDS.index(kind)] += 1
         else:
-            self.values[G.PUBLISH_DROPPED] += 1
+            self.values[DaemonField.PUBLISH_DROPPED] += 1
 
     def observe_inference(self, seconds: float) -> None:
         bucket = len(INFERENCE_BUCKETS)
@@ -119,13 +119,13 @@ class Health:
             if seconds <= bound:
                 bucket = index
                 break
-        self.values[G.BUCKETS + bucket] += 1
-        self.values[G.INFERENCE_SUM] += seconds
+        self.values[DaemonField.BUCKETS + bucket] += 1
+        self.values[DaemonField.INFERENCE_SUM] += seconds
 
     def inference_histogram(self) -> tuple[list[float], float]:
         """Cumulative counts per bucket (the last is +Inf, the total) and the sum."""
-        counts = self.values[G.BUCKETS : G.BUCKETS + len(INFERENCE_BUCKETS) + 1]
-        return [float(x) for x in np.cumsum(counts)], float(self.values[G.INFERENCE_SUM])
+        counts = self.values[DaemonField.BUCKETS : DaemonField.BUCKETS + len(INFERENCE_BUCKETS) + 1]
+        return [float(x) for x in np.cumsum(counts)], float(self.values[DaemonField.INFERENCE_SUM])
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +165,7 @@ class StallDetector:
         now = time.monotonic() if now is None else now
         stalls: list[Stall] = []
         for index, camera in enumerate(self.cameras):
-            seq = health.get(index, C.WORKER_SEQ)
+            seq = health.get(index, CameraField.WORKER_SEQ)
             if not worker_running or seq != self._seen[index] or latest_seqs[index] <= seq:
                 self._seen[index] = seq
                 self._since[index] = now
@@ -173,12 +173,12 @@ class StallDetector:
                 waited = now - self._since[index]
                 stalls.append(Stall("worker", f"frames of camera {camera} waited {waited:.0f} s"))
         if worker_running:
-            age = now - health.get_global(G.WORKER_BEAT)
+            age = now - health.get_global(DaemonField.WORKER_BEAT)
             if age > self.stall_s:
                 stalls.insert(0, Stall("worker", f"its loop has not turned for {age:.0f} s"))
         for index, camera in enumerate(self.cameras):
             if captures_running[index]:
-                age = now - health.get(index, C.CAPTURE_BEAT)
+                age = now - health.get(index, CameraField.CAPTURE_BEAT)
                 if age > self.stall_s:
                     stalls.append(
                         Stall(f"capture:{camera}", f"its loop has not turned for {age:.0f} s")

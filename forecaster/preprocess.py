@@ -9,7 +9,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from forecaster.model import frame_size_fits
+
 Size = tuple[int, int]  # (height, width)
+
+#: uint8 pixel -> the model's scale, [0, 1]
+PIXEL_SCALE = np.float32(1.0 / 255.0)
+
+
+def to_unit(frames: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 frames as float32 in [0, 1], the model's scale (written into ``out`` if given);
+    the worker, replay, training and evaluation all scale pixels with it."""
+    return np.multiply(frames, PIXEL_SCALE, out=out, dtype=np.float32)
 
 
 def to_gray_resized(image: np.ndarray, size: Size) -> np.ndarray:
@@ -46,6 +57,6 @@ def parse_size(text: str) -> Size:
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise ValueError(f"size must look like HxW, e.g. 64x80, got {text!r}")
     height, width = int(parts[0]), int(parts[1])
-    if height < 16 or width < 16 or height % 4 or width % 4:
+    if not frame_size_fits(height, width):
         raise ValueError(f"size must be at least 16x16 and divisible by 4, got {text!r}")
     return height, width

@@ -23,7 +23,12 @@ import numpy as np
 
 PROTOCOL_VERSION = 1
 KINDS: tuple[str, ...] = ("forecast", "score", "event", "status")
-CAMERA_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+#: the characters of a camera id
+CAMERA_CHARS = "A-Za-z0-9_.-"
+CAMERA_PATTERN = re.compile(f"[{CAMERA_CHARS}]+")
+#: the longest camera id a config may name
+MAX_CAMERA_ID = 64
+_CAMERA_UNSAFE = re.compile(f"[^{CAMERA_CHARS}]+")
 EVENT_STATES: tuple[str, ...] = ("start", "end")
 
 Buffer = bytes | bytearray | memoryview
@@ -40,6 +45,12 @@ def validate_camera(camera: str) -> str:
             f"invalid camera id {camera!r}: use letters, digits, '_', '.' or '-' only"
         )
     return camera
+
+
+def camera_safe(text: str, limit: int = MAX_CAMERA_ID) -> str:
+    """``text`` made a camera id: each run of other characters one ``_``, at most ``limit``
+    characters ("" when nothing is left)."""
+    return _CAMERA_UNSAFE.sub("_", text).strip("_")[:limit]
 
 
 def validate_kind(kind: str) -> str:
@@ -78,6 +89,7 @@ class Forecast:
             and bool(np.array_equal(self.frame, other.frame))
         )
 
+    # compared by value (the frame's pixels included), so not hashable
     __hash__ = None  # type: ignore[assignment]
 
 

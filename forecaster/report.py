@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["Series", "TimelinePanel", "anomalous_runs", "plot_roc", "plot_timelines"]
 
@@ -51,7 +55,7 @@ def anomalous_runs(labels: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
 
 
-def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -81,9 +85,9 @@ def plot_timelines(path: str | Path, panels: Sequence[TimelinePanel], title: str
             ax.axhline(panel.threshold, color="black", ls="--", lw=0.8,
                        label=f"{panel.threshold_name} ({panel.threshold:g})")
         event_label = "detected event"
-        last = max((float(np.max(s.x)) for s in panel.series if len(s.x)), default=0.0)
+        x_end = max((float(np.max(s.x)) for s in panel.series if len(s.x)), default=0.0)
         for start, end in panel.events:
-            stop = last if end is None else end
+            stop = x_end if end is None else end
             ax.axvline(start, color="tab:purple", lw=1.0)
             ax.axvspan(start, stop, ymin=0.0, ymax=0.05, color="tab:purple", alpha=0.7, lw=0,
                        label=event_label)

@@ -80,7 +80,7 @@ class FrameRing:
     def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
         self._shm = shm
         self._owner = owner
-        self.header = np.ndarray((16,), dtype=np.int64, buffer=shm.buf[:HEADER_BYTES])
+        self.header = np.ndarray((16,), dtype=np.int64, buffer=shm.buf)
         if self.header[_H["magic"]] != MAGIC or self.header[_H["version"]] != VERSION:
             shm.close()
             raise RingError(f"shared memory {shm.name} is not a forecaster ring (v{VERSION})")
@@ -123,7 +123,7 @@ class FrameRing:
             stale.close()
             stale.unlink()
             shm = shared_memory.SharedMemory(name=name, create=True, size=size)
-        header = np.ndarray((16,), dtype=np.int64, buffer=shm.buf[:HEADER_BYTES])
+        header = np.ndarray((16,), dtype=np.int64, buffer=shm.buf)
         header[:] = 0
         header[_H["height"]] = height
         header[_H["width"]] = width

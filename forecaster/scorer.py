@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -111,10 +111,10 @@ def resolve_mode(mode: str, calibration: Mapping[str, Any]) -> Mode:
     if mode not in SCORER_MODES:
         raise ValueError(f"scorer mode must be one of {', '.join(SCORER_MODES)}, got {mode!r}")
     if mode != "auto":
-        return mode  # type: ignore[return-value]
+        return cast(Mode, mode)  # one of SCORER_MODES other than "auto"
     for candidate in ("fused", "patch"):
         if candidate in calibration:
-            return candidate  # type: ignore[return-value]
+            return candidate
     return "global"
 
 

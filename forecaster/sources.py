@@ -280,8 +280,8 @@ class FileSource(FrameSource):
         if self._capture is None:
             raise self._not_open()
         if self._pending is not None:
-            image, self._pending = self._pending, None
-            return SourceFrame(image, time.time())
+            pending, self._pending = self._pending, None
+            return SourceFrame(pending, time.time())
         ok, image = self._capture.read()
         if ok and image is not None:
             return SourceFrame(image, time.time())
@@ -369,8 +369,8 @@ class FolderSource(FrameSource):
         if not self._open:
             raise self._not_open()
         if self._pending is not None:
-            image, self._pending = self._pending, None
-            return SourceFrame(image, time.time())
+            pending, self._pending = self._pending, None
+            return SourceFrame(pending, time.time())
         image = self._scan(len(self.files))
         if image is None and self.loop:
             self._next = 0
@@ -446,6 +446,7 @@ def parse_synthetic_uri(uri: str) -> SyntheticParams:
             raise SourceError(f"synthetic source parameter {key!r} given twice in {uri!r}")
         kind, low, high = rule
         values[key] = _parse_value(key, text.strip() if sep else "", kind, low, high, uri)
+    # each value has its field's type: _parse_value converted it by the field's rule
     return SyntheticParams(**values)  # type: ignore[arg-type]
 
 

@@ -36,12 +36,13 @@ from typing import Any
 from forecaster.capture import CaptureSpec, capture_main
 from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
+from forecaster.engine import check_scorer, model_path
 from forecaster.errors import ChildFailed, ModelError, SourceError, UsageError, name_some
-from forecaster.health import C, Health, RestartBudget, StallDetector
+from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
-from forecaster.worker import WorkerSpec, check_scorer, worker_main
+from forecaster.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("forecaster.supervisor")
 STOP_GRACE_S = 4.0
@@ -67,9 +68,9 @@ class Child:
 def resolve_model_path(config: Config) -> Path:
     """The configured model, or the bundled one; its card checked against the config (frame
     size, the scorer it makes) without importing TensorFlow."""
-    from forecaster.model.artifact import bundled_model_path, read_card
+    from forecaster.model.artifact import read_card
 
-    path = Path(config.model.path) if config.model.path else bundled_model_path()
+    path = model_path(None, config)
     card = read_card(path)
     if config.capture.size is not None and (card.height, card.width) != config.capture.size:
         raise ModelError(
@@ -92,8 +93,8 @@ def check_sources(config: Config) -> None:
     for camera in config.cameras:
         try:
             open_source(camera.source, loop=camera.loop)
-        except UsageError as error:
-            failed.append((camera.id, error))
+        except UsageError as problem:
+            failed.append((camera.id, problem))
     if not failed:
         return
     first, error = failed[0]
@@ -232,7 +233,7 @@ class Supervisor:
             )
             ring_names.append((camera.id, name))
         if config.metrics.enabled:
-            from forecaster.metrics_http import MetricsServer
+            from forecaster.prometheus import MetricsServer
 
             self.metrics = MetricsServer(config.metrics.address, config.metrics.port, self)
         self._worker_spec = WorkerSpec(
@@ -350,7 +351,7 @@ class Supervisor:
         return 0
 
     def _processed(self) -> list[float]:
-        return [self.health.get(i, C.PROCESSED) for i in range(len(self.camera_ids))]
+        return [self.health.get(i, CameraField.PROCESSED) for i in range(len(self.camera_ids))]
 
     def _status_text(self, rates: list[float] | float) -> str:
         parts = []
@@ -363,7 +364,7 @@ class Supervisor:
                 parts.append(f"{camera} source down, reconnecting")
                 continue
             fps = rates[index] if isinstance(rates, list) else rates
-            score = self.health.get(index, C.LAST_SCORE)
+            score = self.health.get(index, CameraField.LAST_SCORE)
             shown = f"{score:.2f}" if math.isfinite(score) else "-"
             parts.append(f"{camera} {fps:.1f} fps, score {shown}")
         text = "; ".join(parts)

@@ -1,14 +1,13 @@
 """Inference worker: one process for all cameras.
 
-:class:`InferenceEngine` holds each camera's recurrent state and scorer and turns frames
-into protocol messages; it has no notion of processes or shared memory, so replay and
-evaluation run the very same code. :class:`Worker` feeds it from the cameras' rings:
-one step per new frame, the missed frames in one call when behind by less than a ring;
-further behind (the worker cannot keep up), a skip to the newest half ring of frames with
-the state kept (the frames in between are dropped and counted, the first frame after the
-gap is not scored), so an overloaded worker sheds frames instead of spending its time on
-re-primes; a reset + re-prime from the ring after a reconnect or restart, a gap of more
-than 4 rings, or when the model returns non-finite values. A re-prime uses only frames of the ring's
+:class:`Worker` feeds the process-free :class:`~forecaster.engine.InferenceEngine` (the
+same one replay and evaluation run) from the cameras' rings: one step per new frame, the
+missed frames in one call when behind by less than a ring; further behind (the worker
+cannot keep up), a skip to the newest half ring of frames with the state kept (the frames
+in between are dropped and counted, the first frame after the gap is not scored), so an
+overloaded worker sheds frames instead of spending its time on re-primes; a reset +
+re-prime from the ring after a reconnect or restart, a gap of more than 4 rings, or when
+the model returns non-finite values. A re-prime uses only frames of the ring's
 current epoch, so the state after a reconnect is built from the new frames alone.
 
 The worker's progress and counters live in the shared :class:`~forecaster.health.Health`
@@ -19,301 +18,25 @@ goes on from them (no frame published twice, drop counts kept).
 from __future__ import annotations
 
 import logging
-import math
 import queue
-import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from forecaster.channels import exit_with_parent, set_process_name
+from forecaster.channels import Flag, Outbox, start_child
 from forecaster.config import PublishConfig, ScorerConfig
-from forecaster.errors import ForecasterError, ModelError
-from forecaster.fit import FitCheck
-from forecaster.health import C, Health
-from forecaster.logs import import_tensorflow_quietly, setup_child_logging
-from forecaster.protocol import Event, Forecast, Score, Status
+from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
+from forecaster.errors import ForecasterError
+from forecaster.health import CameraField, Health
+from forecaster.protocol import Event, Message, Score, Status
 from forecaster.ring import FrameRing, RingStats
-from forecaster.scorer import Scorer
-
-if TYPE_CHECKING:
-    from forecaster.model.artifact import ModelCard
-
-Message = Forecast | Score | Event | Status
-#: one camera's frames for one model call: camera, frames (T, H, W) uint8, seqs, capture
-#: times, motion cues (None: no cue)
-Item = tuple[str, np.ndarray, Sequence[int], Sequence[float], Sequence[float] | None]
 
 #: a camera further behind than this many rings of frames is re-primed; a camera less far
 #: behind skips to its newest frames and keeps its state
 WARM_GAP_RINGS = 4
-
-#: uint8 pixel -> model input in [0, 1]
-_SCALE = np.float32(1.0 / 255.0)
-
-
-def prediction_to_uint8(prediction: np.ndarray) -> np.ndarray:
-    """A float prediction in [0, 1] as the uint8 frame that is published."""
-    return np.clip(prediction * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
-
-
-def make_scorer(calibration: Mapping[str, Any], config: ScorerConfig) -> Scorer:
-    """One camera's scorer, as the engine makes it; ValueError when the calibration does not
-    fit the settings (e.g. ``patch`` mode without a per-location calibration)."""
-    return Scorer(
-        calibration,
-        mode=config.mode,
-        threshold_on=config.threshold_on,
-        threshold_off=config.threshold_off,
-        min_on_frames=config.min_on_frames,
-        min_off_frames=config.min_off_frames,
-        adapt_rate=config.adapt_rate,
-    )
-
-
-def check_scorer(path: Path, card: ModelCard, config: ScorerConfig) -> None:
-    """Build the scorer the engine will build from ``card``'s calibration and the ``[scorer]``
-    settings; ModelError naming the model and the settings when that fails.
-
-    ``run`` (before any process starts), ``check-config``, ``replay`` and ``eval`` call it,
-    so a card that does not fit the settings is one line and exit 2, not a worker crash.
-    """
-    try:
-        make_scorer(card.calibration, config)
-    except ValueError as error:
-        raise ModelError(
-            f"model {path} does not fit the [scorer] settings (scorer.mode = "
-            f"{config.mode!r}): {error}"
-        ) from None
-
-
-def padded_batch(count: int) -> int:
-    """The batch size a call for ``count`` cameras runs with: the next power of two."""
-    return 1 << max(0, count - 1).bit_length()
-
-
-@dataclass(slots=True)
-class CameraState:
-    """What the engine keeps per camera between ticks."""
-
-    camera: str
-    scorer: Scorer
-    #: does the model fit this camera (its first scores against the calibration)
-    fit: FitCheck
-    state: list[np.ndarray] | None = None
-    #: frames fed since the last reset
-    context: int = 0
-    #: prediction for the next frame (float32, H x W), made from the last frame fed
-    prediction: np.ndarray | None = None
-    last_seq: int | None = None
-    #: capture time of the last frame fed (None before the first)
-    last_ts: float | None = None
-    resets: int = 0
-
-
-@dataclass(slots=True)
-class StepResult:
-    messages: list[Message] = field(default_factory=list)
-    #: the model produced NaN or inf: the camera's state must be rebuilt
-    non_finite: bool = False
-    #: the camera's model-fit verdict was made during this call
-    fit_decided: bool = False
-
-
-class InferenceEngine:
-    """Runs the stateful model for several cameras and scores every frame.
-
-    A frame is scored against the prediction made from the previous frame, once the
-    state that made that prediction has seen at least ``window`` frames (so the first
-    ``window`` frames after a reset are not scored).
-    """
-
-    def __init__(
-        self,
-        stepper: Any,
-        calibration: dict[str, Any],
-        scorer: ScorerConfig,
-        window: int = 10,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.stepper = stepper
-        self.calibration = calibration
-        self.scorer_config = scorer
-        self.window = window
-        self.clock = clock
-        self.cameras: dict[str, CameraState] = {}
-        #: batch size -> the input buffer of one-frame calls
-        self._tick_inputs: dict[int, np.ndarray] = {}
-
-    def _inputs(self, rows: int, steps: int, height: int, width: int) -> np.ndarray:
-        """The float32 model input (rows, steps, H, W, 1): one buffer per batch size kept
-        for ticks (steps == 1), a fresh array for catch-up and re-priming chunks."""
-        if steps != 1:
-            return np.empty((rows, steps, height, width, 1), np.float32)
-        buffer = self._tick_inputs.get(rows)
-        if buffer is None or buffer.shape[2:4] != (height, width):
-            buffer = self._tick_inputs[rows] = np.zeros((rows, 1, height, width, 1), np.float32)
-        return buffer
-
-    def add_camera(self, camera: str) -> CameraState:
-        cam = CameraState(camera=camera, scorer=make_scorer(self.calibration, self.scorer_config),
-                          fit=FitCheck(self.scorer_config.threshold_off,
-                                       float(self.calibration["log_mse_mean"]),
-                                       float(self.calibration["log_mse_std"])))
-        self.cameras[camera] = cam
-        return cam
-
-    def _episode_end(self, cam: CameraState) -> Event | None:
-        """The "end" event of the camera's open anomaly episode, at its last frame."""
-        if not cam.scorer.anomaly or cam.last_seq is None or cam.last_ts is None:
-            return None
-        return Event(
-            camera=cam.camera,
-            seq=cam.last_seq,
-            ts=cam.last_ts,
-            state="end",
-            peak_score=cam.scorer.peak_score,
-        )
-
-    def skip(self, camera: str) -> None:
-        """Frames of the camera were skipped: its state goes on from the last frame fed, but
-        the prediction made from that frame is not for the next frame fed, which is then
-        not scored (the ones after it are)."""
-        self.cameras[camera].prediction = None
-
-    def reset(self, camera: str) -> Event | None:
-        """Forget the camera's recurrent state; the next frames re-prime it.
-
-        An anomaly episode still open is closed: the returned "end" event says so.
-        """
-        cam = self.cameras[camera]
-        end = self._episode_end(cam)
-        cam.state = None
-        cam.context = 0
-        cam.prediction = None
-        cam.resets += 1
-        cam.scorer.reset()
-        return end
-
-    def end_of_stream(self, camera: str) -> Event | None:
-        """The camera's finite source ended: the "end" event of an anomaly episode still
-        open (at the last frame fed), or None. Sent before the "ended" status."""
-        return self._episode_end(self.cameras[camera])
-
-    def process(
-        self, camera: str, frames: np.ndarray, seqs: Sequence[int], stamps: Sequence[float],
-        cues: Sequence[float] | None = None,
-    ) -> StepResult:
-        """Feed ``frames`` (T, H, W) uint8 of one camera in one model call, with their
-        motion cues when the scorer uses them.
-
-        Returns the score (and event) messages of every scored frame and the forecast
-        made from the newest frame.
-        """
-        return self.process_many([(camera, frames, seqs, stamps, cues)])[0]
-
-    def process_many(self, items: Sequence[Item]) -> list[StepResult]:
-        """Feed several cameras the same number of frames in ONE model call.
-
-        Each camera's state is a row of the batch; ``items`` holds
-        ``(camera, frames (T, H, W) uint8, seqs, stamps, cues or None)`` with one T for all.
-        The result of each camera equals what :meth:`process` gives for it alone.
-        """
-        cams = [self.cameras[item[0]] for item in items]
-        counts = {item[1].shape[0] for item in items}
-        if len(counts) != 1:
-            raise ValueError(f"process_many needs one frame count for all cameras, got {counts}")
-        for cam in cams:
-            if cam.state is None:
-                cam.state = self.stepper.initial_state(1)
-        # Pad the batch to a power of two: the compiled one-frame step is specialised per
-        # batch size, so a few sizes (compiled at start-up) serve any camera count.
-        rows = 1 if len(items) == 1 else padded_batch(len(items))
-        inputs = self._inputs(rows, *items[0][1].shape)
-        for row, item in enumerate(items):
-            np.multiply(item[1], _SCALE, out=inputs[row, :, :, :, 0])
-        if len(items) == 1:
-            state = cams[0].state
-        else:
-            inputs[len(items):] = 0.0
-            blank = self.stepper.initial_state(rows - len(items))
-            state = [
-                np.concatenate([*(cam.state[i] for cam in cams), blank[i]])  # type: ignore[index]
-                for i in range(len(blank))
-            ]
-        predictions, new_state = self.stepper.run(inputs, state)
-        results = []
-        for row, (cam, (_, _, seqs, stamps, cues)) in enumerate(zip(cams, items, strict=True)):
-            rows = predictions[row, :, :, :, 0]
-            if not np.isfinite(rows).all():
-                results.append(StepResult(non_finite=True))
-                continue
-            cam.state = [array[row : row + 1] for array in new_state]
-            results.append(self._score(cam, rows, inputs[row, :, :, :, 0], seqs, stamps, cues))
-        return results
-
-    def _score(
-        self,
-        cam: CameraState,
-        predictions: np.ndarray,
-        actual: np.ndarray,
-        seqs: Sequence[int],
-        stamps: Sequence[float],
-        cues: Sequence[float] | None,
-    ) -> StepResult:
-        """Score each fed frame against the prediction made from the one before it."""
-        camera = cam.camera
-        result = StepResult()
-        now = self.clock()
-        for index in range(predictions.shape[0]):
-            seq = int(seqs[index])
-            ts = float(stamps[index])
-            if cam.prediction is not None and cam.context >= self.window:
-                cue = math.nan if cues is None else float(cues[index])
-                scored = cam.scorer.score(cam.prediction, actual[index], cue)
-                if cam.fit.add(scored.mse):
-                    result.fit_decided = True
-                result.messages.append(
-                    Score(
-                        camera=camera,
-                        seq=seq,
-                        ts=ts,
-                        mse=scored.mse,
-                        psnr=scored.psnr,
-                        score=scored.score,
-                        anomaly=scored.anomaly,
-                        latency_ms=(now - ts) * 1000.0,
-                    )
-                )
-                if scored.event is not None:
-                    result.messages.append(
-                        Event(
-                            camera=camera,
-                            seq=seq,
-                            ts=ts,
-                            state=scored.event,
-                            peak_score=scored.peak_score,
-                        )
-                    )
-            cam.prediction = predictions[index]
-            cam.context += 1
-            cam.last_seq = seq
-            cam.last_ts = ts
-        frame = prediction_to_uint8(predictions[-1])
-        result.messages.append(
-            Forecast(
-                camera=camera,
-                seq=int(seqs[-1]),
-                ts=float(stamps[-1]),
-                target_seq=int(seqs[-1]) + 1,
-                frame=frame,
-            )
-        )
-        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +120,7 @@ class Worker:
         for index, feed in enumerate(feeds):
             feed.index = index
             cam = engine.add_camera(feed.camera)
-            done = int(self.health.get(index, C.WORKER_SEQ))
+            done = int(self.health.get(index, CameraField.WORKER_SEQ))
             if done >= 0:  # a previous worker process got this far: go on from there
                 cam.last_seq = done
                 feed.need = done + 1
@@ -422,22 +145,22 @@ class Worker:
             self._report_fit(feed)
         for message in result.messages:
             if isinstance(message, Score):
-                self.health.set(feed.index, C.LAST_SCORE, message.score)
+                self.health.set(feed.index, CameraField.LAST_SCORE, message.score)
             elif isinstance(message, Event) and message.state == "start":
-                self.health.add(feed.index, C.ANOMALY_EVENTS)
+                self.health.add(feed.index, CameraField.ANOMALY_EVENTS)
             self._send(message)
 
     def _sync(self, feed: _Feed) -> None:
         """Add what changed since the last call to the shared counters."""
         health, index = self.health, feed.index
         cam = self.engine.cameras[feed.camera]
-        health.add(index, C.DROPPED, feed.dropped - feed.synced_dropped)
-        health.add(index, C.PROCESSED, feed.processed - feed.synced_processed)
-        health.add(index, C.PRIMES, cam.resets - feed.synced_resets)
+        health.add(index, CameraField.DROPPED, feed.dropped - feed.synced_dropped)
+        health.add(index, CameraField.PROCESSED, feed.processed - feed.synced_processed)
+        health.add(index, CameraField.PRIMES, cam.resets - feed.synced_resets)
         feed.synced_dropped, feed.synced_processed = feed.dropped, feed.processed
         feed.synced_resets = cam.resets
         if cam.last_seq is not None:
-            health.set(index, C.WORKER_SEQ, cam.last_seq)
+            health.set(index, CameraField.WORKER_SEQ, cam.last_seq)
 
     # -- model ----------------------------------------------------------------------------
 
@@ -488,7 +211,7 @@ class Worker:
             if end is not None:
                 self._send(end)
             feed.awaiting = True
-        floor = max(feed.floor, int(self.health.get(feed.index, C.EPOCH_START)))
+        floor = max(feed.floor, int(self.health.get(feed.index, CameraField.EPOCH_START)))
         for _ in range(3):
             latest = ring.latest_seq
             first = max(0, latest - ring.slots + 1, floor)
@@ -580,8 +303,8 @@ class Worker:
         cam = self.engine.cameras[feed.camera]
         fps = (feed.processed - feed.processed_at_status) / elapsed if elapsed > 0 else 0.0
         feed.processed_at_status = feed.processed
-        dropped = int(self.health.get(feed.index, C.DROPPED))
-        resets = int(self.health.get(feed.index, C.PRIMES))
+        dropped = int(self.health.get(feed.index, CameraField.DROPPED))
+        resets = int(self.health.get(feed.index, CameraField.PRIMES))
         if ended:
             reason: str | None = "end of stream"
         elif not stats.connected:
@@ -645,15 +368,10 @@ class Worker:
 
 
 def worker_main(
-    spec: WorkerSpec, wakeup_address: str, control: Any, stop: Any, health: Health
+    spec: WorkerSpec, wakeup_address: str, control: Outbox, stop: Flag, health: Health
 ) -> None:
     """Entry point of the worker process (spawned, and restarted, by the supervisor)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    exit_with_parent(stop)
-    set_process_name("fc-worker")
-    setup_child_logging(spec.log_level)
+    start_child("fc-worker", stop, spec.log_level)
     log = logging.getLogger("forecaster.worker")
     role = "worker"
     rings: list[FrameRing] = []
@@ -666,14 +384,11 @@ def worker_main(
             inbox = Inbox(wakeup_address)
         except OSError as error:
             raise ForecasterError(f"cannot bind the worker's wake-up socket: {error}") from None
-        device = import_tensorflow_quietly()
-        from forecaster.model.artifact import load_model
-        from forecaster.model.step import make_runner
+        loaded = load(Path(spec.model_path), expect_size=spec.size)
         from forecaster.publisher import CurveServer, Publisher
 
-        model, card = load_model(spec.model_path, expect_size=spec.size)
-        stepper = make_runner(model)
-        engine = InferenceEngine(stepper, card.calibration, spec.scorer, window=card.window)
+        stepper = loaded.runner
+        engine = loaded.engine(spec.scorer)
         feeds = []
         for camera, name in spec.cameras:
             ring = FrameRing.attach(name)
@@ -719,7 +434,7 @@ def worker_main(
         len(feeds),
         spec.publish.endpoint,
         spec.model_path,
-        device,
+        loaded.device,
     )
     try:
         worker.run()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Remake the bundled model forecaster/models/default.keras from the synthetic scene.
+# Remake the bundled model forecaster/assets/default.keras from the synthetic scene.
 #
 # Twelve purely normal synthetic videos (anomaly_rate=0, seeds 101-112, 500 frames each,
 # 64x64): ten to train on, two held out for validation and calibration. Seeds 101+ keep the
@@ -17,7 +17,7 @@ done
 # trained with the recipe of its time (L1 + gradient-difference loss, Adam at 2e-3, 12
 # epochs): the synthetic scene is simple enough for it (error 0.23x repeating the frame)
 "$PYTHON" -m forecaster train "${data[@]}" \
-    --out forecaster/models/default.keras \
+    --out forecaster/assets/default.keras \
     --arch convlstm-ae --size 64x64 --max-frames 500 \
     --epochs 12 --batch-size 4 --seed 0 --loss l1+gdl --learning-rate 2e-3 --patience 3
 
@@ -26,7 +26,7 @@ done
 "$PYTHON" - <<'PY'
 from forecaster.model.train import recalibrate
 
-path = "forecaster/models/default.keras"
+path = "forecaster/assets/default.keras"
 data = [f"synthetic:?anomaly_rate=0&seed={seed}&frames=500" for seed in range(121, 129)]
 recalibrate(path, path, data=data)
 PY

@@ -36,6 +36,8 @@ def test_every_default_key_is_documented_in_example() -> None:
         ({"publish": {"sndhwm": "10"}}, "publish.sndhwm: Input should be a valid integer (got '10')"),
         ({"capture": {"size": [64, 70]}}, "capture.size"),
         ({"cameras": [{"id": "a b"}]}, "cameras.0.id"),
+        ({"cameras": [{"id": "cam\n"}]}, "cameras.0.id"),
+        ({"cameras": [{"id": "c" * 65}]}, "camera id must be 1-64 characters"),
         ({"cameras": [{"id": "a"}, {"id": "a"}]}, "repeated: a"),
         ({"scorer": {"threshold_on": 1.0, "threshold_off": 2.0}}, "threshold_off (2.0)"),
         ({"publish": {"endpoint": "udp://x"}}, "publish.endpoint"),

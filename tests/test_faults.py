@@ -22,8 +22,7 @@ import zmq
 
 from forecaster.capture import Backoff, Capture, CaptureSpec
 from forecaster.client import Subscriber
-from forecaster.health import C as HC
-from forecaster.health import Health
+from forecaster.health import CameraField, Health
 from forecaster.model.artifact import CARD_MEMBER, bundled_model_path, read_card
 from forecaster.protocol import Forecast, Score, Status
 from forecaster.ring import FrameRing
@@ -64,7 +63,7 @@ def test_a_restarted_capture_resumes_a_file_where_the_last_one_stopped(tmp_path:
         second = Capture(replace(spec, max_frames=None), ring, _Wakeups(), threading.Event(),
                          health)
         second.open()
-        assert ring.stats().epoch == 1 and health.get(0, HC.EPOCH_START) == 5
+        assert ring.stats().epoch == 1 and health.get(0, CameraField.EPOCH_START) == 5
         second.run()
         stats = ring.stats()
         assert stats.frames_captured == 12 and stats.ended

@@ -309,3 +309,28 @@ def test_bundled_model_loads_and_is_calibrated() -> None:
     zeros = np.zeros((1, 1, 64, 64, 1), np.float32)
     predictions, _ = stepper.run(zeros, stepper.initial_state(1))
     assert predictions.shape == (1, 1, 64, 64, 1) and np.isfinite(predictions).all()
+
+
+def test_the_command_line_lists_the_registries_without_importing_keras() -> None:
+    from forecaster.model import ARCH_NAMES, LOSS_NAMES
+    from forecaster.model.builders import SPECS
+    from forecaster.model.losses import LOSSES
+
+    assert tuple(SPECS) == ARCH_NAMES
+    assert sorted(LOSSES) == sorted(LOSS_NAMES)
+    code = (
+        "import sys\n"
+        "from forecaster.cli import main\n"
+        "try:\n"
+        "    main(['train', '--help'])\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 0, stop.code\n"
+        "assert 'keras' not in sys.modules, 'keras imported'\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    for name in (*ARCH_NAMES, *LOSS_NAMES):
+        assert name in result.stdout

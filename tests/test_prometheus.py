@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from forecaster.config import Config, parse_config
-from forecaster.health import C, Health
-from forecaster.metrics_http import MetricsServer
+from forecaster.health import CameraField, Health
+from forecaster.prometheus import MetricsServer
 from forecaster.ring import FrameRing
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
@@ -91,8 +91,8 @@ def test_counters_move_between_two_scrapes(ring: FrameRing) -> None:
     try:
         ring.set_connected(True)
         ring.write(np.zeros((16, 16), np.uint8), 1.0)
-        daemon.health.add(0, C.PROCESSED)
-        daemon.health.add(0, C.PRIMES)  # the first prime is not a reset
+        daemon.health.add(0, CameraField.PROCESSED)
+        daemon.health.add(0, CameraField.PRIMES)  # the first prime is not a reset
         daemon.health.observe_inference(0.004)
         daemon.health.count_message("score")
         first = scrape(server.port)
@@ -113,9 +113,9 @@ def test_counters_move_between_two_scrapes(ring: FrameRing) -> None:
         ring.count_skipped(2)
         ring.count_rate_limited(5)
         ring.set_connected(False)
-        daemon.health.add(0, C.DROPPED, 4)
-        daemon.health.add(0, C.PRIMES)
-        daemon.health.add(0, C.ANOMALY_EVENTS)
+        daemon.health.add(0, CameraField.DROPPED, 4)
+        daemon.health.add(0, CameraField.PRIMES)
+        daemon.health.add(0, CameraField.ANOMALY_EVENTS)
         daemon.health.observe_inference(0.3)
         daemon.restarts["worker"] = 1
         daemon.healthy = False

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from forecaster.client import Subscriber
-from forecaster.metrics import roc_auc
+from forecaster.detection_metrics import roc_auc
 from forecaster.protocol import Event, Forecast, Score, Status
-from forecaster.replay import CSV_COLUMNS, read_scores_csv, replay_command
+from forecaster.replay import replay_command
+from forecaster.scores_csv import CSV_COLUMNS, read_scores_csv
 from tests.conftest import free_port
 from tests.daemon_harness import wait_for
 
@@ -386,3 +387,20 @@ def test_live_scores_equal_replay_scores(which: str, request: pytest.FixtureRequ
         assert abs(score.mse - row["mse"]) <= 1e-5 * row["mse"], (seq, score, row)
         assert close(score.psnr, row["psnr"]) and close(score.score, row["score"]), (seq, score)
         assert score.anomaly == row["anomaly"]
+
+
+def test_timeline_notes_videos_left_out_and_titles_each_panel(tmp_path: Path) -> None:
+    from forecaster.replay_results import MAX_PANELS, VideoResult, plot_replay, timeline
+
+    results = [
+        VideoResult(name=f"v{i}", camera=f"v{i}", source=f"v{i}", frames=3, seqs=[1, 2],
+                    scores=[0.5, 1.5])
+        for i in range(MAX_PANELS + 2)
+    ]
+    title, panels = timeline(results, threshold_on=3.0)
+    assert title == f"first {MAX_PANELS} of {MAX_PANELS + 2} videos (all are in scores.csv)"
+    assert [p.title for p in panels] == [f"v{i}: 3 frames, 0 events" for i in range(MAX_PANELS)]
+    few_title, few = timeline(results[:2], threshold_on=3.0)
+    assert few_title == "" and len(few) == 2
+    png = plot_replay(tmp_path / "timeline.png", results[:2], 3.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from forecaster.client import Subscriber
-from forecaster.health import C, G, Health, RestartBudget, StallDetector
+from forecaster.health import CameraField, DaemonField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
 from forecaster.protocol import Score
 from tests.conftest import free_port
@@ -106,38 +106,38 @@ def test_stall_rule() -> None:
     def check(latest: list[int], worker: bool = True, captures: tuple[bool, bool] = (True, True)):
         return detector.check(health, latest, worker, list(captures), now=now)
 
-    health.values[G.WORKER_BEAT] = now  # worker loop turned
-    health.set(0, C.CAPTURE_BEAT, now)
-    health.set(1, C.CAPTURE_BEAT, now)
-    health.set(0, C.WORKER_SEQ, 10)
-    health.set(1, C.WORKER_SEQ, 10)
+    health.values[DaemonField.WORKER_BEAT] = now  # worker loop turned
+    health.set(0, CameraField.CAPTURE_BEAT, now)
+    health.set(1, CameraField.CAPTURE_BEAT, now)
+    health.set(0, CameraField.WORKER_SEQ, 10)
+    health.set(1, CameraField.WORKER_SEQ, 10)
     assert check([10, 10]) == []
     # a camera that is down: nothing new in its ring, its capture retrying: healthy
     now += 60
-    health.values[G.WORKER_BEAT] = now
-    health.set(0, C.CAPTURE_BEAT, now)
-    health.set(1, C.CAPTURE_BEAT, now)
+    health.values[DaemonField.WORKER_BEAT] = now
+    health.set(0, CameraField.CAPTURE_BEAT, now)
+    health.set(1, CameraField.CAPTURE_BEAT, now)
     assert check([10, 10]) == []
     # frames waiting and the worker not taking them: stalled after stall_s
     assert check([20, 10]) == []
     now += 6
-    health.values[G.WORKER_BEAT] = now
-    health.set(0, C.CAPTURE_BEAT, now)
-    health.set(1, C.CAPTURE_BEAT, now)
+    health.values[DaemonField.WORKER_BEAT] = now
+    health.set(0, CameraField.CAPTURE_BEAT, now)
+    health.set(1, CameraField.CAPTURE_BEAT, now)
     stalls = check([30, 10])
     assert [s.role for s in stalls] == ["worker"] and "camera a" in stalls[0].reason
-    health.set(0, C.WORKER_SEQ, 30)  # it caught up
+    health.set(0, CameraField.WORKER_SEQ, 30)  # it caught up
     assert check([30, 10]) == []
     # a capture whose loop stopped turning
     now += 6
-    health.values[G.WORKER_BEAT] = now
-    health.set(0, C.CAPTURE_BEAT, now)
+    health.values[DaemonField.WORKER_BEAT] = now
+    health.set(0, CameraField.CAPTURE_BEAT, now)
     assert [s.role for s in check([30, 10])] == ["capture:b"]
     # ... unless it is not running (finished, or being restarted)
     assert check([30, 10], captures=(True, False)) == []
     # a worker whose loop stopped turning
     now += 6
-    health.set(0, C.CAPTURE_BEAT, now)
+    health.set(0, CameraField.CAPTURE_BEAT, now)
     assert [s.role for s in check([30, 10], captures=(True, False))] == ["worker"]
     assert check([30, 10], worker=False, captures=(True, False)) == []
 

@@ -12,11 +12,12 @@ import pytest
 
 from forecaster.client import Subscriber
 from forecaster.config import ScorerConfig
+from forecaster.engine import InferenceEngine
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.publisher import Publisher
 from forecaster.ring import FrameRing
 from forecaster.synthetic import SyntheticScene
-from forecaster.worker import InferenceEngine, Worker, _Feed
+from forecaster.worker import Worker, _Feed
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -250,3 +251,34 @@ def test_cameras_with_new_frames_share_one_batched_call(stepper, tmp_path) -> No
         for ring in rings:
             ring.close()
             ring.unlink()
+
+
+def test_model_path_argument_then_config_then_bundled(tmp_path: Path) -> None:
+    from forecaster.config import Config, ModelConfig
+    from forecaster.engine import model_path
+    from forecaster.model.artifact import bundled_model_path
+
+    configured = Config(model=ModelConfig(path=str(tmp_path / "configured.keras")))
+    assert model_path("given.keras", configured) == Path("given.keras")
+    assert model_path(None, configured) == tmp_path / "configured.keras"
+    assert model_path(None, Config()) == bundled_model_path()
+    assert model_path(None, None) == bundled_model_path()
+
+
+def test_load_gives_the_engine_the_worker_and_replay_run() -> None:
+    from forecaster.engine import load
+    from forecaster.errors import ModelError
+    from forecaster.model.artifact import bundled_model_path
+
+    loaded = load(bundled_model_path())
+    assert loaded.size == (loaded.runner.height, loaded.runner.width)
+    assert loaded.device == "CPU" or loaded.device.startswith("GPU")
+    engine = loaded.engine(ScorerConfig())
+    assert engine.stepper is loaded.runner and engine.window == loaded.card.window
+    engine.add_camera("cam0")
+    frames = np.zeros((loaded.card.window + 1, *loaded.size), np.uint8)
+    result = engine.process("cam0", frames, range(len(frames)), np.zeros(len(frames)))
+    # the first frame scored is the one after ``window`` frames of context
+    assert [m.seq for m in result.messages if isinstance(m, Score)] == [loaded.card.window]
+    with pytest.raises(ModelError, match="expects"):
+        load(bundled_model_path(), expect_size=(loaded.size[0] + 1, loaded.size[1]))

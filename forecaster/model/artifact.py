@@ -86,8 +86,8 @@ class ModelCard:
 
 
 def bundled_model_path() -> Path:
-    """The model shipped with the package (forecaster/models/default.keras)."""
-    return Path(__file__).resolve().parents[1] / "models" / "default.keras"
+    """The model shipped with the package (forecaster/assets/default.keras)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "default.keras"
 
 
 def current_versions() -> dict[str, str]:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import keras
 
 from forecaster.errors import ModelError
-from forecaster.model import DEFAULT_LOSS, DEFAULT_WINDOW
+from forecaster.model import DEFAULT_LOSS, DEFAULT_WINDOW, frame_size_fits
 
 LayerDict = dict[str, keras.layers.Layer]
 GraphFn = Callable[[LayerDict, Any, "list[Any] | None"], "tuple[Any, list[Any]]"]
@@ -75,7 +75,7 @@ class Arch:
 
 def check_size(height: int, width: int) -> None:
     """Raise ModelError unless ``height`` x ``width`` suits the encoder (divisible by 4)."""
-    if height < 16 or width < 16 or height % 4 or width % 4:
+    if not frame_size_fits(height, width):
         raise ModelError(f"frame size must be at least 16x16 and divisible by 4, got {height}x{width}")
 
 
@@ -323,7 +323,7 @@ def _seed_convlstm_step_graph(
 
 
 def _seed_state_shapes(layers: LayerDict, height: int, width: int) -> list[tuple[int, ...]]:
-    shapes = []
+    shapes: list[tuple[int, ...]] = []
     for i in range(1, SEED_DEPTH + 1):
         hidden = (height, width, int(layers[f"convlstm{i}"].filters))
         shapes += [hidden, hidden]

@@ -34,11 +34,11 @@ import keras
 import numpy as np
 
 from forecaster.errors import UsageError
+from forecaster.preprocess import to_unit
 
 log = logging.getLogger("forecaster.train")
 
 Mode = Literal["window", "stateful"]
-MODES: tuple[str, ...] = ("window", "stateful")
 #: training mode of recurrent archs when none is given; clip archs always train on windows.
 #: Stateful: on the Ped2 dev set (convlstm-ae, mse loss, equal frames seen) it gave 19% lower
 #: held-out error when run as the daemon runs it, and equal frame-level AUC.
@@ -47,13 +47,6 @@ DEFAULT_RECURRENT_MODE: Mode = "stateful"
 LAST_MODEL = "last.keras"
 BEST_WEIGHTS = "best.weights.h5"
 STATE_FILE = "state.json"
-
-
-def to_unit(frames: np.ndarray) -> np.ndarray:
-    """uint8 frames (..., H, W) -> float32 (..., H, W, 1) in [0, 1], as the worker does."""
-    out = frames.astype(np.float32)[..., None]
-    out *= 1.0 / 255.0
-    return out
 
 
 def set_determinism(seed: int, deterministic: bool = True) -> None:
@@ -123,7 +116,8 @@ class WindowBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         picks = self.starts[self.order[index * self.batch_size : (index + 1) * self.batch_size]]
-        clips = to_unit(np.stack([self.videos[v][s : s + self.length + 1] for v, s in picks]))
+        clips = to_unit(np.stack([self.videos[v][s : s + self.length + 1]
+                                  for v, s in picks]))[..., None]
         if self.target == "next":
             return clips[:, :-1], clips[:, -1:]
         return clips[:, :-1], clips[:, 1:]
@@ -171,7 +165,7 @@ class StatefulGroups:
         """(inputs (B, chunk, H, W, 1), targets (B, chunk, H, W, 1), new group?) per chunk."""
         for group in self.groups:
             span = group.chunks * self.chunk + 1
-            frames = to_unit(np.stack([self.videos[m][:span] for m in group.members]))
+            frames = to_unit(np.stack([self.videos[m][:span] for m in group.members]))[..., None]
             for k in range(group.chunks):
                 start = k * self.chunk
                 yield (
@@ -381,7 +375,7 @@ class _ScalarLog:
             return
         import tensorflow as tf
 
-        runs = {
+        runs: dict[str, dict[str, float]] = {
             "train": {k: entry[k] for k in ("loss", "frames_per_s", "train_seconds") if k in entry},
             "validation": {"loss": entry["val_loss"]} if "val_loss" in entry else {},
         }

@@ -16,12 +16,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import keras
 import numpy as np
 
-from forecaster.calibration import PatchSettings, patch_calibration
+from forecaster.calibration import MSE_FLOOR, PatchSettings, patch_calibration
 from forecaster.errors import DataError, UsageError
 from forecaster.fused import DEFAULT_FUSED, FusedSettings, fused_calibration
 from forecaster.model import (
@@ -30,20 +30,19 @@ from forecaster.model import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_PATIENCE,
     DEFAULT_WINDOW,
+    TRAINING_MODES,
     WEAK_MODEL_RATIO,
 )
 from forecaster.model.artifact import ModelCard, current_versions, save_model
 from forecaster.model.builders import SPECS, build_model, check_size, get_spec
 from forecaster.model.fitting import (
     DEFAULT_RECURRENT_MODE,
-    MODES,
     FitOptions,
     Mode,
     StatefulGroups,
     WindowBatches,
     fit,
     set_determinism,
-    to_unit,
 )
 
 # gradient_difference, l1_gdl and mse are re-exported for existing imports
@@ -54,12 +53,12 @@ from forecaster.model.losses import (  # noqa: F401
     l1_gdl,
     mse,
 )
-from forecaster.model.step import Stepper, make_runner
+from forecaster.model.runners import Runner
+from forecaster.model.step import make_runner
 from forecaster.outputs import check_writable_file, training_dir
+from forecaster.preprocess import to_unit
 
 log = logging.getLogger("forecaster.train")
-
-MSE_FLOOR = 1e-10  # as the scorer: ln(max(mse, 1e-10))
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -129,13 +128,13 @@ def split_videos(
             )
         labels = video.labels
         cues = video.cues
-        train = Video(video.name, video.frames[:cut], None if labels is None else labels[:cut],
-                      None if cues is None else cues[:cut])
-        val = Video(
+        head = Video(video.name, video.frames[:cut], None if labels is None else labels[:cut],
+                     None if cues is None else cues[:cut])
+        tail = Video(
             f"{video.name}[{cut}:]", video.frames[cut:], None if labels is None else labels[cut:],
             None if cues is None else cues[cut:],
         )
-        return [train], [val]
+        return [head], [tail]
     order = np.random.default_rng(seed).permutation(len(usable))
     n_val = min(len(usable) - 1, max(1, round(len(usable) * val_fraction)))
     val = [usable[i] for i in sorted(order[:n_val])]
@@ -146,14 +145,14 @@ def split_videos(
 # --- calibration -----------------------------------------------------------------------------
 
 
-def error_maps(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
+def error_maps(stepper: Runner, video: Video) -> tuple[np.ndarray, np.ndarray]:
     """Squared error maps of the stepper's prediction (made at t-1) vs frame t, for t >= 1.
 
     Returns (T - 1, H, W) float32 maps and the per-frame mse of the trivial forecast
     "frame t equals frame t-1" for comparison. Runs one frame per call with the state
     carried, as the daemon does.
     """
-    frames = to_unit(video.frames)
+    frames = to_unit(video.frames)[..., None]
     state = stepper.initial_state(1)
     maps = np.empty((max(len(frames) - 1, 0), *frames.shape[1:3]), dtype=np.float32)
     copy_mse = np.empty(len(maps))
@@ -170,7 +169,7 @@ def error_maps(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
     return maps, copy_mse
 
 
-def frame_errors(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray]:
+def frame_errors(stepper: Runner, video: Video) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame mse of the stepper's prediction (made at t-1) vs frame t, for t >= 1.
 
     Runs one frame per call with the state carried, as the daemon does. Also returns the
@@ -181,7 +180,7 @@ def frame_errors(stepper: Stepper, video: Video) -> tuple[np.ndarray, np.ndarray
 
 
 def calibrate(
-    stepper: Stepper,
+    stepper: Runner,
     videos: Sequence[Video],
     window: int,
     patch: PatchSettings | None = None,
@@ -215,7 +214,7 @@ def calibrate(
         logs.append(np.log(np.maximum(model_mse[keep], MSE_FLOOR)))
         if len(maps) > first:
             scored_maps.append(maps[first:])
-            scored_frames.append(to_unit(video.frames[first + 1 :])[..., 0])
+            scored_frames.append(to_unit(video.frames[first + 1 :]))
             scored_normal.append(keep[first:])
             scored_cues.append(None if video.cues is None else video.cues[first + 1 :])
     log_mse = np.concatenate(logs) if logs else np.empty(0)
@@ -228,7 +227,7 @@ def calibrate(
     if motion_videos is not None:
         first = max(window - 1, 0)
         usable = [v for v in motion_videos if len(v.frames) > first + 2]
-        motion_frames = [to_unit(v.frames[first + 1 :])[..., 0] for v in usable]
+        motion_frames = [to_unit(v.frames[first + 1 :]) for v in usable]
         motion_normal = [v.normal()[first + 1 :] for v in usable]
     try:
         per_location = patch_calibration(scored_maps, scored_frames, patch, normal=scored_normal,
@@ -238,7 +237,8 @@ def calibrate(
         raise DataError(f"per-location calibration: {error}") from None
     extra: dict[str, Any] = {}
     if fused is not None:
-        cues = None if any(c is None for c in scored_cues) else scored_cues
+        present = [c for c in scored_cues if c is not None]
+        cues = present if len(present) == len(scored_cues) else None
         if fused.needs_cue and cues is None:
             raise DataError("fused calibration: the videos were read without motion cues")
         try:
@@ -294,7 +294,7 @@ def recalibrate(
     motion_videos = None
     if motion_data is not None:
         motion_videos = load_videos(motion_data, card.size, training.get("max_frames"), cue_height=None)
-    calibration = calibrate(make_runner(model), videos, card.window, patch,  # type: ignore[arg-type]
+    calibration = calibrate(make_runner(model), videos, card.window, patch,
                             motion_videos, fused)
     card.calibration = calibration
     save_model(model, out, card)
@@ -384,8 +384,8 @@ def train_command(
     height, width = size
     check_size(height, width)
     mode = mode or default_mode(arch)
-    if mode not in MODES:
-        raise UsageError(f"unknown training mode {mode!r} (known: {', '.join(MODES)})")
+    if mode not in TRAINING_MODES:
+        raise UsageError(f"unknown training mode {mode!r} (known: {', '.join(TRAINING_MODES)})")
     if mode == "stateful" and not spec.recurrent:
         stateful = ", ".join(name for name, s in SPECS.items() if s.recurrent)
         raise UsageError(
@@ -440,7 +440,7 @@ def train_command(
         unit = "chunks"
     else:
         assert stride is not None
-        target = "next" if spec.output == "next" else "sequence"
+        target: Literal["sequence", "next"] = "next" if spec.output == "next" else "sequence"
         train_data = WindowBatches([v.frames for v in train_videos], length, batch_size,
                                    stride=stride, shuffle=True, seed=seed, target=target)
         val_data = WindowBatches([v.frames for v in val_videos], length, batch_size,
@@ -471,7 +471,7 @@ def train_command(
 
     runner = make_runner(model)
     # motion energy does not depend on the model: its statistics may use every video
-    calibration = calibrate(runner, val_videos, window, motion_videos=videos,  # type: ignore[arg-type]
+    calibration = calibrate(runner, val_videos, window, motion_videos=videos,
                             fused=DEFAULT_FUSED)
     log.info(
         "calibration: ln(mse) %.3f +- %.3f over %d frames (mse %.3g, copy-last-frame mse %.3g)",

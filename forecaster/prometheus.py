@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from forecaster import __version__
 from forecaster.errors import ConfigError
-from forecaster.health import INFERENCE_BUCKETS, MESSAGE_KINDS, C, G, Health
+from forecaster.health import INFERENCE_BUCKETS, MESSAGE_KINDS, CameraField, DaemonField, Health
 from forecaster.ring import FrameRing
 
 log = logging.getLogger("forecaster.metrics")
@@ -85,14 +85,14 @@ class DaemonCollector(Collector):
         for index, (camera, ring) in enumerate(zip(src.camera_ids, src.rings, strict=True)):
             stats = ring.stats()
             frames.add_metric([camera], stats.frames_captured)
-            processed.add_metric([camera], health.get(index, C.PROCESSED))
-            dropped.add_metric([camera, "worker_behind"], health.get(index, C.DROPPED))
+            processed.add_metric([camera], health.get(index, CameraField.PROCESSED))
+            dropped.add_metric([camera, "worker_behind"], health.get(index, CameraField.DROPPED))
             dropped.add_metric([camera, "bad_frame"], stats.frames_skipped)
             dropped.add_metric([camera, "rate_limited"], stats.frames_rate_limited)
-            resets.add_metric([camera], max(health.get(index, C.PRIMES) - 1, 0))
-            events.add_metric([camera], health.get(index, C.ANOMALY_EVENTS))
+            resets.add_metric([camera], max(health.get(index, CameraField.PRIMES) - 1, 0))
+            events.add_metric([camera], health.get(index, CameraField.ANOMALY_EVENTS))
             up.add_metric([camera], 1.0 if stats.connected and not stats.ended else 0.0)
-            last = health.get(index, C.LAST_SCORE)
+            last = health.get(index, CameraField.LAST_SCORE)
             score.add_metric([camera], last if math.isfinite(last) else math.nan)
         yield from (frames, processed, dropped, resets, events, up, score)
 
@@ -110,12 +110,12 @@ class DaemonCollector(Collector):
             labels=["kind"],
         )
         for offset, kind in enumerate(MESSAGE_KINDS):
-            published.add_metric([kind], health.get_global(G.MESSAGES + offset))
+            published.add_metric([kind], health.get_global(DaemonField.MESSAGES + offset))
         yield published
         yield CounterMetricFamily(
             "forecaster_messages_dropped",
             "Messages the PUB socket could not queue.",
-            value=health.get_global(G.PUBLISH_DROPPED),
+            value=health.get_global(DaemonField.PUBLISH_DROPPED),
         )
         restarts = CounterMetricFamily(
             "forecaster_process_restarts",

@@ -1,0 +1,356 @@
+"""The inference engine: prediction, scoring and recovery, with no processes or rings.
+
+:class:`InferenceEngine` holds each camera's recurrent state and scorer and turns frames
+into protocol messages. The worker process feeds it from the cameras' rings
+(:mod:`forecaster.worker`); replay, eval and bench feed it from files, so offline scores
+are the live scores. :func:`load` loads a model for it (one way for all of them),
+:func:`model_path` says which model a command uses, and :func:`check_model` whether its
+card can score with the ``[scorer]`` settings (before TensorFlow is imported).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from forecaster.config import Config, ScorerConfig
+from forecaster.errors import ModelError
+from forecaster.fit import FitCheck
+from forecaster.model.artifact import ModelCard, bundled_model_path, read_card
+from forecaster.preprocess import to_unit
+from forecaster.protocol import Event, Forecast, Message, Score
+from forecaster.scorer import Scorer
+
+if TYPE_CHECKING:
+    from forecaster.model.runners import Runner
+
+#: per-frame numbers (capture times, motion cues): a list or a float array
+Floats = Sequence[float] | np.ndarray
+#: one camera's frames for one model call: camera, frames (T, H, W) uint8, seqs, capture
+#: times, motion cues (None: no cue)
+Item = tuple[str, np.ndarray, Sequence[int], Floats, Floats | None]
+
+
+def prediction_to_uint8(prediction: np.ndarray) -> np.ndarray:
+    """A float prediction in [0, 1] as the uint8 frame that is published."""
+    return np.clip(prediction * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
+def make_scorer(calibration: Mapping[str, Any], config: ScorerConfig) -> Scorer:
+    """One camera's scorer, as the engine makes it; ValueError when the calibration does not
+    fit the settings (e.g. ``patch`` mode without a per-location calibration)."""
+    return Scorer(
+        calibration,
+        mode=config.mode,
+        threshold_on=config.threshold_on,
+        threshold_off=config.threshold_off,
+        min_on_frames=config.min_on_frames,
+        min_off_frames=config.min_off_frames,
+        adapt_rate=config.adapt_rate,
+    )
+
+
+def check_scorer(path: Path, card: ModelCard, config: ScorerConfig) -> None:
+    """Build the scorer the engine will build from ``card``'s calibration and the ``[scorer]``
+    settings; ModelError naming the model and the settings when that fails.
+
+    ``run`` (before any process starts), ``check-config``, ``replay`` and ``eval`` call it,
+    so a card that does not fit the settings is one line and exit 2, not a worker crash.
+    """
+    try:
+        make_scorer(card.calibration, config)
+    except ValueError as error:
+        raise ModelError(
+            f"model {path} does not fit the [scorer] settings (scorer.mode = "
+            f"{config.mode!r}): {error}"
+        ) from None
+
+
+def check_model(path: Path, scorer: ScorerConfig) -> ModelCard:
+    """The model card at ``path`` (no TensorFlow); ModelError if unusable for scoring with
+    the ``scorer`` settings."""
+    card = read_card(path)
+    if not card.has_calibration():
+        raise ModelError(
+            f"model {path} has no usable calibration (log_mse_mean, log_mse_std, frames) in "
+            f"its card; train it with `forecaster train`"
+        )
+    check_scorer(path, card, scorer)
+    return card
+
+
+def padded_batch(count: int) -> int:
+    """The batch size a call for ``count`` cameras runs with: the next power of two."""
+    return 1 << max(0, count - 1).bit_length()
+
+
+@dataclass(slots=True)
+class CameraState:
+    """What the engine keeps per camera between ticks."""
+
+    camera: str
+    scorer: Scorer
+    #: does the model fit this camera (its first scores against the calibration)
+    fit: FitCheck
+    state: list[np.ndarray] | None = None
+    #: frames fed since the last reset
+    context: int = 0
+    #: prediction for the next frame (float32, H x W), made from the last frame fed
+    prediction: np.ndarray | None = None
+    last_seq: int | None = None
+    #: capture time of the last frame fed (None before the first)
+    last_ts: float | None = None
+    resets: int = 0
+
+
+@dataclass(slots=True)
+class StepResult:
+    messages: list[Message] = field(default_factory=list)
+    #: the model produced NaN or inf: the camera's state must be rebuilt
+    non_finite: bool = False
+    #: the camera's model-fit verdict was made during this call
+    fit_decided: bool = False
+
+
+class InferenceEngine:
+    """Runs the stateful model for several cameras and scores every frame.
+
+    A frame is scored against the prediction made from the previous frame, once the
+    state that made that prediction has seen at least ``window`` frames (so the first
+    ``window`` frames after a reset are not scored).
+    """
+
+    def __init__(
+        self,
+        stepper: Runner,
+        calibration: dict[str, Any],
+        scorer: ScorerConfig,
+        window: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.stepper = stepper
+        self.calibration = calibration
+        self.scorer_config = scorer
+        self.window = window
+        self.clock = clock
+        self.cameras: dict[str, CameraState] = {}
+        #: batch size -> the input buffer of one-frame calls
+        self._tick_inputs: dict[int, np.ndarray] = {}
+
+    def _inputs(self, rows: int, steps: int, height: int, width: int) -> np.ndarray:
+        """The float32 model input (rows, steps, H, W, 1): one buffer per batch size kept
+        for ticks (steps == 1), a fresh array for catch-up and re-priming chunks."""
+        if steps != 1:
+            return np.empty((rows, steps, height, width, 1), np.float32)
+        buffer = self._tick_inputs.get(rows)
+        if buffer is None or buffer.shape[2:4] != (height, width):
+            buffer = self._tick_inputs[rows] = np.zeros((rows, 1, height, width, 1), np.float32)
+        return buffer
+
+    def add_camera(self, camera: str) -> CameraState:
+        cam = CameraState(camera=camera, scorer=make_scorer(self.calibration, self.scorer_config),
+                          fit=FitCheck(self.scorer_config.threshold_off,
+                                       float(self.calibration["log_mse_mean"]),
+                                       float(self.calibration["log_mse_std"])))
+        self.cameras[camera] = cam
+        return cam
+
+    def _episode_end(self, cam: CameraState) -> Event | None:
+        """The "end" event of the camera's open anomaly episode, at its last frame."""
+        if not cam.scorer.anomaly or cam.last_seq is None or cam.last_ts is None:
+            return None
+        return Event(
+            camera=cam.camera,
+            seq=cam.last_seq,
+            ts=cam.last_ts,
+            state="end",
+            peak_score=cam.scorer.peak_score,
+        )
+
+    def skip(self, camera: str) -> None:
+        """Frames of the camera were skipped: its state goes on from the last frame fed, but
+        the prediction made from that frame is not for the next frame fed, which is then
+        not scored (the ones after it are)."""
+        self.cameras[camera].prediction = None
+
+    def reset(self, camera: str) -> Event | None:
+        """Forget the camera's recurrent state; the next frames re-prime it.
+
+        An anomaly episode still open is closed: the returned "end" event says so.
+        """
+        cam = self.cameras[camera]
+        end = self._episode_end(cam)
+        cam.state = None
+        cam.context = 0
+        cam.prediction = None
+        cam.resets += 1
+        cam.scorer.reset()
+        return end
+
+    def end_of_stream(self, camera: str) -> Event | None:
+        """The camera's finite source ended: the "end" event of an anomaly episode still
+        open (at the last frame fed), or None. Sent before the "ended" status."""
+        return self._episode_end(self.cameras[camera])
+
+    def process(
+        self, camera: str, frames: np.ndarray, seqs: Sequence[int], stamps: Floats,
+        cues: Floats | None = None,
+    ) -> StepResult:
+        """Feed ``frames`` (T, H, W) uint8 of one camera in one model call, with their
+        motion cues when the scorer uses them.
+
+        Returns the score (and event) messages of every scored frame and the forecast
+        made from the newest frame.
+        """
+        return self.process_many([(camera, frames, seqs, stamps, cues)])[0]
+
+    def process_many(self, items: Sequence[Item]) -> list[StepResult]:
+        """Feed several cameras the same number of frames in ONE model call.
+
+        Each camera's state is a row of the batch; ``items`` holds
+        ``(camera, frames (T, H, W) uint8, seqs, stamps, cues or None)`` with one T for all.
+        The result of each camera equals what :meth:`process` gives for it alone.
+        """
+        cams = [self.cameras[item[0]] for item in items]
+        counts = {item[1].shape[0] for item in items}
+        if len(counts) != 1:
+            raise ValueError(f"process_many needs one frame count for all cameras, got {counts}")
+        states: list[list[np.ndarray]] = []
+        for cam in cams:
+            if cam.state is None:
+                cam.state = self.stepper.initial_state(1)
+            states.append(cam.state)
+        # Pad the batch to a power of two: the compiled one-frame step is specialised per
+        # batch size, so a few sizes (compiled at start-up) serve any camera count.
+        rows = 1 if len(items) == 1 else padded_batch(len(items))
+        inputs = self._inputs(rows, *items[0][1].shape)
+        for row, item in enumerate(items):
+            to_unit(item[1], out=inputs[row, :, :, :, 0])
+        if len(items) == 1:
+            state = states[0]
+        else:
+            inputs[len(items):] = 0.0
+            blank = self.stepper.initial_state(rows - len(items))
+            state = [
+                np.concatenate([*(cam_state[i] for cam_state in states), blank[i]])
+                for i in range(len(blank))
+            ]
+        predictions, new_state = self.stepper.run(inputs, state)
+        results = []
+        for row, (cam, (_, _, seqs, stamps, cues)) in enumerate(zip(cams, items, strict=True)):
+            predicted = predictions[row, :, :, :, 0]
+            if not np.isfinite(predicted).all():
+                results.append(StepResult(non_finite=True))
+                continue
+            cam.state = [array[row : row + 1] for array in new_state]
+            results.append(self._score(cam, predicted, inputs[row, :, :, :, 0], seqs, stamps, cues))
+        return results
+
+    def _score(
+        self,
+        cam: CameraState,
+        predictions: np.ndarray,
+        actual: np.ndarray,
+        seqs: Sequence[int],
+        stamps: Floats,
+        cues: Floats | None,
+    ) -> StepResult:
+        """Score each fed frame against the prediction made from the one before it."""
+        camera = cam.camera
+        result = StepResult()
+        now = self.clock()
+        for index in range(predictions.shape[0]):
+            seq = int(seqs[index])
+            ts = float(stamps[index])
+            if cam.prediction is not None and cam.context >= self.window:
+                cue = math.nan if cues is None else float(cues[index])
+                scored = cam.scorer.score(cam.prediction, actual[index], cue)
+                if cam.fit.add(scored.mse):
+                    result.fit_decided = True
+                result.messages.append(
+                    Score(
+                        camera=camera,
+                        seq=seq,
+                        ts=ts,
+                        mse=scored.mse,
+                        psnr=scored.psnr,
+                        score=scored.score,
+                        anomaly=scored.anomaly,
+                        latency_ms=(now - ts) * 1000.0,
+                    )
+                )
+                if scored.event is not None:
+                    result.messages.append(
+                        Event(
+                            camera=camera,
+                            seq=seq,
+                            ts=ts,
+                            state=scored.event,
+                            peak_score=scored.peak_score,
+                        )
+                    )
+            cam.prediction = predictions[index]
+            cam.context += 1
+            cam.last_seq = seq
+            cam.last_ts = ts
+        frame = prediction_to_uint8(predictions[-1])
+        result.messages.append(
+            Forecast(
+                camera=camera,
+                seq=int(seqs[-1]),
+                ts=float(stamps[-1]),
+                target_seq=int(seqs[-1]) + 1,
+                frame=frame,
+            )
+        )
+        return result
+
+
+def model_path(model: str | Path | None, config: Config | None) -> Path:
+    """The model a command uses: ``model``, else the config's ``model.path``, else the
+    bundled model."""
+    if model:
+        return Path(model)
+    if config is not None and config.model.path:
+        return Path(config.model.path)
+    return bundled_model_path()
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded for the engine: its card and the runner the engine calls."""
+
+    path: Path
+    card: ModelCard
+    runner: Runner
+    #: where it runs ("CPU" or "GPU (<name>)")
+    device: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (int(self.card.height), int(self.card.width))
+
+    def engine(self, scorer: ScorerConfig, runner: Runner | None = None) -> InferenceEngine:
+        """A fresh engine with the ``[scorer]`` settings; ``runner``: the model's runner
+        wrapped (e.g. to keep every prediction), instead of the model's own."""
+        return InferenceEngine(runner if runner is not None else self.runner,
+                               self.card.calibration, scorer, window=self.card.window)
+
+
+def load(path: Path, *, expect_size: tuple[int, int] | None = None) -> LoadedModel:
+    """Load the model at ``path`` and make its runner (imports TensorFlow); ModelError as
+    :func:`forecaster.model.artifact.load_model` says."""
+    from forecaster.logs import import_tensorflow_quietly
+
+    device = import_tensorflow_quietly()
+    from forecaster.model.artifact import load_model
+    from forecaster.model.step import make_runner
+
+    model, card = load_model(path, expect_size=expect_size)
+    return LoadedModel(path=path, card=card, runner=make_runner(model), device=device)
