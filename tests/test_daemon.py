@@ -155,7 +155,9 @@ def test_slow_worker_sees_gaps_not_growing_latency(tmp_path: Path) -> None:
     assert max(latencies[len(latencies) // 2 :]) < 1.5, latencies
     assert seqs[-1] == 399
     statuses = by_camera(messages, Status)["cam0"]
-    assert statuses[-1].frames_dropped > 0 and statuses[-1].state_resets > 0
+    # frames are shed, the state is kept: about 25 frames behind at each tick is less than
+    # the 4 rings after which a re-prime would be cheaper
+    assert statuses[-1].frames_dropped > 0 and statuses[-1].state_resets == 0
 
 
 def test_sigterm_stops_cleanly_within_5_seconds(tmp_path: Path) -> None:
