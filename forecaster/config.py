@@ -69,6 +69,15 @@ class CameraConfig(_Section):
         return value
 
 
+def check_ip_address(key: str, value: str) -> str:
+    """``value`` when it is an IP address; ValueError naming ``key`` otherwise."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{key} must be an IP address, e.g. 127.0.0.1 or ::1") from None
+    return value
+
+
 class CaptureConfig(_Section):
     #: frame size (height, width) fed to the model; must match the model's input;
     #: None (not set): the model's own size, from its card
@@ -228,11 +237,7 @@ class MetricsConfig(_Section):
     @field_validator("address")
     @classmethod
     def _check_address(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError("address must be an IP address, e.g. 127.0.0.1 or ::1") from None
-        return value
+        return check_ip_address("address", value)
 
     @model_validator(mode="after")
     def _check_security(self) -> MetricsConfig:

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 import zmq
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from forecaster.config import INT32_MAX, Float, _format_error, _Section
+from forecaster.config import INT32_MAX, Float, _format_error, _Section, check_ip_address
 from forecaster.endpoints import is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.protocol import ProtocolError, decode
@@ -145,13 +145,7 @@ class RelayConfig(_Section):
     @field_validator("metrics_address")
     @classmethod
     def _check_metrics_address(cls, value: str) -> str:
-        import ipaddress
-
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError("metrics_address must be an IP address, e.g. 127.0.0.1") from None
-        return value
+        return check_ip_address("metrics_address", value)
 
     @model_validator(mode="after")
     def _check_security(self) -> RelayConfig:
