@@ -83,7 +83,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from forecaster.watch import watch
 
-    return watch(args.endpoint, args.camera)
+    return watch(args.endpoint, args.camera, seconds=args.seconds)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="subscribe and show live scores")
     watch.add_argument("--endpoint", default="tcp://127.0.0.1:5556")
     watch.add_argument("--camera", help="only this camera")
+    watch.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
     watch.set_defaults(func=cmd_watch)
 
     train = sub.add_parser("train", help="train a model on videos, image folders or data sets")

@@ -1,7 +1,10 @@
 """``forecaster watch``: subscribe to scores, events and status and show them live.
 
 On a terminal, one line per camera is refreshed in place; otherwise (a pipe, a file)
-every message is written as one plain line. Imports neither TensorFlow nor OpenCV.
+every message is written as one plain line. Until the first message arrives it says that
+it is waiting for the endpoint (on stderr). A camera from which nothing came for three of
+its status intervals is marked STALE (a plain line says so once). Imports neither
+TensorFlow nor OpenCV.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ WATCH_KINDS = ("score", "event", "status")
 BAR_WIDTH = 10
 BAR_FULL_SCORE = 6.0  # score at which the bar is full
 REDRAW_INTERVAL_S = 0.1
+#: the daemon's default publish.status_interval_s, until two status messages tell
+DEFAULT_STATUS_INTERVAL_S = 5.0
+#: status intervals without any message after which a camera is stale
+STALE_INTERVALS = 3
 
 _UP = "\x1b[{n}A"
 _CLEAR_LINE = "\x1b[2K"
@@ -41,6 +48,26 @@ class _CameraView:
     anomaly: bool = False
     connected: bool = True
     ended: bool = False
+    stale: bool = False
+    #: monotonic time of the camera's last message and of its last status message
+    last_seen: float = math.nan
+    last_status: float = math.nan
+    status_interval: float = DEFAULT_STATUS_INTERVAL_S
+
+    def seen(self, msg: Message, now: float) -> None:
+        self.last_seen, self.stale = now, False
+        if isinstance(msg, Status):
+            self.ended = msg.ended
+            if not math.isnan(self.last_status) and now > self.last_status:
+                self.status_interval = now - self.last_status
+            self.last_status = now
+
+    def goes_stale(self, now: float) -> bool:
+        """True once, when nothing came for STALE_INTERVALS status intervals."""
+        if self.stale or self.ended or math.isnan(self.last_seen):
+            return False
+        self.stale = now - self.last_seen > STALE_INTERVALS * self.status_interval
+        return self.stale
 
 
 def _num(value: float, fmt: str) -> str:
@@ -75,7 +102,8 @@ def format_message(msg: Message) -> str:
 
 
 def _camera_line(camera: str, view: _CameraView) -> str:
-    state = "ENDED" if view.ended else ("DISCONNECTED" if not view.connected else "")
+    state = ("ENDED" if view.ended else "STALE" if view.stale
+             else "DISCONNECTED" if not view.connected else "")
     seq = str(view.seq) if view.seq >= 0 else "-"
     return (
         f"{camera:<10} seq {seq:>7}  {_num(view.fps, '5.1f'):>5} fps"
@@ -106,7 +134,8 @@ class _LiveDisplay:
                 view.seq = msg.seq
             view.fps, view.connected, view.ended = msg.fps, msg.connected, msg.ended
         now = time.monotonic()
-        if isinstance(msg, Event) or now - self.last_draw >= REDRAW_INTERVAL_S:
+        forced = isinstance(msg, Event) or (isinstance(msg, Status) and msg.ended)
+        if forced or now - self.last_draw >= REDRAW_INTERVAL_S:
             self.draw(now)
 
     def draw(self, now: float | None = None) -> None:
@@ -138,13 +167,17 @@ def watch(
     *,
     once: bool = False,
     max_messages: int | None = None,
+    seconds: float | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Show scores, events and status published on ``endpoint``; return the exit code 0.
 
     ``camera`` limits the display to one camera. ``once`` stops after the first message,
-    ``max_messages`` after that many. ``out`` defaults to ``sys.stdout``. Ctrl-C stops.
+    ``max_messages`` after that many, ``seconds`` after that long. ``out`` defaults to
+    ``sys.stdout``. Ctrl-C stops.
     """
+    if seconds is not None and not seconds > 0:
+        raise UsageError(f"--seconds must be above 0, got {seconds}")
     if max_messages is not None and max_messages < 1:
         raise UsageError(f"max_messages must be >= 1, got {max_messages}")
     if once:
@@ -162,16 +195,28 @@ def watch(
     columns = shutil.get_terminal_size().columns if stream is sys.stdout else None
     live = _LiveDisplay(stream, columns) if _is_tty(stream) else None
     shown = 0
+    views = live.views if live is not None else {}
+    deadline = math.inf if seconds is None else time.monotonic() + seconds
+    print(f"waiting for {endpoint} (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
-        while max_messages is None or shown < max_messages:
-            msg = sub.recv(None)
-            if msg is None:
-                continue
-            shown += 1
-            if live is not None:
-                live.update(msg)
-            else:
-                stream.write(format_message(msg) + "\n")
+        while (max_messages is None or shown < max_messages) and time.monotonic() < deadline:
+            msg = sub.recv(timeout=min(0.5, max(deadline - time.monotonic(), 0.0)))
+            now = time.monotonic()
+            if msg is not None:
+                shown += 1
+                views.setdefault(msg.camera, _CameraView()).seen(msg, now)
+                if live is not None:
+                    live.update(msg)
+                else:
+                    stream.write(format_message(msg) + "\n")
+                    stream.flush()
+            stale = [c for c, view in views.items() if view.goes_stale(now)]
+            if stale and live is not None:
+                live.draw(now)
+            for name in stale if live is None else ():
+                view = views[name]
+                stream.write(f"stale  {name}: no message for {now - view.last_seen:.1f} s "
+                             f"({STALE_INTERVALS} status intervals)\n")
                 stream.flush()
     except KeyboardInterrupt:
         pass

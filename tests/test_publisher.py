@@ -417,6 +417,36 @@ def test_watch_live_lines_on_a_terminal(feed: _Feed) -> None:
     assert "ANOMALY" in by_camera["cam1"] and "ANOMALY" not in by_camera["cam0"]
 
 
+def test_watch_waits_marks_a_silent_camera_stale_and_shows_the_end(
+        ctx: zmq.Context, capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    result: list[int] = []
+    with Publisher("tcp://127.0.0.1:*", linger_ms=0, context=ctx) as pub:
+        endpoint = pub.last_endpoint
+        watcher = threading.Thread(
+            target=lambda: result.append(watch(endpoint, None, seconds=4.0, out=out)))
+        watcher.start()
+        # status every 0.1 s (the watcher learns the interval), then cam0 falls silent
+        # while cam1 goes on and ends
+        for seq in range(12):
+            pub.send(_status("cam0", seq))
+            pub.send(_status("cam1", seq))
+            time.sleep(0.1)  # pacing a live feed, not synchronisation
+        for seq in range(12, 20):
+            pub.send(_status("cam1", seq))
+            time.sleep(0.1)
+        pub.send(Status(camera="cam1", seq=20, ts=0.0, fps=0.0, frames_captured=21,
+                        frames_dropped=0, state_resets=0, connected=False, ended=True,
+                        reason="end of stream"))
+        watcher.join(timeout=20)
+    assert result == [0]
+    assert f"waiting for {endpoint}" in capsys.readouterr().err
+    text = out.getvalue()
+    stale = [line for line in text.splitlines() if line.startswith("stale")]
+    assert len(stale) == 1 and "cam0" in stale[0], text  # once, and not the ended cam1
+    assert "ended=yes" in text
+
+
 def test_watch_once_and_ctrl_c(feed: _Feed) -> None:
     out = io.StringIO()
     assert watch(feed.endpoint, "cam1", once=True, out=out) == 0
