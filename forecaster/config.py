@@ -221,6 +221,9 @@ class ServiceConfig(_Section):
     restart_window_s: Annotated[Float, Field(gt=0, le=86_400)] = 60.0
     #: a capture or worker loop that makes no progress this long is stalled
     stall_timeout_s: Annotated[Float, Field(gt=0, le=3600)] = 20.0
+    #: seconds between the log's progress lines (one per camera: fps, last score, events,
+    #: drops); 0 = none
+    progress_log_s: Annotated[Float, Field(ge=0, le=86_400)] = 60.0
 
 
 class MetricsConfig(_Section):

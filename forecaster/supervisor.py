@@ -325,8 +325,9 @@ class Supervisor:
         self.systemd.ready(self._status_text(0.0))
         last_ping = time.monotonic()
         self.systemd.watchdog()
-        last_status = time.monotonic()
+        last_status = last_progress = time.monotonic()
         processed = self._processed()
+        progress = self._progress_counts()
         while not self.stop.is_set():
             self._drain_control(wait_s=0.1)
             if self._hangups:
@@ -346,9 +347,34 @@ class Supervisor:
                 rates = [(b - a) / (now - last_status) for a, b in zip(processed, counts, strict=True)]
                 self.systemd.status(self._status_text(rates))
                 processed, last_status = counts, now
+            progress_every = self.config.service.progress_log_s
+            if progress_every and now - last_progress >= progress_every:
+                counts_now = self._progress_counts()
+                self._log_progress(progress, counts_now, now - last_progress)
+                progress, last_progress = counts_now, now
         if self._signalled:
             log.info("stop requested, stopping")
         return 0
+
+    def _progress_counts(self) -> list[tuple[float, float, float]]:
+        """Per camera: frames processed, frames dropped, anomaly episodes started."""
+        get = self.health.get
+        return [(get(i, CameraField.PROCESSED), get(i, CameraField.DROPPED),
+                 get(i, CameraField.ANOMALY_EVENTS)) for i in range(len(self.camera_ids))]
+
+    def _log_progress(self, before: list[tuple[float, float, float]],
+                      after: list[tuple[float, float, float]], seconds: float) -> None:
+        """One line per camera: that the daemon is working, and how."""
+        for index, camera in enumerate(self.camera_ids):
+            (p0, d0, e0), (p1, d1, e1) = before[index], after[index]
+            stats = self.rings[index].stats()
+            state = ("ended" if stats.ended else "source down, reconnecting"
+                     if not stats.connected else "")
+            score = self.health.get(index, CameraField.LAST_SCORE)
+            log.info("camera %s: %.1f fps over the last %.0f s, last score %s, %d event(s), "
+                     "%d frame(s) dropped%s", camera, (p1 - p0) / seconds, seconds,
+                     f"{score:.2f}" if math.isfinite(score) else "-", e1 - e0, d1 - d0,
+                     f"; {state}" if state else "")
 
     def _processed(self) -> list[float]:
         return [self.health.get(i, CameraField.PROCESSED) for i in range(len(self.camera_ids))]

@@ -160,3 +160,16 @@ def test_train_and_bench_check_their_output_before_the_long_run(tmp_path: Path) 
     line = one_error_line(cli(["bench", "--skip-archs", "--out",
                                str(tmp_path / "absent" / "b.json")], tmp_path))
     assert "benchmark report (--out)" in line and "measured peak" not in line
+
+
+def test_run_logs_one_progress_line_per_camera_per_interval(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = config_text(endpoint, [("cam0", "synthetic:?fps=20&seed=3"),
+                                    ("cam1", "synthetic:?fps=20&seed=4")],
+                         {"service": {"progress_log_s": 2.0}, "scorer": {"mode": "global"}})
+    with Daemon(tmp_path, config) as daemon:
+        match = daemon.wait_log(r"camera cam1: ([\d.]+) fps over the last 2 s, last score "
+                                r"\S+, \d+ event\(s\), \d+ frame\(s\) dropped", 120)
+        assert 5.0 < float(match.group(1)) < 30.0  # about the source's 20 fps
+        daemon.wait_log(r"camera cam0: [\d.]+ fps over the last 2 s", 10)
+        assert daemon.stop() == 0
