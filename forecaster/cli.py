@@ -143,6 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         endpoint=args.endpoint,
         realtime=args.realtime,
         preview=args.preview,
+        fps=args.fps,
         chunk=args.chunk,
         force=args.force,
     )
@@ -326,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "publish.endpoint)")
     replay.add_argument("--realtime", action="store_true",
                         help="pace frames at the source's nominal rate, one model call per frame")
+    replay.add_argument("--fps", type=float, metavar="F",
+                        help="frame rate of sources that state none (image folders), for "
+                        "--realtime and the previews (default: 25)")
     replay.add_argument("--preview", action="store_true",
                         help="write an MP4 per video: actual | predicted | error heat map")
     replay.add_argument("--chunk", type=_positive_int, default=128, metavar="N",

@@ -12,17 +12,23 @@ from forecaster.errors import SourceError
 from forecaster.preprocess import to_unit
 
 PREVIEW_HEIGHT = 256
+PANEL_TITLES = ("actual", "forecast", "error")
 
 
 class PreviewWriter:
-    """``actual | predicted | error heat map`` side by side, upscaled, as an mp4v MP4."""
+    """``actual | forecast | error heat map`` side by side as an mp4v MP4, each panel
+    upscaled to the source's aspect ratio, labelled, with the frame number and score, and
+    marked when the frame is inside a detected anomaly episode (red frame, ANOMALY) or
+    labelled anomalous (magenta bar, LABEL)."""
 
-    def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
+    def __init__(self, path: Path, size: tuple[int, int], fps: float,
+                 aspect: float | None = None) -> None:
         import cv2
 
         height, width = size
-        self.scale = max(1, PREVIEW_HEIGHT // height)
-        self.height, self.width = height * self.scale, width * self.scale
+        self.height = max(height, PREVIEW_HEIGHT // height * height)
+        ratio = aspect if aspect is not None and aspect > 0 else width / height
+        self.width = max(8, round(self.height * ratio / 2) * 2)
         self.path = path
         fourcc = cv2.VideoWriter.fourcc(*"mp4v")
         self._writer = cv2.VideoWriter(str(path), fourcc, fps, (3 * self.width, self.height))
@@ -30,7 +36,7 @@ class PreviewWriter:
             raise SourceError(f"cannot write preview video {path} (OpenCV has no mp4v encoder?)")
 
     def write(self, actual: np.ndarray, predicted: np.ndarray | None, seq: int,
-              score: float | None) -> None:
+              score: float | None, anomaly: bool = False, label: int | None = None) -> None:
         import cv2
 
         up = (self.width, self.height)
@@ -49,8 +55,18 @@ class PreviewWriter:
                          cv2.COLOR_GRAY2BGR),
             cv2.resize(heat, up, interpolation=cv2.INTER_NEAREST),
         ]
+        for panel, title in zip(panels, PANEL_TITLES, strict=True):
+            cv2.putText(panel, title, (6, self.height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        (255, 255, 255), 1, cv2.LINE_AA)
         canvas = np.concatenate(panels, axis=1)
         text = f"{seq}" if score is None or not math.isfinite(score) else f"{seq}  score {score:.2f}"
+        if anomaly:
+            text += "  ANOMALY"
+            cv2.rectangle(canvas, (0, 0), (canvas.shape[1] - 1, canvas.shape[0] - 1),
+                          (0, 0, 255), 3)
+        if label:
+            text += "  LABEL"
+            canvas[: 4, :] = (255, 0, 255)
         cv2.putText(canvas, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1,
                     cv2.LINE_AA)
         self._writer.write(canvas)

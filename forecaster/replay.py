@@ -72,15 +72,19 @@ class ReplayOptions:
     realtime: bool = False
     preview: bool = False
     progress: bool = True
+    #: frames per second of sources that state none (image folders): pacing, previews
+    fps: float | None = None
 
 
 def _frames(source: FrameSource, size: tuple[int, int], cue: MotionCue | None
-            ) -> Iterator[tuple[np.ndarray, float, float, int | None]]:
-    """(gray frame at the model size, capture time, motion cue, label) until the end of the
-    source; the cue as the capture process makes it (NaN without ``cue``)."""
+            ) -> Iterator[tuple[np.ndarray, float, float, int | None, tuple[int, int]]]:
+    """(gray frame at the model size, capture time, motion cue, label, the source frame's
+    height and width) until the end of the source; the cue as the capture process makes it
+    (NaN without ``cue``)."""
     while (frame := source.read()) is not None:
         value = math.nan if cue is None else cue(frame.image)
-        yield to_gray_resized(frame.image, size), frame.ts, value, frame.label
+        shape = (int(frame.image.shape[0]), int(frame.image.shape[1]))
+        yield to_gray_resized(frame.image, size), frame.ts, value, frame.label, shape
 
 
 class Replayer:
@@ -153,10 +157,14 @@ class Replayer:
                     scores_by_seq.setdefault(message.seq, []).append(message)
             predictions = chunk_result.predictions
             if preview is not None:
-                score_of = {m.seq: m.score for ms in scores_by_seq.values() for m in ms
-                            if isinstance(m, Score)}
+                scored = {m.seq: m for ms in scores_by_seq.values() for m in ms
+                          if isinstance(m, Score)}
                 for i in range(count):
-                    preview.write(frames[i], previous, first + i, score_of.get(first + i))
+                    frame_score = scored.get(first + i)
+                    preview.write(frames[i], previous, first + i,
+                                  None if frame_score is None else frame_score.score,
+                                  anomaly=frame_score is not None and frame_score.anomaly,
+                                  label=label_of(first + i))
                     previous = None if predictions is None else predictions[i]
             if self.publisher is not None:
                 # per frame, as the daemon publishes when it keeps up: score, event, forecast
@@ -171,9 +179,7 @@ class Replayer:
 
         fps = FALLBACK_FPS
         with source:
-            fps = source.nominal_fps or FALLBACK_FPS
-            if options.preview:
-                preview = PreviewWriter(options.out / f"{video.camera}.mp4", self.size, fps)
+            fps = source.nominal_fps or options.fps or FALLBACK_FPS
             pacer = None
             if options.realtime and not isinstance(source, SyntheticSource):
                 from forecaster.capture import RateLimiter
@@ -184,7 +190,10 @@ class Replayer:
                        leave=False, mininterval=0.5)
             try:
                 pending = 0
-                for image, ts, value, label in _frames(source, self.size, cue):
+                for image, ts, value, label, shape in _frames(source, self.size, cue):
+                    if options.preview and preview is None:  # the source's aspect ratio
+                        preview = PreviewWriter(options.out / f"{video.camera}.mp4", self.size,
+                                                fps, aspect=shape[1] / shape[0])
                     if pacer is not None:
                         wait = pacer.wait_time(time.monotonic())
                         if wait > 0:
@@ -272,6 +281,7 @@ def replay_command(
     endpoint: str | None = None,
     realtime: bool = False,
     preview: bool = False,
+    fps: float | None = None,
     chunk: int = DEFAULT_CHUNK,
     progress: bool = True,
     publisher: Any = None,
@@ -312,7 +322,7 @@ def replay_command(
     try:
         loaded = load(path)
         options = ReplayOptions(out=out_dir, scorer=cfg.scorer, chunk=chunk, realtime=realtime,
-                                preview=preview, progress=progress)
+                                preview=preview, progress=progress, fps=fps)
         replayer = Replayer(loaded, options, publisher)
         with_labels = any(v.labels is not None for v in videos) or any(
             v.uri.lower().startswith(SYNTHETIC_PREFIX) for v in videos)

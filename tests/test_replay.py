@@ -137,15 +137,19 @@ def test_replay_writes_scores_summary_and_timeline(tiny_model: Path, tmp_path: P
     png = (out / "timeline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     preview = cv2.VideoCapture(str(out / "synthetic-1.mp4"))
-    shown = 0
+    shown, marked = 0, []
     while True:
         ok, image = preview.read()
         if not ok:
             break
         shown += 1
-        assert image.shape[1] == 3 * image.shape[0]  # actual | predicted | error, side by side
+        # actual | forecast | error side by side, each panel in the source's 64:48 shape
+        assert abs(image.shape[1] / 3 / image.shape[0] - 64 / 48) < 0.02
+        blue, green, red = (int(v) for v in image[1, image.shape[1] // 2])
+        marked.append(blue > 180 and red > 180 and green < 100)  # the LABEL bar, magenta
     preview.release()
     assert shown == 100
+    assert sum(marked[10:]) == labels.sum()  # a frame is marked when it is labelled
 
 
 def test_chunked_replay_equals_one_frame_per_call(tiny_model: Path, tmp_path: Path) -> None:
