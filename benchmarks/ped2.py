@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging("info")
     import_tensorflow_quietly()
-    from forecaster.model.train import train_command
+    from forecaster.model.train import TrainSettings, train_command
 
     train_refs = expand_videos([str(training)])
     unknown = sorted(set(args.hold) - {r.name for r in train_refs})
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.cache / f"default_hold{'-'.join(args.hold)}_s{seed}.keras"
         if args.retrain or not model.exists():
             started = time.perf_counter()
-            train_command(fit_uris, model, seed=seed, progress=False)
+            train_command(fit_uris, model, TrainSettings(seed=seed, progress=False))
             log.info("seed %d: trained in %.0f s", seed, time.perf_counter() - started)
         card = read_card(model)
         ratio = card.calibration["mse_mean"] / card.calibration["copy_last_mse_mean"]

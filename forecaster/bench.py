@@ -21,18 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.errors import ChildFailed
+from forecaster.bench_daemon import (
+    SCORER_MODE,
+    bench_cameras,
+    bench_daemon,
+    bench_overload,
+    bench_soak,
+    percentiles,
+)
 
 WINDOW = 10
-
-
-def _percentiles(samples: list[float]) -> dict[str, float]:
-    values = np.asarray(samples) * 1000.0
-    return {
-        "p50_ms": float(np.percentile(values, 50)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "mean_ms": float(values.mean()),
-    }
 
 
 def _time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 5) -> list[float]:
@@ -78,14 +76,14 @@ def count_flops(model: Any, inputs: list[np.ndarray]) -> float | None:
     """Floating-point operations of one call of ``model`` on ``inputs`` (TF profiler),
     traced with the inputs' exact shapes."""
     import tensorflow as tf
-    from tensorflow.python.profiler import model_analyzer, option_builder
 
     try:
         fn = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False))
         concrete = fn.get_concrete_function(*[tf.constant(x) for x in inputs])
-        options = option_builder.ProfileOptionBuilder.float_operation()
+        profiler = tf.compat.v1.profiler
+        options = profiler.ProfileOptionBuilder.float_operation()
         options["output"] = "none"
-        info = model_analyzer.profile(concrete.graph, options=options)
+        info = profiler.profile(concrete.graph, options=options)
         return float(info.total_float_ops)
     except (ValueError, TypeError, tf.errors.OpError):
         return None
@@ -132,7 +130,7 @@ def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]
         "window_flops": count_flops(model, [window]),
     }
     if not spec.recurrent:
-        row["window"] = _percentiles(_time_calls(window_tick, repeats))
+        row["window"] = percentiles(_time_calls(window_tick, repeats))
         row["window_ticks_per_s"] = 1000.0 / row["window"]["p50_ms"]
         return row
     stepper = Stepper(model, jit=False)  # plain graphs
@@ -150,11 +148,11 @@ def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]
         _, run_state = runner.run(frame, run_state)
 
     samples = _time_interleaved({"window": window_tick, "step": step, "tick": tick}, repeats)
-    window_stats = _percentiles(samples["window"])
-    xla_stats = _percentiles(samples["tick"])
+    window_stats = percentiles(samples["window"])
+    xla_stats = percentiles(samples["tick"])
     row.update(
         {
-            "step": _percentiles(samples["step"]),
+            "step": percentiles(samples["step"]),
             "step_xla": xla_stats,
             "window": window_stats,
             "window_ticks_per_s": 1000.0 / window_stats["p50_ms"],
@@ -165,36 +163,6 @@ def bench_arch(arch: str, size: tuple[int, int], repeats: int) -> dict[str, Any]
         }
     )
     return row
-
-
-def _free_port() -> int:
-    """A TCP port on the loopback interface that is free now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-#: ``[scorer] mode`` of every daemon a benchmark starts (``forecaster bench --scorer-mode``)
-SCORER_MODE = {"mode": "auto"}
-
-
-def _daemon_config(
-    path: Path, endpoint: str, cameras: dict[str, str], metrics_port: int | None = None
-) -> Path:
-    """Write a daemon config for a benchmark run: quiet logs, the publisher on
-    ``endpoint`` with a deep send queue, a long start-up allowance, the benchmark's scorer
-    mode, ``cameras`` (id -> source) and, with ``metrics_port``, the Prometheus endpoint."""
-    lines = ['log_level = "warning"', "[publish]", f'endpoint = "{endpoint}"', "sndhwm = 100000",
-             "[worker]", "startup_timeout_s = 600.0", "[scorer]",
-             f'mode = "{SCORER_MODE["mode"]}"']
-    if metrics_port is not None:
-        lines += ["[metrics]", "enabled = true", f"port = {metrics_port}"]
-    for camera, source in cameras.items():
-        lines += ["[[cameras]]", f'id = "{camera}"', f'source = "{source}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -275,298 +243,6 @@ def bench_replay(video: Path, max_frames: int | None = None) -> dict[str, Any]:
         results["chunked_over_per_frame"] = results["chunked"]["fps"] / results["per_frame"]["fps"]
     results["engine"] = bench_replay_engine(frames)
     return results
-
-
-def bench_daemon(rates: list[float], frames: int) -> list[dict[str, Any]]:
-    """The whole daemon (capture -> worker -> publish) on a 64x64 synthetic source paced
-    at each rate: frames scored per second, drops, and capture-to-publish latency."""
-
-    from forecaster.client import Subscriber
-    from forecaster.protocol import Forecast, Score, Status
-
-    rows = []
-    for rate in rates:
-        endpoint = f"tcp://127.0.0.1:{_free_port()}"
-        with tempfile.TemporaryDirectory() as tmp:
-            config = _daemon_config(
-                Path(tmp) / "bench.toml", endpoint,
-                {"bench": f"synthetic:?fps={rate:g}&width=64&height=64&anomaly_rate=0"},
-            )
-            with Subscriber(endpoint, rcvhwm=0) as sub:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "forecaster", "run", "--config", str(config),
-                     "--max-frames", str(frames)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                latencies: list[float] = []
-                forecast_stamps: list[float] = []
-                last_status = None
-                deadline = time.monotonic() + 300
-                while time.monotonic() < deadline:
-                    msg = sub.recv(timeout=1.0)
-                    if msg is None:
-                        if proc.poll() is not None:
-                            break
-                        continue
-                    if isinstance(msg, Score):
-                        latencies.append(msg.latency_ms)
-                    elif isinstance(msg, Forecast):
-                        forecast_stamps.append(time.monotonic())
-                    elif isinstance(msg, Status):
-                        last_status = msg
-                proc.wait(timeout=30)
-                if proc.returncode != 0:
-                    _stdout, stderr = proc.communicate()
-                    lines = (stderr or "").strip().splitlines() or ["no output"]
-                    raise ChildFailed(f"daemon at {rate:g} fps exited with code "
-                                     f"{proc.returncode}: {lines[-1]}")
-        span = forecast_stamps[-1] - forecast_stamps[0] if len(forecast_stamps) > 1 else 0.0
-        rows.append(
-            {
-                "source_fps": rate,
-                "frames": frames,
-                "scored": len(latencies),
-                "scored_per_s": len(latencies) / span if span else 0.0,
-                "dropped": last_status.frames_dropped if last_status else None,
-                "state_resets": last_status.state_resets if last_status else None,
-                "latency_ms": _percentiles([v / 1000.0 for v in latencies]) if latencies else None,
-            }
-        )
-    return rows
-
-
-#: source rate of the run that finds the worker's capacity (far above it on a CPU)
-OVERLOAD_PROBE_FPS = 1000.0
-
-
-def bench_overload(frames: int) -> dict[str, Any]:
-    """Graceful overload: the scored rate with the source far too fast (the worker's
-    capacity C, as it sheds load), then with the source paced at C and at 2C. A worker that
-    sheds load scores about C at 2C too; one that collapses scores a fraction of it."""
-    probe = bench_daemon([OVERLOAD_PROBE_FPS], frames)[0]
-    capacity = max(1.0, probe["scored_per_s"])
-    at_capacity, at_twice = bench_daemon([round(capacity), round(2 * capacity)], frames)
-    return {
-        "probe": probe,
-        "capacity": capacity,
-        "at_capacity": at_capacity,
-        "at_twice": at_twice,
-        "ratio": at_twice["scored_per_s"] / max(at_capacity["scored_per_s"], 1e-9),
-    }
-
-
-def _scrape(port: int) -> dict[str, float]:
-    """Sum the samples of a Prometheus text page by metric name (labels added up)."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        if "reason=" in name_labels:
-            name += "{" + name_labels.split("reason=", 1)[1].split('"')[1] + "}"
-        try:
-            totals[name] = totals.get(name, 0.0) + float(value)
-        except ValueError:
-            continue
-    return totals
-
-
-def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -> list[dict[str, Any]]:
-    """Many cameras in one worker: each a 64x64 synthetic scene at ``fps``. Per count:
-    the model time per camera-frame (from the worker's inference histogram), frames the
-    worker had to skip, and each camera's capture-to-publish latency."""
-    import signal
-
-    from forecaster.client import Subscriber
-    from forecaster.protocol import Score
-
-    rows = []
-    for count in counts:
-        endpoint = f"tcp://127.0.0.1:{_free_port()}"
-        metrics_port = _free_port()
-        with tempfile.TemporaryDirectory() as tmp:
-            sources = {
-                f"cam{index:02d}": f"synthetic:?fps={fps:g}&width=64&height=64&anomaly_rate=0"
-                f"&seed={index + 1}"
-                for index in range(count)
-            }
-            config = _daemon_config(Path(tmp) / "cameras.toml", endpoint, sources, metrics_port)
-            with Subscriber(endpoint, kinds=["score"], rcvhwm=0) as sub:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "forecaster", "run", "--config", str(config)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                try:
-                    latencies: dict[str, list[float]] = {}
-                    started: float | None = None
-                    baseline: dict[str, float] = {}
-                    deadline = time.monotonic() + 600
-                    while time.monotonic() < deadline and proc.poll() is None:
-                        msg = sub.recv(timeout=0.5)
-                        if started is None:
-                            if msg is not None:  # scores flow: measure from here on
-                                started = time.monotonic()
-                                baseline = _scrape(metrics_port)
-                            continue
-                        if isinstance(msg, Score):
-                            latencies.setdefault(msg.camera, []).append(msg.latency_ms)
-                        if time.monotonic() - started >= seconds:
-                            break
-                    final = _scrape(metrics_port) if proc.poll() is None else {}
-                finally:
-                    proc.send_signal(signal.SIGTERM)
-                    proc.wait(timeout=60)
-        elapsed = time.monotonic() - started if started else 0.0
-
-        def delta(name: str, final: dict[str, float] = final, base: dict[str, float] = baseline) -> float:
-            return final.get(name, 0.0) - base.get(name, 0.0)
-
-        processed = delta("forecaster_frames_processed_total")
-        model_s = delta("forecaster_inference_duration_seconds_sum")
-        calls = delta("forecaster_inference_duration_seconds_count")
-        p99s = [float(np.percentile(v, 99)) for v in latencies.values() if v]
-        rates = [len(v) / elapsed for v in latencies.values()] if elapsed else []
-        rows.append(
-            {
-                "cameras": count,
-                "fps_per_camera": fps,
-                "seconds": elapsed,
-                "cameras_scoring": len(latencies),
-                "frames_processed": processed,
-                "model_calls": calls,
-                "frames_per_call": processed / calls if calls else None,
-                "model_ms_per_camera_frame": 1000.0 * model_s / processed if processed else None,
-                "worker_busy_fraction": model_s / elapsed if elapsed else None,
-                "dropped_worker_behind": delta("forecaster_frames_dropped_total{worker_behind}"),
-                "slowest_camera_scores_per_s": min(rates) if rates else 0.0,
-                "latency_p99_ms_worst_camera": max(p99s) if p99s else None,
-                "latency_p99_ms_median_camera": float(np.median(p99s)) if p99s else None,
-            }
-        )
-    return rows
-
-
-def _rss_mb(pid: int) -> float | None:
-    """Resident memory of a process in MB (``VmRSS``), None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _children(pid: int) -> dict[int, str]:
-    """The direct children of ``pid`` and their process names (Linux ``/proc``)."""
-    found: dict[int, str] = {}
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            text = (task / "children").read_text()
-        except OSError:
-            continue
-        for child in text.split():
-            try:
-                found[int(child)] = Path(f"/proc/{child}/comm").read_text().strip()
-            except OSError:
-                continue
-    return found
-
-
-def _slope(ticks: list[float], values: list[float]) -> float | None:
-    """Least-squares slope of ``values`` against ``ticks``, in units per 100,000 ticks."""
-    if len(ticks) < 3 or max(ticks) - min(ticks) <= 0:
-        return None
-    return float(np.polyfit(np.asarray(ticks), np.asarray(values), 1)[0]) * 100_000.0
-
-
-def bench_soak(
-    ticks: int, fps: float = 300.0, warmup: float = 0.1, interval: float | None = None
-) -> dict[str, Any]:
-    """Resident memory over a long run: the daemon on one 64x64 synthetic camera paced at
-    ``fps`` for ``ticks`` frames. RSS of the supervisor, the capture and the worker is
-    sampled every ``interval`` seconds (default: 2 s, or about 50 samples in a short run)
-    against the frames the worker processed; the slope after the first ``warmup``
-    fraction of the run (MB per 100,000 ticks) shows growth."""
-    if interval is None:
-        interval = min(2.0, max(0.1, ticks / fps / 50.0))
-    import signal
-
-    metrics_port = _free_port()
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    samples: list[dict[str, Any]] = []
-    roles: dict[int, str] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        config = _daemon_config(Path(tmp) / "soak.toml", endpoint,
-                                {"soak": f"synthetic:?fps={fps:g}&width=64&height=64"},
-                                metrics_port)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "forecaster", "run", "--config", str(config),
-             "--max-frames", str(ticks)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        started = time.monotonic()
-        try:
-            deadline = started + ticks / fps * 3 + 300
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(interval)
-                try:
-                    processed = _scrape(metrics_port).get("forecaster_frames_processed_total")
-                except OSError:
-                    continue  # not serving yet, or already stopping
-                if processed is None:
-                    continue
-                for pid, name in _children(proc.pid).items():
-                    if name == "fc-worker":
-                        roles[pid] = "worker"
-                    elif name.startswith("fc-cap:"):
-                        roles[pid] = "capture"
-                row: dict[str, Any] = {"t": time.monotonic() - started, "ticks": processed,
-                                       "supervisor": _rss_mb(proc.pid)}
-                for pid, role in roles.items():
-                    rss = _rss_mb(pid)
-                    if rss is not None:
-                        row[role] = rss
-                samples.append(row)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-    total = max((row["ticks"] for row in samples), default=0.0)
-    steady = [row for row in samples if row["ticks"] >= warmup * total]
-    result: dict[str, Any] = {
-        "ticks_requested": ticks,
-        "ticks_processed": total,
-        "source_fps": fps,
-        "seconds": samples[-1]["t"] if samples else 0.0,
-        "exit_code": proc.returncode,
-        "samples": samples,
-        "processes": {},
-    }
-    for role in ("supervisor", "capture", "worker"):
-        points = [(row["ticks"], row[role]) for row in steady if row.get(role) is not None]
-        if not points:
-            continue
-        xs, ys = zip(*points, strict=True)
-        result["processes"][role] = {
-            "rss_after_warmup_mb": ys[0],
-            "rss_end_mb": ys[-1],
-            "rss_max_mb": max(ys),
-            "slope_mb_per_100k_ticks": _slope(list(xs), list(ys)),
-        }
-    return result
 
 
 def machine() -> dict[str, Any]:

@@ -91,11 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     setup_logging("info")
     import_tensorflow_quietly()
-    from forecaster.model.train import train_command
+    from forecaster.model.train import TrainSettings, train_command
 
-    out = train_command(
-        args.data,
-        args.out,
+    settings = TrainSettings(
         arch=args.arch,
         mode=args.mode,
         epochs=args.epochs,
@@ -113,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard,
         resume=args.resume,
     )
+    out = train_command(args.data, args.out, settings)
     from forecaster.model.artifact import read_card
     from forecaster.model.train import error_ratio
 

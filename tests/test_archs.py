@@ -202,19 +202,14 @@ def _data(count: int, frames: int) -> list[str]:
 def test_every_arch_trains_saves_and_reloads_in_safe_mode(
     tmp_path: Path, arch: str, mode: str, size: tuple[int, int]
 ) -> None:
-    from forecaster.model.train import train_command
+    from forecaster.model.train import TrainSettings, train_command
 
     height, width = size
     out = train_command(
         _data(2, 26),
         tmp_path / f"{arch}.keras",
-        arch=arch,
-        mode=mode,
-        epochs=1,
-        size=size,
-        batch_size=4,
-        stride=8 if mode == "window" else None,
-        progress=False,
+        TrainSettings(arch=arch, mode=mode, epochs=1, size=size, batch_size=4,
+                      stride=8 if mode == "window" else None, progress=False),
     )
     model, card = load_model(out, expect_size=size)  # keras safe_mode=True
     assert (card.arch, card.height, card.width, card.window) == (arch, height, width, 10)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from forecaster.bench import _children, _rss_mb, _slope
+from forecaster.bench_daemon import _children, _rss_mb, _slope
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -266,19 +266,14 @@ def test_calibration_uses_frames_with_full_context(model_64x80: keras.Model) -> 
 
 
 def test_train_command_writes_a_calibrated_model(tmp_path: Path) -> None:
-    from forecaster.model.train import train_command
+    from forecaster.model.train import TrainSettings, train_command
 
     data = [f"synthetic:?anomaly_rate=0&seed={seed}&frames=40" for seed in (7, 8)]
     out = train_command(
         data,
         tmp_path / "tiny.keras",
-        epochs=1,
-        size=(32, 32),
-        batch_size=4,
-        seed=0,
-        window=4,
-        clip=8,
-        progress=False,
+        TrainSettings(epochs=1, size=(32, 32), batch_size=4, seed=0, window=4, clip=8,
+                      progress=False),
     )
     model, card = load_model(out, expect_size=(32, 32))
     assert (card.arch, card.height, card.width, card.window) == ("convlstm-ae", 32, 32, 4)

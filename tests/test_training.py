@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -119,26 +120,28 @@ def test_stateful_training_resets_the_state_exactly_when_a_new_group_starts() ->
 
 def test_stateful_mode_needs_a_recurrent_arch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from forecaster.cli import main
-    from forecaster.model.train import train_command
+    from forecaster.model.train import TrainSettings, train_command
 
     with pytest.raises(UsageError, match="recurrent"):
-        train_command(_data(2), tmp_path / "m.keras", arch="conv3d-vae", mode="stateful")
+        train_command(_data(2), tmp_path / "m.keras",
+                      TrainSettings(arch="conv3d-vae", mode="stateful"))
     code = main(["train", "synthetic:", "--out", str(tmp_path / "m.keras"), "--arch",
                  "seed-convlstm-pool", "--mode", "stateful"])
     assert code == 2 and "recurrent" in capsys.readouterr().err
     with pytest.raises(UsageError, match="no checkpoint"):
-        train_command(_data(2), tmp_path / "m.keras", resume=True, progress=False)
+        train_command(_data(2), tmp_path / "m.keras", TrainSettings(resume=True, progress=False))
 
 
 # --- determinism, checkpoints, resume --------------------------------------------------------
 
 
 def test_same_seed_same_weights_in_stateful_mode(tmp_path: Path) -> None:
-    from forecaster.model.train import train_command
+    from forecaster.model.train import TrainSettings, train_command
 
     paths = [
-        train_command(_data(3), tmp_path / f"run{i}.keras", mode="stateful", epochs=1,
-                      size=(32, 32), batch_size=2, seed=5, progress=False)
+        train_command(_data(3), tmp_path / f"run{i}.keras",
+                      TrainSettings(mode="stateful", epochs=1, size=(32, 32), batch_size=2,
+                                    seed=5, progress=False))
         for i in (1, 2)
     ]
     for a, b in zip(_weights(paths[0]), _weights(paths[1]), strict=True):
@@ -149,17 +152,18 @@ def test_same_seed_same_weights_in_stateful_mode(tmp_path: Path) -> None:
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, user_cache: Path) -> None:
-    from forecaster.model.train import train_command
+    from forecaster.model.train import TrainSettings, train_command
 
-    common = {"arch": "convlstm-ae", "mode": "window", "size": (32, 32), "batch_size": 4,
-              "clip": 8, "seed": 1, "patience": 5, "progress": False}
-    straight = train_command(_data(3), tmp_path / "straight.keras", epochs=2, **common)
+    common = TrainSettings(arch="convlstm-ae", mode="window", size=(32, 32), batch_size=4,
+                           clip=8, seed=1, patience=5, progress=False)
+    straight = train_command(_data(3), tmp_path / "straight.keras", replace(common, epochs=2))
     ckpt = tmp_path / "ckpt"
-    train_command(_data(3), tmp_path / "first.keras", epochs=1, checkpoint_dir=ckpt,
-                  tensorboard=tmp_path / "tb", **common)
+    train_command(_data(3), tmp_path / "first.keras",
+                  replace(common, epochs=1, checkpoint_dir=ckpt, tensorboard=tmp_path / "tb"))
     assert json.loads((ckpt / "state.json").read_text())["epoch"] == 1
-    resumed = train_command(_data(3), tmp_path / "resumed.keras", epochs=2, checkpoint_dir=ckpt,
-                            tensorboard=tmp_path / "tb", resume=True, **common)
+    resumed = train_command(_data(3), tmp_path / "resumed.keras",
+                            replace(common, epochs=2, checkpoint_dir=ckpt,
+                                    tensorboard=tmp_path / "tb", resume=True))
     _, card = load_model(resumed)
     assert card.training["resumed_from_epoch"] == 1 and card.training["epochs_run"] == 2
     # the same epoch-2 weights and optimizer state as a run that never stopped
@@ -179,8 +183,9 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, user_cache: P
     for run in ("train", "validation"):  # TensorBoard event files, appended on resume
         assert list((tmp_path / "tb" / run).glob("events.out.tfevents.*"))
     with pytest.raises(UsageError, match="mode"):
-        train_command(_data(3), tmp_path / "other.keras", epochs=3, checkpoint_dir=ckpt,
-                      resume=True, **{**common, "mode": "stateful", "clip": None})
+        train_command(_data(3), tmp_path / "other.keras",
+                      replace(common, epochs=3, checkpoint_dir=ckpt, resume=True,
+                              mode="stateful", clip=None))
 
 
 @pytest.mark.timeout(180)

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -333,32 +333,9 @@ def default_mode(arch: str) -> str:
     return DEFAULT_RECURRENT_MODE if get_spec(arch).recurrent else "window"
 
 
-def train_command(
-    data: Sequence[str],
-    out: str | Path,
-    *,
-    arch: str = DEFAULT_ARCH,
-    mode: str | None = None,
-    epochs: int = DEFAULT_EPOCHS,
-    max_frames: int | None = None,
-    record_minutes: float | None = None,
-    size: tuple[int, int] = (64, 64),
-    batch_size: int = 8,
-    seed: int = 0,
-    window: int = DEFAULT_WINDOW,
-    clip: int | None = None,
-    val_fraction: float = 0.2,
-    stride: int | None = None,
-    loss: str | None = None,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    patience: int = DEFAULT_PATIENCE,
-    checkpoint_dir: str | Path | None = None,
-    tensorboard: str | Path | None = None,
-    resume: bool = False,
-    deterministic: bool = True,
-    progress: bool = True,
-) -> Path:
-    """Train ``arch`` on ``data``, calibrate it, and write the model to ``out``.
+@dataclass(frozen=True)
+class TrainSettings:
+    """How ``forecaster train`` trains: everything but the data and the output file.
 
     ``mode``: ``"window"`` (shuffled clips) or ``"stateful"`` (videos side by side in
     consecutive chunks, state carried, reset per group; recurrent archs only); default
@@ -373,62 +350,109 @@ def train_command(
     after every epoch to ``checkpoint_dir`` (default: :func:`~forecaster.outputs.training_dir`,
     ``<cache>/train/<absolute out without .keras>.checkpoints``), TensorBoard logs to
     ``tensorboard`` (default: the same with ``.logs``); ``resume`` continues from
-    the checkpoint. ``deterministic``: same seed, same weights (on CPU).
+    the checkpoint. ``deterministic``: same seed, same weights (on CPU). ``max_frames``
+    and ``record_minutes`` bound what is read of each video (the minutes: of a camera or
+    stream, recorded that long).
     """
+
+    arch: str = DEFAULT_ARCH
+    mode: str | None = None
+    epochs: int = DEFAULT_EPOCHS
+    max_frames: int | None = None
+    record_minutes: float | None = None
+    size: tuple[int, int] = (64, 64)
+    batch_size: int = 8
+    seed: int = 0
+    window: int = DEFAULT_WINDOW
+    clip: int | None = None
+    val_fraction: float = 0.2
+    stride: int | None = None
+    loss: str | None = None
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    patience: int = DEFAULT_PATIENCE
+    checkpoint_dir: str | Path | None = None
+    tensorboard: str | Path | None = None
+    resume: bool = False
+    deterministic: bool = True
+    progress: bool = True
+
+    def resolved(self) -> TrainSettings:
+        """These settings checked (UsageError with the reason), with what defaults to the
+        arch's filled in: ``mode``, ``loss``, ``clip`` (the frames of a clip or chunk) and,
+        in window mode, ``stride``."""
+        arch, window, clip, stride = self.arch, self.window, self.clip, self.stride
+        spec = get_spec(arch)
+        check_size(*self.size)
+        mode = self.mode or default_mode(arch)
+        if mode not in TRAINING_MODES:
+            raise UsageError(f"unknown training mode {mode!r} (known: {', '.join(TRAINING_MODES)})")
+        if mode == "stateful" and not spec.recurrent:
+            stateful = ", ".join(name for name, s in SPECS.items() if s.recurrent)
+            raise UsageError(
+                f"--mode stateful needs a recurrent architecture ({stateful}); {arch} is a clip "
+                f"model (it sees a whole window at once, there is no state to carry): use "
+                f"--mode window"
+            )
+        loss = self.loss or spec.default_loss
+        if loss not in LOSSES:
+            raise UsageError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
+        if window < 2:
+            raise UsageError(f"window must be at least 2, got {window}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UsageError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size),
+                            ("patience", self.patience)):
+            if value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+        if mode == "stateful":
+            if stride is not None:
+                raise UsageError(
+                    "--stride applies to --mode window (stateful mode reads every frame once)")
+            length = clip or window  # frames per chunk
+        elif spec.output == "next":
+            if clip is not None and clip != window:
+                raise UsageError(f"{arch} trains on windows of {window} frames; clip does not apply")
+            length = window
+        else:
+            length = clip or 2 * window
+        if length < 2:
+            raise UsageError(f"clip must be at least 2, got {length}")
+        if stride is not None and stride < 1:
+            raise UsageError(f"stride must be at least 1, got {stride}")
+        if mode == "window":
+            stride = stride or max(1, length // 2)
+        if self.record_minutes is not None and not self.record_minutes > 0:
+            raise UsageError(f"--minutes must be above 0, got {self.record_minutes}")
+        return replace(self, mode=mode, loss=loss, clip=length, stride=stride)
+
+
+def train_command(
+    data: Sequence[str], out: str | Path, settings: TrainSettings = TrainSettings()
+) -> Path:
+    """Train a model on ``data`` as ``settings`` say, calibrate it, and write it to ``out``
+    (its card's ``training``: the settings, resolved, and what the run measured)."""
     started = time.perf_counter()
     out = Path(out)
     if out.suffix != ".keras":
         raise UsageError(f"model file name must end in .keras, got {out}")
     check_writable_file(out, "model file (--out)")  # before training, not after
+    settings = settings.resolved()
+    arch, mode, window, length, stride = (settings.arch, settings.mode, settings.window,
+                                          settings.clip, settings.stride)
+    assert mode is not None and settings.loss is not None and length is not None
+    loss, batch_size, seed = settings.loss, settings.batch_size, settings.seed
     spec = get_spec(arch)
-    height, width = size
-    check_size(height, width)
-    mode = mode or default_mode(arch)
-    if mode not in TRAINING_MODES:
-        raise UsageError(f"unknown training mode {mode!r} (known: {', '.join(TRAINING_MODES)})")
-    if mode == "stateful" and not spec.recurrent:
-        stateful = ", ".join(name for name, s in SPECS.items() if s.recurrent)
-        raise UsageError(
-            f"--mode stateful needs a recurrent architecture ({stateful}); {arch} is a clip "
-            f"model (it sees a whole window at once, there is no state to carry): use "
-            f"--mode window"
-        )
-    loss = loss or spec.default_loss
-    if loss not in LOSSES:
-        raise UsageError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
-    if window < 2:
-        raise UsageError(f"window must be at least 2, got {window}")
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
-        if value < 1:
-            raise UsageError(f"{name} must be at least 1, got {value}")
-    if mode == "stateful":
-        if stride is not None:
-            raise UsageError("--stride applies to --mode window (stateful mode reads every frame once)")
-        length = clip or window  # frames per chunk
-    elif spec.output == "next":
-        if clip is not None and clip != window:
-            raise UsageError(f"{arch} trains on windows of {window} frames; clip does not apply")
-        length = window
-    else:
-        length = clip or 2 * window
-    if length < 2:
-        raise UsageError(f"clip must be at least 2, got {length}")
-    if stride is not None and stride < 1:
-        raise UsageError(f"stride must be at least 1, got {stride}")
-    if mode == "window":
-        stride = stride or max(1, length // 2)
-    checkpoints = Path(checkpoint_dir) if checkpoint_dir else training_dir(out, ".checkpoints")
-    log_dir = Path(tensorboard) if tensorboard else training_dir(out, ".logs")
+    height, width = settings.size
+    checkpoints = (Path(settings.checkpoint_dir) if settings.checkpoint_dir
+                   else training_dir(out, ".checkpoints"))
+    log_dir = Path(settings.tensorboard) if settings.tensorboard else training_dir(out, ".logs")
     log.info("checkpoints in %s, TensorBoard logs in %s", checkpoints, log_dir)
 
-    set_determinism(seed, deterministic)
-    if record_minutes is not None and not record_minutes > 0:
-        raise UsageError(f"--minutes must be above 0, got {record_minutes}")
-    videos = load_videos(data, size, max_frames,
-                         None if record_minutes is None else record_minutes * 60.0)
-    train_videos, val_videos = split_videos(videos, val_fraction, length, seed)
+    set_determinism(seed, settings.deterministic)
+    minutes = settings.record_minutes
+    videos = load_videos(data, settings.size, settings.max_frames,
+                         None if minutes is None else minutes * 60.0)
+    train_videos, val_videos = split_videos(videos, settings.val_fraction, length, seed)
     if mode == "stateful":
         train_data: WindowBatches | StatefulGroups = StatefulGroups(
             [v.frames for v in train_videos], batch_size, length
@@ -460,12 +484,13 @@ def train_command(
 
     model = build_model(arch, height, width, window)
     scale = float(height * width) if spec.loss_per_pixel_sum else 1.0
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=PixelLoss(loss, scale))
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=PixelLoss(loss, scale))
     signature = {"arch": arch, "size": [height, width], "window": window, "mode": mode,
                  "length": length, "stride": stride, "batch_size": batch_size, "loss": loss}
-    options = FitOptions(mode=cast(Mode, mode), epochs=epochs, patience=patience,
-                         checkpoint_dir=checkpoints, log_dir=log_dir, resume=resume,
-                         progress=progress, signature=signature)
+    options = FitOptions(mode=cast(Mode, mode), epochs=settings.epochs,
+                         patience=settings.patience, checkpoint_dir=checkpoints,
+                         log_dir=log_dir, resume=settings.resume, progress=settings.progress,
+                         signature=signature)
     model, result = fit(model, options, train=train_data, val=val_data)
     fit_seconds = time.perf_counter() - started
 
@@ -488,8 +513,8 @@ def train_command(
     history = result.history
     train_seconds = [e["train_seconds"] for e in history if "train_seconds" in e]
     training = {
+        **asdict(settings),
         "data": list(data),
-        "mode": mode,
         "train_videos": [v.name for v in train_videos],
         "val_videos": [v.name for v in val_videos],
         "videos": len(videos),
@@ -498,25 +523,17 @@ def train_command(
         "val_frames": int(sum(len(v.frames) for v in val_videos)),
         "clips" if mode == "window" else "chunks": samples,
         "clip" if mode == "window" else "chunk": length,
-        "stride": stride,
         "batch_size": getattr(train_data, "batch", batch_size),
         "frames_per_epoch": result.train_frames_per_epoch,
-        "max_frames": max_frames,
-        "record_minutes": record_minutes,
-        "epochs": epochs,
         "epochs_run": len(history),
         "resumed_from_epoch": result.resumed_from,
         "stopped_early": result.stopped_early,
-        "learning_rate": learning_rate,
-        "loss": loss,
         "loss_scale": scale,
         "kl_term": spec.loss_per_pixel_sum,
         "final_loss": history[-1].get("loss") if history else None,
         "final_val_loss": history[-1].get("val_loss") if history else None,
         "best_val_loss": result.best_val_loss,  # the weights kept
         "best_epoch": result.best_epoch,
-        "seed": seed,
-        "deterministic": deterministic,
         "train_seconds_per_epoch": round(float(np.mean(train_seconds)), 2) if train_seconds else None,
         "frames_per_s": round(result.train_frames_per_epoch / float(np.mean(train_seconds)), 1)
         if train_seconds else None,
