@@ -298,8 +298,8 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
         raise ConfigError(_format_error(error, origin)) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file; ConfigError naming the file on any problem."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a config file; ConfigError naming the file on any problem."""
     path = Path(path)
     try:
         text = path.read_bytes()
@@ -308,12 +308,16 @@ def load_config(path: str | Path) -> Config:
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     try:
-        data = tomllib.loads(text.decode("utf-8"))
+        return tomllib.loads(text.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
-    return parse_config(data, origin=str(path))
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file; ConfigError naming the file on any problem."""
+    return parse_config(read_toml(path), origin=str(path))
 
 
 def find_config(explicit: str | None) -> tuple[Config, str]:

@@ -35,15 +35,22 @@ from typing import Annotated, Any, Literal
 import zmq
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from forecaster.config import INT32_MAX, Float, _format_error, _Section, check_ip_address
+from forecaster.config import (
+    INT32_MAX,
+    Float,
+    _format_error,
+    _Section,
+    check_ip_address,
+    read_toml,
+)
 from forecaster.endpoints import is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.protocol import ProtocolError, decode
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
+    pass
 
 log = logging.getLogger("forecaster.relay")
 
@@ -201,19 +208,7 @@ def parse_relay_config(data: dict[str, Any], origin: str) -> RelayConfig:
 
 def load_relay_config(path: str | Path) -> dict[str, Any]:
     """The parsed TOML of a relay config file (validated later, with the command line)."""
-    path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-    try:
-        return tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    return read_toml(path)
 
 
 # ---------------------------------------------------------------------------- health
