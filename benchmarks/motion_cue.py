@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from forecaster.flow import MotionCue, cue_size  # noqa: E402
 from forecaster.fused import DEFAULT_FUSED  # noqa: E402
-from forecaster.preprocess import to_gray_resized  # noqa: E402
+from forecaster.preprocess import to_gray, to_gray_resized  # noqa: E402
 from forecaster.sources import open_source  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
@@ -41,10 +41,11 @@ def decode(uri: str, frames: int) -> list[np.ndarray]:
 def per_frame_ms(images: list[np.ndarray], cue_height: int | None) -> float:
     cue = None if cue_height is None else MotionCue(cue_height)
     began = time.perf_counter()
-    for image in images:
-        to_gray_resized(image, (64, 64))
+    for image in images:  # as the capture process does
+        gray = to_gray(image)
+        to_gray_resized(gray, (64, 64))
         if cue is not None:
-            cue(image)
+            cue(gray)
     return (time.perf_counter() - began) / len(images) * 1000.0
 
 

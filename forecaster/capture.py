@@ -21,7 +21,7 @@ from forecaster.channels import Flag, Outbox, start_child
 from forecaster.errors import ForecasterError, SourceDisconnected, SourceError
 from forecaster.flow import MotionCue
 from forecaster.health import CameraField, Health
-from forecaster.preprocess import to_gray_resized
+from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.ring import FrameRing
 from forecaster.sources import FrameSource, open_source
 
@@ -234,8 +234,9 @@ class Capture:
                     self.ring.count_rate_limited()
                     continue
                 self.limiter.admit(now)
-                image = to_gray_resized(frame.image, spec.size)
-                cue = math.nan if self.cue is None else self.cue(frame.image)
+                gray = to_gray(frame.image)  # once, for the model's size and the cue's
+                image = to_gray_resized(gray, spec.size)
+                cue = math.nan if self.cue is None else self.cue(gray)
                 self.ring.write(image, frame.ts, cue)
                 self.frames += 1
                 self._signal()

@@ -18,7 +18,7 @@ import numpy as np
 
 from forecaster.errors import DataError
 from forecaster.flow import MotionCue
-from forecaster.preprocess import to_gray_resized
+from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.protocol import camera_safe
 from forecaster.sources import (
     SYNTHETIC_PREFIX,
@@ -153,10 +153,11 @@ def read_video_cues(
             frame = source.read()
             if frame is None:
                 break
-            images.append(to_gray_resized(frame.image, (height, width)))
+            gray = to_gray(frame.image)  # once, for the model's size and the cue's
+            images.append(to_gray_resized(gray, (height, width)))
             labels.append(frame.label)
             if cue is not None:
-                cues.append(cue(frame.image))
+                cues.append(cue(gray))
     if not images:
         raise DataError(f"no frames read from {uri}")
     stack = np.stack(images)

@@ -28,7 +28,20 @@ def to_gray_resized(image: np.ndarray, size: Size) -> np.ndarray:
 
     Accepts gray (H, W), gray (H, W, 1), BGR (H, W, 3) or BGRA (H, W, 4) frames of any
     size and dtype uint8. Downscaling uses area averaging (no aliasing), upscaling linear.
+    A frame resized to two sizes (the model's, the motion cue's) is converted once:
+    ``to_gray`` first, then this on the gray frame (a resize only).
     """
+    image = to_gray(image)
+    height, width = size
+    if image.shape == (height, width):
+        return np.ascontiguousarray(image)
+    shrinking = image.shape[0] >= height and image.shape[1] >= width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """``image`` (gray, BGR or BGRA uint8, any size) as a 2-D gray uint8 frame, same size."""
     if image.dtype != np.uint8:
         raise ValueError(f"frame dtype must be uint8, got {image.dtype}")
     if image.ndim == 3:
@@ -43,12 +56,7 @@ def to_gray_resized(image: np.ndarray, size: Size) -> np.ndarray:
             raise ValueError(f"frame must have 1, 3 or 4 channels, got {channels}")
     elif image.ndim != 2:
         raise ValueError(f"frame must be 2-D or 3-D, got shape {image.shape}")
-    height, width = size
-    if image.shape == (height, width):
-        return np.ascontiguousarray(image)
-    shrinking = image.shape[0] >= height and image.shape[1] >= width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+    return image
 
 
 def parse_size(text: str) -> Size:

@@ -46,7 +46,7 @@ from forecaster.engine import (
 from forecaster.errors import DataError
 from forecaster.flow import MotionCue
 from forecaster.outputs import fresh_dir, prepare_out_dir
-from forecaster.preprocess import to_gray_resized
+from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.preview import PreviewWriter
 from forecaster.protocol import Event, Forecast, Message, Score, Status
 from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed_chunk
@@ -82,9 +82,9 @@ def _frames(source: FrameSource, size: tuple[int, int], cue: MotionCue | None
     height and width) until the end of the source; the cue as the capture process makes it
     (NaN without ``cue``)."""
     while (frame := source.read()) is not None:
-        value = math.nan if cue is None else cue(frame.image)
-        shape = (int(frame.image.shape[0]), int(frame.image.shape[1]))
-        yield to_gray_resized(frame.image, size), frame.ts, value, frame.label, shape
+        gray = to_gray(frame.image)  # once, for the model's size and the cue's
+        value = math.nan if cue is None else cue(gray)
+        yield to_gray_resized(gray, size), frame.ts, value, frame.label, gray.shape
 
 
 class Replayer:
