@@ -29,6 +29,16 @@ if TYPE_CHECKING:
     from forecaster.config import Config
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -254,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="subscribe and show live scores")
     watch.add_argument("--endpoint", default="tcp://127.0.0.1:5556")
     watch.add_argument("--camera", help="only this camera")
-    watch.add_argument("--seconds", type=float, metavar="S", help="stop after S seconds")
+    watch.add_argument("--seconds", type=_positive_float, metavar="S", help="stop after S seconds")
     watch.set_defaults(func=cmd_watch)
 
     train = sub.add_parser("train", help="train a model on videos, image folders or data sets")
@@ -273,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "stops earlier when the validation loss stops improving)")
     train.add_argument("--max-frames", type=_positive_int, metavar="N",
                        help="use at most N frames of each video")
-    train.add_argument("--minutes", type=float, metavar="N",
+    train.add_argument("--minutes", type=_positive_float, metavar="N",
                        help="record N minutes of each camera or stream given as DATA (0, "
                        "/dev/video0, rtsp://..., http://...) and train on that footage, which "
                        "must be normal")
@@ -290,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "= the clip length for no overlap)")
     train.add_argument("--loss", choices=LOSS_NAMES,
                        help=f"pixel loss (default {DEFAULT_LOSS}; the VAEs add their KL term)")
-    train.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE,
+    train.add_argument("--learning-rate", type=_positive_float, default=DEFAULT_LEARNING_RATE,
                        help=f"Adam's learning rate (default {DEFAULT_LEARNING_RATE:g})")
     train.add_argument("--patience", type=_positive_int, default=DEFAULT_PATIENCE,
                        help="epochs without a better validation loss before stopping early "
@@ -326,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "publish.endpoint)")
     replay.add_argument("--realtime", action="store_true",
                         help="pace frames at the source's nominal rate, one model call per frame")
-    replay.add_argument("--fps", type=float, metavar="F",
+    replay.add_argument("--fps", type=_positive_float, metavar="F",
                         help="frame rate of sources that state none (image folders), for "
                         "--realtime and the previews (default: 25)")
     replay.add_argument("--preview", action="store_true",
@@ -359,12 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=_size, default=(64, 64), metavar="HxW")
     bench.add_argument("--repeats", type=_positive_int, default=300)
     bench.add_argument("--video", help="video for the replay throughput (e.g. vtest.avi)")
-    bench.add_argument("--daemon-fps", type=float, action="append", metavar="FPS",
+    bench.add_argument("--daemon-fps", type=_positive_float, action="append", metavar="FPS",
                        help="run the whole daemon on a synthetic source paced at FPS (repeatable)")
     bench.add_argument("--daemon-frames", type=_positive_int, default=2000)
     bench.add_argument("--cameras", type=_positive_int, action="append", metavar="N",
                        help="run N synthetic cameras at 10 fps in one worker (repeatable)")
-    bench.add_argument("--camera-seconds", type=float, default=30.0,
+    bench.add_argument("--camera-seconds", type=_positive_float, default=30.0,
                        help="seconds measured per --cameras run")
     bench.add_argument("--soak-ticks", type=_positive_int, metavar="N",
                        help="run the daemon for N frames and report the slope of its resident "

@@ -173,3 +173,15 @@ def test_run_logs_one_progress_line_per_camera_per_interval(tmp_path: Path) -> N
         assert 5.0 < float(match.group(1)) < 30.0  # about the source's 20 fps
         daemon.wait_log(r"camera cam0: [\d.]+ fps over the last 2 s", 10)
         assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("args", [
+    ["replay", "synthetic:?frames=30", "--fps", "-1"],
+    ["watch", "--seconds", "nan"],
+    ["train", "synthetic:?frames=30", "--out", "m.keras", "--minutes", "0"],
+    ["train", "synthetic:?frames=30", "--out", "m.keras", "--learning-rate", "inf"],
+])
+def test_numbers_that_must_be_positive_exit_2(args: list[str], tmp_path: Path) -> None:
+    result = cli(args, tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument {args[-2]}: expected a positive number, got {args[-1]!r}" in result.stderr
