@@ -253,6 +253,72 @@ class MetricsConfig(_Section):
         return self
 
 
+#: shortest access token accepted from ``web.token_file`` (characters)
+MIN_TOKEN_CHARS = 16
+
+
+def read_token(path: str) -> str:
+    """The access token in ``path`` (surrounding white space removed); ValueError naming the
+    file when it cannot be read or is too short."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(f"token file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read token file {path}: {error}") from None
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise ValueError(
+            f"token file {path} must hold one token of at least {MIN_TOKEN_CHARS} characters "
+            f"without spaces (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe())' "
+            f"> {path}`)"
+        )
+    return token
+
+
+class WebConfig(_Section):
+    #: serve the live page (``forecaster run``)
+    enabled: bool = True
+    #: address to listen on (an IP address; keep it loopback unless the network is trusted)
+    address: str = "127.0.0.1"
+    #: TCP port to listen on
+    port: Annotated[int, Field(ge=1, le=65535)] = 8088
+    #: accept a non-loopback address (plain HTTP: a trusted network only); needs token_file
+    allow_insecure: bool = False
+    #: a file holding the access token the page asks for; "" = none (loopback only)
+    token_file: str = ""
+    #: images (actual, forecast, error) sent per second per camera and viewer, at most
+    image_fps: Annotated[Float, Field(gt=0, le=15)] = 5.0
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        return check_ip_address("address", value)
+
+    @field_validator("token_file")
+    @classmethod
+    def _check_token_file(cls, value: str) -> str:
+        if value:
+            read_token(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> WebConfig:
+        if not self.enabled or is_loopback_host(self.address):
+            return self
+        if not self.allow_insecure:
+            raise ValueError(
+                f"web.address = {self.address!r} is not a loopback address: use 127.0.0.1 or "
+                f"::1 (and an SSH tunnel), or set web.allow_insecure = true and "
+                f"web.token_file on a trusted network"
+            )
+        if not self.token_file:
+            raise ValueError(
+                f"web.address = {self.address!r} is not a loopback address: set "
+                f"web.token_file to a file holding an access token"
+            )
+        return self
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     capture: CaptureConfig = CaptureConfig()
@@ -262,6 +328,7 @@ class Config(_Section):
     worker: WorkerConfig = WorkerConfig()
     service: ServiceConfig = ServiceConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()
     cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1)
 
     @model_validator(mode="after")

@@ -54,7 +54,8 @@ def config_text(
 ) -> str:
     """A config file: ``[publish] endpoint``, the other ``sections`` (name -> keys), cameras
     as ``(id, source)`` or ``(id, source, {other keys})``."""
-    merged: dict[str, dict[str, Any]] = {"publish": {}}
+    # no live page unless asked for: daemons started side by side would share its port
+    merged: dict[str, dict[str, Any]] = {"publish": {}, "web": {"enabled": False}}
     for name, values in (sections or {}).items():
         merged.setdefault(name, {}).update(values)
     merged["publish"]["endpoint"] = endpoint

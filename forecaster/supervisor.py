@@ -37,7 +37,14 @@ from forecaster.capture import CaptureSpec, capture_main
 from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
 from forecaster.engine import check_scorer, model_path
-from forecaster.errors import ChildFailed, ModelError, SourceError, UsageError, name_some
+from forecaster.errors import (
+    ChildFailed,
+    ConfigError,
+    ModelError,
+    SourceError,
+    UsageError,
+    name_some,
+)
 from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
 from forecaster.ring import FrameRing, ring_name
@@ -49,6 +56,7 @@ STOP_GRACE_S = 4.0
 #: cameras or processes named in one error line before "and N more"
 NAMES_SHOWN = 3
 WORKER = -1  # Child.index of the worker
+WEB = -2  # Child.index of the live page's process
 
 
 @dataclass(slots=True)
@@ -167,6 +175,9 @@ class Supervisor:
         self.metrics: Any = None
         self._worker_spec: WorkerSpec | None = None
         self._capture_specs: list[CaptureSpec] = []
+        self._web_spec: Any = None
+        #: private runtime folder (0700) of the live page's feed socket
+        self._web_dir: str | None = None
         self._signalled = False
         self._hangups = 0
 
@@ -189,6 +200,10 @@ class Supervisor:
             args: tuple[Any, ...] = (
                 self._worker_spec, self.wakeup_address, self.control_out, self.stop, self.health
             )
+        elif index == WEB:
+            from forecaster.web.process import web_main
+
+            role, target, args = "web", web_main, (self._web_spec, self.control_out, self.stop)
         else:
             spec = self._capture_specs[index]
             role, target = f"capture:{spec.camera}", capture_main
@@ -236,6 +251,7 @@ class Supervisor:
             from forecaster.prometheus import MetricsServer
 
             self.metrics = MetricsServer(config.metrics.address, config.metrics.port, self)
+        feed_endpoint = self._web_feed(ring_names) if config.web.enabled else ""
         self._worker_spec = WorkerSpec(
             cameras=tuple(ring_names),
             model_path=str(model_path),
@@ -244,6 +260,7 @@ class Supervisor:
             scorer=config.scorer,
             throttle_ms=config.worker.throttle_ms,
             log_level=config.log_level,
+            feed_endpoint=feed_endpoint,
         )
         self._capture_specs = [
             CaptureSpec(
@@ -268,8 +285,37 @@ class Supervisor:
         self._start_child(WORKER)
         for index in range(len(config.cameras)):
             self._start_child(index)
+        if self._web_spec is not None:
+            self._start_child(WEB)
         self._await_ready(startup_timeout_s(config))
         self.go.set()
+
+    def _web_feed(self, ring_names: list[tuple[str, str]]) -> str:
+        """Prepare the live page's process; return the worker's feed endpoint for it."""
+        import tempfile
+
+        from forecaster.config import read_token
+        from forecaster.web.process import WebSpec
+
+        web = self.config.web
+        token = None
+        if web.token_file:
+            try:
+                token = read_token(web.token_file)
+            except ValueError as error:
+                raise ConfigError(f"web.token_file: {error}") from None
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        self._web_dir = tempfile.mkdtemp(  # mode 0700: nobody else can connect to the feed
+            prefix="forecaster-web-", dir=runtime if runtime and Path(runtime).is_dir() else None
+        )
+        endpoint = f"ipc://{self._web_dir}/feed.sock"
+        self._web_spec = WebSpec(
+            cameras=tuple(ring_names), feed_endpoint=endpoint, address=web.address,
+            port=web.port, threshold_on=self.config.scorer.threshold_on,
+            threshold_off=self.config.scorer.threshold_off, image_fps=web.image_fps,
+            token=token, events_dir=None, log_level=self.config.log_level,
+        )
+        return endpoint
 
     def _await_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -426,6 +472,11 @@ class Supervisor:
     def _restart(self, child: Child, why: str) -> None:
         service = self.config.service
         if not self.budget.allow():
+            if child.index == WEB:  # the page is not worth stopping the detector for
+                log.error("web (pid %s) %s; restart budget spent: the live page is off "
+                          "until the daemon restarts", child.process.pid, why)
+                child.finished = True
+                return
             raise ChildFailed(
                 f"{child.role} (pid {child.process.pid}) {why}; restart budget spent "
                 f"({service.max_restarts} restarts within {service.restart_window_s:.0f} s, "
@@ -449,7 +500,7 @@ class Supervisor:
 
     def _check_health(self) -> None:
         worker = self.children[0]
-        captures = self.children[1:]
+        captures = [child for child in self.children[1:] if child.index >= 0]
         stalls = self.detector.check(
             self.health,
             [ring.latest_seq for ring in self.rings],
@@ -499,6 +550,11 @@ class Supervisor:
             ring.close()
             ring.unlink()
         self.rings.clear()
+        if self._web_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._web_dir, ignore_errors=True)
+            self._web_dir = None
         self.control_out.close()
         self.control.close()
         self.systemd.close()

@@ -50,6 +50,8 @@ class WorkerSpec:
     scorer: ScorerConfig
     throttle_ms: float = 0.0
     log_level: str = "info"
+    #: the live page's private feed (``ipc://``), "" = no page
+    feed_endpoint: str = ""
 
 
 @dataclass(slots=True)
@@ -375,7 +377,7 @@ def worker_main(
     log = logging.getLogger("forecaster.worker")
     role = "worker"
     rings: list[FrameRing] = []
-    publisher = None
+    publisher: Any = None
     inbox = None
     try:
         from forecaster.channels import Inbox
@@ -403,6 +405,10 @@ def worker_main(
         publisher = Publisher(
             publish.endpoint, sndhwm=publish.sndhwm, linger_ms=publish.linger_ms, curve=curve
         )
+        if spec.feed_endpoint:
+            from forecaster.web.process import Tee, feed_publisher
+
+            publisher = Tee(publisher, feed_publisher(spec.feed_endpoint))
         worker = Worker(
             engine,
             feeds,

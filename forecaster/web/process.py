@@ -1,0 +1,166 @@
+"""The live page's process (``fc-web``), started and restarted by the supervisor, and the
+worker's side of its feed.
+
+The page lives in its own process so that a slow browser, a slow encode or a crash of the
+server never slows the worker. The worker publishes each message a second time, through
+:class:`Tee`, on an ``ipc://`` socket in a private runtime folder (mode 0700, made by the
+supervisor): the web process reads the worker's messages there whatever the public
+endpoint is (CURVE-protected, remote, ipc), and nobody else can connect. A PUB socket
+filters by subscription on the worker's side, so the forecasts' pixels cross only while
+somebody watches; a web process that falls behind loses messages (a small send queue),
+never slows the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forecaster.channels import Flag, Outbox, start_child
+from forecaster.errors import ConfigError, ForecasterError
+from forecaster.protocol import Message, encode
+from forecaster.ring import FrameRing
+
+log = logging.getLogger("forecaster.web")
+
+#: messages queued for the web process before the worker drops them
+FEED_SNDHWM = 1000
+
+
+class Tee:
+    """The worker's publisher plus the web feed's: each message encoded once, sent on
+    both; the public publisher's result is the one that counts."""
+
+    def __init__(self, public: Any, feed: Any) -> None:
+        self.public = public
+        self.feed = feed
+
+    def send(self, message: Message) -> bool:
+        parts = encode(message)
+        self.feed.send_parts(parts)
+        return bool(self.public.send_parts(parts))
+
+    def log_refusals(self) -> int:
+        return int(self.public.log_refusals())
+
+    def close(self) -> None:
+        try:
+            self.public.close()
+        finally:
+            self.feed.close()
+
+
+def feed_publisher(endpoint: str) -> Any:
+    """The worker's PUB socket of the web feed (no linger: the page can lose the last
+    messages at a stop)."""
+    from forecaster.publisher import Publisher
+
+    return Publisher(endpoint, sndhwm=FEED_SNDHWM, linger_ms=0)
+
+
+@dataclass(frozen=True, slots=True)
+class WebSpec:
+    """Everything the web process needs; picklable for the spawn start method."""
+
+    cameras: tuple[tuple[str, str], ...]  # (camera id, ring name)
+    feed_endpoint: str
+    address: str
+    port: int
+    threshold_on: float
+    threshold_off: float
+    image_fps: float = 5.0
+    token: str | None = None
+    events_dir: str | None = None
+    log_level: str = "info"
+
+
+def page_address(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}/"
+
+
+async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
+    """Serve the page until ``stop`` is set; ``ready()`` is called once it listens.
+    ConfigError when the address cannot be bound."""
+    import zmq
+    import zmq.asyncio
+    from aiohttp import web
+
+    from forecaster.endpoints import is_loopback_host
+    from forecaster.web.live import LiveCamera, LiveFeed
+    from forecaster.web.server import LivePage, PageSettings
+
+    rings = [(camera, FrameRing.attach(name)) for camera, name in spec.cameras]
+    feed = LiveFeed({camera: LiveCamera(camera, ring) for camera, ring in rings},
+                    Path(spec.events_dir) if spec.events_dir else None)
+    context = zmq.asyncio.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVHWM, FEED_SNDHWM)
+    for kind in (b"score/", b"event/", b"status/"):
+        sub.setsockopt(zmq.SUBSCRIBE, kind)
+    sub.connect(spec.feed_endpoint)
+    forecasts = [False]
+
+    def on_viewers(count: int) -> None:
+        """Forecasts (a frame each) flow only while somebody watches."""
+        wanted = count > 0
+        if wanted != forecasts[0]:
+            sub.setsockopt(zmq.SUBSCRIBE if wanted else zmq.UNSUBSCRIBE, b"forecast/")
+            forecasts[0] = wanted
+
+    page = LivePage(
+        feed,
+        PageSettings(spec.threshold_on, spec.threshold_off, spec.image_fps, spec.token,
+                     loopback=is_loopback_host(spec.address)),
+        Path(spec.events_dir) if spec.events_dir else None,
+        on_viewers,
+    )
+    runner = web.AppRunner(page.app, access_log=None, handle_signals=False)
+    await runner.setup()
+    reader: asyncio.Task[None] | None = None
+    try:
+        site = web.TCPSite(runner, spec.address, spec.port, shutdown_timeout=1.0)
+        try:
+            await site.start()
+        except OSError as error:
+            raise ConfigError(
+                f"cannot serve the live page on {spec.address} port {spec.port} "
+                f"(web.address, web.port): {error.strerror or error}"
+            ) from None
+
+        async def read() -> None:
+            while True:
+                feed.handle(await sub.recv_multipart())
+
+        reader = asyncio.create_task(read())
+        if ready is not None:
+            ready()
+        log.info("live page on %s%s", page_address(spec.address, spec.port),
+                 " (open it with ?token=TOKEN, the token in web.token_file)" if spec.token
+                 else "")
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+            if reader.done():
+                reader.result()  # the reader's error, if it failed
+    finally:
+        if reader is not None:
+            reader.cancel()
+        await runner.cleanup()
+        sub.close(linger=0)
+        context.term()
+        for _, ring in rings:
+            ring.close()
+
+
+def web_main(spec: WebSpec, control: Outbox, stop: Flag) -> None:
+    """Entry point of the web process (spawned, and restarted, by the supervisor)."""
+    start_child("fc-web", stop, spec.log_level)
+    role = "web"
+    try:
+        asyncio.run(serve(spec, stop, lambda: control.put(("ready", role, 0, ""))))
+    except ForecasterError as error:
+        control.put(("error", role, error.exit_code, str(error)))

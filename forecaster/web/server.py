@@ -1,0 +1,267 @@
+"""The live page's HTTP server (aiohttp): the page, its static files, the WebSocket feed
+and the recordings folder, behind the access rules.
+
+Access rules (every request): on a loopback address, the ``Host`` header must name a
+loopback host too (a web site cannot reach the page through DNS rebinding); with a token,
+it must come as ``?token=`` (the page's first load, answered with a cookie and a redirect
+that drops it from the address bar), as the cookie, or as ``Authorization: Bearer``;
+the WebSocket must come from the page's own origin. Refusals are 401 (no token) or 403,
+and logged (at most one line a second).
+
+The feed (``/feed``, one WebSocket per open page) carries JSON text messages (``hello``,
+``scores``, ``state``, ``events``) and binary image messages (see
+:meth:`~forecaster.web.live.Panels.message`). A viewer is sent a camera's next images
+only after it acknowledged the previous ones, so a slow browser gets the newest images
+when it is ready and never a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from forecaster.web.live import HISTORY_S, LiveFeed
+
+log = logging.getLogger("forecaster.web")
+
+STATIC_DIR = Path(__file__).with_name("static")
+TOKEN_COOKIE = "forecaster_token"
+#: seconds between the feed's updates of scores, health and events
+UPDATE_S = 0.25
+#: a viewer that has not acknowledged images for this long is sent new ones anyway
+ACK_TIMEOUT_S = 10.0
+#: seconds between checks for finished recordings
+RECORDING_CHECK_S = 1.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class PageSettings:
+    threshold_on: float
+    threshold_off: float
+    image_fps: float = 5.0
+    #: the access token; None: none asked (loopback only)
+    token: str | None = None
+    #: the server listens on a loopback address: only loopback Host headers are answered
+    loopback: bool = True
+
+
+@dataclass(eq=False)
+class Viewer:
+    """One open page."""
+
+    ws: web.WebSocketResponse
+    counts: dict[str, int] = field(default_factory=dict)
+    shown: dict[str, int] = field(default_factory=dict)
+    #: camera -> when images were sent that are not acknowledged yet
+    waiting: dict[str, float] = field(default_factory=dict)
+    state: list[dict[str, Any]] | None = None
+    events_version: int = -1
+
+
+def is_loopback_name(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class LivePage:
+    """The aiohttp application of the live page, fed by a :class:`LiveFeed`."""
+
+    def __init__(self, feed: LiveFeed, settings: PageSettings,
+                 events_dir: Path | None = None,
+                 on_viewers: Callable[[int], None] | None = None) -> None:
+        self.feed = feed
+        self.settings = settings
+        self.events_dir = events_dir.resolve() if events_dir is not None else None
+        self.on_viewers = on_viewers
+        self.viewers: set[Viewer] = set()
+        self.images_encoded = 0
+        self._render_task: asyncio.Task[None] | None = None
+        self._recordings_task: asyncio.Task[None] | None = None
+        self._refused_at = 0.0
+        self._refused_unlogged = 0
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/", self._index)
+        app.router.add_get("/feed", self._feed)
+        app.router.add_get("/events/{path:.+}", self._recording)
+        app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+        app.on_startup.append(self._start_background)
+        app.on_shutdown.append(self._close_viewers)
+        self.app = app
+
+    # -- access ---------------------------------------------------------------------------
+
+    def _refuse(self, request: web.Request, status: int, why: str) -> web.Response:
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if now - self._refused_at >= 1.0:
+            more = self._refused_unlogged - 1
+            log.warning("live page: refused %s %s from %s: %s%s", request.method,
+                        request.path, request.remote, why,
+                        f" ({more} more refusal(s) since the last line)" if more else "")
+            self._refused_at, self._refused_unlogged = now, 0
+        return web.Response(status=status, text=f"{status}: {why}\n")
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        settings = self.settings
+        if settings.loopback and not is_loopback_name(request.url.host):
+            return self._refuse(request, 403, f"Host {request.host!r} is not a loopback "
+                                "address (open the page as http://127.0.0.1:PORT/)")
+        origin = request.headers.get("Origin")
+        if request.path == "/feed" and origin is not None and origin not in (
+            f"http://{request.host}", f"https://{request.host}"
+        ):
+            return self._refuse(request, 403, f"WebSocket from another origin {origin!r}")
+        token = settings.token
+        if token is None:
+            return await handler(request)
+        in_query = request.query.get("token")
+        header = request.headers.get("Authorization", "")
+        given = (in_query or request.cookies.get(TOKEN_COOKIE)
+                 or (header[7:] if header.startswith("Bearer ") else None))
+        if not given:
+            return self._refuse(request, 401, "access token required: open the page as "
+                                "/?token=TOKEN (the token is in web.token_file)")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return self._refuse(request, 403, "wrong access token")
+        if in_query is not None and request.method == "GET":
+            # answer with the cookie and the same address without the token in it
+            query = {k: v for k, v in request.query.items() if k != "token"}
+            response = web.HTTPSeeOther(request.rel_url.with_query(query))
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict",
+                                path="/")
+            return response
+        return await handler(request)
+
+    # -- pages and files ------------------------------------------------------------------
+
+    async def _index(self, _request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "index.html",
+                                headers={"Cache-Control": "no-cache"})
+
+    async def _recording(self, request: web.Request) -> web.StreamResponse:
+        """A file of the recordings folder, read-only; nothing outside it."""
+        root = self.events_dir
+        if root is None:
+            raise web.HTTPNotFound(text="no recordings folder\n")
+        relative = request.match_info["path"]
+        target = (root / relative).resolve()
+        if not target.is_relative_to(root) or any(p.startswith(".") for p in Path(relative).parts):
+            return self._refuse(request, 403, f"{relative!r} is outside the recordings folder")
+        if not target.is_file():
+            raise web.HTTPNotFound(text=f"no recording {relative}\n")
+        return web.FileResponse(target)
+
+    # -- the feed -------------------------------------------------------------------------
+
+    def _viewers_changed(self) -> None:
+        if self.on_viewers is not None:
+            self.on_viewers(len(self.viewers))
+        if self.viewers and (self._render_task is None or self._render_task.done()):
+            self._render_task = asyncio.create_task(self._render_loop())
+
+    async def _render_loop(self) -> None:
+        """Render each camera's newest images at most ``image_fps`` times a second, while
+        anybody watches."""
+        period = 1.0 / self.settings.image_fps
+        while self.viewers:
+            began = time.monotonic()
+            for camera in self.feed.cameras.values():
+                if camera.render() is not None:
+                    self.images_encoded += 3
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - began)))
+
+    async def _feed(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4096)
+        await ws.prepare(request)
+        viewer = Viewer(ws)
+        self.viewers.add(viewer)
+        self._viewers_changed()
+        sender = asyncio.create_task(self._send_loop(viewer))
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    ack = json.loads(message.data).get("ack")
+                    viewer.waiting.pop(str(ack), None)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sender
+            self.viewers.discard(viewer)
+            self._viewers_changed()
+        return ws
+
+    async def _send_loop(self, viewer: Viewer) -> None:
+        ws = viewer.ws
+        settings = self.settings
+        await ws.send_json({
+            "type": "hello", "cameras": list(self.feed.cameras),
+            "threshold_on": settings.threshold_on, "threshold_off": settings.threshold_off,
+            "image_fps": settings.image_fps, "history_s": HISTORY_S,
+            "recordings": self.events_dir is not None,
+        })
+        period = min(UPDATE_S, 1.0 / settings.image_fps)
+        while not ws.closed:
+            now = time.monotonic()
+            for name, camera in self.feed.cameras.items():
+                points = camera.points_since(viewer.counts.get(name, 0))
+                viewer.counts[name] = camera.score_count
+                if points:
+                    await ws.send_json({"type": "scores", "camera": name, "points": points})
+            state = [camera.state() for camera in self.feed.cameras.values()]
+            if state != viewer.state:
+                viewer.state = state
+                await ws.send_json({"type": "state", "cameras": state})
+            events = self.feed.events
+            if events.version != viewer.events_version:
+                viewer.events_version = events.version
+                await ws.send_json({"type": "events", "events": events.listing()})
+            for name, camera in self.feed.cameras.items():
+                panels = camera.panels
+                sent_at = viewer.waiting.get(name)
+                if sent_at is not None and now - sent_at < ACK_TIMEOUT_S:
+                    continue  # the previous images are still on their way: drop, never queue
+                if panels is None or viewer.shown.get(name) == panels.seq:
+                    continue
+                viewer.shown[name] = panels.seq
+                viewer.waiting[name] = now
+                await ws.send_bytes(panels.message())
+            await asyncio.sleep(period)
+
+    # -- background -----------------------------------------------------------------------
+
+    async def _start_background(self, app: web.Application) -> None:
+        if self.events_dir is not None:
+            self._recordings_task = asyncio.create_task(self._watch_recordings())
+
+    async def _watch_recordings(self) -> None:
+        while True:
+            self.feed.events.refresh()
+            await asyncio.sleep(RECORDING_CHECK_S)
+
+    async def _close_viewers(self, app: web.Application) -> None:
+        if self._recordings_task is not None:
+            self._recordings_task.cancel()
+        for viewer in list(self.viewers):
+            await viewer.ws.close(code=1001, message=b"daemon stopping")
