@@ -119,11 +119,11 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
         Path(spec.events_dir) if spec.events_dir else None,
         on_viewers,
     )
-    runner = web.AppRunner(page.app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(page.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     reader: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, spec.address, spec.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, spec.address, spec.port)
         try:
             await site.start()
         except OSError as error:

@@ -146,7 +146,8 @@ class LivePage:
         if in_query is not None and request.method == "GET":
             # answer with the cookie and the same address without the token in it
             query = {k: v for k, v in request.query.items() if k != "token"}
-            response = web.HTTPSeeOther(request.rel_url.with_query(query))
+            response = web.Response(status=303,
+                                    headers={"Location": str(request.rel_url.with_query(query))})
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict",
                                 path="/")
             return response
