@@ -36,7 +36,7 @@ MAX_EVENTS = 50
 #: forecasts kept per camera, by the frame they are for
 FORECASTS_KEPT = 8
 #: the error image: |actual - forecast| times this, clipped to 255, colour-mapped
-ERROR_GAIN = 4.0
+ERROR_GAIN = 6.0
 #: height in pixels of each enlarged image
 PANEL_HEIGHT = 256
 JPEG_QUALITY = 85

@@ -152,7 +152,10 @@ function drawChart(cam) {
   const points = cam.points;
   const windowS = settings.history_s || 300;
   const newest = points.length ? points[points.length - 1][0] : Date.now() / 1000;
-  const t0 = newest - windowS;
+  // the chart spans what there is, from 30 s up to the whole window
+  const first = points.length ? points[0][0] : newest;
+  const span = Math.min(windowS, Math.max(30, newest - first));
+  const t0 = newest - span;
   let lo = Math.min(-1, settings.threshold_off - 1);
   let hi = settings.threshold_on + 1;
   for (const [, s] of points) {
@@ -162,7 +165,7 @@ function drawChart(cam) {
   }
   hi = Math.min(hi, settings.threshold_on * 4 + 4);
   const pad = 4 * ratio;
-  const x = (t) => pad + (width - 2 * pad) * (t - t0) / windowS;
+  const x = (t) => pad + (width - 2 * pad) * (t - t0) / span;
   const y = (s) => height - pad - (height - 2 * pad) * (Math.min(Math.max(s, lo), hi) - lo) / (hi - lo);
   ctx.lineWidth = ratio;
   ctx.font = `${11 * ratio}px system-ui, sans-serif`;
@@ -177,6 +180,9 @@ function drawChart(cam) {
     ctx.fillText(value.toFixed(1), pad + 2, y(value) - 3);
   }
   ctx.setLineDash([]);
+  ctx.fillStyle = "#9aa0a6";
+  ctx.fillText(`−${Math.round(span)} s`, pad + 2, height - pad - 2);
+  ctx.fillText("now", width - pad - ctx.measureText("now").width - 2, height - pad - 2);
   ctx.strokeStyle = "#4fc3f7";
   ctx.lineWidth = 1.5 * ratio;
   ctx.beginPath();
@@ -191,7 +197,8 @@ function drawChart(cam) {
   ctx.stroke();
   canvas.dataset.drawn = drawn;
   $(".chart-caption", cam.el).textContent =
-    `score over the last ${Math.round(windowS / 60)} minutes (${drawn} frames scored)`;
+    `anomaly score over the last ${span < 120 ? Math.round(span) + " s" : Math.round(span / 60) + " minutes"} ` +
+    `(${drawn} frames scored; the chart keeps ${Math.round(windowS / 60)} minutes)`;
 }
 
 function redraw() {

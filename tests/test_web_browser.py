@@ -1,0 +1,144 @@
+"""The live page in a real headless browser (Chromium driven by selenium), on a real daemon
+running a synthetic scene with many anomalies. Saves a screenshot of the page to
+``test-output/web-page.png`` for a person to look at."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from tests.conftest import ROOT, free_port
+from tests.daemon_harness import Daemon, config_text
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = ROOT / "test-output" / "web-page.png"
+
+pytestmark = pytest.mark.timeout(150)
+
+#: a fingerprint of each of a camera's three images, as the browser shows them
+PANEL_PRINTS = """
+const card = document.querySelector('.camera');
+if (!card || !card.dataset.seq) return null;
+return Array.from(card.querySelectorAll('img.panel')).map((img) => {
+  if (!img.complete || !img.naturalWidth) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = 32; canvas.height = 32;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(img, 0, 0, 32, 32);
+  const data = ctx.getImageData(0, 0, 32, 32).data;
+  let sum = 0;
+  for (let i = 0; i < data.length; i += 4) sum = (sum * 31 + data[i] + data[i + 1] + data[i + 2]) % 1000000007;
+  return sum;
+});
+"""
+
+#: how many pixels of the score chart differ from its background, and the points drawn
+CHART_INK = """
+const canvas = document.querySelector('canvas.chart');
+if (!canvas || !canvas.width) return [0, 0];
+const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+let ink = 0;
+for (let i = 0; i < data.length; i += 4) if (data[i] !== 17 || data[i + 1] !== 17 || data[i + 2] !== 17) ink++;
+return [ink, Number(canvas.dataset.drawn || 0)];
+"""
+
+
+def _browser() -> Any:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
+                                    "(pip install '.[test]')")
+    for program, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not program.exists():
+            pytest.skip(f"{program} not found: install the Debian package {package} to run "
+                        f"the live page in a headless browser")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """A daemon with its live page, and a browser showing it."""
+    driver = _browser()
+    folder = tmp_path_factory.mktemp("web-daemon")
+    port = free_port()
+    config = config_text(
+        f"tcp://127.0.0.1:{free_port()}",
+        [("cam0", "synthetic:?fps=20&anomaly_rate=0.08&seed=5")],
+        {"web": {"enabled": True, "port": port, "image_fps": 8.0}},
+    )
+    try:
+        with Daemon(folder, config) as daemon:
+            daemon.wait_log(r"live page on http://127\.0\.0\.1:\d+/", timeout=60)
+            daemon.wait_log(r"worker ready", timeout=120)
+            url = f"http://127.0.0.1:{port}/"
+            driver.get(url)
+            yield driver, url
+            assert "Traceback" not in daemon.log()
+    finally:
+        driver.quit()
+
+
+def _wait(driver: Any, condition: Any, seconds: float, what: str) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, poll_frequency=0.2).until(condition, message=what)
+
+
+def test_images_change_chart_draws_and_events_appear(page: tuple[Any, str]) -> None:
+    driver, _url = page
+    first = _wait(driver, lambda d: (p := d.execute_script(PANEL_PRINTS)) and all(
+        v is not None for v in p) and p, 60, "the three images to show")
+    _wait(driver, lambda d: all(
+        a != b for a, b in zip(first, d.execute_script(PANEL_PRINTS) or first, strict=True)),
+        30, "each of the three images to change")
+    ink, drawn = _wait(driver, lambda d: (c := d.execute_script(CHART_INK))[1] > 20 and c,
+                       30, "the score chart to draw")
+    assert ink > 500, ink
+    card = _wait(driver, lambda d: d.find_elements("css selector", "#events li.event"), 60,
+                 "an anomaly event on the page")[0]
+    assert "cam0" in card.text and "peak" in card.text
+    state = driver.find_element("css selector", ".camera .health").text
+    assert "fps" in state and "dropped" in state and "state resets" in state
+    assert driver.find_element("css selector", ".camera .source").text == "live"
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOT))
+
+
+def test_event_clip_downloads_and_decodes(page: tuple[Any, str], tmp_path: Path) -> None:
+    driver, url = page
+    ended = _wait(driver, lambda d: d.find_elements("css selector", "#events li.event.closed"),
+                  60, "an anomaly event that ended")[0]
+    if not ended.find_elements("css selector", "a.clip, .muted"):
+        pytest.skip("the daemon's events carry no clip (no recording in this build): the "
+                    "clip download is not checked")
+    link = _wait(driver, lambda d: d.find_elements("css selector", "#events a.clip"), 60,
+                 "a finished clip")[0]
+    href = link.get_attribute("href")
+    assert href.startswith(url + "events/")
+    clip = tmp_path / Path(href).name
+    with urllib.request.urlopen(href, timeout=10) as response, clip.open("wb") as out:
+        shutil.copyfileobj(response, out)
+    capture = cv2.VideoCapture(str(clip))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert frames > 0, f"{href} does not decode"
+    sidecar = href.rsplit(".", 1)[0] + ".json"
+    with urllib.request.urlopen(sidecar, timeout=10) as response:
+        expected = json.loads(response.read()).get("frames")
+    if isinstance(expected, int):
+        assert frames == expected
