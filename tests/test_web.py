@@ -327,3 +327,20 @@ def test_a_disabled_page_starts_no_process_and_no_feed(tmp_path: Path) -> None:
             planner.shutdown(grace_s=0.1)
         if enabled:
             assert not folder.exists()
+
+
+def test_the_page_files_are_package_data() -> None:
+    """A wheel (not only an editable install) ships the page: every file under static/ is
+    matched by the package-data globs of pyproject.toml (checked by building a wheel too)."""
+    import fnmatch
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["forecaster.web"]
+    static = ROOT / "forecaster" / "web" / "static"
+    files = [p.relative_to(static.parent).as_posix() for p in static.iterdir()]
+    assert {"static/index.html", "static/page.js", "static/page.css"} <= set(files)
+    for name in files:
+        assert any(fnmatch.fnmatch(name, g) for g in globs), name
