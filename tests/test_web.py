@@ -331,10 +331,10 @@ def test_a_disabled_page_starts_no_process_and_no_feed(tmp_path: Path) -> None:
 
 def test_the_page_files_are_package_data() -> None:
     """A wheel (not only an editable install) ships the page: every file under static/ is
-    matched by the package-data globs of pyproject.toml (checked by building a wheel too)."""
+    matched by the package-data globs of pyproject.toml."""
     import fnmatch
-    import tomllib
 
+    from forecaster.config import tomllib
     from tests.conftest import ROOT
 
     globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][

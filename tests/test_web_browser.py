@@ -104,8 +104,8 @@ def test_images_change_chart_draws_and_events_appear(page: tuple[Any, str]) -> N
     _wait(driver, lambda d: all(
         a != b for a, b in zip(first, d.execute_script(PANEL_PRINTS) or first, strict=True)),
         30, "each of the three images to change")
-    ink, drawn = _wait(driver, lambda d: (c := d.execute_script(CHART_INK))[1] > 20 and c,
-                       30, "the score chart to draw")
+    ink, _drawn = _wait(driver, lambda d: (c := d.execute_script(CHART_INK))[1] > 20 and c,
+                        30, "the score chart to draw")
     assert ink > 500, ink
     card = _wait(driver, lambda d: d.find_elements("css selector", "#events li.event"), 60,
                  "an anomaly event on the page")[0]
