@@ -215,6 +215,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         soak_ticks=args.soak_ticks,
         scorer_mode=args.scorer_mode,
         overload=args.overload,
+        web=args.web,
     )
     print(format_report(report))
     if args.out:
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scorer-mode", default="auto", choices=SCORER_MODES,
                        help="[scorer] mode of the daemons it runs (default auto: the fused "
                        "mode, whose motion cue each capture process computes; global: none)")
+    bench.add_argument("--web", action="store_true",
+                       help="the live page's cost to the worker: CPU per tick with no viewer "
+                       "and with 3 pages open")
     bench.add_argument("--overload", action="store_true",
                        help="graceful overload: the daemon's capacity, then its scored rate "
                        "with the source at that rate and at twice it")
