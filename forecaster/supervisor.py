@@ -295,9 +295,10 @@ class Supervisor:
         import tempfile
 
         from forecaster.config import read_token
-        from forecaster.web.process import WebSpec
+        from forecaster.web.process import WebSpec, check_port
 
         web = self.config.web
+        check_port(web.address, web.port)
         token = None
         if web.token_file:
             try:

@@ -344,3 +344,22 @@ def test_the_page_files_are_package_data() -> None:
     assert {"static/index.html", "static/page.js", "static/page.css"} <= set(files)
     for name in files:
         assert any(fnmatch.fnmatch(name, g) for g in globs), name
+
+
+def test_a_taken_port_ends_the_start_with_exit_2_naming_it(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.toml"
+        config.write_text(f'[publish]\nendpoint = "tcp://127.0.0.1:{free_port()}"\n'
+                          f"[web]\nport = {port}\n")
+        result = subprocess.run([sys.executable, "-m", "forecaster", "run", "--config",
+                                 str(config)], cwd=tmp_path, env=daemon_env(),
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot serve the live page on 127.0.0.1 port {port} (web.address, web.port)" \
+        in result.stderr

@@ -77,6 +77,27 @@ class WebSpec:
     log_level: str = "info"
 
 
+def bind_error(address: str, port: int, error: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot serve the live page on {address} port {port} (web.address, web.port): "
+        f"{error.strerror or error}"
+    )
+
+
+def check_port(address: str, port: int) -> None:
+    """ConfigError now, before any process starts, when ``address:port`` cannot be bound
+    (the web process binds it again, and reports the same error if it lost a race)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise bind_error(address, port, error) from None
+
+
 def page_address(address: str, port: int) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"http://{host}:{port}/"
@@ -127,10 +148,7 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
         try:
             await site.start()
         except OSError as error:
-            raise ConfigError(
-                f"cannot serve the live page on {spec.address} port {spec.port} "
-                f"(web.address, web.port): {error.strerror or error}"
-            ) from None
+            raise bind_error(spec.address, spec.port, error) from None
 
         async def read() -> None:
             while True:
