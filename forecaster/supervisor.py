@@ -305,7 +305,9 @@ class Supervisor:
                 token = read_token(web.token_file)
             except ValueError as error:
                 raise ConfigError(f"web.token_file: {error}") from None
-        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        # systemd's RuntimeDirectory=, else the user's runtime folder, else /tmp
+        runtime = (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+                   or os.environ.get("XDG_RUNTIME_DIR"))
         self._web_dir = tempfile.mkdtemp(  # mode 0700: nobody else can connect to the feed
             prefix="forecaster-web-", dir=runtime if runtime and Path(runtime).is_dir() else None
         )
