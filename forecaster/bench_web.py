@@ -83,8 +83,8 @@ class Viewers:
         self._thread.join(timeout=10)
 
 
-def bench_web(viewers: int = 3, fps: float = 25.0, seconds: float = 15.0,
-              rounds: int = 2) -> dict[str, Any]:
+def bench_web(viewers: int = 3, fps: float = 25.0, seconds: float = 20.0,
+              rounds: int = 3) -> dict[str, Any]:
     """The worker's cost per tick with no viewer and with ``viewers`` pages open."""
     port, metrics_port = _free_port(), _free_port()
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
