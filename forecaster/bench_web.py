@@ -89,7 +89,7 @@ def bench_web(viewers: int = 3, fps: float = 25.0, seconds: float = 20.0,
     port, metrics_port = _free_port(), _free_port()
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
     source = f"synthetic:?fps={fps:g}&width=64&height=64&anomaly_rate=0.01"
-    sections = {"publish": {"sndhwm": 100000}, "worker": {"startup_timeout_s": 600.0},
+    sections: dict[str, dict[str, Any]] = {"publish": {"sndhwm": 100000}, "worker": {"startup_timeout_s": 600.0},
                 "metrics": {"enabled": True, "port": metrics_port},
                 "web": {"enabled": True, "port": port}}
     periods: list[dict[str, Any]] = []
@@ -97,8 +97,11 @@ def bench_web(viewers: int = 3, fps: float = 25.0, seconds: float = 20.0,
         config = config_text(endpoint, [("bench", source)], sections, log_level="info")
         with Daemon(Path(tmp), config) as daemon:
             daemon.wait_log(r"serving 1 camera", timeout=600)
-            names = wait_for(lambda: (c := _children(daemon.pid)) and "fc-web" in c.values()
-                             and c, 30, "the web process")
+            def children() -> dict[int, str] | None:
+                found = _children(daemon.pid)
+                return found if "fc-web" in found.values() else None
+
+            names = wait_for(children, 30, "the web process")
             worker = next(pid for pid, name in names.items() if name == "fc-worker")
             web = next(pid for pid, name in names.items() if name == "fc-web")
             wait_for(lambda: _scrape(metrics_port).get("forecaster_frames_processed_total", 0)
