@@ -107,9 +107,10 @@ def test_images_change_chart_draws_and_events_appear(page: tuple[Any, str]) -> N
     ink, _drawn = _wait(driver, lambda d: (c := d.execute_script(CHART_INK))[1] > 20 and c,
                         30, "the score chart to draw")
     assert ink > 500, ink
-    card = _wait(driver, lambda d: d.find_elements("css selector", "#events li.event"), 60,
-                 "an anomaly event on the page")[0]
-    assert "cam0" in card.text and "peak" in card.text
+    text = _wait(driver, lambda d: d.execute_script(
+        "const e = document.querySelector('#events li.event'); return e && e.textContent"),
+        60, "an anomaly event on the page")
+    assert "cam0" in text and "peak" in text
     state = driver.find_element("css selector", ".camera .health").text
     assert "fps" in state and "dropped" in state and "state resets" in state
     assert driver.find_element("css selector", ".camera .source").text == "live"
@@ -119,14 +120,17 @@ def test_images_change_chart_draws_and_events_appear(page: tuple[Any, str]) -> N
 
 def test_event_clip_downloads_and_decodes(page: tuple[Any, str], tmp_path: Path) -> None:
     driver, url = page
-    ended = _wait(driver, lambda d: d.find_elements("css selector", "#events li.event.closed"),
-                  60, "an anomaly event that ended")[0]
-    if not ended.find_elements("css selector", "a.clip, .muted"):
+    # the event list is redrawn on every change: ask the page, never hold its elements
+    has_clip = _wait(driver, lambda d: d.execute_script(
+        "const e = document.querySelector('#events li.event.closed');"
+        "return e && [Boolean(e.querySelector('a.clip, .muted'))]"),
+        60, "an anomaly event that ended")[0]
+    if not has_clip:
         pytest.skip("the daemon's events carry no clip (no recording in this build): the "
                     "clip download is not checked")
-    link = _wait(driver, lambda d: d.find_elements("css selector", "#events a.clip"), 60,
-                 "a finished clip")[0]
-    href = link.get_attribute("href")
+    href = _wait(driver, lambda d: d.execute_script(
+        "const a = document.querySelector('#events a.clip'); return a && a.href"),
+        60, "a finished clip")
     assert href.startswith(url + "events/")
     clip = tmp_path / Path(href).name
     with urllib.request.urlopen(href, timeout=10) as response, clip.open("wb") as out:
