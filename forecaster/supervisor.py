@@ -1,8 +1,8 @@
 """Supervisor: ``forecaster run``.
 
 Creates each camera's ring and the shared :class:`~forecaster.health.Health` block,
-spawns one capture process per camera and one worker for all of them (spawn start
-method), waits until every child reports ready, tells systemd (``READY=1``), then watches
+spawns one capture process per camera, one worker for all of them and, with ``[web]``,
+the live page's process (spawn start method), waits until every child reports ready, tells systemd (``READY=1``), then watches
 them until the streams end or SIGTERM/SIGINT asks it to stop:
 
 - a child that dies is restarted: rings and counters live here, so the worker re-primes

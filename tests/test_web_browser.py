@@ -69,9 +69,18 @@ def _browser() -> Any:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
-    """A daemon with its live page, and a browser showing it."""
+def browser() -> Iterator[Any]:
     driver = _browser()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """A daemon with its live page, and a browser showing it."""
+    driver = browser
     folder = tmp_path_factory.mktemp("web-daemon")
     port = free_port()
     config = config_text(
@@ -79,16 +88,13 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
         [("cam0", "synthetic:?fps=20&anomaly_rate=0.08&seed=5")],
         {"web": {"enabled": True, "port": port, "image_fps": 8.0}},
     )
-    try:
-        with Daemon(folder, config) as daemon:
-            daemon.wait_log(r"live page on http://127\.0\.0\.1:\d+/", timeout=60)
-            daemon.wait_log(r"worker ready", timeout=120)
-            url = f"http://127.0.0.1:{port}/"
-            driver.get(url)
-            yield driver, url
-            assert "Traceback" not in daemon.log()
-    finally:
-        driver.quit()
+    with Daemon(folder, config) as daemon:
+        daemon.wait_log(r"live page on http://127\.0\.0\.1:\d+/", timeout=60)
+        daemon.wait_log(r"worker ready", timeout=120)
+        url = f"http://127.0.0.1:{port}/"
+        driver.get(url)
+        yield driver, url
+        assert "Traceback" not in daemon.log()
 
 
 def _wait(driver: Any, condition: Any, seconds: float, what: str) -> Any:
@@ -118,21 +124,14 @@ def test_images_change_chart_draws_and_events_appear(page: tuple[Any, str]) -> N
     driver.save_screenshot(str(SCREENSHOT))
 
 
-def test_event_clip_downloads_and_decodes(page: tuple[Any, str], tmp_path: Path) -> None:
-    driver, url = page
-    # the event list is redrawn on every change: ask the page, never hold its elements
-    has_clip = _wait(driver, lambda d: d.execute_script(
-        "const e = document.querySelector('#events li.event.closed');"
-        "return e && [Boolean(e.querySelector('a.clip, .muted'))]"),
-        60, "an anomaly event that ended")[0]
-    if not has_clip:
-        pytest.skip("the daemon's events carry no clip (no recording in this build): the "
-                    "clip download is not checked")
+def _download_and_count_frames(driver: Any, url: str, folder: Path) -> None:
+    """The first finished clip on the page downloads and decodes with the number of frames
+    its sidecar says (when it says)."""
     href = _wait(driver, lambda d: d.execute_script(
         "const a = document.querySelector('#events a.clip'); return a && a.href"),
         60, "a finished clip")
     assert href.startswith(url + "events/")
-    clip = tmp_path / Path(href).name
+    clip = folder / Path(href).name
     with urllib.request.urlopen(href, timeout=10) as response, clip.open("wb") as out:
         shutil.copyfileobj(response, out)
     capture = cv2.VideoCapture(str(clip))
@@ -146,3 +145,57 @@ def test_event_clip_downloads_and_decodes(page: tuple[Any, str], tmp_path: Path)
         expected = json.loads(response.read()).get("frames")
     if isinstance(expected, int):
         assert frames == expected
+
+
+def test_event_cards_show_snapshot_and_clip_of_finished_recordings(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The page's event cards with recordings, on the page server fed event messages that
+    name a snapshot and a clip (as the recorder's do), from a real recordings folder."""
+    import numpy as np
+
+    from tests.test_web import page_server
+
+    events = tmp_path / "events"
+    (events / "cam0").mkdir(parents=True)
+    picture = np.full((120, 160, 3), 80, np.uint8)
+    cv2.rectangle(picture, (40, 30), (100, 90), (0, 0, 255), 3)
+    cv2.imwrite(str(events / "cam0" / "e1.jpg"), picture)
+    writer = cv2.VideoWriter(str(events / "cam0" / "e1.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                             10, (160, 120))
+    for _ in range(12):
+        writer.write(picture)
+    writer.release()
+    (events / "cam0" / "e1.json").write_text(json.dumps({"frames": 12}))
+    with page_server(tmp_path, events_dir=events) as server:
+        browser.get(server.url())
+        _wait(browser, lambda d: d.execute_script(
+            "return document.querySelector('#connection').textContent === 'live'"), 20,
+            "the page to connect")
+        for state, seq, more in (("start", 10, {}),
+                                 ("end", 40, {"clip": "cam0/e1.mp4", "snapshot": "cam0/e1.jpg"}),
+                                 ("start", 60, {"clip": "cam0/e2.mp4"})):
+            header = {"v": 1, "camera": "cam0", "seq": seq, "ts": 1.0e9 + seq, "state": state,
+                      "peak_score": 5.0, **more}
+            server.xpub.send_multipart([b"event/cam0", json.dumps(header).encode()])
+        cards = _wait(browser, lambda d: (c := d.execute_script(
+            "return Array.from(document.querySelectorAll('#events li.event')).map((e) => "
+            "[e.textContent, Boolean(e.querySelector('img.snapshot') && "
+            "e.querySelector('img.snapshot').naturalWidth)])")) and len(c) == 2 and c[1][1]
+            and c, 20, "two event cards, the finished one with its snapshot")
+        assert "clip: recording" in cards[0][0]  # no sidecar yet
+        _download_and_count_frames(browser, server.url(), tmp_path)
+
+
+def test_event_clip_downloads_and_decodes(page: tuple[Any, str], tmp_path: Path) -> None:
+    driver, url = page
+    driver.get(url)  # the events so far come with the page's first feed message
+    # the event list is redrawn on every change: ask the page, never hold its elements
+    has_clip = _wait(driver, lambda d: d.execute_script(
+        "const e = document.querySelector('#events li.event.closed');"
+        "return e && [Boolean(e.querySelector('a.clip, .muted'))]"),
+        60, "an anomaly event that ended")[0]
+    if not has_clip:
+        pytest.skip("the daemon's events carry no clip (no recording in this build): the "
+                    "clip download is not checked")
+    _download_and_count_frames(driver, url, tmp_path)
