@@ -48,19 +48,22 @@ def _finite(value: float) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class Panels:
-    """One camera's three images for one frame, JPEG-encoded."""
+    """One camera's three images for one frame, JPEG-encoded, and the binary WebSocket
+    message that carries them to every viewer (made once)."""
 
     camera: str
     seq: int
     ts: float
     jpegs: tuple[bytes, bytes, bytes]  # actual, forecast, error
+    message: bytes
 
-    def message(self) -> bytes:
-        """A binary WebSocket message: 4-byte big-endian header length, the JSON header,
-        then the three JPEGs back to back (their sizes are in the header)."""
-        header = json.dumps({"camera": self.camera, "seq": self.seq, "ts": self.ts,
-                             "sizes": [len(j) for j in self.jpegs]}).encode()
-        return struct.pack(">I", len(header)) + header + b"".join(self.jpegs)
+
+def panels_message(camera: str, seq: int, ts: float, jpegs: tuple[bytes, ...]) -> bytes:
+    """4-byte big-endian header length, the JSON header, then the JPEGs back to back
+    (their sizes are in the header)."""
+    header = json.dumps({"camera": camera, "seq": seq, "ts": ts,
+                         "sizes": [len(j) for j in jpegs]}).encode()
+    return struct.pack(">I", len(header)) + header + b"".join(jpegs)
 
 
 def _enlarge(image: np.ndarray) -> np.ndarray:
@@ -82,8 +85,8 @@ def render_panels(camera: str, seq: int, ts: float, actual: np.ndarray,
     error = np.abs(actual.astype(np.int16) - forecast.astype(np.int16)).astype(np.float32)
     heat = np.clip(error * ERROR_GAIN, 0, 255).astype(np.uint8)
     heat = cv2.applyColorMap(heat, cv2.COLORMAP_INFERNO)
-    return Panels(camera, seq, ts,
-                  (_jpeg(_enlarge(actual)), _jpeg(_enlarge(forecast)), _jpeg(_enlarge(heat))))
+    jpegs = (_jpeg(_enlarge(actual)), _jpeg(_enlarge(forecast)), _jpeg(_enlarge(heat)))
+    return Panels(camera, seq, ts, jpegs, panels_message(camera, seq, ts, jpegs))
 
 
 class LiveCamera:

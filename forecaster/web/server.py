@@ -10,7 +10,7 @@ and logged (at most one line a second).
 
 The feed (``/feed``, one WebSocket per open page) carries JSON text messages (``hello``,
 ``scores``, ``state``, ``events``) and binary image messages (see
-:meth:`~forecaster.web.live.Panels.message`). A viewer is sent a camera's next images
+:func:`~forecaster.web.live.panels_message`). A viewer is sent a camera's next images
 only after it acknowledged the previous ones, so a slow browser gets the newest images
 when it is ready and never a queue.
 """
@@ -247,7 +247,7 @@ class LivePage:
                     continue
                 viewer.shown[name] = panels.seq
                 viewer.waiting[name] = now
-                await ws.send_bytes(panels.message())
+                await ws.send_bytes(panels.message)
             await asyncio.sleep(period)
 
     # -- background -----------------------------------------------------------------------
