@@ -139,6 +139,8 @@ class Distribution:
     rank: int = 0
     num_workers: int = 1
     description: str = ""
+    #: the strategy's name as TensorFlow's documentation gives it
+    name: str = ""
     #: a worker's checkpoint folder, when it is not the chief (removed at the end)
     scratch: tempfile.TemporaryDirectory[str] | None = None
 
@@ -149,7 +151,8 @@ class Distribution:
 
     def card(self) -> dict[str, Any]:
         """What the model card records of the run's distribution."""
-        return {"strategy": type(self.strategy).__name__, "workers": self.num_workers,
+        return {"strategy": self.name or type(self.strategy).__name__,
+                "workers": self.num_workers,
                 "replicas": self.replicas}
 
 
@@ -177,12 +180,14 @@ def make_distribution(strategy: Any = None, env: Mapping[str, str] | None = None
                 strategy, task.is_chief, task.rank, task.num_workers,
                 f"MultiWorkerMirroredStrategy: {task.task_type} {task.task_index} ({role}) of "
                 f"{task.num_workers} workers, {strategy.num_replicas_in_sync} replicas in sync",
+                name="MultiWorkerMirroredStrategy",
             )
         gpus = tf.config.list_logical_devices("GPU")
         strategy = tf.distribute.MirroredStrategy()
         where = (f"{len(gpus)} GPU{'s' if len(gpus) != 1 else ''}" if gpus
                  else "no GPU visible: one replica on the CPU")
-        return Distribution(strategy, description=f"MirroredStrategy on this machine, {where}")
+        return Distribution(strategy, description=f"MirroredStrategy on this machine, {where}",
+                            name="MirroredStrategy")
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is not None and text:
         task = parse_tf_config(text)
