@@ -94,6 +94,18 @@ def test_bad_tf_config_is_exit_2_naming_it(tmp_path: Path,
     assert not (tmp_path / "m.keras").exists()
 
 
+def test_distributed_without_tf_config_is_mirrored_on_this_machine_and_refuses_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from forecaster.cli import main
+
+    code = main(["train", "synthetic:", "--out", str(tmp_path / "m.keras"), "--distributed",
+                 "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--resume does not apply to --distributed" in err, err
+    assert "distributed training: MirroredStrategy on this machine, " in caplog.text + err
+
+
 def test_rows_are_dealt_round_robin_padded_at_weight_zero() -> None:
     index, weight = deal_rows(5, 2, 3)
     assert index.tolist() == [[0, 2, 4], [1, 3, 0]]
