@@ -109,6 +109,18 @@ def test_distributed_without_tf_config_is_mirrored_on_this_machine_and_refuses_r
     assert code == 2 and "--resume does not apply to --distributed" in err, err
 
 
+def test_a_lost_worker_is_one_line_naming_the_reason() -> None:
+    from forecaster.errors import ForecasterError
+    from forecaster.model.distributed import WorkerLost, _reason
+
+    message = ("Graph execution error:\n\nDetected at node adam/CollectiveReduceV2\n"
+               "Collective ops is aborted by: recvmsg:Connection reset by peer\nmore")
+    error = WorkerLost(_reason(message))
+    assert isinstance(error, ForecasterError) and error.exit_code == 1
+    assert "(Collective ops is aborted by: recvmsg:Connection reset by peer)" in str(error)
+    assert "\n" not in str(error) and _reason("") == "no reason given"
+
+
 def test_rows_are_dealt_round_robin_padded_at_weight_zero() -> None:
     index, weight = deal_rows(5, 2, 3)
     assert index.tolist() == [[0, 2, 4], [1, 3, 0]]

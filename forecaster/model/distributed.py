@@ -41,7 +41,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from forecaster.errors import UsageError
+from forecaster.errors import ForecasterError, UsageError
 
 log = logging.getLogger("forecaster.train")
 
@@ -49,6 +49,23 @@ TF_CONFIG = "TF_CONFIG"
 #: task types a worker of this loop may have (TensorFlow's parameter servers and
 #: evaluators belong to other strategies)
 TASK_TYPES = ("chief", "worker")
+
+
+class WorkerLost(ForecasterError):
+    """A step shared with the other workers failed: one of them stopped or is unreachable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"distributed training stopped: a worker stopped or cannot be "
+                         f"reached ({reason}); stop every worker and start them all again")
+
+
+def _reason(message: str) -> str:
+    """The telling line of a collective op's error message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Collective ops is aborted by"):
+            return line
+    return lines[0] if lines else "no reason given"
 
 
 # --- the cluster -----------------------------------------------------------------------------
@@ -348,9 +365,13 @@ class DistributedTrainer:
         targets = self._per_replica(lambda r: y[index[r]])
         weights = self._per_replica(lambda r: weight[r])
         fn = self._train if train else self._eval
-        total, values, new_states = fn(inputs, targets, weights,
-                                       tf.constant(float(rows), tf.float32), states)
-        return float(total), values, list(new_states)
+        try:
+            total, values, new_states = fn(inputs, targets, weights,
+                                           tf.constant(float(rows), tf.float32), states)
+            return float(total), values, list(new_states)
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+                tf.errors.DeadlineExceededError) as error:
+            raise WorkerLost(_reason(error.message)) from None
 
     def run_stateful(
         self,
