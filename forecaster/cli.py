@@ -104,6 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     setup_logging("info")
     distribution: list[Distribution] = []
     if args.distributed:
+        from forecaster.model.distributed import announce_cluster
+
+        announce_cluster()  # TF_CONFIG checked before TensorFlow loads
 
         def start(_: object) -> None:  # before TensorFlow's runtime starts, quietly
             from forecaster.model.distributed import make_distribution

@@ -192,6 +192,7 @@ def test_two_workers_on_loopback_train_the_model_of_one_process(tmp_path: Path) 
     for run, (_, err) in zip(runs, outputs, strict=True):
         assert run.returncode == 0, err[-3000:]
     chief_err = outputs[0][1]
+    assert "worker 0 of 2 workers: waiting for all of them to start" in chief_err, chief_err
     assert "worker 0 (chief) of 2 workers, 2 replicas in sync" in chief_err, chief_err
     assert "global batch 2, 1 per replica" in chief_err
     assert "the chief writes the model" in outputs[1][0]

@@ -36,12 +36,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from forecaster.errors import ForecasterError, UsageError
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger("forecaster.train")
 
@@ -173,6 +175,19 @@ class Distribution:
                 "replicas": self.replicas}
 
 
+def announce_cluster(env: Mapping[str, str] | None = None) -> ClusterTask | None:
+    """Check ``TF_CONFIG`` (UsageError) before TensorFlow loads, and log what this worker
+    is about to wait for; None without ``TF_CONFIG``."""
+    text = (os.environ if env is None else env).get(TF_CONFIG, "").strip()
+    if not text:
+        return None
+    task = parse_tf_config(text)
+    log.info("%s %d of %d workers: waiting for all of them to start (no time limit): %s",
+             task.task_type, task.task_index, task.num_workers,
+             ", ".join(task.chief + task.workers))
+    return task
+
+
 def make_distribution(strategy: Any = None, env: Mapping[str, str] | None = None) -> Distribution:
     """The distribution of ``forecaster train --distributed``, or one around ``strategy``.
 
@@ -300,6 +315,8 @@ class DistributedTrainer:
             with strategy.scope():
                 optimizer.build(model.trainable_variables)
         variables = net.trainable_variables
+        import keras
+
         per_sample = loss.call if isinstance(loss, keras.losses.Loss) else loss
         replicas = float(self.replicas)
 
