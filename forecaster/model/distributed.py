@@ -220,8 +220,7 @@ def make_distribution(strategy: Any = None, env: Mapping[str, str] | None = None
                  else "no GPU visible: one replica on the CPU")
         return Distribution(strategy, description=f"MirroredStrategy on this machine, {where}",
                             name="MirroredStrategy")
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is not None and text:
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and text:
         task = parse_tf_config(text)
         return Distribution(strategy, task.is_chief, task.rank, task.num_workers,
                             f"{type(strategy).__name__}: {task.task_type} {task.task_index}")
@@ -294,6 +293,7 @@ class DistributedTrainer:
 
     def __init__(self, model: keras.Model, distribution: Distribution, *, batch: int,
                  stateful: bool) -> None:
+        import keras
         import tensorflow as tf
 
         from forecaster.model.step import build_step_model
@@ -315,8 +315,6 @@ class DistributedTrainer:
             with strategy.scope():
                 optimizer.build(model.trainable_variables)
         variables = net.trainable_variables
-        import keras
-
         per_sample = loss.call if isinstance(loss, keras.losses.Loss) else loss
         replicas = float(self.replicas)
 
