@@ -7,6 +7,7 @@ Heavy modules (TensorFlow, OpenCV) are imported inside the commands that need th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from forecaster.model import (
 
 if TYPE_CHECKING:
     from forecaster.config import Config
+    from forecaster.model.distributed import Distribution
 
 
 def _positive_float(text: str) -> float:
@@ -100,7 +102,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from forecaster.logs import import_tensorflow_quietly, setup_logging
 
     setup_logging("info")
-    import_tensorflow_quietly()
+    distribution: list[Distribution] = []
+    if args.distributed:
+        from forecaster.model.distributed import announce_cluster
+
+        announce_cluster()  # TF_CONFIG checked before TensorFlow loads
+
+        def start(_: object) -> None:  # before TensorFlow's runtime starts, quietly
+            from forecaster.model.distributed import make_distribution
+
+            distribution.append(make_distribution())
+
+        import_tensorflow_quietly(start)
+    else:
+        import_tensorflow_quietly()
     from forecaster.model.train import TrainSettings, train_command
 
     settings = TrainSettings(
@@ -120,8 +135,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         tensorboard=args.tensorboard,
         resume=args.resume,
+        distributed=args.distributed,
     )
-    out = train_command(args.data, args.out, settings)
+    if not args.distributed and os.environ.get("TF_CONFIG"):
+        logging.getLogger("forecaster.train").warning(
+            "TF_CONFIG is set but --distributed is not given: training on this machine alone")
+    out = train_command(args.data, args.out, settings, *distribution)
+    if out is None:
+        print("this worker's part is done; the chief writes the model")
+        return 0
     from forecaster.model.artifact import read_card
     from forecaster.model.train import error_ratio
 
@@ -314,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tensorboard", metavar="DIR",
                        help="TensorBoard logs (default: "
                        f"{cache}/train/<absolute --out path without .keras>.logs)")
+    train.add_argument("--distributed", action="store_true",
+                       help="train with tf.distribute: MultiWorkerMirroredStrategy over the "
+                       "machines of TF_CONFIG when it is set (run the same command on each), "
+                       "else MirroredStrategy over this machine's GPUs")
     train.set_defaults(func=cmd_train)
 
     replay = sub.add_parser(

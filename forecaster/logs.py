@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
@@ -46,17 +47,21 @@ def _grow_gpu_memory(tf: Any) -> list[Any]:
     return list(gpus)
 
 
-def import_tensorflow_quietly() -> str:
+def import_tensorflow_quietly(before_first_op: Callable[[Any], object] | None = None) -> str:
     """Import TensorFlow with its start-up banner kept off stderr; return the device used.
 
     TensorFlow writes a few native INFO lines before its logging is initialised, which no
     environment variable silences; stderr (fd 2) is pointed at /dev/null for the import
     only, unless TF_CPP_MIN_LOG_LEVEL asks for them (0). Import errors still raise.
+    ``before_first_op(tf)`` runs before TensorFlow's runtime starts (a multi-worker
+    strategy must be made then).
     """
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") == "0":
         import tensorflow as tf
 
         gpus = _grow_gpu_memory(tf)
+        if before_first_op is not None:
+            before_first_op(tf)
     else:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -66,6 +71,8 @@ def import_tensorflow_quietly() -> str:
             import tensorflow as tf
 
             gpus = _grow_gpu_memory(tf)
+            if before_first_op is not None:
+                before_first_op(tf)
             _ = tf.constant(0.0) + 1.0  # the first op prints the oneDNN banner
         finally:
             os.dup2(saved, 2)

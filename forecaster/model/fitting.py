@@ -28,13 +28,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import numpy as np
 
 from forecaster.errors import UsageError
 from forecaster.preprocess import to_unit
+
+if TYPE_CHECKING:
+    from forecaster.model.distributed import Distribution
 
 log = logging.getLogger("forecaster.train")
 
@@ -438,9 +441,12 @@ def fit(
     *,
     train: WindowBatches | StatefulGroups,
     val: WindowBatches | StatefulGroups,
+    distribution: Distribution | None = None,
 ) -> tuple[keras.Model, FitResult]:
     """Train ``model`` (compiled) for ``options.epochs`` epochs in ``options.mode``.
 
+    ``distribution``: train under its ``tf.distribute`` strategy (the model built and
+    compiled in its scope; :mod:`forecaster.model.distributed`), no resume.
     Returns the model (the checkpoint's when resuming) with the best weights restored.
     """
     checkpoints = Checkpoints(options.checkpoint_dir)
@@ -460,7 +466,12 @@ def fit(
                     options.checkpoint_dir)
         (checkpoints.folder / BEST_WEIGHTS).unlink(missing_ok=True)
 
-    if options.mode == "stateful":
+    if distribution is not None:
+        from forecaster.model.distributed import distributed_epochs
+
+        run_epoch, frames_per_epoch = distributed_epochs(model, options, train, val,
+                                                         distribution)
+    elif options.mode == "stateful":
         assert isinstance(train, StatefulGroups) and isinstance(val, StatefulGroups)
         run_epoch = _stateful_epochs(model, options, train, val)
         frames_per_epoch = train.frames_per_epoch

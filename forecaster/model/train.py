@@ -10,13 +10,14 @@ of ``ln(mse)`` on normal frames becomes the model's calibration.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import keras
 import numpy as np
@@ -57,6 +58,9 @@ from forecaster.model.runners import Runner
 from forecaster.model.step import make_runner
 from forecaster.outputs import check_writable_file, training_dir
 from forecaster.preprocess import to_unit
+
+if TYPE_CHECKING:
+    from forecaster.model.distributed import Distribution
 
 log = logging.getLogger("forecaster.train")
 
@@ -352,7 +356,8 @@ class TrainSettings:
     ``tensorboard`` (default: the same with ``.logs``); ``resume`` continues from
     the checkpoint. ``deterministic``: same seed, same weights (on CPU). ``max_frames``
     and ``record_minutes`` bound what is read of each video (the minutes: of a camera or
-    stream, recorded that long).
+    stream, recorded that long). ``distributed``: train under ``tf.distribute``
+    (:mod:`forecaster.model.distributed`: the local GPUs, or the workers of ``TF_CONFIG``).
     """
 
     arch: str = DEFAULT_ARCH
@@ -375,6 +380,7 @@ class TrainSettings:
     resume: bool = False
     deterministic: bool = True
     progress: bool = True
+    distributed: bool = False
 
     def resolved(self) -> TrainSettings:
         """These settings checked (UsageError with the reason), with what defaults to the
@@ -423,14 +429,23 @@ class TrainSettings:
             stride = stride or max(1, length // 2)
         if self.record_minutes is not None and not self.record_minutes > 0:
             raise UsageError(f"--minutes must be above 0, got {self.record_minutes}")
+        if self.distributed and self.resume:
+            raise UsageError("--resume does not apply to --distributed training (its "
+                             "checkpoints are the chief's alone); train without --resume")
         return replace(self, mode=mode, loss=loss, clip=length, stride=stride)
 
 
 def train_command(
-    data: Sequence[str], out: str | Path, settings: TrainSettings = TrainSettings()
-) -> Path:
+    data: Sequence[str], out: str | Path, settings: TrainSettings = TrainSettings(),
+    distribution: Distribution | None = None,
+) -> Path | None:
     """Train a model on ``data`` as ``settings`` say, calibrate it, and write it to ``out``
-    (its card's ``training``: the settings, resolved, and what the run measured)."""
+    (its card's ``training``: the settings, resolved, and what the run measured).
+
+    ``distribution``: the ``tf.distribute`` strategy to train under (default, with
+    ``settings.distributed``: :func:`~forecaster.model.distributed.make_distribution`'s,
+    made before TensorFlow runs any op). A worker that is not the chief writes nothing
+    and returns None."""
     started = time.perf_counter()
     out = Path(out)
     if out.suffix != ".keras":
@@ -445,7 +460,16 @@ def train_command(
     height, width = settings.size
     checkpoints = (Path(settings.checkpoint_dir) if settings.checkpoint_dir
                    else training_dir(out, ".checkpoints"))
-    log_dir = Path(settings.tensorboard) if settings.tensorboard else training_dir(out, ".logs")
+    log_dir: Path | None = (Path(settings.tensorboard) if settings.tensorboard
+                            else training_dir(out, ".logs"))
+    if settings.distributed and distribution is None:
+        from forecaster.model.distributed import make_distribution
+
+        distribution = make_distribution()
+    if distribution is not None:
+        from forecaster.model.distributed import worker_folders
+
+        checkpoints, log_dir = worker_folders(distribution, checkpoints, log_dir)
     log.info("checkpoints in %s, TensorBoard logs in %s", checkpoints, log_dir)
 
     set_determinism(seed, settings.deterministic)
@@ -482,17 +506,26 @@ def train_command(
         val_samples, unit,
     )
 
-    model = build_model(arch, height, width, window)
     scale = float(height * width) if spec.loss_per_pixel_sum else 1.0
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=PixelLoss(loss, scale))
+    with (distribution.strategy.scope() if distribution else contextlib.nullcontext()):
+        model = build_model(arch, height, width, window)
+        model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                      loss=PixelLoss(loss, scale))
     signature = {"arch": arch, "size": [height, width], "window": window, "mode": mode,
                  "length": length, "stride": stride, "batch_size": batch_size, "loss": loss}
     options = FitOptions(mode=cast(Mode, mode), epochs=settings.epochs,
                          patience=settings.patience, checkpoint_dir=checkpoints,
                          log_dir=log_dir, resume=settings.resume, progress=settings.progress,
                          signature=signature)
-    model, result = fit(model, options, train=train_data, val=val_data)
+    model, result = fit(model, options, train=train_data, val=val_data,
+                        distribution=distribution)
     fit_seconds = time.perf_counter() - started
+    if distribution is not None:
+        from forecaster.model.distributed import finish_worker
+
+        model = finish_worker(distribution, model, arch, height, width, window)
+        if model is None:
+            return None
 
     runner = make_runner(model)
     # motion energy does not depend on the model: its statistics may use every video
@@ -542,6 +575,7 @@ def train_command(
         "params": int(model.count_params()),
         "checkpoint_dir": str(checkpoints),
         "tensorboard": str(log_dir),
+        **({"distribution": distribution.card()} if distribution else {}),
     }
     card = ModelCard(
         arch=arch,
