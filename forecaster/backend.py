@@ -51,8 +51,9 @@ def require_tensorflow(what: str) -> None:
     backend = keras_backend()
     if backend != "tensorflow":
         raise UsageError(
-            f"{what} runs on the TensorFlow backend only, but KERAS_BACKEND is {backend!r}: "
-            f"unset KERAS_BACKEND or set it to tensorflow (inference, replay and eval run on jax)"
+            f"{what} runs on the TensorFlow backend only, but the Keras backend is {backend!r} "
+            f"(from KERAS_BACKEND or ~/.keras/keras.json): run it with KERAS_BACKEND=tensorflow "
+            f"(run, replay and eval also run on jax)"
         )
 
 
@@ -67,8 +68,9 @@ def prepare_backend() -> str:
     if backend == "jax":
         return _import_jax()
     raise UsageError(
-        f"KERAS_BACKEND {backend!r} is not supported: use "
-        f"{' or '.join(INFERENCE_BACKENDS)} (jax needs the extra: pip install 'forecaster[jax]')"
+        f"Keras backend {backend!r} (from KERAS_BACKEND or ~/.keras/keras.json) is not "
+        f"supported: set KERAS_BACKEND to {' or '.join(INFERENCE_BACKENDS)} (jax needs the "
+        f"extra: pip install 'forecaster[jax]')"
     )
 
 
@@ -81,8 +83,8 @@ def _import_jax() -> str:
         import jax
     except ImportError as exc:
         raise UsageError(
-            f"KERAS_BACKEND is 'jax' but jax cannot be imported ({exc}): "
-            f"pip install 'forecaster[jax]' (or jax[cuda12] for an NVIDIA GPU)"
+            f"the Keras backend is 'jax' but jax cannot be imported ({exc}): "
+            f"pip install 'forecaster[jax]' (for an NVIDIA GPU: pip install 'jax[cuda12]')"
         ) from None
     _skip_tensorflow_probe()
     device = jax.devices()[0]
