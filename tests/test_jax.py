@@ -23,6 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TICKS = 12
 BATCH = 2
+#: frames run through the window runner (BATCH x this many windows: padded on JAX)
+WINDOW_FRAMES = 3
 REPLAY = ["replay", "synthetic:?frames=40&seed=1", "--chunk", "16"]
 #: tolerances: the step's predictions and state (absolute), the replay's scores
 STEP_ATOL = 1e-5
@@ -55,6 +57,7 @@ sys.meta_path.insert(0, Spy())
 out, replay = sys.argv[1], sys.argv[2:]
 import numpy as np
 from forecaster.engine import load
+WINDOW_FRAMES = %d
 from forecaster.model.artifact import bundled_model_path
 
 loaded = load(bundled_model_path())
@@ -65,6 +68,10 @@ for t in range(frames.shape[1]):
     prediction, state = loaded.runner.run(frames[:, t : t + 1], state)
     predictions.append(prediction[:, 0])
 np.savez(out + "/ticks.npz", np.stack(predictions, axis=1), *state)
+from forecaster.model.step import make_runner
+
+window = make_runner(loaded.runner.model, window=10)
+np.save(out + "/window.npy", window.run(frames[:, :WINDOW_FRAMES], window.initial_state(frames.shape[0]))[0])
 sys.argv = ["forecaster", *replay]
 try:
     runpy.run_module("forecaster", run_name="__main__", alter_sys=True)
@@ -96,7 +103,7 @@ def jax_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, A
     out = tmp_path_factory.mktemp("jax")
     np.save(out / "frames.npy", _frames())
     proc = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT, str(out), *REPLAY, "--out", str(out / "replay")],
+        [sys.executable, "-c", JAX_SCRIPT % WINDOW_FRAMES, str(out), *REPLAY, "--out", str(out / "replay")],
         cwd=out, env=_env(out, "jax"), capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -137,6 +144,20 @@ def test_jax_one_frame_step_equals_the_tensorflow_step(
     for jax_state, tf_state in zip(got[1:], state, strict=True):
         assert float(np.abs(tf_state).max()) > 1e-3  # the state carried something
         np.testing.assert_allclose(jax_state, tf_state, rtol=0, atol=STEP_ATOL)
+
+
+def test_jax_window_runner_equals_the_tensorflow_one(jax_run: tuple[Path, dict[str, Any]]) -> None:
+    """The bundled model run on a 10-frame window every tick (how clip models run)."""
+    out, _ = jax_run
+    _tensorflow_here()
+    from forecaster.model.artifact import bundled_model_path, load_model
+    from forecaster.model.step import make_runner
+
+    runner = make_runner(load_model(bundled_model_path())[0], window=10)
+    expected, _ = runner.run(_frames()[:, :WINDOW_FRAMES], runner.initial_state(BATCH))
+    got = np.load(out / "window.npy")
+    assert got.shape == expected.shape == (BATCH, WINDOW_FRAMES, 64, 64, 1)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=STEP_ATOL)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
