@@ -20,8 +20,6 @@ from forecaster.errors import UsageError
 #: the backends inference is supported on
 INFERENCE_BACKENDS = ("tensorflow", "jax")
 
-log = logging.getLogger("forecaster.backend")
-
 
 def keras_backend() -> str:
     """The backend Keras uses (or will use once imported) in this process, as Keras decides
@@ -34,7 +32,7 @@ def keras_backend() -> str:
     if name:
         return name
     if "KERAS_HOME" in os.environ:
-        folder = Path(os.environ["KERAS_HOME"])
+        folder = Path(os.environ["KERAS_HOME"]).expanduser()
     else:
         home = Path(os.path.expanduser("~"))
         folder = (home if os.access(home, os.W_OK) else Path("/tmp")) / ".keras"
