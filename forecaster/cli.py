@@ -99,8 +99,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from forecaster.backend import require_tensorflow
     from forecaster.logs import import_tensorflow_quietly, setup_logging
 
+    require_tensorflow("forecaster train")
     setup_logging("info")
     distribution: list[Distribution] = []
     if args.distributed:
@@ -212,9 +214,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from forecaster.backend import require_tensorflow
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.outputs import check_writable_file
 
+    require_tensorflow("forecaster bench")
     if args.out:
         check_writable_file(Path(args.out), "benchmark report (--out)")
     import_tensorflow_quietly()

@@ -344,11 +344,11 @@ class LoadedModel:
 
 
 def load(path: Path, *, expect_size: tuple[int, int] | None = None) -> LoadedModel:
-    """Load the model at ``path`` and make its runner (imports TensorFlow); ModelError as
-    :func:`forecaster.model.artifact.load_model` says."""
-    from forecaster.logs import import_tensorflow_quietly
+    """Load the model at ``path`` and make its runner (imports Keras and its backend,
+    TensorFlow or JAX); ModelError as :func:`forecaster.model.artifact.load_model` says."""
+    from forecaster.backend import prepare_backend
 
-    device = import_tensorflow_quietly()
+    device = prepare_backend()
     from forecaster.model.artifact import load_model
     from forecaster.model.step import make_runner
 

@@ -43,7 +43,12 @@ class Stepper:
     batch size into a concrete function that is called directly (no retracing checks on
     the per-tick path), and the chunk graph is one graph traced once for any batch and
     length. ``jit=True`` uses XLA for chunks too (compiled per shape), ``jit=False`` never.
-    On JAX every call is ``jax.jit``-compiled per shape.
+
+    On JAX the tick is ``jax.jit``-compiled once per batch size, and a chunk runs as a loop
+    of ticks, the state carried as JAX arrays between them: a chunk graph would be compiled
+    for every new chunk length (about 1 s of CPU each, where a catch-up chunk can take any
+    length), and on a CPU the loop costs no more per frame than the compiled chunk.
+    ``jit=True`` compiles chunk graphs instead (per shape).
     """
 
     def __init__(self, model: keras.Model, *, jit: bool | None = None) -> None:
@@ -68,6 +73,7 @@ class Stepper:
         self._tick_any: StepFn | None = None
         if not self._tensorflow:
             self._tick_any = _compile(self.tick_model, self.height, self.width, jit=bool(jit))
+        self._chunks_as_ticks = keras.config.backend() == "jax" and not jit
 
     def initial_state(self, batch: int) -> list[np.ndarray]:
         """The state before any frame: zeros, one array per state tensor."""
@@ -98,9 +104,27 @@ class Stepper:
                 )
         if frames.shape[1] == 1:
             outputs = self._tick(batch)(frames, *state)
+        elif self._chunks_as_ticks:
+            return self._run_ticks(frames, state)
         else:
             outputs = self._fn(frames, *state)
         return np.asarray(outputs[0]), [np.asarray(s) for s in outputs[1:]]
+
+    def _run_ticks(
+        self, frames: np.ndarray, state: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """A chunk as a loop of one-frame ticks; the state stays on the device between them."""
+        tick = self._tick(frames.shape[0])
+        carried: list[Any] = list(state)
+        predictions = []
+        for t in range(frames.shape[1]):
+            outputs = tick(frames[:, t : t + 1], *carried)
+            predictions.append(outputs[0])
+            carried = list(outputs[1:])
+        return (
+            np.concatenate([np.asarray(p) for p in predictions], axis=1),
+            [np.asarray(s) for s in carried],
+        )
 
     def _tick(self, batch: int) -> StepFn:
         """The compiled one-frame function for ``batch`` (built at the first call)."""
