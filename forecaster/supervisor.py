@@ -244,6 +244,7 @@ class Supervisor:
             scorer=config.scorer,
             throttle_ms=config.worker.throttle_ms,
             log_level=config.log_level,
+            runtime=config.model.runtime,
         )
         self._capture_specs = [
             CaptureSpec(

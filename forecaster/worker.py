@@ -50,6 +50,8 @@ class WorkerSpec:
     scorer: ScorerConfig
     throttle_ms: float = 0.0
     log_level: str = "info"
+    #: what runs the one-frame step (``model.runtime``)
+    runtime: str = "auto"
 
 
 @dataclass(slots=True)
@@ -384,7 +386,7 @@ def worker_main(
             inbox = Inbox(wakeup_address)
         except OSError as error:
             raise ForecasterError(f"cannot bind the worker's wake-up socket: {error}") from None
-        loaded = load(Path(spec.model_path), expect_size=spec.size)
+        loaded = load(Path(spec.model_path), expect_size=spec.size, runtime=spec.runtime)
         from forecaster.publisher import CurveServer, Publisher
 
         stepper = loaded.runner
@@ -430,11 +432,12 @@ def worker_main(
     health.beat_worker()
     control.put(("ready", role, 0, ""))
     log.info(
-        "serving %d camera(s) on %s; model %s on %s",
+        "serving %d camera(s) on %s; model %s on %s, one-frame steps on %s",
         len(feeds),
         spec.publish.endpoint,
         spec.model_path,
         loaded.device,
+        getattr(stepper, "runtime", "TensorFlow"),
     )
     try:
         worker.run()
