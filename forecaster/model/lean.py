@@ -40,6 +40,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from forecaster.model.runners import Runner
+    from forecaster.model.step import Stepper
 
 log = logging.getLogger("forecaster.model")
 
@@ -195,12 +196,12 @@ class LeanStepper:
     runtime (each batch size checked against TensorFlow before it is served); chunks,
     and every tick after a failed check, run on the stepper itself."""
 
-    def __init__(self, stepper: Any, tick: LiteRTTick) -> None:
+    def __init__(self, stepper: Stepper, tick: LiteRTTick) -> None:
         self.stepper = stepper
         self.tick: LiteRTTick | None = tick
-        self.height: int = stepper.height
-        self.width: int = stepper.width
-        self.state_shapes: list[tuple[int, ...]] = list(stepper.state_shapes)
+        self.height = stepper.height
+        self.width = stepper.width
+        self.state_shapes = list(stepper.state_shapes)
         self._checked: set[int] = set()
         #: ticks served by the lean runtime
         self.lean_ticks = 0
@@ -211,7 +212,7 @@ class LeanStepper:
         return self.tick.name if self.tick is not None else "TensorFlow"
 
     def initial_state(self, batch: int) -> list[np.ndarray]:
-        return list(self.stepper.initial_state(batch))
+        return self.stepper.initial_state(batch)
 
     def _fits(self, frames: np.ndarray, state: Sequence[np.ndarray]) -> bool:
         """Is this a well-formed one-frame call (anything else goes to the stepper, which
@@ -232,10 +233,10 @@ class LeanStepper:
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """As :meth:`Stepper.run`; one-frame calls on the lean runtime."""
         if self.tick is None or not self._fits(frames, state):
-            return self.stepper.run(frames, state)  # type: ignore[no-any-return]
+            return self.stepper.run(frames, state)
         batch = frames.shape[0]
         if batch not in self._checked and not self.check(batch):
-            return self.stepper.run(frames, state)  # type: ignore[no-any-return]
+            return self.stepper.run(frames, state)
         outputs = self.tick(np.ascontiguousarray(frames),
                             [np.ascontiguousarray(array) for array in state])
         self.lean_ticks += 1
