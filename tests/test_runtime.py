@@ -146,3 +146,16 @@ def test_explicit_runtime_that_is_not_installed_is_a_config_error(tmp_path: Path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.runtime" in lines[0], result.stderr
     assert "ai-edge-litert" in lines[0] and "forecaster[lean]" in lines[0]
+
+
+def test_bench_times_both_runtimes_on_the_same_weights(lean: LoadedModel) -> None:
+    from forecaster.bench_runtimes import bench_runtimes, format_runtimes
+
+    report = bench_runtimes(4, batches=(1, 4), stepper=lean.runner.stepper)  # type: ignore[attr-defined]
+    assert [row["batch"] for row in report["rows"]] == [1, 4]
+    for row in report["rows"]:
+        assert row["tensorflow"]["p50_ms"] > 0 and row["litert"]["p50_ms"] > 0
+        assert row["litert"]["tensorflow_over_this_p50"] > 0
+        assert row["litert"]["max_difference"] <= TOLERANCE
+    text = "\n".join(format_runtimes(report))
+    assert "litert" in text and "tensorflow" in text
