@@ -300,6 +300,14 @@ def lean_runner(runner: Runner, model_file: Path, runtime: str, device: str) -> 
 
     if runtime == "tensorflow" or not isinstance(runner, Stepper):
         return runner
+    import keras
+
+    if keras.config.backend() != "tensorflow":  # the conversion starts from TensorFlow
+        if runtime != "auto":
+            log.warning("model.runtime: %s needs Keras' TensorFlow backend, not %s; one-frame "
+                        "steps stay on %s", LEAN[runtime][2], keras.config.backend(),
+                        keras.config.backend())
+        return runner
     if runtime == "auto":
         if device.startswith("GPU"):
             log.info("model.runtime auto: TensorFlow sees a %s; one-frame steps stay there",
