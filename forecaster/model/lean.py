@@ -153,6 +153,8 @@ class LiteRTTick:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
+        #: the model, read once (the file may go away: a conversion for this process only)
+        self.content = self.path.read_bytes()
         self.threads = threads or usable_cpus()
         self._interpreter_class = Interpreter
         self._by_batch: dict[int, Any] = {}
@@ -160,7 +162,7 @@ class LiteRTTick:
         # (output_0 = the prediction, output_1... = the state), read from an interpreter
         # of its own: a signature runner keeps its interpreter from being resized
         with _quiet_fd(2):
-            probe = Interpreter(str(self.path), num_threads=1)
+            probe = Interpreter(model_content=self.content, num_threads=1)
             signature = probe.get_signature_runner()
             inputs = signature.get_input_details()
             outputs = signature.get_output_details()
@@ -176,7 +178,8 @@ class LiteRTTick:
         if found is not None:
             return found
         with _quiet_fd(2):
-            interpreter = self._interpreter_class(str(self.path), num_threads=self.threads)
+            interpreter = self._interpreter_class(model_content=self.content,
+                                                  num_threads=self.threads)
             for index, shape in self._inputs:
                 interpreter.resize_tensor_input(index, [batch, *shape])
             interpreter.allocate_tensors()
@@ -321,11 +324,20 @@ def lean_runner(runner: Runner, model_file: Path, runtime: str, device: str) -> 
     label = LEAN[choice][2]
     try:
         path = converted_path(model_file, choice)
-        if not path.is_file():
+        if path.is_file():
+            tick = LiteRTTick(path)
+        else:
             log.info("model.runtime: converting %s's one-frame step for %s into %s",
                      model_file, label, path)
-            export_litert(runner.tick_model, path)
-        lean = LeanStepper(runner, LiteRTTick(path))
+            try:
+                tick = LiteRTTick(export_litert(runner.tick_model, path))
+            except OSError as error:  # the cache is not writable: convert for this run only
+                log.info("model.runtime: cannot cache the conversion (%s); converting into a "
+                         "temporary folder", error)
+                with tempfile.TemporaryDirectory(prefix="forecaster-") as folder:
+                    tick = LiteRTTick(export_litert(runner.tick_model,
+                                                    Path(folder) / "tick.tflite"))
+        lean = LeanStepper(runner, tick)
     except Exception as error:  # conversion or loading failed: TensorFlow serves
         log.warning("model.runtime: %s unusable (%s: %s); running on TensorFlow",
                     label, type(error).__name__, _first_line(error))
