@@ -20,7 +20,8 @@ difference and the step stays on TensorFlow.
 
 ``model.runtime = "auto"`` takes LiteRT when it is installed and passes that check, and
 TensorFlow otherwise; and TensorFlow whenever TensorFlow sees a GPU, which LiteRT's
-Python package cannot use.
+Python package cannot use, or Keras runs on another backend (the conversion starts from
+a TensorFlow graph).
 """
 
 from __future__ import annotations
