@@ -239,12 +239,12 @@ class Supervisor:
         self._worker_spec = WorkerSpec(
             cameras=tuple(ring_names),
             model_path=str(model_path),
+            runtime=config.model.runtime,
             size=(height, width),
             publish=config.publish,
             scorer=config.scorer,
             throttle_ms=config.worker.throttle_ms,
             log_level=config.log_level,
-            runtime=config.model.runtime,
         )
         self._capture_specs = [
             CaptureSpec(

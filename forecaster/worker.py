@@ -45,13 +45,13 @@ class WorkerSpec:
 
     cameras: tuple[tuple[str, str], ...]  # (camera id, ring name)
     model_path: str
+    #: what runs the one-frame step (``model.runtime``)
+    runtime: str
     size: tuple[int, int]
     publish: PublishConfig
     scorer: ScorerConfig
     throttle_ms: float = 0.0
     log_level: str = "info"
-    #: what runs the one-frame step (``model.runtime``)
-    runtime: str = "auto"
 
 
 @dataclass(slots=True)
