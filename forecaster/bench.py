@@ -303,6 +303,10 @@ def run_bench(
             seconds = timed["p50_ms"] / 1000.0
             row["step_fraction_of_peak"] = flops / seconds / 1e9 / report["peak_gflops"]
         report["archs"].append(row)
+    if archs is None or archs:  # the step by runtime goes with the archs (--skip-archs: not)
+        from forecaster.bench_runtimes import bench_runtimes
+
+        report["runtimes"] = bench_runtimes(repeats)
     if video is not None and video.exists():
         report["replay"] = bench_replay(video)
     if daemon_rates:
@@ -347,6 +351,10 @@ def format_report(report: dict[str, Any]) -> str:
             + f"{(flops or 0) / 1e6:>12.1f}"
             f"{100 * row.get('step_fraction_of_peak', 0):>7.1f}%"
         )
+    if report.get("runtimes"):
+        from forecaster.bench_runtimes import format_runtimes
+
+        lines += format_runtimes(report["runtimes"])
     replay = report.get("replay")
     if replay:
         lines.append("")

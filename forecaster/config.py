@@ -108,6 +108,24 @@ class CaptureConfig(_Section):
 class ModelConfig(_Section):
     #: path to a .keras model made by `forecaster train`; empty = the bundled model
     path: str = ""
+    #: what runs the worker's one-frame step: "tensorflow", "litert" (LiteRT, the extra
+    #: `lean`), or "auto" (LiteRT when installed and equal to TensorFlow at start-up,
+    #: else TensorFlow; TensorFlow when it sees a GPU)
+    runtime: Literal["auto", "tensorflow", "litert"] = "auto"
+
+    @field_validator("runtime")
+    @classmethod
+    def _check_runtime(cls, value: str) -> str:
+        from forecaster.model.lean import LEAN, installed
+
+        if value in LEAN and not installed(value):
+            package = LEAN[value][1]
+            raise ValueError(
+                f"runtime {value!r} needs the package {package}, which is not installed: "
+                f"pip install 'forecaster[lean]', or set runtime = \"auto\" (TensorFlow "
+                f"when no lean runtime is installed)"
+            )
+        return value
 
 
 class PublishConfig(_Section):

@@ -343,14 +343,20 @@ class LoadedModel:
                                self.card.calibration, scorer, window=self.card.window)
 
 
-def load(path: Path, *, expect_size: tuple[int, int] | None = None) -> LoadedModel:
+def load(
+    path: Path, *, expect_size: tuple[int, int] | None = None, runtime: str = "tensorflow"
+) -> LoadedModel:
     """Load the model at ``path`` and make its runner (imports Keras and its backend,
-    TensorFlow or JAX); ModelError as :func:`forecaster.model.artifact.load_model` says."""
+    TensorFlow or JAX); ModelError as :func:`forecaster.model.artifact.load_model` says.
+    ``runtime``: what runs one-frame steps (``model.runtime``; see
+    :func:`forecaster.model.lean.lean_runner`)."""
     from forecaster.backend import prepare_backend
 
     device = prepare_backend()
     from forecaster.model.artifact import load_model
+    from forecaster.model.lean import lean_runner
     from forecaster.model.step import make_runner
 
     model, card = load_model(path, expect_size=expect_size)
-    return LoadedModel(path=path, card=card, runner=make_runner(model), device=device)
+    runner = lean_runner(make_runner(model), path, runtime, device)
+    return LoadedModel(path=path, card=card, runner=runner, device=device)

@@ -255,6 +255,7 @@ class Supervisor:
         self._worker_spec = WorkerSpec(
             cameras=tuple(ring_names),
             model_path=str(model_path),
+            runtime=config.model.runtime,
             size=(height, width),
             publish=config.publish,
             scorer=config.scorer,

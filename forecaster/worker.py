@@ -45,6 +45,8 @@ class WorkerSpec:
 
     cameras: tuple[tuple[str, str], ...]  # (camera id, ring name)
     model_path: str
+    #: what runs the one-frame step (``model.runtime``)
+    runtime: str
     size: tuple[int, int]
     publish: PublishConfig
     scorer: ScorerConfig
@@ -386,7 +388,7 @@ def worker_main(
             inbox = Inbox(wakeup_address)
         except OSError as error:
             raise ForecasterError(f"cannot bind the worker's wake-up socket: {error}") from None
-        loaded = load(Path(spec.model_path), expect_size=spec.size)
+        loaded = load(Path(spec.model_path), expect_size=spec.size, runtime=spec.runtime)
         from forecaster.publisher import CurveServer, Publisher
 
         stepper = loaded.runner
@@ -436,11 +438,12 @@ def worker_main(
     health.beat_worker()
     control.put(("ready", role, 0, ""))
     log.info(
-        "serving %d camera(s) on %s; model %s on %s",
+        "serving %d camera(s) on %s; model %s on %s, one-frame steps on %s",
         len(feeds),
         spec.publish.endpoint,
         spec.model_path,
         loaded.device,
+        getattr(stepper, "runtime", "TensorFlow"),
     )
     try:
         worker.run()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"shared data set not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One folder of converted models (model.runtime) for the whole session, so that each
+    model is converted for the lean runtime once, not once per test that starts a worker."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("runtimes")
+        patch.setenv("FORECASTER_RUNTIME_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)

@@ -156,6 +156,7 @@ def test_every_float_setting_takes_a_whole_number_but_not_a_bool() -> None:
         ("[scorer]\nthreshold_on = nan\n", "scorer.threshold_on", "nan"),
         ("[worker]\nthrottle_ms = 1e300\n", "worker.throttle_ms", "1e+300"),
         ("[[cameras]]\nfps = inf\n", "cameras.0.fps", "inf"),
+        ('[model]\nruntime = "tflite"\n', "model.runtime", "'tflite'"),
     ],
 )
 def test_check_config_catches_what_used_to_crash_a_child(

@@ -1,0 +1,161 @@
+"""model.runtime: the one-frame step on LiteRT equals TensorFlow's, and a converted model
+that does not is caught at start-up and replaced by TensorFlow."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forecaster.config import ScorerConfig
+from forecaster.engine import LoadedModel, load, padded_batch
+from forecaster.model.artifact import bundled_model_path
+from forecaster.model.lean import TOLERANCE, LeanStepper, installed
+from forecaster.protocol import Forecast, Score
+
+pytestmark = pytest.mark.skipif(
+    not installed("litert"),
+    reason="ai-edge-litert is not installed (pip install '.[test]' or '.[lean]')",
+)
+
+
+@pytest.fixture(scope="module")
+def lean() -> LoadedModel:
+    return load(bundled_model_path(), runtime="litert")
+
+
+def _max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("batch", [1, padded_batch(3)])
+def test_litert_ticks_equal_tensorflow_with_state_carried(lean: LoadedModel, batch: int) -> None:
+    runner = lean.runner
+    assert isinstance(runner, LeanStepper) and runner.runtime == "LiteRT"
+    tensorflow = runner.stepper
+    rng = np.random.default_rng(7)
+    ours = theirs = runner.initial_state(batch)
+    served = runner.lean_ticks
+    worst = 0.0
+    for _ in range(8):
+        frames = rng.random((batch, 1, runner.height, runner.width, 1), dtype=np.float32)
+        prediction, ours = runner.run(frames, ours)
+        expected, theirs = tensorflow.run(frames, theirs)
+        worst = max(worst, _max_difference([prediction, *ours], [expected, *theirs]))
+    assert runner.lean_ticks == served + 8  # every tick ran on LiteRT
+    assert runner.runtime == "LiteRT"
+    assert worst <= TOLERANCE
+
+
+def test_engine_scores_three_cameras_alike_on_both_runtimes(lean: LoadedModel) -> None:
+    """Three cameras in one padded batch of 4, through the engine, ticked one frame at a
+    time: the same forecasts (to the uint8 level) and scores as on TensorFlow."""
+    runner = lean.runner
+    assert isinstance(runner, LeanStepper)
+    engines = [lean.engine(ScorerConfig(mode="global")),
+               lean.engine(ScorerConfig(mode="global"), runner.stepper)]
+    cameras = ["a", "b", "c"]
+    for engine in engines:
+        for camera in cameras:
+            engine.add_camera(camera)
+    rows = np.linspace(0, 1, 64, dtype=np.float32)[:, None]
+    served = runner.lean_ticks
+    outputs: list[list[tuple[str, float]]] = [[], []]
+    forecasts: list[list[np.ndarray]] = [[], []]
+    for seq in range(14):
+        items = []
+        for index, camera in enumerate(cameras):
+            frame = 120 + 100 * np.sin(rows * 6 + seq * 0.3 + index) * np.cos(rows.T * 4)
+            items.append((camera, frame[None].astype(np.uint8), [seq], [float(seq)], None))
+        for which, engine in enumerate(engines):
+            for result in engine.process_many(items):
+                for message in result.messages:
+                    if isinstance(message, Score):
+                        outputs[which].append((message.camera, message.score))
+                    elif isinstance(message, Forecast):
+                        forecasts[which].append(message.frame.astype(np.int16))
+    assert runner.lean_ticks == served + 14
+    assert len(outputs[0]) == len(outputs[1]) == 3 * (14 - lean.card.window)
+    for (camera, score), (other, expected) in zip(outputs[0], outputs[1], strict=True):
+        assert camera == other and score == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    for frame, expected in zip(forecasts[0], forecasts[1], strict=True):
+        assert np.abs(frame - expected).max() <= 1
+
+
+def test_a_converted_model_that_differs_falls_back_to_tensorflow(
+    lean: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A LiteRT file converted from other weights, planted where the bundled model's
+    conversion is cached: found at start-up (batch 1) and at a new batch size."""
+    import keras
+
+    from forecaster.model.builders import build_model
+    from forecaster.model.lean import LiteRTTick, converted_path, export_litert, lean_runner
+    from forecaster.model.step import build_step_model
+
+    monkeypatch.setenv("FORECASTER_RUNTIME_CACHE", str(tmp_path))
+    keras.utils.set_random_seed(3)
+    other = build_model("convlstm-ae", 64, 64)
+    wrong = export_litert(build_step_model(other, steps=1), converted_path(bundled_model_path()))
+
+    tensorflow = lean.runner.stepper  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, logger="forecaster.model"):
+        chosen = lean_runner(tensorflow, bundled_model_path(), "auto", "CPU")
+    assert chosen is tensorflow
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "LiteRT" in warnings[0] and "differs from TensorFlow's by up to" in warnings[0]
+    assert "at batch 1" in warnings[0]
+
+    # the same file behind a runner whose batch 1 was trusted: batch 2 is checked on first use
+    runner = LeanStepper(tensorflow, LiteRTTick(wrong))
+    runner._checked.add(1)
+    caplog.clear()
+    rng = np.random.default_rng(1)
+    frames = rng.random((2, 1, 64, 64, 1), dtype=np.float32)
+    with caplog.at_level(logging.WARNING, logger="forecaster.model"):
+        prediction, state = runner.run(frames, runner.initial_state(2))
+    assert runner.runtime == "TensorFlow" and runner.lean_ticks == 0
+    assert any("at batch 2" in r.getMessage() for r in caplog.records)
+    expected, expected_state = tensorflow.run(frames, tensorflow.initial_state(2))
+    assert _max_difference([prediction, *state], [expected, *expected_state]) <= 1e-6
+
+
+def test_explicit_runtime_that_is_not_installed_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nruntime = "litert"\n')
+    hide = (
+        "import sys\n"
+        "class Hide:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'ai_edge_litert':\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Hide())\n"
+        "from forecaster.cli import main\n"
+        f"sys.exit(main(['check-config', {str(config)!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.runtime" in lines[0], result.stderr
+    assert "ai-edge-litert" in lines[0] and "forecaster[lean]" in lines[0]
+
+
+def test_bench_times_both_runtimes_on_the_same_weights(lean: LoadedModel) -> None:
+    from forecaster.bench_runtimes import bench_runtimes, format_runtimes
+
+    report = bench_runtimes(4, batches=(1, 4), stepper=lean.runner.stepper)  # type: ignore[attr-defined]
+    assert [row["batch"] for row in report["rows"]] == [1, 4]
+    for row in report["rows"]:
+        assert row["tensorflow"]["p50_ms"] > 0 and row["litert"]["p50_ms"] > 0
+        assert row["litert"]["tensorflow_over_this_p50"] > 0
+        assert row["litert"]["max_difference"] <= TOLERANCE
+    text = "\n".join(format_runtimes(report))
+    assert "litert" in text and "tensorflow" in text
