@@ -155,6 +155,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         fps=args.fps,
         chunk=args.chunk,
         force=args.force,
+        clips=args.clips,
     )
     for video in summary["videos"]:
         auc = "" if video["auc"] is None else f", AUC {video['auc']:.3f}"
@@ -341,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--realtime and the previews (default: 25)")
     replay.add_argument("--preview", action="store_true",
                         help="write an MP4 per video: actual | predicted | error heat map")
+    replay.add_argument("--clips", action="store_true",
+                        help="record each event as the daemon does (clip, snapshot, sidecar) "
+                        "into DIR/events, with the [recording] settings of --config; pre- and "
+                        "post-roll in frames at the source's rate (--fps for image folders)")
     replay.add_argument("--chunk", type=_positive_int, default=128, metavar="N",
                         help="frames per model call (default 128; scores do not depend on it)")
     replay.set_defaults(func=cmd_replay)

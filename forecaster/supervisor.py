@@ -40,6 +40,7 @@ from forecaster.engine import check_scorer, model_path
 from forecaster.errors import ChildFailed, ModelError, SourceError, UsageError, name_some
 from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
+from forecaster.recording import EventBoard, RecordingSpec, prepare_events_dir
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
 from forecaster.worker import WorkerSpec, worker_main
@@ -236,6 +237,7 @@ class Supervisor:
             from forecaster.prometheus import MetricsServer
 
             self.metrics = MetricsServer(config.metrics.address, config.metrics.port, self)
+        recording = self._recording(str(model_path))
         self._worker_spec = WorkerSpec(
             cameras=tuple(ring_names),
             model_path=str(model_path),
@@ -244,6 +246,7 @@ class Supervisor:
             scorer=config.scorer,
             throttle_ms=config.worker.throttle_ms,
             log_level=config.log_level,
+            recording=recording,
         )
         self._capture_specs = [
             CaptureSpec(
@@ -258,6 +261,7 @@ class Supervisor:
                 reconnect_max_s=config.capture.reconnect_max_s,
                 log_level=config.log_level,
                 cue_height=cue_rows,
+                recording=recording,
             )
             for index, (camera, (_, name)) in enumerate(
                 zip(config.cameras, ring_names, strict=True)
@@ -270,6 +274,15 @@ class Supervisor:
             self._start_child(index)
         self._await_ready(startup_timeout_s(config))
         self.go.set()
+
+    def _recording(self, model: str) -> RecordingSpec | None:
+        """The recording folder (created) and the event board; None when not recording."""
+        if not self.config.recording.enabled:
+            return None
+        folder = prepare_events_dir(self.config)
+        log.info("recording events to %s", folder)
+        board = EventBoard(len(self.config.cameras), self.ctx)
+        return RecordingSpec(self.config.recording, str(folder), board, model)
 
     def _await_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
