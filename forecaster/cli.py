@@ -216,6 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         soak_ticks=args.soak_ticks,
         scorer_mode=args.scorer_mode,
         overload=args.overload,
+        recording=args.recording,
     )
     print(format_report(report))
     if args.out:
@@ -392,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the source at that rate and at twice it")
     bench.add_argument("--skip-archs", action="store_true",
                        help="skip the per-architecture step and window timings")
+    bench.add_argument("--recording", action="store_true",
+                       help="capture's cost per frame with event recording off, buffering the "
+                       "pre-roll, and writing a clip")
     bench.add_argument("--out", help="write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
 

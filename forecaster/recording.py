@@ -493,6 +493,8 @@ class Clip:
     frames: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
+    first_ts: float | None = None
+    last_ts: float | None = None
     dropped: int = 0
     truncated: bool = False
     interrupted: bool = False
@@ -652,8 +654,9 @@ class ClipWriter:
             image = cv2.resize(image, clip.size, interpolation=cv2.INTER_AREA)
         writer.write(image)
         clip.frames += 1
-        clip.first_seq = entry.seq if clip.first_seq is None else clip.first_seq
-        clip.last_seq = entry.seq
+        if clip.first_seq is None:
+            clip.first_seq, clip.first_ts = entry.seq, entry.ts
+        clip.last_seq, clip.last_ts = entry.seq, entry.ts
         now = time.monotonic()
         if now - self._last_free_check >= FREE_CHECK_S and self.retention is not None:
             self._last_free_check = now
@@ -715,7 +718,9 @@ class ClipWriter:
             "snapshot": f"{clip.stem}.jpg" if clip.snapshot is not None else None,
             "frames": clip.frames,
             "first_seq": clip.first_seq,
+            "first_ts": number(clip.first_ts),
             "last_seq": clip.last_seq,
+            "last_ts": number(clip.last_ts),
             "fps": round(clip.fps, 3),
             "width": clip.size[0] if clip.size else None,
             "height": clip.size[1] if clip.size else None,
