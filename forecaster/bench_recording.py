@@ -27,7 +27,8 @@ import cv2
 from forecaster.capture import Capture, CaptureSpec
 from forecaster.channels import Flag, Outbox, channel_address
 from forecaster.config import RecordingConfig
-from forecaster.recording import BoardField, EventBoard, RecordingSpec
+from forecaster.event_board import BoardField, EventBoard
+from forecaster.recording import RecordingSpec
 from forecaster.ring import FrameRing
 from forecaster.synthetic import SyntheticScene
 

@@ -1,4 +1,4 @@
-"""Event recordings: a clip, a snapshot and a sidecar per anomaly event, and their retention.
+"""Event recordings: a clip, a snapshot and a sidecar per anomaly event.
 
 Layout, under the recording folder (:func:`events_dir`)::
 
@@ -9,23 +9,22 @@ Layout, under the recording folder (:func:`events_dir`)::
 
 The time in the name is the UTC capture time of the event's first frame, so the worker
 names the files in its ``event`` messages without waiting for the capture process that
-writes them (:func:`event_stem`).
+writes them (:func:`forecaster.event_board.event_stem`).
 
 Who does what in the daemon:
 
-- the worker (it knows the scores) writes each camera's current event on an
-  :class:`EventBoard`: a few float64 values in shared memory per camera, one writer, a
-  sequence counter around each update (readers retry a torn read; no lock, so a killed
-  worker blocks nobody). :class:`EventNotes` does that, and adds ``clip`` and
-  ``snapshot`` to the event messages;
+- the worker (it knows the scores) writes each camera's current event on the event board
+  (:mod:`forecaster.event_board`: shared memory, one writer, no lock) and names the
+  event's files in its ``event`` messages;
 - each capture process keeps its camera's recent frames as JPEGs in a bounded pre-roll
   buffer (:class:`PrerollBuffer`) and reads the board once per frame
   (:class:`CaptureRecorder`); on a new event it hands the pre-roll and every following
   frame to a writer thread (:class:`ClipWriter`: a bounded queue, full = the frame is
   dropped and counted), which writes the clip under a temporary name and renames it, then
   the snapshot and the sidecar;
-- the writer thread also applies :class:`Retention` (maximum age, maximum total size,
-  free-space floor; the oldest events first) at each new event and once a minute.
+- the writer thread also applies retention (:mod:`forecaster.retention`: maximum age,
+  maximum total size, free-space floor; the oldest events first) at each new event and
+  once a minute.
 
 ``forecaster replay --clips`` drives the same :class:`Recorder` from the scores it computes,
 with the pre- and post-roll counted in frames at the source's frame rate.
@@ -35,17 +34,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import json
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from multiprocessing.context import BaseContext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,11 +50,12 @@ import numpy as np
 
 from forecaster.config import Config, RecordingConfig
 from forecaster.errors import UsageError
+from forecaster.event_board import EventBoard, event_stem
 from forecaster.protocol import Event, Message, Score
+from forecaster.retention import MB, Retention
 
 log = logging.getLogger("forecaster.recording")
 
-MB = 1024 * 1024
 #: extra seconds of frames the pre-roll buffer keeps beyond ``pre_s``: the worker learns of
 #: an event a little after the capture process wrote its first frame
 LAG_S = 2.0
@@ -68,15 +65,12 @@ QUEUE_FRAMES = 256
 SWEEP_EVERY_S = 60.0
 #: seconds between free-space checks while a clip is written
 FREE_CHECK_S = 1.0
-#: a temporary file untouched this long belongs to a writer that died: retention removes it
-STALE_TEMP_S = 3600.0
 #: seconds the capture process waits at the end of its stream for the worker to end an
 #: event still open
 END_WAIT_S = 3.0
 #: frame rate of a clip whose source rate cannot be measured
 FALLBACK_FPS = 25.0
 FOURCC = "mp4v"
-SUFFIXES = (".mp4", ".jpg", ".json")
 
 
 # ------------------------------------------------------------------------------ naming
@@ -106,183 +100,6 @@ def prepare_events_dir(config: Config) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"the recording folder {folder} is not writable; {fix}")
     return folder
-
-
-def event_stem(camera: str, start_seq: int, start_ts: float) -> str:
-    """``<camera>/<YYYYmmdd-HHMMSS>-<start seq>``: the event's files without their suffix,
-    relative to the recording folder (time: UTC capture time of the first frame)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(start_ts if math.isfinite(start_ts)
-                                                       else 0.0))
-    return f"{camera}/{stamp}-{int(start_seq)}"
-
-
-# ------------------------------------------------------------------------- event board
-
-
-class BoardField:
-    GEN = 0  # even: stable; odd: being written
-    EVENT_ID = 1  # events started on this camera (0: none yet)
-    START_SEQ = 2
-    START_TS = 3
-    END_SEQ = 4  # -1 while the event is open
-    END_TS = 5
-    PEAK_SEQ = 6  # the frame of the highest score since the start
-    PEAK_SCORE = 7
-    END_PEAK = 8  # peak_score of the "end" event message
-
-
-BOARD_FIELDS = 9
-
-
-@dataclass(frozen=True, slots=True)
-class BoardEntry:
-    """One camera's row of the board, read consistently."""
-
-    event_id: int
-    start_seq: int
-    start_ts: float
-    end_seq: int
-    end_ts: float
-    peak_seq: int
-    peak_score: float
-    end_peak: float
-
-
-class EventBoard:
-    """Each camera's current event, in shared memory: written by the worker only, read by
-    the camera's capture process once per frame.
-
-    Every update is ``gen += 1`` (odd), the fields, ``gen += 1`` (even); a reader copies the
-    row and retries while ``gen`` is odd or changed. No lock: a worker killed mid-update
-    leaves ``gen`` odd, which the next worker repairs (:meth:`repair`).
-    """
-
-    def __init__(self, cameras: int, ctx: BaseContext | None = None) -> None:
-        size = cameras * BOARD_FIELDS
-        self.cameras = cameras
-        self._raw: Any = ctx.RawArray("d", size) if ctx is not None else (ctypes.c_double * size)()
-        self._view: np.ndarray | None = None
-        for index in range(cameras):
-            self.rows[index, BoardField.END_SEQ] = -1.0
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"cameras": self.cameras, "_raw": self._raw}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.cameras = state["cameras"]
-        self._raw = state["_raw"]
-        self._view = None
-
-    @property
-    def rows(self) -> np.ndarray:
-        if self._view is None:
-            self._view = np.frombuffer(self._raw, dtype=np.float64).reshape(
-                self.cameras, BOARD_FIELDS)
-        return self._view
-
-    def read(self, camera: int, tries: int = 3) -> BoardEntry | None:
-        """The camera's row, or None when it was being written (``tries`` times)."""
-        row = self.rows[camera]
-        for _ in range(tries):
-            gen = row[BoardField.GEN]
-            if gen % 2:
-                continue
-            copy = row.copy()
-            if row[BoardField.GEN] == gen:
-                return BoardEntry(
-                    event_id=int(copy[BoardField.EVENT_ID]),
-                    start_seq=int(copy[BoardField.START_SEQ]),
-                    start_ts=float(copy[BoardField.START_TS]),
-                    end_seq=int(copy[BoardField.END_SEQ]),
-                    end_ts=float(copy[BoardField.END_TS]),
-                    peak_seq=int(copy[BoardField.PEAK_SEQ]),
-                    peak_score=float(copy[BoardField.PEAK_SCORE]),
-                    end_peak=float(copy[BoardField.END_PEAK]),
-                )
-        return None
-
-    def write(self, camera: int, values: dict[int, float]) -> None:
-        """Update fields of the camera's row (worker only)."""
-        row = self.rows[camera]
-        row[BoardField.GEN] += 1
-        for key, value in values.items():
-            row[key] = value
-        row[BoardField.GEN] += 1
-
-    def repair(self, camera: int) -> None:
-        """Make ``gen`` even again after a writer died mid-update."""
-        row = self.rows[camera]
-        if row[BoardField.GEN] % 2:
-            row[BoardField.GEN] += 1
-
-
-class EventNotes:
-    """The worker's side: writes each event on the board and names its files in the event
-    messages. ``board`` None (replay): the messages are only annotated."""
-
-    def __init__(self, cameras: Iterable[str], board: EventBoard | None = None) -> None:
-        self.board = board
-        self.index = {camera: i for i, camera in enumerate(cameras)}
-        #: camera -> (stem of the open event, highest score since its start)
-        self.open: dict[str, tuple[str, float]] = {}
-        self.last_score: dict[str, tuple[int, float]] = {}
-
-    def close_stale(self, camera: str, seq: int) -> None:
-        """An event this worker did not start is still open on the board (the previous
-        worker died during it): end it at ``seq``, the last frame fed."""
-        if self.board is None:
-            return
-        index = self.index[camera]
-        self.board.repair(index)
-        entry = self.board.read(index)
-        if entry is not None and entry.event_id > 0 and entry.end_seq < 0:
-            self.board.write(index, {BoardField.END_SEQ: max(seq, entry.start_seq),
-                                     BoardField.END_TS: time.time(),
-                                     BoardField.END_PEAK: entry.peak_score})
-
-    def note(self, message: Message) -> Message:
-        """``message`` as published: an event names its files."""
-        camera = message.camera
-        if isinstance(message, Score):
-            self.last_score[camera] = (message.seq, message.score)
-            current = self.open.get(camera)
-            if current is not None and message.score > current[1]:
-                self.open[camera] = (current[0], message.score)
-                self._write(camera, {BoardField.PEAK_SEQ: message.seq,
-                                     BoardField.PEAK_SCORE: message.score})
-            return message
-        if not isinstance(message, Event):
-            return message
-        if message.state == "start":
-            stem = event_stem(camera, message.seq, message.ts)
-            seq, score = self.last_score.get(camera, (message.seq, message.peak_score))
-            if seq != message.seq or not math.isfinite(score):
-                score = message.peak_score
-            self.open[camera] = (stem, score)
-            index = self.index.get(camera)
-            event_id = 0 if self.board is None or index is None else (
-                int(self.board.rows[index, BoardField.EVENT_ID]) + 1)
-            self._write(camera, {BoardField.START_SEQ: message.seq,
-                                 BoardField.START_TS: message.ts,
-                                 BoardField.END_SEQ: -1.0, BoardField.END_TS: math.nan,
-                                 BoardField.PEAK_SEQ: message.seq,
-                                 BoardField.PEAK_SCORE: score,
-                                 BoardField.END_PEAK: math.nan,
-                                 BoardField.EVENT_ID: event_id})
-        else:
-            current = self.open.pop(camera, None)
-            if current is None:
-                return message
-            stem = current[0]
-            self._write(camera, {BoardField.END_TS: message.ts,
-                                 BoardField.END_PEAK: message.peak_score,
-                                 BoardField.END_SEQ: message.seq})
-        return replace(message, clip=stem + ".mp4", snapshot=stem + ".jpg")
-
-    def _write(self, camera: str, values: dict[int, float]) -> None:
-        index = self.index.get(camera)
-        if self.board is not None and index is not None:
-            self.board.write(index, values)
 
 
 # ---------------------------------------------------------------------------- frames
@@ -342,132 +159,6 @@ class PrerollBuffer:
             return None
         span = self.entries[-1].ts - self.entries[0].ts
         return (len(self.entries) - 1) / span if span > 0 else None
-
-
-# --------------------------------------------------------------------------- retention
-
-
-@dataclass(slots=True)
-class RecordedEvent:
-    """The files of one event (or of one being written, when ``temporary``)."""
-
-    key: str  # <camera>/<stem>
-    files: list[Path]
-    #: modification time of its oldest file (the event's age) and of its newest one
-    mtime: float
-    newest: float
-    size: int
-    temporary: bool
-
-
-def _stem_of(name: str) -> tuple[str, bool]:
-    temporary = name.startswith(".")
-    return name.lstrip(".").split(".", 1)[0], temporary
-
-
-def list_events(folder: Path) -> list[RecordedEvent]:
-    """The events under ``folder`` (``<camera>/<stem>.*``), oldest first."""
-    groups: dict[str, RecordedEvent] = {}
-    try:
-        cameras = [path for path in folder.iterdir() if path.is_dir()]
-    except OSError:
-        return []
-    for camera in cameras:
-        try:
-            files = list(camera.iterdir())
-        except OSError:
-            continue
-        for path in files:
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            if not path.is_file():
-                continue
-            stem, temporary = _stem_of(path.name)
-            key = f"{camera.name}/{stem}"
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = RecordedEvent(key, [], stat.st_mtime, stat.st_mtime, 0,
-                                                    False)
-            group.files.append(path)
-            group.mtime = min(group.mtime, stat.st_mtime)
-            group.newest = max(group.newest, stat.st_mtime)
-            group.size += stat.st_size
-            group.temporary = group.temporary or temporary
-    return sorted(groups.values(), key=lambda event: (event.mtime, event.key))
-
-
-@dataclass(frozen=True, slots=True)
-class SweepResult:
-    deleted: list[str]
-    #: free bytes on the file system after the sweep, and whether the floor is met
-    free_bytes: int
-    free_ok: bool
-
-
-class Retention:
-    """Keeps the recording folder within a maximum age, a maximum total size and a
-    free-space floor, deleting whole events (all their files), the oldest first. Events in
-    ``keep`` (being written) are never deleted; temporary files untouched for an hour
-    (a writer that died) are."""
-
-    def __init__(self, folder: Path, *, max_age_s: float | None = None,
-                 max_total_bytes: float | None = None, min_free_bytes: float = 0.0) -> None:
-        self.folder = folder
-        self.max_age_s = max_age_s
-        self.max_total_bytes = max_total_bytes
-        self.min_free_bytes = min_free_bytes
-
-    @classmethod
-    def from_config(cls, folder: Path, config: RecordingConfig) -> Retention:
-        return cls(folder, max_age_s=config.max_age_days * 86_400.0,
-                   max_total_bytes=config.max_total_mb * MB,
-                   min_free_bytes=config.min_free_mb * MB)
-
-    def free_bytes(self) -> int:
-        path = self.folder
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        return shutil.disk_usage(path).free
-
-    def sweep(self, keep: Iterable[str] = (), now: float | None = None) -> SweepResult:
-        now = time.time() if now is None else now
-        keep = set(keep)
-        deleted: list[str] = []
-        events = []
-        for event in list_events(self.folder):
-            if event.key in keep:
-                continue
-            if event.temporary:
-                if now - event.newest > STALE_TEMP_S:
-                    self._delete(event, deleted, "left behind by an interrupted writer")
-                continue
-            events.append(event)
-        if self.max_age_s is not None:
-            while events and now - events[0].mtime > self.max_age_s:
-                self._delete(events.pop(0), deleted, "older than max_age_days")
-        if self.max_total_bytes is not None:
-            total = sum(event.size for event in events)
-            while events and total > self.max_total_bytes:
-                event = events.pop(0)
-                total -= event.size
-                self._delete(event, deleted, "over max_total_mb")
-        free = self.free_bytes()
-        while events and free < self.min_free_bytes:
-            self._delete(events.pop(0), deleted, "under min_free_mb free")
-            free = self.free_bytes()
-        return SweepResult(deleted, free, free >= self.min_free_bytes)
-
-    def _delete(self, event: RecordedEvent, deleted: list[str], why: str) -> None:
-        for path in event.files:
-            with contextlib.suppress(FileNotFoundError):
-                try:
-                    path.unlink()
-                except OSError as error:
-                    log.warning("recording retention: cannot delete %s: %s", path, error)
-        deleted.append(event.key)
-        log.info("recording retention: deleted event %s (%s)", event.key, why)
 
 
 # ------------------------------------------------------------------------------ clips

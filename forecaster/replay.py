@@ -44,15 +44,17 @@ from forecaster.engine import (
     prediction_to_uint8,
 )
 from forecaster.errors import DataError
+from forecaster.event_board import EventNotes
 from forecaster.flow import MotionCue
 from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.preview import PreviewWriter
 from forecaster.protocol import Event, Forecast, Message, Score, Status
-from forecaster.recording import MB, Entry, EventNotes, Recorder, Retention
+from forecaster.recording import Entry, Recorder
 from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed_chunk
 from forecaster.replay_inputs import ReplayVideo, camera_id, label_mismatch, plan
 from forecaster.replay_results import EpisodeRecord, VideoResult, plot_replay, summarize
+from forecaster.retention import MB, Retention
 from forecaster.scorer import cue_height
 from forecaster.scores_csv import ScoresWriter
 from forecaster.sources import SYNTHETIC_PREFIX, FrameSource, SyntheticSource, open_source

@@ -38,9 +38,10 @@ from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
 from forecaster.engine import check_scorer, model_path
 from forecaster.errors import ChildFailed, ModelError, SourceError, UsageError, name_some
+from forecaster.event_board import EventBoard
 from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
-from forecaster.recording import EventBoard, RecordingSpec, prepare_events_dir
+from forecaster.recording import RecordingSpec, prepare_events_dir
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
 from forecaster.worker import WorkerSpec, worker_main

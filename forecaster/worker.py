@@ -30,9 +30,10 @@ from forecaster.channels import Flag, Outbox, start_child
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
 from forecaster.errors import ForecasterError
+from forecaster.event_board import EventNotes
 from forecaster.health import CameraField, Health
 from forecaster.protocol import Event, Message, Score, Status
-from forecaster.recording import EventNotes, RecordingSpec
+from forecaster.recording import RecordingSpec
 from forecaster.ring import FrameRing, RingStats
 
 #: a camera further behind than this many rings of frames is re-primed; a camera less far

@@ -18,19 +18,10 @@ import pytest
 from forecaster.client import Subscriber
 from forecaster.config import Config, RecordingConfig, parse_config
 from forecaster.errors import ConfigError
+from forecaster.event_board import BoardField, EventBoard, EventNotes, event_stem
 from forecaster.protocol import Event, decode, encode
-from forecaster.recording import (
-    BoardField,
-    EventBoard,
-    EventNotes,
-    NoRecorder,
-    Recorder,
-    Retention,
-    event_stem,
-    events_dir,
-    list_events,
-    open_recorder,
-)
+from forecaster.recording import NoRecorder, Recorder, events_dir, open_recorder
+from forecaster.retention import Retention, list_events
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, wait_for
 
