@@ -33,8 +33,9 @@ def event_stem(camera: str, start_seq: int, start_ts: float) -> str:
     return f"{camera}/{stamp}-{int(start_seq)}"
 
 
-
 class BoardField:
+    """The fields of a camera's row."""
+
     GEN = 0  # even: stable; odd: being written
     EVENT_ID = 1  # events started on this camera (0: none yet)
     START_SEQ = 2
