@@ -224,11 +224,17 @@ def test_event_board_notes_and_message_fields() -> None:
     assert isinstance(end, Event) and end.clip == start.clip
     entry = board.read(1)
     assert entry is not None and (entry.end_seq, entry.end_peak) == (52, 6.0)
-    assert board.read(0) == board.read(0) and board.read(0).event_id == 0  # type: ignore[union-attr]
+    untouched = board.read(0)
+    assert untouched is not None and untouched.event_id == 0
     board.rows[1, BoardField.GEN] += 1  # a writer killed mid-update: the row reads as torn
     assert board.read(1) is None
     board.repair(1)
     assert board.read(1) is not None
+    # a worker that died during an event: its successor ends it at the last frame fed
+    notes.note(Event(camera="a", seq=7, ts=5.0, state="start", peak_score=3.0))
+    EventNotes(["a", "b"], board).close_stale("a", 11)
+    entry = board.read(0)
+    assert entry is not None and (entry.event_id, entry.start_seq, entry.end_seq) == (1, 7, 11)
     # additive on the wire: the fields round-trip, and a v1 event without them still decodes
     assert decode(encode(end)) == end
     plain = Event(camera="b", seq=1, ts=2.0, state="start", peak_score=3.0)
