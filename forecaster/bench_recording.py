@@ -28,6 +28,7 @@ from forecaster.capture import Capture, CaptureSpec
 from forecaster.channels import Flag, Outbox, channel_address
 from forecaster.config import RecordingConfig
 from forecaster.event_board import BoardField, EventBoard
+from forecaster.health import CameraField
 from forecaster.recording import RecordingSpec
 from forecaster.ring import FrameRing
 from forecaster.synthetic import SyntheticScene
@@ -54,6 +55,7 @@ def _run_once(video: Path, mode: str, folder: Path, settings: RecordingConfig,
     notify = Outbox(channel_address(f"bench{mp.current_process().pid}", "none"))
     try:
         capture = Capture(spec, ring, notify, stop)
+        capture.health.set(0, CameraField.WORKER_SEQ, 1e15)  # no worker to wait for at the end
         capture.open()
         if mode == "event":  # an event open from the first frame to past the last
             board.write(0, {BoardField.START_SEQ: 0, BoardField.START_TS: time.time(),

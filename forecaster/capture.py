@@ -253,7 +253,12 @@ class Capture:
             self.source.close()
         self.ring.set_ended()
         self._signal()
-        self.recorder.close(self.stop)
+        self.recorder.close(self.stop, self._worker_caught_up)
+
+    def _worker_caught_up(self) -> bool:
+        """Has the worker scored every frame? (Asked while the recorder waits at the end.)"""
+        self.beat()
+        return self.health.get(self.spec.index, CameraField.WORKER_SEQ) >= self.ring.latest_seq
 
 
 def capture_main(

@@ -40,7 +40,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,7 +67,7 @@ SWEEP_EVERY_S = 60.0
 FREE_CHECK_S = 1.0
 #: seconds the capture process waits at the end of its stream for the worker to end an
 #: event still open
-END_WAIT_S = 3.0
+END_WAIT_S = 10.0
 #: frame rate of a clip whose source rate cannot be measured
 FALLBACK_FPS = 25.0
 FOURCC = "mp4v"
@@ -230,6 +230,12 @@ class ClipWriter:
         self._last_sweep = 0.0
         self._last_free_check = 0.0
 
+    def start(self) -> None:
+        """Start the thread now (it starts with the first clip otherwise): retention then
+        runs from the start, once a minute, events or not."""
+        with self._cond:
+            self._start()
+
     def _start(self) -> None:
         if self._thread is None and not self._closing:
             self._thread = threading.Thread(target=self._run, name=f"recorder:{self.folder.name}",
@@ -255,7 +261,7 @@ class ClipWriter:
                 self._frames_queued += 1
             self._queue.append(_Command(kind, clip, entry))
             self._cond.notify_all()
-        self._start()
+            self._start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish what is queued and stop the thread."""
@@ -269,6 +275,10 @@ class ClipWriter:
 
     def _run(self) -> None:
         writer: cv2.VideoWriter | None = None
+        try:
+            self._sweep()
+        except Exception:
+            log.exception("recording retention failed in %s", self.folder)
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -567,7 +577,7 @@ class Recorder:
 class FrameRecorder(Protocol):
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None: ...
 
-    def close(self, stop: Any = None) -> None: ...
+    def close(self, stop: Any = None, caught_up: Callable[[], bool] | None = None) -> None: ...
 
 
 class NoRecorder:
@@ -576,7 +586,7 @@ class NoRecorder:
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
         return
 
-    def close(self, stop: Any = None) -> None:
+    def close(self, stop: Any = None, caught_up: Callable[[], bool] | None = None) -> None:
         return
 
 
@@ -599,6 +609,7 @@ class CaptureRecorder:
         folder = Path(spec.folder)
         self.recorder = Recorder(camera, folder, spec.config, model=spec.model,
                                  retention=Retention.from_config(folder, spec.config))
+        self.recorder.writer.start()  # retention from the start, not only after an event
         entry = self.board.read(index)
         #: the board's event this process follows (events before it started are not its own)
         self.event_id = entry.event_id if entry is not None else 0
@@ -629,16 +640,17 @@ class CaptureRecorder:
             self.ended = True
             recorder.end(entry.end_seq, entry.end_ts, entry.end_peak)
 
-    def close(self, stop: Any = None) -> None:
-        """At the end of the stream: give the worker a moment to end an open event (not
-        when stopping), then finish the clip and wait for the writer."""
-        if self.recorder.clip is not None and not self.ended:
-            deadline = time.monotonic() + END_WAIT_S
-            while not self.ended and time.monotonic() < deadline:
-                if stop is not None and stop.is_set():
-                    break
-                self.poll()
-                time.sleep(0.02)
+    def close(self, stop: Any = None, caught_up: Callable[[], bool] | None = None) -> None:
+        """At the end of the stream (not when stopping): wait, at most ``END_WAIT_S``, until
+        the worker has scored every frame (``caught_up``) and ended an event still open, so
+        that events of the last frames are recorded too; then finish the clip and wait for
+        the writer."""
+        deadline = time.monotonic() + END_WAIT_S
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            self.poll()
+            if (caught_up is None or caught_up()) and (self.recorder.clip is None or self.ended):
+                break
+            time.sleep(0.02)
         self.recorder.close()
 
 
