@@ -286,6 +286,7 @@ def run_bench(
     scorer_mode: str = "auto",
     overload: bool = False,
     web: bool = False,
+    recording: bool = False,
 ) -> dict[str, Any]:
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.model.builders import SPECS
@@ -321,6 +322,10 @@ def run_bench(
         report["cameras"] = bench_cameras(cameras, seconds=camera_seconds)
     if soak_ticks:
         report["soak"] = bench_soak(soak_ticks)
+    if recording:
+        from forecaster.bench_recording import bench_recording
+
+        report["recording"] = bench_recording()
     report["memory"] = peak_rss_mb()
     return report
 
@@ -421,6 +426,10 @@ def format_report(report: dict[str, Any]) -> str:
                 f" (max {row['rss_max_mb']:.1f}), slope "
                 + (f"{slope:+.2f} MB per 100,000 ticks" if slope is not None else "n/a")
             )
+    if report.get("recording"):
+        from forecaster.bench_recording import format_recording
+
+        lines += ["", *format_recording(report["recording"])]
     memory = report["memory"]
     lines.append(
         f"peak RSS: bench process {memory['bench_process_mb']:.0f} MB, "

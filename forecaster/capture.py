@@ -22,6 +22,7 @@ from forecaster.errors import ForecasterError, SourceDisconnected, SourceError
 from forecaster.flow import MotionCue
 from forecaster.health import CameraField, Health
 from forecaster.preprocess import to_gray, to_gray_resized
+from forecaster.recording import RecordingSpec, open_recorder
 from forecaster.ring import FrameRing
 from forecaster.sources import FrameSource, open_source
 
@@ -42,6 +43,8 @@ class CaptureSpec:
     log_level: str = "info"
     #: rows of the frames the motion cue is computed on (the scorer's fused mode); None: no cue
     cue_height: int | None = None
+    #: event recordings (None: off)
+    recording: RecordingSpec | None = None
 
 
 class RateLimiter:
@@ -112,6 +115,7 @@ class Capture:
         self._down: str | None = None
         self._reconnected = False
         self.source: FrameSource = open_source(spec.source, loop=spec.loop)
+        self.recorder = open_recorder(spec.recording, spec.camera, spec.index)
 
     def beat(self) -> None:
         self.health.beat_capture(self.spec.index)
@@ -237,9 +241,10 @@ class Capture:
                 gray = to_gray(frame.image)  # once, for the model's size and the cue's
                 image = to_gray_resized(gray, spec.size)
                 cue = math.nan if self.cue is None else self.cue(gray)
-                self.ring.write(image, frame.ts, cue)
+                seq = self.ring.write(image, frame.ts, cue)
                 self.frames += 1
                 self._signal()
+                self.recorder.on_frame(frame.image, seq, frame.ts)
                 skipped = self.source.skipped
                 if skipped != self._skipped_seen:
                     self.ring.count_skipped(skipped - self._skipped_seen)
@@ -248,6 +253,12 @@ class Capture:
             self.source.close()
         self.ring.set_ended()
         self._signal()
+        self.recorder.close(self.stop, self._worker_caught_up)
+
+    def _worker_caught_up(self) -> bool:
+        """Has the worker scored every frame? (Asked while the recorder waits at the end.)"""
+        self.beat()
+        return self.health.get(self.spec.index, CameraField.WORKER_SEQ) >= self.ring.latest_seq
 
 
 def capture_main(

@@ -179,6 +179,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         fps=args.fps,
         chunk=args.chunk,
         force=args.force,
+        clips=args.clips,
     )
     for video in summary["videos"]:
         auc = "" if video["auc"] is None else f", AUC {video['auc']:.3f}"
@@ -242,6 +243,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scorer_mode=args.scorer_mode,
         overload=args.overload,
         web=args.web,
+        recording=args.recording,
     )
     print(format_report(report))
     if args.out:
@@ -372,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--realtime and the previews (default: 25)")
     replay.add_argument("--preview", action="store_true",
                         help="write an MP4 per video: actual | predicted | error heat map")
+    replay.add_argument("--clips", action="store_true",
+                        help="record each event as the daemon does (clip, snapshot, sidecar) "
+                        "into DIR/events, with the [recording] settings of --config; pre- and "
+                        "post-roll in frames at the source's rate (--fps for image folders)")
     replay.add_argument("--chunk", type=_positive_int, default=128, metavar="N",
                         help="frames per model call (default 128; scores do not depend on it)")
     replay.set_defaults(func=cmd_replay)
@@ -421,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the source at that rate and at twice it")
     bench.add_argument("--skip-archs", action="store_true",
                        help="skip the per-architecture step and window timings")
+    bench.add_argument("--recording", action="store_true",
+                       help="capture's cost per frame with event recording off, buffering the "
+                       "pre-roll, and writing a clip")
     bench.add_argument("--out", help="write the results as JSON here")
     bench.set_defaults(func=cmd_bench)
 

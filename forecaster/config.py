@@ -337,6 +337,34 @@ class WebConfig(_Section):
         return self
 
 
+class RecordingConfig(_Section):
+    """Event clips, snapshots and sidecars (see :mod:`forecaster.recording`)."""
+
+    #: record a clip, a snapshot and a sidecar of each anomaly event
+    enabled: bool = True
+    #: folder of the recordings; "" = $STATE_DIRECTORY/events under systemd, else ./events
+    dir: str = ""
+    #: seconds of video before the event's first frame
+    pre_s: Annotated[Float, Field(ge=0, le=60)] = 5.0
+    #: seconds of video after the event's last frame
+    post_s: Annotated[Float, Field(ge=0, le=60)] = 2.0
+    #: clips and snapshots are scaled down to at most this width (pixels)
+    max_width: Annotated[int, Field(ge=16, le=7680)] = 640
+    #: JPEG quality of the pre-roll frames and snapshots (1-100)
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
+    #: memory bound of each camera's pre-roll buffer (MB of JPEG frames)
+    preroll_max_mb: Annotated[Float, Field(gt=0, le=4096)] = 32.0
+    #: a clip is closed after this many seconds even if its event goes on
+    max_clip_s: Annotated[Float, Field(gt=0, le=86_400)] = 600.0
+    #: events older than this many days are deleted
+    max_age_days: Annotated[Float, Field(gt=0, le=36_500)] = 30.0
+    #: the recordings take at most this many MB; the oldest events go first
+    max_total_mb: Annotated[Float, Field(gt=0)] = 10_240.0
+    #: keep at least this many MB free on the recordings' file system (deleting the oldest
+    #: events; an event is not recorded when that is not enough)
+    min_free_mb: Annotated[Float, Field(ge=0)] = 1024.0
+
+
 class Config(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     capture: CaptureConfig = CaptureConfig()
@@ -347,6 +375,7 @@ class Config(_Section):
     service: ServiceConfig = ServiceConfig()
     metrics: MetricsConfig = MetricsConfig()
     web: WebConfig = WebConfig()
+    recording: RecordingConfig = RecordingConfig()
     cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1)
 
     @model_validator(mode="after")

@@ -118,6 +118,10 @@ class Event:
     ts: float
     state: Literal["start", "end"]
     peak_score: float
+    #: the event's recordings, paths relative to the recording folder (``[recording] dir``);
+    #: None when the daemon does not record
+    clip: str | None = None
+    snapshot: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,12 @@ def encode(msg: Message) -> list[bytes]:
             raise ProtocolError(f"field 'state' must be 'start' or 'end', got {msg.state!r}")
         header["state"] = msg.state
         header["peak_score"] = _enc_float("peak_score", msg.peak_score)
+        for name in ("clip", "snapshot"):
+            value = getattr(msg, name)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise ProtocolError(f"field {name!r} must be a string or None, got {value!r}")
+                header[name] = value
     else:
         header["fps"] = _enc_float("fps", msg.fps)
         header["frames_captured"] = _enc_int("frames_captured", msg.frames_captured)
@@ -319,12 +329,21 @@ def _dec_event(camera: str, h: Mapping[str, Any], payload: Buffer | None) -> Eve
     state = _field(h, kind, "state")
     if state not in EVENT_STATES:
         raise ProtocolError(f"event header field 'state' must be 'start' or 'end', got {state!r}")
+    paths = {}
+    for name in ("clip", "snapshot"):
+        value = h.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ProtocolError(f"event header field {name!r} must be a string or null, got "
+                                f"{value!r}")
+        paths[name] = value
     return Event(
         camera=camera,
         seq=_dec_int(h, kind, "seq"),
         ts=_dec_float(h, kind, "ts"),
         state=state,
         peak_score=_dec_float(h, kind, "peak_score"),
+        clip=paths["clip"],
+        snapshot=paths["snapshot"],
     )
 
 

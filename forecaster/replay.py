@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.config import Config, ScorerConfig
+from forecaster.config import Config, RecordingConfig, ScorerConfig
 from forecaster.engine import (
     LoadedModel,
     check_model,
@@ -44,14 +44,17 @@ from forecaster.engine import (
     prediction_to_uint8,
 )
 from forecaster.errors import DataError
+from forecaster.event_board import EventNotes
 from forecaster.flow import MotionCue
 from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.preview import PreviewWriter
 from forecaster.protocol import Event, Forecast, Message, Score, Status
+from forecaster.recording import Entry, Recorder
 from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed_chunk
 from forecaster.replay_inputs import ReplayVideo, camera_id, label_mismatch, plan
 from forecaster.replay_results import EpisodeRecord, VideoResult, plot_replay, summarize
+from forecaster.retention import MB, Retention
 from forecaster.scorer import cue_height
 from forecaster.scores_csv import ScoresWriter
 from forecaster.sources import SYNTHETIC_PREFIX, FrameSource, SyntheticSource, open_source
@@ -74,17 +77,19 @@ class ReplayOptions:
     progress: bool = True
     #: frames per second of sources that state none (image folders): pacing, previews
     fps: float | None = None
+    #: record each event into ``out/events`` (:mod:`forecaster.recording`) with these settings
+    clips: RecordingConfig | None = None
 
 
 def _frames(source: FrameSource, size: tuple[int, int], cue: MotionCue | None
-            ) -> Iterator[tuple[np.ndarray, float, float, int | None, tuple[int, int]]]:
-    """(gray frame at the model size, capture time, motion cue, label, the source frame's
-    height and width) until the end of the source; the cue as the capture process makes it
-    (NaN without ``cue``)."""
+            ) -> Iterator[tuple[np.ndarray, float, float, int | None, np.ndarray]]:
+    """(gray frame at the model size, capture time, motion cue, label, the source frame)
+    until the end of the source; the cue as the capture process makes it (NaN without
+    ``cue``)."""
     while (frame := source.read()) is not None:
         gray = to_gray(frame.image)  # once, for the model's size and the cue's
         value = math.nan if cue is None else cue(gray)
-        yield to_gray_resized(gray, size), frame.ts, value, frame.label, gray.shape
+        yield to_gray_resized(gray, size), frame.ts, value, frame.label, frame.image
 
 
 class Replayer:
@@ -131,12 +136,18 @@ class Replayer:
                 return int(video.labels[s]) if s < len(video.labels) else None
             return synthetic_labels[s] if s < len(synthetic_labels) else None
 
+        recorder: Recorder | None = None
+        notes: EventNotes | None = None
+        entries: list[Entry] = []
+
         def flush(count: int) -> None:
             nonlocal previous, open_episode
             first = seq - count
             seqs = range(first, seq)
             chunk_result = feed_chunk(engine, self.stepper, camera, frames[:count],
                                       seqs, stamps[:count], cues[:count])
+            if notes is not None:
+                chunk_result.messages = [notes.note(m) for m in chunk_result.messages]
             if chunk_result.reset:
                 result.state_resets += 1
             scores_by_seq: dict[int, list[Message]] = {}
@@ -155,6 +166,10 @@ class Replayer:
                         open_episode = None
                 if not isinstance(message, Forecast):
                     scores_by_seq.setdefault(message.seq, []).append(message)
+            if recorder is not None:
+                for i in range(count):
+                    recorder.add_scored(entries[i], scores_by_seq.get(first + i, []))
+                entries.clear()
             predictions = chunk_result.predictions
             if preview is not None:
                 scored = {m.seq: m for ms in scores_by_seq.values() for m in ms
@@ -185,15 +200,23 @@ class Replayer:
                 from forecaster.capture import RateLimiter
 
                 pacer = RateLimiter(fps)
+            if options.clips is not None:
+                folder = options.out / "events"
+                recorder = Recorder(camera, folder, options.clips, model=str(self.model.path),
+                                    fps=fps, retention=Retention(
+                                        folder, min_free_bytes=options.clips.min_free_mb * MB))
+                notes = EventNotes([camera])
             bar = tqdm(total=video.expected_frames, desc=video.name, unit="frame",
                        file=sys.stderr, disable=None if options.progress else True,
                        leave=False, mininterval=0.5)
             try:
                 pending = 0
-                for image, ts, value, label, shape in _frames(source, self.size, cue):
+                for image, ts, value, label, raw in _frames(source, self.size, cue):
                     if options.preview and preview is None:  # the source's aspect ratio
                         preview = PreviewWriter(options.out / f"{video.camera}.mp4", self.size,
-                                                fps, aspect=shape[1] / shape[0])
+                                                fps, aspect=raw.shape[1] / raw.shape[0])
+                    if recorder is not None:
+                        entries.append(recorder.encode(raw, seq, ts))
                     if pacer is not None:
                         wait = pacer.wait_time(time.monotonic())
                         if wait > 0:
@@ -220,6 +243,11 @@ class Replayer:
                 bar.close()
                 if preview is not None:
                     preview.close()
+                if recorder is not None:
+                    last = cam.last_seq
+                    if cam.scorer.anomaly and last is not None and cam.last_ts is not None:
+                        recorder.end(last, cam.last_ts, cam.scorer.peak_score)
+                    recorder.close()
             result.skipped = source.skipped
         result.seconds = time.perf_counter() - started
         result.frames = seq
@@ -238,7 +266,7 @@ class Replayer:
         if self.publisher is not None:
             end = engine.end_of_stream(camera)  # as the daemon: an open episode ends first
             if end is not None:
-                self.publisher.send(end)
+                self.publisher.send(end if notes is None else notes.note(end))
             self.publisher.send(Status(
                 camera=camera,
                 seq=seq - 1,
@@ -267,7 +295,8 @@ def earlier_results(folder: Path) -> list[Path]:
         cameras = [str(video["camera"]) for video in videos]
     except (OSError, ValueError, KeyError, TypeError):  # no summary, or not a replay's
         return files
-    return files + [folder / f"{camera}.mp4" for camera in cameras if camera_id(camera) == camera]
+    return files + [folder / f"{camera}.mp4" for camera in cameras if camera_id(camera) == camera
+                    ] + sorted((folder / "events").glob("*/*"))
 
 
 def replay_command(
@@ -286,8 +315,10 @@ def replay_command(
     progress: bool = True,
     publisher: Any = None,
     force: bool = False,
+    clips: bool = False,
 ) -> dict[str, Any]:
-    """Replay ``sources`` and write scores.csv, summary.json, timeline.png (and previews).
+    """Replay ``sources`` and write scores.csv, summary.json, timeline.png (and previews;
+    with ``clips`` each event's recordings under ``out/events``).
 
     ``out`` defaults to a fresh folder ``<cache>/replay/<date>-<time>``
     (:mod:`forecaster.outputs`); an ``out`` holding an earlier replay's results is refused
@@ -322,7 +353,8 @@ def replay_command(
     try:
         loaded = load(path)
         options = ReplayOptions(out=out_dir, scorer=cfg.scorer, chunk=chunk, realtime=realtime,
-                                preview=preview, progress=progress, fps=fps)
+                                preview=preview, progress=progress, fps=fps,
+                                clips=cfg.recording if clips else None)
         replayer = Replayer(loaded, options, publisher)
         with_labels = any(v.labels is not None for v in videos) or any(
             v.uri.lower().startswith(SYNTHETIC_PREFIX) for v in videos)

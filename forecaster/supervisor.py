@@ -45,8 +45,10 @@ from forecaster.errors import (
     UsageError,
     name_some,
 )
+from forecaster.event_board import EventBoard
 from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
+from forecaster.recording import RecordingSpec, prepare_events_dir
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
 from forecaster.worker import WorkerSpec, worker_main
@@ -251,7 +253,9 @@ class Supervisor:
             from forecaster.prometheus import MetricsServer
 
             self.metrics = MetricsServer(config.metrics.address, config.metrics.port, self)
-        feed_endpoint = self._web_feed(ring_names) if config.web.enabled else ""
+        recording = self._recording(str(model_path))
+        feed_endpoint = (self._web_feed(ring_names, recording.folder if recording else None)
+                         if config.web.enabled else "")
         self._worker_spec = WorkerSpec(
             cameras=tuple(ring_names),
             model_path=str(model_path),
@@ -262,6 +266,7 @@ class Supervisor:
             throttle_ms=config.worker.throttle_ms,
             log_level=config.log_level,
             feed_endpoint=feed_endpoint,
+            recording=recording,
         )
         self._capture_specs = [
             CaptureSpec(
@@ -276,6 +281,7 @@ class Supervisor:
                 reconnect_max_s=config.capture.reconnect_max_s,
                 log_level=config.log_level,
                 cue_height=cue_rows,
+                recording=recording,
             )
             for index, (camera, (_, name)) in enumerate(
                 zip(config.cameras, ring_names, strict=True)
@@ -291,8 +297,9 @@ class Supervisor:
         self._await_ready(startup_timeout_s(config))
         self.go.set()
 
-    def _web_feed(self, ring_names: list[tuple[str, str]]) -> str:
-        """Prepare the live page's process; return the worker's feed endpoint for it."""
+    def _web_feed(self, ring_names: list[tuple[str, str]], events: str | None) -> str:
+        """Prepare the live page's process (``events``: the recordings' folder, served
+        read-only); return the worker's feed endpoint for it."""
         import tempfile
 
         from forecaster.config import read_token
@@ -317,9 +324,17 @@ class Supervisor:
             cameras=tuple(ring_names), feed_endpoint=endpoint, address=web.address,
             port=web.port, threshold_on=self.config.scorer.threshold_on,
             threshold_off=self.config.scorer.threshold_off, image_fps=web.image_fps,
-            token=token, events_dir=None, log_level=self.config.log_level,
+            token=token, events_dir=events, log_level=self.config.log_level,
         )
         return endpoint
+    def _recording(self, model: str) -> RecordingSpec | None:
+        """The recording folder (created) and the event board; None when not recording."""
+        if not self.config.recording.enabled:
+            return None
+        folder = prepare_events_dir(self.config)
+        log.info("recording events to %s", folder)
+        board = EventBoard(len(self.config.cameras), self.ctx)
+        return RecordingSpec(self.config.recording, str(folder), board, model)
 
     def _await_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

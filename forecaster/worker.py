@@ -30,8 +30,10 @@ from forecaster.channels import Flag, Outbox, start_child
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
 from forecaster.errors import ForecasterError
+from forecaster.event_board import EventNotes
 from forecaster.health import CameraField, Health
 from forecaster.protocol import Event, Message, Score, Status
+from forecaster.recording import RecordingSpec
 from forecaster.ring import FrameRing, RingStats
 
 #: a camera further behind than this many rings of frames is re-primed; a camera less far
@@ -54,6 +56,8 @@ class WorkerSpec:
     log_level: str = "info"
     #: the live page's private feed (``ipc://``), "" = no page
     feed_endpoint: str = ""
+    #: event recordings (None: off): the board the captures read, the files' names
+    recording: RecordingSpec | None = None
 
 
 @dataclass(slots=True)
@@ -104,8 +108,10 @@ class Worker:
         throttle_s: float = 0.0,
         health: Health | None = None,
         model_name: str = "in use",
+        notes: EventNotes | None = None,
     ) -> None:
         self.engine = engine
+        self.notes = notes
         self.model_name = model_name
         self.feeds = feeds
         self.publisher = publisher
@@ -128,10 +134,14 @@ class Worker:
             if done >= 0:  # a previous worker process got this far: go on from there
                 cam.last_seq = done
                 feed.need = done + 1
+            if notes is not None:  # an event the previous worker left open ends here
+                notes.close_stale(feed.camera, done)
 
     # -- publishing -----------------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
+        if self.notes is not None:
+            message = self.notes.note(message)
         sent = self.publisher.send(message)
         self.health.count_message(message.kind, sent is not False)
 
@@ -421,6 +431,8 @@ def worker_main(
             throttle_s=spec.throttle_ms / 1000.0,
             health=health,
             model_name=spec.model_path,
+            notes=None if spec.recording is None else EventNotes(
+                [camera for camera, _ in spec.cameras], spec.recording.board),
         )
         # compile before declaring readiness, so the first frames are not late: one frame
         # (a tick) and several (a re-prime or catch-up) may take different compiled paths
