@@ -243,6 +243,7 @@ class Supervisor:
             publish=config.publish,
             scorer=config.scorer,
             throttle_ms=config.worker.throttle_ms,
+            batch_wait_ms=config.worker.batch_wait_ms,
             log_level=config.log_level,
         )
         self._capture_specs = [

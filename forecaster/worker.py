@@ -50,6 +50,7 @@ class WorkerSpec:
     scorer: ScorerConfig
     throttle_ms: float = 0.0
     log_level: str = "info"
+    batch_wait_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -84,6 +85,11 @@ class _Feed:
     #: seqs first..last of the frames waiting in ``frames`` (count = last - first + 1)
     first: int = 0
     last: int = -1
+    #: the last model call of this camera took several frames: its frames come faster than
+    #: one call per frame, so new frames are held until a chunk of them waits
+    hot: bool = False
+    #: monotonic time the frames now held started waiting (None: none held)
+    held_since: float | None = None
 
 
 class Worker:
@@ -100,8 +106,12 @@ class Worker:
         throttle_s: float = 0.0,
         health: Health | None = None,
         model_name: str = "in use",
+        batch_wait_s: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.batch_wait_s = batch_wait_s
+        #: earliest monotonic time a held camera's wait runs out (None: none held)
+        self._hold_until: float | None = None
         self.model_name = model_name
         self.feeds = feeds
         self.publisher = publisher
@@ -247,6 +257,7 @@ class Worker:
         """Bring every camera up to its newest frame; cameras that are simply one or
         more frames behind share one batched model call (per frame count)."""
         waiting = []
+        self._hold_until = None
         try:
             for feed in feeds:
                 if self._collect(feed):
@@ -277,6 +288,8 @@ class Worker:
         if latest < first:
             return False
         slots = feed.ring.slots
+        if self._hold(feed, latest - first + 1, stats.ended):
+            return False
         if latest - first + 1 > slots:
             # Further behind than the ring holds: the frames in between are gone. Skip to the
             # newest ones and go on with the state as it is: a reset would re-prime from a
@@ -294,6 +307,29 @@ class Worker:
             return False
         feed.first, feed.last = first, latest
         return True
+
+    def _hold(self, feed: _Feed, pending: int, ended: bool) -> bool:
+        """Whether to leave the camera's ``pending`` new frames in the ring for now.
+
+        A camera whose last model call took several frames gets frames faster than the
+        worker runs one call per frame; its frames are then run as chunks of at least half
+        the ring (one call costs much less than as many one-frame calls): they wait for
+        that many, at most ``batch_wait_s`` from the first one held. A camera fed slower
+        than that is never held (its frames run one call each, as they come).
+        """
+        wanted = max(2, feed.ring.slots // 2)
+        if self.batch_wait_s > 0 and feed.hot and pending < wanted and not ended:
+            now = time.monotonic()
+            if feed.held_since is None:
+                feed.held_since = now
+            until = feed.held_since + self.batch_wait_s
+            if now < until:
+                self._hold_until = until if self._hold_until is None else min(
+                    self._hold_until, until)
+                return True
+        feed.held_since = None
+        feed.hot = pending >= 2
+        return False
 
     # -- status ---------------------------------------------------------------------------
 
@@ -335,7 +371,10 @@ class Worker:
         while not self.stop.is_set():
             self.health.beat_worker()
             try:
-                self.notify.get(timeout=0.1)
+                timeout = 0.1
+                if self._hold_until is not None:  # a held camera's wait runs out sooner
+                    timeout = min(timeout, max(0.0, self._hold_until - time.monotonic()))
+                self.notify.get(timeout=timeout)
                 while True:
                     self.notify.get_nowait()
             except queue.Empty:
@@ -413,6 +452,7 @@ def worker_main(
             throttle_s=spec.throttle_ms / 1000.0,
             health=health,
             model_name=spec.model_path,
+            batch_wait_s=spec.batch_wait_ms / 1000.0,
         )
         # compile before declaring readiness, so the first frames are not late: one frame
         # (a tick) and several (a re-prime or catch-up) may take different compiled paths
