@@ -90,6 +90,10 @@ class _Feed:
     hot: bool = False
     #: monotonic time the frames now held started waiting (None: none held)
     held_since: float | None = None
+    #: frames per second coming in, as of the last model call of this camera, and when
+    #: that call's frames were read
+    rate: float = 0.0
+    read_at: float | None = None
 
 
 class Worker:
@@ -314,21 +318,26 @@ class Worker:
         A camera whose last model call took several frames gets frames faster than the
         worker runs one call per frame; its frames are then run as chunks of at least half
         the ring (one call costs much less than as many one-frame calls): they wait for
-        that many, at most ``batch_wait_s`` from the first one held. A camera fed slower
-        than that is never held (its frames run one call each, as they come).
+        that many, at most ``batch_wait_s`` from the first one held, as long as the
+        camera's rate can make up the chunk in that time. A camera fed slower than that is
+        never held (its frames run as they come).
         """
         wanted = max(2, feed.ring.slots // 2)
+        now = time.monotonic()
         if self.batch_wait_s > 0 and feed.hot and pending < wanted and not ended:
-            now = time.monotonic()
             if feed.held_since is None:
                 feed.held_since = now
             until = feed.held_since + self.batch_wait_s
-            if now < until:
+            # only while the frames come fast enough to make up the chunk in time
+            if now < until and pending + feed.rate * (until - now) >= wanted:
                 self._hold_until = until if self._hold_until is None else min(
                     self._hold_until, until)
                 return True
         feed.held_since = None
         feed.hot = pending >= 2
+        if feed.read_at is not None:
+            feed.rate = pending / max(now - feed.read_at, 1e-6)
+        feed.read_at = now
         return False
 
     # -- status ---------------------------------------------------------------------------
