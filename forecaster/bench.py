@@ -222,52 +222,29 @@ def bench_replay_engine(frames: np.ndarray, chunks: tuple[int, ...] = (1, 128)) 
     return results
 
 
-#: copies of the video one replay of the benchmark reads (its rate counts all but the first)
-REPLAY_COPIES = 4
-
-
-def _steady_rate(summary: dict[str, Any]) -> dict[str, Any]:
-    """The replay's frames and frames per second, from its ``summary.json``; with several
-    videos, ``steady_fps``: the rate of all but the first (which pays for compiling)."""
-    row: dict[str, Any] = {"frames": summary["total"]["frames"], "fps": summary["total"]["fps"]}
-    later = summary["videos"][1:]
-    seconds = sum(float(v["seconds"]) for v in later)
-    if later and seconds > 0:
-        row["steady_fps"] = sum(int(v["frames"]) for v in later) / seconds
-    return row
-
-
 def bench_replay(video: Path, max_frames: int | None = None) -> dict[str, Any]:
-    """Replay throughput on a real video: chunked (default; the video replayed
-    :data:`REPLAY_COPIES` times in one run, its rate after the first copy) against one call
-    per frame, end to end (``forecaster replay``, reading included), against just reading
-    it (decode + gray + resize to the model's size, measured before and after the replays
-    in the same run), and for the model + scoring alone on decoded frames."""
+    """Replay throughput on a real video: chunked (default) against one call per frame,
+    end to end (``forecaster replay``, reading included) and for the model + scoring alone
+    on decoded frames; and what reading (decode + resize) costs per frame."""
     from forecaster.model.artifact import bundled_model_path, read_card
 
     card = read_card(bundled_model_path())
-    size = (int(card.height), int(card.width))
-    frames, read_s = _decode(video, size, max_frames)
+    frames, read_s = _decode(video, (int(card.height), int(card.width)), max_frames)
     results: dict[str, Any] = {"video": str(video), "read_ms_per_frame": 1000.0 * read_s}
-    runs = (("chunked", [str(video)] * REPLAY_COPIES), ("per_frame", [str(video), "--chunk", "1"]))
-    for label, args in runs:
+    for label, extra in (("chunked", []), ("per_frame", ["--chunk", "1"])):
         with tempfile.TemporaryDirectory() as out:
-            proc = _run_cli(["replay", *args, "--out", out])
+            proc = _run_cli(["replay", str(video), "--out", out, *extra])
             if proc.returncode != 0:
                 results[label] = {"error": proc.stderr.strip().splitlines()[-1:]}
                 continue
             summary = json.loads((Path(out) / "summary.json").read_text())
-            results[label] = _steady_rate(summary)
-    _, read_after_s = _decode(video, size, max_frames)
-    decode_fps = 2.0 / (read_s + read_after_s)  # frames per second, both readings
-    results["decode_only"] = {"fps": decode_fps, "fps_before": 1.0 / read_s,
-                              "fps_after": 1.0 / read_after_s}
-    chunked = results.get("chunked", {})
-    if "steady_fps" in chunked:
-        results["replay_over_decode"] = chunked["steady_fps"] / decode_fps
-    if "fps" in chunked and "fps" in results.get("per_frame", {}):
-        results["chunked_over_per_frame"] = chunked["fps"] / results["per_frame"]["fps"]
+            results[label] = {"frames": summary["total"]["frames"], "fps": summary["total"]["fps"]}
+    if "fps" in results.get("chunked", {}) and "fps" in results.get("per_frame", {}):
+        results["chunked_over_per_frame"] = results["chunked"]["fps"] / results["per_frame"]["fps"]
     results["engine"] = bench_replay_engine(frames)
+    from forecaster.bench_replay import replay_against_decode
+
+    results["against_decode"] = replay_against_decode(video)
     return results
 
 
@@ -311,6 +288,7 @@ def run_bench(
     soak_ticks: int | None = None,
     scorer_mode: str = "auto",
     overload: bool = False,
+    web: bool = False,
 ) -> dict[str, Any]:
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.model.builders import SPECS
@@ -334,6 +312,10 @@ def run_bench(
         report["daemon"] = bench_daemon(daemon_rates, daemon_frames)
     if overload:
         report["overload"] = bench_overload(daemon_frames)
+    if web:
+        from forecaster.bench_web import bench_web
+
+        report["web"] = bench_web()
     if cameras:
         report["cameras"] = bench_cameras(cameras, seconds=camera_seconds)
     if soak_ticks:
@@ -379,13 +361,14 @@ def format_report(report: dict[str, Any]) -> str:
             + (f" ({replay['chunked_over_per_frame']:.1f}x)" if "chunked_over_per_frame" in replay else "")
             + f"; reading alone {replay['read_ms_per_frame']:.2f} ms/frame"
         )
-        decode = replay.get("decode_only")
-        if decode and "replay_over_decode" in replay:
+        against = replay.get("against_decode")
+        if against:
             lines.append(
-                f"replay after its first copy {chunked['steady_fps']:.0f} frames/s against "
-                f"decoding + gray + resize alone {decode['fps']:.0f} frames/s (before "
-                f"{decode['fps_before']:.0f}, after {decode['fps_after']:.0f}): "
-                f"{replay['replay_over_decode']:.2f}x"
+                f"replay against decoding + gray + resize alone ({against['rounds']} alternating "
+                f"rounds): {against['replay_fps_median']:.0f} against "
+                f"{against['decode_fps_median']:.0f} frames/s, ratio "
+                f"{against['ratio_median']:.2f} (per round "
+                + ", ".join(f"{r:.2f}" for r in against["ratios"]) + ")"
             )
         engine = replay.get("engine")
         if engine:
@@ -411,6 +394,10 @@ def format_report(report: dict[str, Any]) -> str:
             f"{twice['scored_per_s']:.0f} scored/s ({over['ratio']:.2f}x), dropped "
             f"{twice['dropped']}, resets {twice['state_resets']}"
         )
+    if report.get("web"):
+        from forecaster.bench_web import format_web
+
+        lines += format_web(report["web"])
     if report.get("cameras"):
         lines += [
             "",
