@@ -288,7 +288,6 @@ def run_bench(
     soak_ticks: int | None = None,
     scorer_mode: str = "auto",
     overload: bool = False,
-    web: bool = False,
 ) -> dict[str, Any]:
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.model.builders import SPECS
@@ -312,10 +311,6 @@ def run_bench(
         report["daemon"] = bench_daemon(daemon_rates, daemon_frames)
     if overload:
         report["overload"] = bench_overload(daemon_frames)
-    if web:
-        from forecaster.bench_web import bench_web
-
-        report["web"] = bench_web()
     if cameras:
         report["cameras"] = bench_cameras(cameras, seconds=camera_seconds)
     if soak_ticks:
@@ -394,10 +389,6 @@ def format_report(report: dict[str, Any]) -> str:
             f"{twice['scored_per_s']:.0f} scored/s ({over['ratio']:.2f}x), dropped "
             f"{twice['dropped']}, resets {twice['state_resets']}"
         )
-    if report.get("web"):
-        from forecaster.bench_web import format_web
-
-        lines += format_web(report["web"])
     if report.get("cameras"):
         lines += [
             "",
