@@ -114,7 +114,8 @@ class Worker:
     ) -> None:
         self.engine = engine
         self.batch_wait_s = batch_wait_s
-        #: earliest monotonic time a held camera's wait runs out (None: none held)
+        #: earliest monotonic time a held camera should have a chunk waiting, or its wait
+        #: run out (None: none held)
         self._hold_until: float | None = None
         self.model_name = model_name
         self.feeds = feeds
@@ -330,8 +331,9 @@ class Worker:
             until = feed.held_since + self.batch_wait_s
             # only while the frames come fast enough to make up the chunk in time
             if now < until and pending + feed.rate * (until - now) >= wanted:
-                self._hold_until = until if self._hold_until is None else min(
-                    self._hold_until, until)
+                ready = min(until, now + (wanted - pending) / feed.rate)
+                self._hold_until = ready if self._hold_until is None else min(
+                    self._hold_until, ready)
                 return True
         feed.held_since = None
         feed.hot = pending >= 2
@@ -380,10 +382,14 @@ class Worker:
         while not self.stop.is_set():
             self.health.beat_worker()
             try:
-                timeout = 0.1
-                if self._hold_until is not None:  # a held camera's wait runs out sooner
-                    timeout = min(timeout, max(0.0, self._hold_until - time.monotonic()))
-                self.notify.get(timeout=timeout)
+                if self._hold_until is not None:
+                    # frames are held: sleep until they should make up a chunk (or their
+                    # wait runs out) rather than wake up for each one
+                    left = self._hold_until - time.monotonic()
+                    if left > 0:
+                        self.stop.wait(left)
+                else:
+                    self.notify.get(timeout=0.1)
                 while True:
                     self.notify.get_nowait()
             except queue.Empty:
