@@ -213,7 +213,7 @@ class WorkerConfig(_Section):
     throttle_ms: Annotated[Float, Field(ge=0, le=10_000)] = 0.0
     #: a camera whose frames come faster than one model call each has its new frames held
     #: up to this many milliseconds, to run them as one chunk of half a ring; 0 = never held
-    batch_wait_ms: Annotated[Float, Field(ge=0, le=1000)] = 5.0
+    batch_wait_ms: Annotated[Float, Field(ge=0, le=1000)] = 0.0
 
 
 class ServiceConfig(_Section):
