@@ -242,6 +242,9 @@ def bench_replay(video: Path, max_frames: int | None = None) -> dict[str, Any]:
     if "fps" in results.get("chunked", {}) and "fps" in results.get("per_frame", {}):
         results["chunked_over_per_frame"] = results["chunked"]["fps"] / results["per_frame"]["fps"]
     results["engine"] = bench_replay_engine(frames)
+    from forecaster.bench_replay import replay_against_decode
+
+    results["against_decode"] = replay_against_decode(video)
     return results
 
 
@@ -371,6 +374,15 @@ def format_report(report: dict[str, Any]) -> str:
             + (f" ({replay['chunked_over_per_frame']:.1f}x)" if "chunked_over_per_frame" in replay else "")
             + f"; reading alone {replay['read_ms_per_frame']:.2f} ms/frame"
         )
+        against = replay.get("against_decode")
+        if against:
+            lines.append(
+                f"replay against decoding + gray + resize alone ({against['rounds']} alternating "
+                f"rounds): {against['replay_fps_median']:.0f} against "
+                f"{against['decode_fps_median']:.0f} frames/s, ratio "
+                f"{against['ratio_median']:.2f} (per round "
+                + ", ".join(f"{r:.2f}" for r in against["ratios"]) + ")"
+            )
         engine = replay.get("engine")
         if engine:
             lines.append(

@@ -229,6 +229,9 @@ class WorkerConfig(_Section):
     startup_per_camera_s: Annotated[Float, Field(ge=0, le=60)] = 1.0
     #: extra delay per tick in milliseconds, to emulate slow hardware (0 in production)
     throttle_ms: Annotated[Float, Field(ge=0, le=10_000)] = 0.0
+    #: a camera whose frames come faster than one model call each has its new frames held
+    #: up to this many milliseconds, to run them as one chunk of half a ring; 0 = never held
+    batch_wait_ms: Annotated[Float, Field(ge=0, le=1000)] = 0.0
 
 
 class ServiceConfig(_Section):

@@ -82,15 +82,24 @@ class MotionCue:
     def __call__(self, image: np.ndarray) -> float:
         """The cue of ``image`` (any size, gray or BGR uint8) against the previous frame; NaN
         for the first frame and after a change of the source's frame size."""
+        return self.measure(self.resize(image), (int(image.shape[0]), int(image.shape[1])))
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """``image`` at the size its cue is computed on (no state: a reader thread may call
+        it ahead of :meth:`measure`)."""
         from forecaster.preprocess import to_gray_resized
 
-        shape = (int(image.shape[0]), int(image.shape[1]))
-        if shape != self._source_shape:
-            self._source_shape = shape
-            self._energy = FlowEnergy(*cue_size(*shape, self.cue_height))
+        return to_gray_resized(image, cue_size(int(image.shape[0]), int(image.shape[1]),
+                                               self.cue_height))
+
+    def measure(self, small: np.ndarray, source_shape: tuple[int, int]) -> float:
+        """The cue of a frame of ``source_shape`` (height, width) given at the cue's size
+        (:meth:`resize`), against the previous frame: ``self(image)`` in two steps."""
+        if source_shape != self._source_shape:
+            self._source_shape = source_shape
+            self._energy = FlowEnergy(*cue_size(*source_shape, self.cue_height))
         assert self._energy is not None
-        pooler = self._energy.pooler
-        return self._energy(to_gray_resized(image, (pooler.height, pooler.width)))
+        return self._energy(small)
 
 
 def flow_scores(frames: np.ndarray, smoothing: float = SMOOTHING) -> np.ndarray:

@@ -17,18 +17,22 @@ the daemon runs, and writes what came out:
 
 Frames go to the engine in chunks (one model call per chunk); the recurrent state is
 carried between chunks, so every score equals the one the daemon computes frame by frame
-when it keeps up. Nothing is dropped. With ``realtime`` each frame is fed on its own,
-paced at the source's nominal rate.
+when it keeps up. Nothing is dropped. A reader thread decodes the video, converts it to
+gray and resizes it (to the model's size and the motion cue's) up to
+:data:`READ_AHEAD_FRAMES` frames ahead, while the main thread computes the cue, runs the
+model and scores. With ``realtime`` each frame is read and fed on its own, paced at the
+source's nominal rate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,7 @@ from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.preview import PreviewWriter
 from forecaster.protocol import Event, Forecast, Message, Score, Status
+from forecaster.read_ahead import ReadAhead
 from forecaster.recording import Entry, Recorder
 from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed_chunk
 from forecaster.replay_inputs import ReplayVideo, camera_id, label_mismatch, plan
@@ -81,15 +86,37 @@ class ReplayOptions:
     clips: RecordingConfig | None = None
 
 
-def _frames(source: FrameSource, size: tuple[int, int], cue: MotionCue | None
-            ) -> Iterator[tuple[np.ndarray, float, float, int | None, np.ndarray]]:
-    """(gray frame at the model size, capture time, motion cue, label, the source frame)
-    until the end of the source; the cue as the capture process makes it (NaN without
-    ``cue``)."""
+#: frames decoded ahead of the model by replay's reader thread
+READ_AHEAD_FRAMES = 64
+
+#: a frame as replay's reader makes it: gray at the model size, capture time, the frame at
+#: the motion cue's size (None: no cue), label, the source frame's height and width, the
+#: source frame itself (None unless it is recorded)
+_Read = tuple[np.ndarray, float, "np.ndarray | None", "int | None", tuple[int, int],
+              "np.ndarray | None"]
+_Frame = tuple[np.ndarray, float, float, "int | None", tuple[int, int], "np.ndarray | None"]
+
+
+def _read(source: FrameSource, size: tuple[int, int], cue: MotionCue | None,
+          keep: bool = False) -> Iterator[_Read]:
+    """The source's frames, decoded, converted to gray once and resized to the model's size
+    and the cue's (stateless: replay runs it in a thread, ahead of the rest); ``keep``: pass
+    the source frame on too (for event clips)."""
     while (frame := source.read()) is not None:
         gray = to_gray(frame.image)  # once, for the model's size and the cue's
-        value = math.nan if cue is None else cue(gray)
-        yield to_gray_resized(gray, size), frame.ts, value, frame.label, frame.image
+        small = None if cue is None else cue.resize(gray)
+        shape = (int(gray.shape[0]), int(gray.shape[1]))
+        yield (to_gray_resized(gray, size), frame.ts, small, frame.label, shape,
+               frame.image if keep else None)
+
+
+def _frames(reads: Iterable[_Read], cue: MotionCue | None) -> Iterator[_Frame]:
+    """(gray frame at the model size, capture time, motion cue, label, the source frame's
+    height and width, the source frame or None) until the end of the source; the cue as the
+    capture process makes it (NaN without ``cue``)."""
+    for image, ts, small, label, shape, raw in reads:
+        value = math.nan if cue is None or small is None else cue.measure(small, shape)
+        yield image, ts, value, label, shape, raw
 
 
 class Replayer:
@@ -193,7 +220,7 @@ class Replayer:
                 self._publish(messages)
 
         fps = FALLBACK_FPS
-        with source:
+        with source, contextlib.ExitStack() as stack:
             fps = source.nominal_fps or options.fps or FALLBACK_FPS
             pacer = None
             if options.realtime and not isinstance(source, SyntheticSource):
@@ -211,11 +238,18 @@ class Replayer:
                        leave=False, mininterval=0.5)
             try:
                 pending = 0
-                for image, ts, value, label, raw in _frames(source, self.size, cue):
+                reads: Iterable[_Read] = _read(source, self.size, cue,
+                                               keep=recorder is not None)
+                if not options.realtime:  # decode in a thread while the model runs
+                    # (source frames kept for clips: fewer of them ahead, bounded memory)
+                    depth = max(READ_AHEAD_FRAMES, chunk) if recorder is None else 8
+                    reads = stack.enter_context(ReadAhead(reads, depth=depth,
+                                                          name=f"read:{camera}"))
+                for image, ts, value, label, shape, raw in _frames(reads, cue):
                     if options.preview and preview is None:  # the source's aspect ratio
                         preview = PreviewWriter(options.out / f"{video.camera}.mp4", self.size,
-                                                fps, aspect=raw.shape[1] / raw.shape[0])
-                    if recorder is not None:
+                                                fps, aspect=shape[1] / shape[0])
+                    if recorder is not None and raw is not None:
                         entries.append(recorder.encode(raw, seq, ts))
                     if pacer is not None:
                         wait = pacer.wait_time(time.monotonic())

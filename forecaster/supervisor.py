@@ -264,6 +264,7 @@ class Supervisor:
             publish=config.publish,
             scorer=config.scorer,
             throttle_ms=config.worker.throttle_ms,
+            batch_wait_ms=config.worker.batch_wait_ms,
             log_level=config.log_level,
             feed_endpoint=feed_endpoint,
             recording=recording,

@@ -58,6 +58,7 @@ class WorkerSpec:
     feed_endpoint: str = ""
     #: event recordings (None: off): the board the captures read, the files' names
     recording: RecordingSpec | None = None
+    batch_wait_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -92,6 +93,15 @@ class _Feed:
     #: seqs first..last of the frames waiting in ``frames`` (count = last - first + 1)
     first: int = 0
     last: int = -1
+    #: the last model call of this camera took several frames: its frames come faster than
+    #: one call per frame, so new frames are held until a chunk of them waits
+    hot: bool = False
+    #: monotonic time the frames now held started waiting (None: none held)
+    held_since: float | None = None
+    #: frames per second coming in, as of the last model call of this camera, and when
+    #: that call's frames were read
+    rate: float = 0.0
+    read_at: float | None = None
 
 
 class Worker:
@@ -109,9 +119,14 @@ class Worker:
         health: Health | None = None,
         model_name: str = "in use",
         notes: EventNotes | None = None,
+        batch_wait_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.notes = notes
+        self.batch_wait_s = batch_wait_s
+        #: earliest monotonic time a held camera should have a chunk waiting, or its wait
+        #: run out (None: none held)
+        self._hold_until: float | None = None
         self.model_name = model_name
         self.feeds = feeds
         self.publisher = publisher
@@ -261,6 +276,7 @@ class Worker:
         """Bring every camera up to its newest frame; cameras that are simply one or
         more frames behind share one batched model call (per frame count)."""
         waiting = []
+        self._hold_until = None
         try:
             for feed in feeds:
                 if self._collect(feed):
@@ -291,6 +307,8 @@ class Worker:
         if latest < first:
             return False
         slots = feed.ring.slots
+        if self._hold(feed, latest - first + 1, stats.ended):
+            return False
         if latest - first + 1 > slots:
             # Further behind than the ring holds: the frames in between are gone. Skip to the
             # newest ones and go on with the state as it is: a reset would re-prime from a
@@ -308,6 +326,35 @@ class Worker:
             return False
         feed.first, feed.last = first, latest
         return True
+
+    def _hold(self, feed: _Feed, pending: int, ended: bool) -> bool:
+        """Whether to leave the camera's ``pending`` new frames in the ring for now.
+
+        A camera whose last model call took several frames gets frames faster than the
+        worker runs one call per frame; its frames are then run as chunks of at least half
+        the ring (one call costs much less than as many one-frame calls): they wait for
+        that many, at most ``batch_wait_s`` from the first one held, as long as the
+        camera's rate can make up the chunk in that time. A camera fed slower than that is
+        never held (its frames run as they come).
+        """
+        wanted = max(2, feed.ring.slots // 2)
+        now = time.monotonic()
+        if self.batch_wait_s > 0 and feed.hot and pending < wanted and not ended:
+            if feed.held_since is None:
+                feed.held_since = now
+            until = feed.held_since + self.batch_wait_s
+            # only while the frames come fast enough to make up the chunk in time
+            if now < until and pending + feed.rate * (until - now) >= wanted:
+                ready = min(until, now + (wanted - pending) / feed.rate)
+                self._hold_until = ready if self._hold_until is None else min(
+                    self._hold_until, ready)
+                return True
+        feed.held_since = None
+        feed.hot = pending >= 2
+        if feed.read_at is not None:
+            feed.rate = pending / max(now - feed.read_at, 1e-6)
+        feed.read_at = now
+        return False
 
     # -- status ---------------------------------------------------------------------------
 
@@ -349,7 +396,14 @@ class Worker:
         while not self.stop.is_set():
             self.health.beat_worker()
             try:
-                self.notify.get(timeout=0.1)
+                if self._hold_until is not None:
+                    # frames are held: sleep until they should make up a chunk (or their
+                    # wait runs out) rather than wake up for each one
+                    left = self._hold_until - time.monotonic()
+                    if left > 0:
+                        self.stop.wait(left)
+                else:
+                    self.notify.get(timeout=0.1)
                 while True:
                     self.notify.get_nowait()
             except queue.Empty:
@@ -433,6 +487,7 @@ def worker_main(
             model_name=spec.model_path,
             notes=None if spec.recording is None else EventNotes(
                 [camera for camera, _ in spec.cameras], spec.recording.board),
+            batch_wait_s=spec.batch_wait_ms / 1000.0,
         )
         # compile before declaring readiness, so the first frames are not late: one frame
         # (a tick) and several (a re-prime or catch-up) may take different compiled paths

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import time
 import uuid
 from pathlib import Path
 
@@ -282,3 +283,83 @@ def test_load_gives_the_engine_the_worker_and_replay_run() -> None:
     assert [m.seq for m in result.messages if isinstance(m, Score)] == [loaded.card.window]
     with pytest.raises(ModelError, match="expects"):
         load(bundled_model_path(), expect_size=(loaded.size[0] + 1, loaded.size[1]))
+
+
+class StepCounting(CountingStepper):
+    """The real stepper, counting the frames of each model call."""
+
+    def __init__(self, stepper) -> None:
+        super().__init__(stepper)
+        self.steps: list[int] = []
+
+    def run(self, frames, state):
+        self.steps.append(frames.shape[1])
+        return super().run(frames, state)
+
+
+def test_fast_camera_frames_held_into_one_chunk_score_as_tick_by_tick(
+        stepper, ring, tmp_path) -> None:
+    frames = scene_frames(24)
+    counting = StepCounting(stepper)
+    harness = Harness(counting, ring, tmp_path)
+    worker = harness.worker = Worker(harness.engine, [harness.feed], harness.publisher,
+                                     queue.Queue(), harness.stop, 60.0, batch_wait_s=60.0)
+
+    def write(*seqs: int) -> None:
+        for i in seqs:
+            ring.write(frames[i], float(i))
+
+    try:
+        write(*range(10))
+        worker.service(harness.feed)  # re-prime from the ring
+        write(10)
+        worker.service(harness.feed)  # one frame waiting: a call of its own
+        write(11, 12)
+        worker.service(harness.feed)  # two waiting: the camera is fast from now on
+        assert counting.steps == [10, 1, 2]
+        for i in range(13, 17):  # held while fewer than half a ring wait
+            write(i)
+            worker.service(harness.feed)
+        assert counting.steps == [10, 1, 2]
+        write(17)
+        worker.service(harness.feed)  # five waiting: one call
+        assert counting.steps == [10, 1, 2, 5]
+        # a frame held no longer than batch_wait_s (less once the camera's rate cannot
+        # make up the chunk in the time left): then it runs alone (and the camera is no
+        # longer taken for fast)
+        worker.batch_wait_s = 0.05
+        write(18)
+        began = time.monotonic()
+        worker.service(harness.feed)
+        assert counting.steps == [10, 1, 2, 5]  # held
+        while len(counting.steps) == 4 and time.monotonic() < began + 10:
+            worker.service(harness.feed)
+        assert time.monotonic() - began <= 0.05 + 5
+        write(19)
+        worker.service(harness.feed)
+        assert counting.steps == [10, 1, 2, 5, 1, 1]
+        # at the end of the stream nothing is held
+        write(20, 21)
+        worker.service(harness.feed)
+        write(22, 23)
+        ring.set_ended()
+        worker.service(harness.feed)
+        assert counting.steps == [10, 1, 2, 5, 1, 1, 2, 2]
+        messages = harness.drain()
+        forecasts = [m.seq for m in messages if isinstance(m, Forecast)]
+        assert forecasts == [9, 10, 12, 17, 18, 19, 21, 23]  # the newest frame of each call
+        # the scores equal those of one model call per frame
+        reference_engine = InferenceEngine(stepper, CALIBRATION, ScorerConfig(), window=10)
+        reference_engine.add_camera("ref")
+        reference_engine.process("ref", frames[:10], range(10), np.arange(10.0))
+        expected = []
+        for i in range(10, 24):
+            result = reference_engine.process("ref", frames[i : i + 1], [i], [float(i)])
+            expected += [m for m in result.messages if isinstance(m, Score)]
+        scores = [m for m in messages if isinstance(m, Score)]
+        assert [s.seq for s in scores] == [s.seq for s in expected] == list(range(10, 24))
+        for got, want in zip(scores, expected, strict=True):
+            assert got.mse == pytest.approx(want.mse, rel=1e-5, abs=1e-9)
+            assert got.score == pytest.approx(want.score, rel=1e-5, abs=1e-5)
+    finally:
+        harness.close()
