@@ -11,7 +11,8 @@ epoch each, as after any capture restart).
 
 The process reports ready once every camera has opened its source (a camera that is
 down starts disconnected and retries), so start-up costs one interpreter per group, not
-one per camera. A camera that fails (an error, or a bug) ends the process with that
+one per camera. The cameras read frames once the supervisor says go (every process
+ready); in a restarted process each camera starts as soon as its own source is open. A camera that fails (an error, or a bug) ends the process with that
 camera's exit code, for the supervisor to restart it within the restart budget; the
 process exits 0 once every camera's stream has ended.
 """
@@ -194,25 +195,19 @@ class CaptureProcess:
         return code
 
     def _run(self) -> int:
-        while not all(camera.opened.is_set() for camera in self.cameras):
-            if (failed := self._failed()) is not None:
-                self._report(failed)
-                return failed.code or 1
-            if not self._wait():
-                return 0
-        if (failed := self._failed()) is not None:
-            self._report(failed)
-            return failed.code or 1
-        self.control.put(("ready", self.group.role, 0, ""))
-        while not self.go.wait(POLL_S):
-            if self.stop.is_set():
-                return 0
-        self.started.set()
+        ready = False
         while True:
             if (failed := self._failed()) is not None:
                 self._report(failed)
                 return failed.code or 1
-            if all(camera.code == 0 for camera in self.cameras):
+            if not ready and all(camera.opened.is_set() for camera in self.cameras):
+                self.control.put(("ready", self.group.role, 0, ""))
+                ready = True
+            if not self.started.is_set() and self.go.is_set():
+                # at start-up go comes after every process is ready; after a restart it is
+                # set already, and each camera starts as soon as its own source is open
+                self.started.set()
+            if ready and all(camera.code == 0 for camera in self.cameras):
                 return 0  # every stream ended
             if not self._wait():
                 return 0
