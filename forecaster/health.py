@@ -154,7 +154,8 @@ class StallDetector:
     def __init__(self, cameras: list[str], stall_s: float) -> None:
         self.cameras = cameras
         self.stall_s = stall_s
-        self._seen = [-1.0] * len(cameras)
+        #: NaN equals no seq: the first check starts every camera's clock
+        self._seen = [math.nan] * len(cameras)
         self._since = [0.0] * len(cameras)
 
     def check(
