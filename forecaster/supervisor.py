@@ -170,6 +170,7 @@ class Supervisor:
         self.detector = StallDetector(self.camera_ids, service.stall_timeout_s)
         self.metrics: Any = None
         self._worker_spec: WorkerSpec | None = None
+        self._capture_specs: list[CaptureSpec] = []
         self._groups: list[CaptureGroup] = []
         self._signalled = False
         self._hangups = 0
@@ -204,7 +205,7 @@ class Supervisor:
     def _start_child(self, index: int) -> None:
         process = self._spawn(index)
         role = process.name
-        cameras = self._groups[index].indices if index != WORKER else ()
+        cameras = self._groups[index].indices if index >= 0 else ()  # not the worker
         self.children.append(Child(role, index, process, cameras, started=time.monotonic()))
         self.restarts.setdefault(role, 0)
 
@@ -247,7 +248,7 @@ class Supervisor:
             throttle_ms=config.worker.throttle_ms,
             log_level=config.log_level,
         )
-        specs = [
+        self._capture_specs = [
             CaptureSpec(
                 camera=camera.id,
                 index=index,
@@ -265,7 +266,9 @@ class Supervisor:
                 zip(config.cameras, ring_names, strict=True)
             )
         ]
-        self._groups = group_specs(specs, config.capture.cameras_per_process, config.log_level)
+        self._groups = group_specs(
+            self._capture_specs, config.capture.cameras_per_process, config.log_level
+        )
         self.systemd.status("starting: loading the model")
         # start() of a spawned process does not wait for it: all of them start at once
         self._start_child(WORKER)
