@@ -339,7 +339,9 @@ def format_cameras(rows: list[dict[str, Any]]) -> list[str]:
             f"{memory.get('capture_processes', 0):>10}"
             f"{memory.get('rss_mb', nan):>6.0f} MB{memory.get('pss_mb', nan):>6.0f} MB"
         )
-    measured = [row for row in rows if (row.get("memory") or {}).get("rss_mb")]
+    # rows whose daemon scored, with its memory taken (not one that kept restarting)
+    measured = [row for row in rows
+                if row["cameras_scoring"] and (row.get("memory") or {}).get("rss_mb")]
     if len(measured) > 1:
         low = min(measured, key=lambda row: row["cameras"])
         high = max(measured, key=lambda row: row["cameras"])
