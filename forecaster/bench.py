@@ -285,6 +285,7 @@ def run_bench(
     daemon_frames: int = 2000,
     cameras: list[int] | None = None,
     camera_seconds: float = 30.0,
+    cameras_per_process: int | None = None,
     soak_ticks: int | None = None,
     scorer_mode: str = "auto",
     overload: bool = False,
@@ -322,7 +323,8 @@ def run_bench(
 
         report["web"] = bench_web()
     if cameras:
-        report["cameras"] = bench_cameras(cameras, seconds=camera_seconds)
+        report["cameras"] = bench_cameras(cameras, seconds=camera_seconds,
+                                          per_process=cameras_per_process)
     if soak_ticks:
         report["soak"] = bench_soak(soak_ticks)
     if recording:
@@ -331,6 +333,42 @@ def run_bench(
         report["recording"] = bench_recording()
     report["memory"] = peak_rss_mb()
     return report
+
+
+def format_cameras(rows: list[dict[str, Any]]) -> list[str]:
+    """The many-cameras table, and the resident memory each camera adds."""
+    nan = float("nan")
+    lines = [
+        f"{'cameras':>8}{'start':>7}{'ms/cam-frame':>14}{'frames/call':>13}{'busy':>7}"
+        f"{'dropped':>9}{'slowest cam/s':>15}{'p99 worst':>11}{'p99 median':>12}"
+        f"{'captures':>10}{'RSS':>9}{'PSS':>9}",
+    ]
+    for row in rows:
+        memory = row.get("memory") or {}
+        lines.append(
+            f"{row['cameras']:>8}{row['startup_s'] or nan:>6.0f}s"
+            f"{row['model_ms_per_camera_frame'] or nan:>14.2f}"
+            f"{row['frames_per_call'] or nan:>13.1f}"
+            f"{100 * (row['worker_busy_fraction'] or 0):>6.0f}%"
+            f"{row['dropped_worker_behind']:>9.0f}{row['slowest_camera_scores_per_s']:>15.1f}"
+            f"{row['latency_p99_ms_worst_camera'] or nan:>9.1f}ms"
+            f"{row['latency_p99_ms_median_camera'] or nan:>10.1f}ms"
+            f"{memory.get('capture_processes', 0):>10}"
+            f"{memory.get('rss_mb', nan):>6.0f} MB{memory.get('pss_mb', nan):>6.0f} MB"
+        )
+    # rows whose daemon scored, with its memory taken (not one that kept restarting)
+    measured = [row for row in rows
+                if row["cameras_scoring"] and (row.get("memory") or {}).get("rss_mb")]
+    if len(measured) > 1:
+        low = min(measured, key=lambda row: row["cameras"])
+        high = max(measured, key=lambda row: row["cameras"])
+        if high["cameras"] > low["cameras"]:
+            extra = high["cameras"] - low["cameras"]
+            rss = (high["memory"]["rss_mb"] - low["memory"]["rss_mb"]) / extra
+            pss = (high["memory"]["pss_mb"] - low["memory"]["pss_mb"]) / extra
+            lines.append(f"resident memory per additional camera ({low['cameras']} -> "
+                         f"{high['cameras']} cameras): {rss:.1f} MB RSS, {pss:.1f} MB PSS")
+    return lines
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -412,20 +450,7 @@ def format_report(report: dict[str, Any]) -> str:
 
         lines += format_web(report["web"])
     if report.get("cameras"):
-        lines += [
-            "",
-            f"{'cameras':>8}{'ms/cam-frame':>14}{'frames/call':>13}{'busy':>7}{'dropped':>9}"
-            f"{'slowest cam/s':>15}{'p99 worst':>11}{'p99 median':>12}",
-        ]
-        for row in report["cameras"]:
-            lines.append(
-                f"{row['cameras']:>8}{row['model_ms_per_camera_frame'] or float('nan'):>14.2f}"
-                f"{row['frames_per_call'] or float('nan'):>13.1f}"
-                f"{100 * (row['worker_busy_fraction'] or 0):>6.0f}%"
-                f"{row['dropped_worker_behind']:>9.0f}{row['slowest_camera_scores_per_s']:>15.1f}"
-                f"{row['latency_p99_ms_worst_camera'] or float('nan'):>9.1f}ms"
-                f"{row['latency_p99_ms_median_camera'] or float('nan'):>10.1f}ms"
-            )
+        lines += ["", *format_cameras(report["cameras"])]
     soak = report.get("soak")
     if soak:
         lines += ["", f"soak: {soak['ticks_processed']:.0f} ticks at {soak['source_fps']:g} fps "

@@ -40,10 +40,12 @@ def _free_port() -> int:
 SCORER_MODE = {"mode": "auto"}
 
 
-def _config(endpoint: str, cameras: dict[str, str], metrics_port: int | None = None) -> str:
+def _config(endpoint: str, cameras: dict[str, str], metrics_port: int | None = None,
+            per_process: int | None = None) -> str:
     """The daemon config of a benchmark run: quiet logs, the publisher on ``endpoint`` with
     a deep send queue, a long start-up allowance, the benchmark's scorer mode, ``cameras``
-    (id -> source) and, with ``metrics_port``, the Prometheus endpoint."""
+    (id -> source), with ``metrics_port`` the Prometheus endpoint and with ``per_process``
+    ``capture.cameras_per_process``."""
     sections: dict[str, dict[str, Any]] = {
         "publish": {"sndhwm": 100000},
         "worker": {"startup_timeout_s": 600.0},
@@ -51,6 +53,8 @@ def _config(endpoint: str, cameras: dict[str, str], metrics_port: int | None = N
     }
     if metrics_port is not None:
         sections["metrics"] = {"enabled": True, "port": metrics_port}
+    if per_process is not None:
+        sections["capture"] = {"cameras_per_process": per_process}
     return config_text(endpoint, cameras.items(), sections, log_level="warning")
 
 
@@ -136,7 +140,7 @@ def _scrape(port: int) -> dict[str, float]:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -147,10 +151,13 @@ def _scrape(port: int) -> dict[str, float]:
     return totals
 
 
-def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -> list[dict[str, Any]]:
-    """Many cameras in one worker: each a 64x64 synthetic scene at ``fps``. Per count:
-    the model time per camera-frame (from the worker's inference histogram), frames the
-    worker had to skip, and each camera's capture-to-publish latency."""
+def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0,
+                  per_process: int | None = None) -> list[dict[str, Any]]:
+    """Many cameras in one worker: each a 64x64 synthetic scene at ``fps``, run by capture
+    processes of ``per_process`` cameras (None: the config's default). Per count: the time
+    from launch to the first score, the model time per camera-frame (from the worker's
+    inference histogram), frames the worker had to skip, each camera's capture-to-publish
+    latency, and the resident memory of the daemon's processes at the end."""
     from forecaster.client import Subscriber
     from forecaster.protocol import Score
 
@@ -164,7 +171,9 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -
                 f"&seed={index + 1}"
                 for index in range(count)
             }
-            config = _config(endpoint, sources, metrics_port)
+            config = _config(endpoint, sources, metrics_port, per_process)
+            launched = time.monotonic()
+            memory: dict[str, Any] = {}
             with (
                 Subscriber(endpoint, kinds=["score"], rcvhwm=0) as sub,
                 Daemon(Path(tmp), config) as daemon,
@@ -187,6 +196,8 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -
                         if time.monotonic() - started >= seconds:
                             break
                     final = _scrape(metrics_port) if proc.poll() is None else {}
+                    if proc.poll() is None:
+                        memory = daemon_memory(proc.pid)
                 finally:
                     daemon.stop(timeout=60)
         elapsed = time.monotonic() - started if started else 0.0
@@ -203,6 +214,8 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -
             {
                 "cameras": count,
                 "fps_per_camera": fps,
+                "cameras_per_process": per_process,
+                "startup_s": started - launched if started else None,
                 "seconds": elapsed,
                 "cameras_scoring": len(latencies),
                 "frames_processed": processed,
@@ -214,9 +227,45 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0) -
                 "slowest_camera_scores_per_s": min(rates) if rates else 0.0,
                 "latency_p99_ms_worst_camera": max(p99s) if p99s else None,
                 "latency_p99_ms_median_camera": float(np.median(p99s)) if p99s else None,
+                "memory": memory,
             }
         )
     return rows
+
+
+def _pss_mb(pid: int) -> float | None:
+    """Proportional set size of a process in MB (shared pages split among their users)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def daemon_memory(pid: int) -> dict[str, Any]:
+    """Resident memory of a running daemon: the supervisor ``pid`` and its children, summed
+    (RSS counts the pages processes share once per process, PSS splits them), and per role
+    (supervisor, worker, capture: all capture processes together)."""
+    roles = {pid: "supervisor"}
+    for child, name in _children(pid).items():
+        roles[child] = ("worker" if name == "fc-worker" else
+                        "capture" if name.startswith("fc-cap:") else "other")
+    result: dict[str, Any] = {
+        "rss_mb": 0.0, "pss_mb": 0.0, "processes": 0, "capture_processes": 0, "rss_by_role_mb": {},
+    }
+    for process, role in roles.items():
+        rss = _rss_mb(process)
+        if rss is None:
+            continue
+        result["rss_mb"] += rss
+        result["pss_mb"] += _pss_mb(process) or 0.0
+        result["processes"] += 1
+        result["capture_processes"] += role == "capture"
+        by_role = result["rss_by_role_mb"]
+        by_role[role] = by_role.get(role, 0.0) + rss
+    return result
 
 
 def _rss_mb(pid: int) -> float | None:

@@ -1,4 +1,5 @@
-"""Capture process: one per camera.
+"""The capture loop of one camera (a capture process runs several, one thread each: see
+:mod:`forecaster.capture_group`).
 
 Reads the camera's source, turns each frame into the model's gray size, writes it into
 the camera's shared-memory ring and notifies the worker. It never waits for the worker:
@@ -12,13 +13,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from forecaster.channels import Flag, Outbox, start_child
-from forecaster.errors import ForecasterError, SourceDisconnected, SourceError
+from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.flow import MotionCue
 from forecaster.health import CameraField, Health
 from forecaster.preprocess import to_gray, to_gray_resized
@@ -260,40 +259,3 @@ class Capture:
         self.beat()
         return self.health.get(self.spec.index, CameraField.WORKER_SEQ) >= self.ring.latest_seq
 
-
-def capture_main(
-    spec: CaptureSpec, wakeup: Outbox, control: Outbox, stop: Flag, go: Flag, health: Health
-) -> None:
-    """Entry point of a capture process (spawned, and restarted, by the supervisor).
-
-    Opens the source (reporting errors), reports ready, then waits for ``go`` (every
-    process ready) before reading frames.
-    """
-    start_child(f"fc-cap:{spec.camera}", stop, spec.log_level)
-    log = logging.getLogger(f"forecaster.capture.{spec.camera}")
-    role = f"capture:{spec.camera}"
-    ring: FrameRing | None = None
-    try:
-        ring = FrameRing.attach(spec.ring)
-        ring.set_writer(os.getpid())
-        capture = Capture(spec, ring, wakeup, stop, health)
-        capture.open()
-    except ForecasterError as error:
-        control.put(("error", role, error.exit_code, str(error)))
-        if ring is not None:
-            ring.close()
-        return
-    capture.beat()
-    control.put(("ready", role, 0, ""))
-    while not go.wait(0.1):
-        if stop.is_set():
-            ring.close()
-            return
-    try:
-        capture.run()
-    except ForecasterError as error:
-        log.error("%s", error)
-        control.put(("error", role, error.exit_code, str(error)))
-        raise SystemExit(error.exit_code) from None
-    finally:
-        ring.close()

@@ -239,6 +239,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         daemon_frames=args.daemon_frames,
         cameras=args.cameras or None,
         camera_seconds=args.camera_seconds,
+        cameras_per_process=args.cameras_per_process,
         soak_ticks=args.soak_ticks,
         scorer_mode=args.scorer_mode,
         overload=args.overload,
@@ -413,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run N synthetic cameras at 10 fps in one worker (repeatable)")
     bench.add_argument("--camera-seconds", type=_positive_float, default=30.0,
                        help="seconds measured per --cameras run")
+    bench.add_argument("--cameras-per-process", type=_positive_int, metavar="N",
+                       help="capture.cameras_per_process of the --cameras runs (default: the "
+                       "config's default)")
     bench.add_argument("--soak-ticks", type=_positive_int, metavar="N",
                        help="run the daemon for N frames and report the slope of its resident "
                             "memory (e.g. 100000)")

@@ -86,6 +86,8 @@ class CaptureConfig(_Section):
     ring_frames: Annotated[int, Field(ge=2, le=64)] = 10
     #: seconds between reconnection attempts of a live source grow up to this cap
     reconnect_max_s: Annotated[Float, Field(gt=0, le=3600)] = 30.0
+    #: cameras one capture process runs, one thread each (1 = a process per camera)
+    cameras_per_process: Annotated[int, Field(ge=1, le=256)] = 16
 
     @field_validator("size", mode="before")
     @classmethod

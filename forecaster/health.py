@@ -134,6 +134,8 @@ class Stall:
 
     role: str
     reason: str
+    #: index of the camera whose capture loop stalled; -1 for the worker
+    camera: int = -1
 
 
 class StallDetector:
@@ -141,7 +143,8 @@ class StallDetector:
 
     - the worker is stalled when its loop has not turned for ``stall_s``, or when frames
       have waited in a ring for ``stall_s`` while the worker fed none of that camera's;
-    - a capture process is stalled when its loop has not turned for ``stall_s``. A capture
+    - a camera's capture is stalled when its loop has not turned for ``stall_s`` (each
+      camera's loop beats on its own, also when a process runs several). A capture
       that waits for a disconnected camera keeps turning (it retries with backoff), so a
       camera that is legitimately down is not a stall: a restart would not bring it back.
 
@@ -151,7 +154,8 @@ class StallDetector:
     def __init__(self, cameras: list[str], stall_s: float) -> None:
         self.cameras = cameras
         self.stall_s = stall_s
-        self._seen = [-1.0] * len(cameras)
+        #: NaN equals no seq: the first check starts every camera's clock
+        self._seen = [math.nan] * len(cameras)
         self._since = [0.0] * len(cameras)
 
     def check(
@@ -180,9 +184,8 @@ class StallDetector:
             if captures_running[index]:
                 age = now - health.get(index, CameraField.CAPTURE_BEAT)
                 if age > self.stall_s:
-                    stalls.append(
-                        Stall(f"capture:{camera}", f"its loop has not turned for {age:.0f} s")
-                    )
+                    stalls.append(Stall(f"capture:{camera}",
+                                        f"its loop has not turned for {age:.0f} s", index))
         return stalls
 
 

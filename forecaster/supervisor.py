@@ -1,8 +1,9 @@
 """Supervisor: ``forecaster run``.
 
 Creates each camera's ring and the shared :class:`~forecaster.health.Health` block,
-spawns one capture process per camera, one worker for all of them and, with ``[web]``,
-the live page's process (spawn start method), waits until every child reports ready, tells systemd (``READY=1``), then watches
+spawns the capture processes (each runs up to ``capture.cameras_per_process`` cameras, see
+:mod:`forecaster.capture_group`), one worker for all cameras and, with ``[web]``, the live
+page's process (spawn start method), waits until every child reports ready, tells systemd (``READY=1``), then watches
 them until the streams end or SIGTERM/SIGINT asks it to stop:
 
 - a child that dies is restarted: rings and counters live here, so the worker re-primes
@@ -11,7 +12,8 @@ them until the streams end or SIGTERM/SIGINT asks it to stop:
   daemon exits 1, for systemd to restart the whole service;
 - a child whose loop stops advancing is stalled (see :class:`StallDetector`): the systemd
   watchdog pings stop, so systemd restarts the service; without a systemd watchdog the
-  supervisor kills and restarts the stalled child itself;
+  supervisor kills and restarts the stalled child itself (for a stalled camera, the
+  capture process that holds it);
 - SIGHUP is logged and otherwise ignored: the config is read at start only.
 
 It owns the rings and unlinks them on the way out.
@@ -33,7 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from forecaster.capture import CaptureSpec, capture_main
+from forecaster.capture import CaptureSpec
+from forecaster.capture_group import CaptureGroup, capture_group_main, group_specs
 from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
 from forecaster.engine import check_scorer, model_path
@@ -64,9 +67,11 @@ WEB = -2  # Child.index of the live page's process
 @dataclass(slots=True)
 class Child:
     role: str
-    #: camera index of a capture process, WORKER for the worker
+    #: group index of a capture process, WORKER for the worker
     index: int
     process: Any
+    #: indices of the cameras a capture process runs
+    cameras: tuple[int, ...] = ()
     ready: bool = False
     started: float = 0.0
     #: exited 0 after start-up: its stream ended
@@ -180,6 +185,7 @@ class Supervisor:
         self._web_spec: Any = None
         #: private runtime folder (0700) of the live page's feed socket
         self._web_dir: str | None = None
+        self._groups: list[CaptureGroup] = []
         self._signalled = False
         self._hangups = 0
 
@@ -207,12 +213,9 @@ class Supervisor:
 
             role, target, args = "web", web_main, (self._web_spec, self.control_out, self.stop)
         else:
-            spec = self._capture_specs[index]
-            role, target = f"capture:{spec.camera}", capture_main
-            args = (
-                spec, Outbox(self.wakeup_address), self.control_out, self.stop, self.go,
-                self.health,
-            )
+            group = self._groups[index]
+            role, target = group.role, capture_group_main
+            args = (group, self.wakeup_address, self.control_out, self.stop, self.go, self.health)
         process = self.ctx.Process(name=role, target=target, args=args)
         process.start()
         return process
@@ -220,7 +223,8 @@ class Supervisor:
     def _start_child(self, index: int) -> None:
         process = self._spawn(index)
         role = process.name
-        self.children.append(Child(role, index, process, started=time.monotonic()))
+        cameras = self._groups[index].indices if index >= 0 else ()  # not the worker
+        self.children.append(Child(role, index, process, cameras, started=time.monotonic()))
         self.restarts.setdefault(role, 0)
 
     def start(self) -> None:
@@ -288,10 +292,13 @@ class Supervisor:
                 zip(config.cameras, ring_names, strict=True)
             )
         ]
+        self._groups = group_specs(
+            self._capture_specs, config.capture.cameras_per_process, config.log_level
+        )
         self.systemd.status("starting: loading the model")
         # start() of a spawned process does not wait for it: all of them start at once
         self._start_child(WORKER)
-        for index in range(len(config.cameras)):
+        for index in range(len(self._groups)):
             self._start_child(index)
         if self._web_spec is not None:
             self._start_child(WEB)
@@ -515,17 +522,22 @@ class Supervisor:
         child.killed_because = ""
         self.restarts[child.role] = self.restarts.get(child.role, 0) + 1
 
+    def _holders(self) -> list[Child]:
+        """The capture process of each camera, in camera order."""
+        holder = {camera: child for child in self.children for camera in child.cameras}
+        return [holder[camera] for camera in range(len(self.camera_ids))]
+
     def _running(self, child: Child) -> bool:
         return child.ready and not child.finished and child.process.exitcode is None
 
     def _check_health(self) -> None:
         worker = self.children[0]
-        captures = [child for child in self.children[1:] if child.index >= 0]
+        holders = self._holders()
         stalls = self.detector.check(
             self.health,
             [ring.latest_seq for ring in self.rings],
             self._running(worker),
-            [self._running(child) for child in captures],
+            [self._running(child) for child in holders],
         )
         healthy = not stalls
         if not healthy and self.healthy:
@@ -541,9 +553,12 @@ class Supervisor:
         if stalls and self.systemd.ping_interval_s is None:
             # nobody else will act: kill the stalled child, the next turn restarts it
             for stall in stalls:
-                child = self._child(stall.role)
+                child = self._child(stall.role) if stall.camera < 0 else holders[stall.camera]
                 if child is not None and not child.killed_because:
-                    child.killed_because = f"stalled ({stall.reason})"
+                    reason = stall.reason
+                    if child.role != stall.role:  # one camera of several
+                        reason = f"camera {self.camera_ids[stall.camera]}: {reason}"
+                    child.killed_because = f"stalled ({reason})"
                     child.process.kill()
 
     # -- stopping -------------------------------------------------------------------------

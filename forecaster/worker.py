@@ -279,6 +279,9 @@ class Worker:
         self._hold_until = None
         try:
             for feed in feeds:
+                # progress for the watchdog: a turn that re-primes many cameras (all of
+                # them at start-up) can take longer than the stall timeout on a busy box
+                self.health.beat_worker()
                 if self._collect(feed):
                     waiting.append(feed)
             if waiting:

@@ -294,11 +294,12 @@ def test_many_cameras_with_missing_files_one_short_line(tmp_path: Path) -> None:
 
 def test_many_cameras_not_ready_in_time_one_short_line(tmp_path: Path) -> None:
     cameras = [(f"cam{i:02d}", "synthetic:") for i in range(12)]
-    extra = "[worker]\nstartup_timeout_s = 0.2\nstartup_per_camera_s = 0.0"
+    extra = ("[capture]\ncameras_per_process = 2\n"
+             "[worker]\nstartup_timeout_s = 0.2\nstartup_per_camera_s = 0.0")
     config = write_config(tmp_path / "c.toml", f"tcp://127.0.0.1:{free_port()}", cameras, extra)
     result = run_cli(["run", "--config", str(config)], tmp_path)
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if "not ready after" in line]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "worker, capture:cam00, capture:cam01 and 10 more not ready after 0.2 s" in lines[0]
+    assert "worker, capture:0-1, capture:2-3 and 4 more not ready after 0.2 s" in lines[0]
     assert len(lines[0]) < 300, lines[0]

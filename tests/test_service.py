@@ -142,6 +142,22 @@ def test_stall_rule() -> None:
     assert check([30, 10], worker=False, captures=(True, False)) == []
 
 
+def test_stall_rule_starts_its_clock_at_the_first_check() -> None:
+    """Frames already waiting when the worker is first judged (it has fed none yet) get
+    the whole stall_s from then, however long the machine has been up."""
+    health = Health(1)
+    detector = StallDetector(["a"], stall_s=5.0)
+    now = 10_000.0
+    health.values[DaemonField.WORKER_BEAT] = now
+    health.set(0, CameraField.CAPTURE_BEAT, now)
+    assert detector.check(health, [3], True, [True], now=now) == []
+    assert detector.check(health, [8], True, [True], now=now + 4) == []
+    health.values[DaemonField.WORKER_BEAT] = now + 6
+    health.set(0, CameraField.CAPTURE_BEAT, now + 6)
+    stalls = detector.check(health, [9], True, [True], now=now + 6)
+    assert [s.role for s in stalls] == ["worker"] and "waited 6 s" in stalls[0].reason
+
+
 def _unit_text(name: str) -> str:
     return (ROOT / "systemd" / name).read_text()
 
