@@ -219,6 +219,9 @@ class Worker:
             )
             self.health.observe_inference(time.perf_counter() - began)
             for feed, result in zip(group, results, strict=True):
+                if feed.awaiting:  # a re-prime (its state was reset before the call)
+                    self._primed(feed, result)
+                    continue
                 if result.non_finite:
                     self.log.warning("camera %s: non-finite model output; re-priming", feed.camera)
                     self._prime(feed, feed.ring.stats())
@@ -227,7 +230,14 @@ class Worker:
                 self._publish(feed, result)
 
     def _prime(self, feed: _Feed, stats: RingStats) -> None:
-        """Reset the camera's state and rebuild it from the frames in the ring.
+        """Reset the camera's state and rebuild it from the frames in the ring, now."""
+        if self._prime_read(feed, stats):
+            self._primed(feed, self._process(feed, feed.first, feed.last))
+
+    def _prime_read(self, feed: _Feed, stats: RingStats) -> bool:
+        """Reset the camera's state and read the frames to rebuild it from into its buffer
+        (True: they wait in ``feed.first..feed.last`` for a model call, which
+        :meth:`_primed` completes; cameras re-primed in one turn share that call).
 
         Only frames of the ring's current epoch are used; when there is none yet (a
         camera just reconnected), the state stays reset until the first ones arrive.
@@ -245,27 +255,32 @@ class Worker:
             latest = ring.latest_seq
             first = max(0, latest - ring.slots + 1, floor)
             if latest < max(first, feed.need):
-                return  # nothing new of this epoch yet
+                return False  # nothing new of this epoch yet
             if ring.read(first, latest, feed.frames, feed.stamps, feed.cues):
                 break
         else:
             self.log.warning("camera %s: ring overwritten while re-priming", feed.camera)
-            return
+            return False
         if cam.last_seq is not None:
             feed.dropped += max(0, first - cam.last_seq - 1)
-        result = self._process(feed, first, latest)
+        feed.first, feed.last = first, latest
+        return True
+
+    def _primed(self, feed: _Feed, result: StepResult) -> None:
+        """Complete a re-prime with the result of its model call."""
+        cam = self.engine.cameras[feed.camera]
         if result.non_finite:
             if not feed.non_finite_logged:
                 self.log.error("camera %s: model output not finite after re-prime; "
                                "waiting for new frames", feed.camera)
                 feed.non_finite_logged = True
             self.engine.reset(feed.camera)
-            cam.last_seq = latest
-            feed.floor = latest + 1
+            cam.last_seq = feed.last
+            feed.floor = feed.last + 1
             return
         feed.awaiting = False
         feed.non_finite_logged = False
-        feed.processed += latest - first + 1
+        feed.processed += feed.last - feed.first + 1
         self._publish(feed, result)
 
     def service(self, feed: _Feed) -> None:
@@ -273,8 +288,9 @@ class Worker:
         self.service_all([feed])
 
     def service_all(self, feeds: list[_Feed]) -> None:
-        """Bring every camera up to its newest frame; cameras that are simply one or
-        more frames behind share one batched model call (per frame count)."""
+        """Bring every camera up to its newest frame; cameras that are one or more frames
+        behind, or re-primed from their rings (all of them at start-up), share one batched
+        model call per frame count."""
         waiting = []
         self._hold_until = None
         try:
@@ -291,8 +307,8 @@ class Worker:
                 self._sync(feed)
 
     def _collect(self, feed: _Feed) -> bool:
-        """Read the camera's new frames into its buffer (True), or re-prime it / do
-        nothing when there is nothing to batch (False)."""
+        """Read the camera's new frames, or the frames to re-prime it from, into its buffer
+        (True: they wait for the turn's batched model call), or nothing (False)."""
         stats = feed.ring.stats()
         latest = stats.latest_seq
         cam = self.engine.cameras[feed.camera]
@@ -304,8 +320,7 @@ class Worker:
             or cam.last_seq is None
             or cam.state is None
         ):
-            self._prime(feed, stats)
-            return False
+            return self._prime_read(feed, stats)  # re-primes of one turn share a call
         first = cam.last_seq + 1
         if latest < first:
             return False
@@ -318,15 +333,13 @@ class Worker:
             # whole ring of frames, none of them scored, and fall further behind under load.
             # Only after a long gap is the old state worth less than a re-prime.
             if latest - first + 1 > WARM_GAP_RINGS * slots:
-                self._prime(feed, stats)
-                return False
+                return self._prime_read(feed, stats)
             skip_to = latest - max(1, slots // 2) + 1
             feed.dropped += skip_to - first
             self.engine.skip(feed.camera)
             first = skip_to
         if not feed.ring.read(first, latest, feed.frames, feed.stamps, feed.cues):
-            self._prime(feed, stats)
-            return False
+            return self._prime_read(feed, stats)
         feed.first, feed.last = first, latest
         return True
 

@@ -34,6 +34,8 @@ def write_config(path: Path, endpoint: str, cameras: list[tuple[str, str]], extr
     lines = [
         'log_level = "info"',
         extra,
+        # no live page: daemons of tests would share its port (tests/test_web*.py turn it on)
+        "" if "[web]" in extra else "[web]\nenabled = false",
         "[publish]",
         f'endpoint = "{endpoint}"',
         "status_interval_s = 0.5",
