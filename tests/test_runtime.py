@@ -159,3 +159,27 @@ def test_bench_times_both_runtimes_on_the_same_weights(lean: LoadedModel) -> Non
         assert row["litert"]["max_difference"] <= TOLERANCE
     text = "\n".join(format_runtimes(report))
     assert "litert" in text and "tensorflow" in text
+
+
+def test_auto_serves_each_batch_size_on_the_runtime_that_stepped_it_faster(
+    lean: LoadedModel,
+) -> None:
+    """With ``model.runtime = "auto"`` each batch size, once checked, runs on whichever
+    runtime its timing rounds found faster; either way the ticks equal TensorFlow's."""
+    explicit = lean.runner
+    assert isinstance(explicit, LeanStepper) and explicit.tick is not None
+    runner = LeanStepper(explicit.stepper, explicit.tick, fastest=True)
+    rng = np.random.default_rng(3)
+    for batch in (1, 8):
+        lean_ms, tensorflow_ms = runner.timings(batch, rounds=3)
+        assert lean_ms > 0 and tensorflow_ms > 0
+        served = runner.lean_ticks
+        ours = theirs = runner.initial_state(batch)
+        for _ in range(3):
+            frames = rng.random((batch, 1, runner.height, runner.width, 1), dtype=np.float32)
+            prediction, ours = runner.run(frames, ours)
+            expected, theirs = runner.stepper.run(frames, theirs)
+            assert _max_difference([prediction, *ours], [expected, *theirs]) <= TOLERANCE
+        assert batch in runner._checked
+        on_tensorflow = batch in runner._slower
+        assert runner.lean_ticks == served + (0 if on_tensorflow else 3)

@@ -33,6 +33,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,8 @@ LEAN = {"litert": ("ai_edge_litert", "ai-edge-litert", "LiteRT")}
 TOLERANCE = 1e-5
 #: ticks, state carried, compared against TensorFlow per batch size before serving it
 CHECK_TICKS = 3
+#: alternating rounds timing both runtimes per batch size, when the fastest one is wanted
+SPEED_ROUNDS = 7
 #: environment variable naming the folder of converted models
 CACHE_ENV = "FORECASTER_RUNTIME_CACHE"
 
@@ -200,9 +203,14 @@ class LeanStepper:
     runtime (each batch size checked against TensorFlow before it is served); chunks,
     and every tick after a failed check, run on the stepper itself."""
 
-    def __init__(self, stepper: Stepper, tick: LiteRTTick) -> None:
+    def __init__(self, stepper: Stepper, tick: LiteRTTick, *, fastest: bool = False) -> None:
         self.stepper = stepper
         self.tick: LiteRTTick | None = tick
+        #: serve each batch size on whichever runtime steps it faster (``model.runtime =
+        #: "auto"``), timed once per batch size after its check; else the lean one always
+        self.fastest = fastest
+        #: batch sizes TensorFlow steps faster: they stay there
+        self._slower: set[int] = set()
         self.height = stepper.height
         self.width = stepper.width
         self.state_shapes = list(stepper.state_shapes)
@@ -239,7 +247,7 @@ class LeanStepper:
         if self.tick is None or not self._fits(frames, state):
             return self.stepper.run(frames, state)
         batch = frames.shape[0]
-        if batch not in self._checked and not self.check(batch):
+        if (batch not in self._checked and not self.check(batch)) or batch in self._slower:
             return self.stepper.run(frames, state)
         outputs = self.tick(np.ascontiguousarray(frames),
                             [np.ascontiguousarray(array) for array in state])
@@ -289,7 +297,33 @@ class LeanStepper:
         self._checked.add(batch)
         log.debug("model.runtime: %s matches TensorFlow at batch %d (max difference %.3g)",
                   name, batch, worst)
+        if self.fastest:
+            ours, theirs = self.timings(batch)
+            if theirs < ours:
+                self._slower.add(batch)
+            log.info("model.runtime auto: one-frame steps of %d camera(s) on %s (%.2f ms "
+                     "against %.2f ms on %s)", batch,
+                     "TensorFlow" if theirs < ours else name, min(ours, theirs),
+                     max(ours, theirs), name if theirs < ours else "TensorFlow")
         return True
+
+    def timings(self, batch: int, rounds: int = SPEED_ROUNDS) -> tuple[float, float]:
+        """Median ms per one-frame call at ``batch``: (lean runtime, TensorFlow), timed in
+        alternating rounds on the same frames and state."""
+        assert self.tick is not None
+        frames = np.random.default_rng(batch).random(
+            (batch, 1, self.height, self.width, 1), dtype=np.float32)
+        state = self.initial_state(batch)
+        ours: list[float] = []
+        theirs: list[float] = []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            self.tick(frames, state)
+            ours.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            self.stepper.run(frames, state)
+            theirs.append(time.perf_counter() - began)
+        return float(np.median(ours)) * 1e3, float(np.median(theirs)) * 1e3
 
 
 def lean_runner(runner: Runner, model_file: Path, runtime: str, device: str) -> Runner:
@@ -338,7 +372,7 @@ def lean_runner(runner: Runner, model_file: Path, runtime: str, device: str) -> 
                 with tempfile.TemporaryDirectory(prefix="forecaster-") as folder:
                     tick = LiteRTTick(export_litert(runner.tick_model,
                                                     Path(folder) / "tick.tflite"))
-        lean = LeanStepper(runner, tick)
+        lean = LeanStepper(runner, tick, fastest=runtime == "auto")
     except Exception as error:  # conversion or loading failed: TensorFlow serves
         log.warning("model.runtime: %s unusable (%s: %s); running on TensorFlow",
                     label, type(error).__name__, _first_line(error))
