@@ -12,16 +12,15 @@ process derives the same way.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from multiprocessing.context import BaseContext
-from typing import Any
 
 import numpy as np
 
+from forecaster.health import SharedDoubles
 from forecaster.protocol import Event, Message, Score
 
 
@@ -64,7 +63,7 @@ class BoardEntry:
     end_peak: float
 
 
-class EventBoard:
+class EventBoard(SharedDoubles):
     """Each camera's current event, in shared memory: written by the worker only, read by
     the camera's capture process once per frame.
 
@@ -74,27 +73,14 @@ class EventBoard:
     """
 
     def __init__(self, cameras: int, ctx: BaseContext | None = None) -> None:
-        size = cameras * BOARD_FIELDS
-        self.cameras = cameras
-        self._raw: Any = ctx.RawArray("d", size) if ctx is not None else (ctypes.c_double * size)()
-        self._view: np.ndarray | None = None
+        super().__init__(cameras, cameras * BOARD_FIELDS, ctx)
         for index in range(cameras):
             self.rows[index, BoardField.END_SEQ] = -1.0
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"cameras": self.cameras, "_raw": self._raw}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.cameras = state["cameras"]
-        self._raw = state["_raw"]
-        self._view = None
-
     @property
     def rows(self) -> np.ndarray:
-        if self._view is None:
-            self._view = np.frombuffer(self._raw, dtype=np.float64).reshape(
-                self.cameras, BOARD_FIELDS)
-        return self._view
+        """One row of :class:`BoardField` values per camera (a view of the shared block)."""
+        return self.values.reshape(self.cameras, BOARD_FIELDS)
 
     def read(self, camera: int, tries: int = 3) -> BoardEntry | None:
         """The camera's row, or None when it was being written (``tries`` times)."""

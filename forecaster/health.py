@@ -58,17 +58,18 @@ class CameraField(IntEnum):
 CAMERA_FIELDS = len(CameraField)
 
 
-class Health:
-    """The shared block. Create in the supervisor with a context, pass to children."""
+class SharedDoubles:
+    """A lock-free block of float64 values in shared memory, sized by a camera count.
 
-    def __init__(self, cameras: int, ctx: BaseContext | None = None) -> None:
-        size = GLOBAL_FIELDS + cameras * CAMERA_FIELDS
+    Create it in the supervisor with a multiprocessing context and pass it to children
+    (it pickles as the shared array; each process makes its own numpy view); without a
+    context it is private to this process (tests).
+    """
+
+    def __init__(self, cameras: int, size: int, ctx: BaseContext | None = None) -> None:
         self.cameras = cameras
         self._raw: Any = ctx.RawArray("d", size) if ctx is not None else (ctypes.c_double * size)()
         self._view: np.ndarray | None = None
-        for index in range(cameras):
-            self.set(index, CameraField.WORKER_SEQ, -1.0)
-            self.set(index, CameraField.LAST_SCORE, math.nan)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"cameras": self.cameras, "_raw": self._raw}
@@ -83,6 +84,16 @@ class Health:
         if self._view is None:
             self._view = np.frombuffer(self._raw, dtype=np.float64)
         return self._view
+
+
+class Health(SharedDoubles):
+    """The shared block. Create in the supervisor with a context, pass to children."""
+
+    def __init__(self, cameras: int, ctx: BaseContext | None = None) -> None:
+        super().__init__(cameras, GLOBAL_FIELDS + cameras * CAMERA_FIELDS, ctx)
+        for index in range(cameras):
+            self.set(index, CameraField.WORKER_SEQ, -1.0)
+            self.set(index, CameraField.LAST_SCORE, math.nan)
 
     # -- per camera -----------------------------------------------------------------------
 
