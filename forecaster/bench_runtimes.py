@@ -109,7 +109,10 @@ def bench_runtimes(
         for name, runner in runners.items():
             if isinstance(runner, LeanStepper):
                 row[name]["tensorflow_over_this_p50"] = base / row[name]["p50_ms"]
-                row[name]["max_difference"] = runner.difference(batch, ticks=10)
+                if runner.tick is None:  # its check failed: the calls timed ran on TensorFlow
+                    row[name]["fell_back"] = runner.failed_check
+                else:
+                    row[name]["max_difference"] = runner.difference(batch, ticks=10)
         report["rows"].append(row)
     return report
 
@@ -132,6 +135,10 @@ def format_runtimes(report: dict[str, Any]) -> list[str]:
                 + f"{stats['cpu_ms_per_call']:>8.2f}ms"
                 + (f"{diff:>10.1e}" if diff is not None else f"{'-':>10}")
             )
+            if stats.get("fell_back"):
+                batch, worst = stats["fell_back"]
+                lines.append(f"        {name} differed from TensorFlow by {worst:.3g} at batch "
+                             f"{batch}: that row ran on TensorFlow")
     for name, why in report["skipped"].items():
         lines.append(f"  {name}: not measured, {why}")
     return lines

@@ -153,10 +153,17 @@ def test_bench_times_both_runtimes_on_the_same_weights(lean: LoadedModel) -> Non
 
     report = bench_runtimes(4, batches=(1, 4), stepper=lean.runner.stepper)  # type: ignore[attr-defined]
     assert [row["batch"] for row in report["rows"]] == [1, 4]
+    assert report["rows"][0]["litert"]["max_difference"] <= TOLERANCE  # checked at load
     for row in report["rows"]:
         assert row["tensorflow"]["p50_ms"] > 0 and row["litert"]["p50_ms"] > 0
         assert row["litert"]["tensorflow_over_this_p50"] > 0
-        assert row["litert"]["max_difference"] <= TOLERANCE
+        if "fell_back" in row["litert"]:
+            # LiteRT's step at this resized batch size failed its check (seen once in CI:
+            # off by 1.79): the row says so and the calls ran on TensorFlow
+            batch, worst = row["litert"]["fell_back"]
+            assert batch == row["batch"] and worst > TOLERANCE
+        else:
+            assert row["litert"]["max_difference"] <= TOLERANCE
     text = "\n".join(format_runtimes(report))
     assert "litert" in text and "tensorflow" in text
 
@@ -180,6 +187,10 @@ def test_auto_serves_each_batch_size_on_the_runtime_that_stepped_it_faster(
             prediction, ours = runner.run(frames, ours)
             expected, theirs = runner.stepper.run(frames, theirs)
             assert _max_difference([prediction, *ours], [expected, *theirs]) <= TOLERANCE
+        if runner.tick is None:  # LiteRT failed this batch size's check: all on TensorFlow
+            assert runner.failed_check is not None and runner.failed_check[0] == batch
+            assert runner.lean_ticks == served
+            break
         assert batch in runner._checked
         on_tensorflow = batch in runner._slower
         assert runner.lean_ticks == served + (0 if on_tensorflow else 3)

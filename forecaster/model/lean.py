@@ -211,6 +211,9 @@ class LeanStepper:
         self.fastest = fastest
         #: batch sizes TensorFlow steps faster: they stay there
         self._slower: set[int] = set()
+        #: (batch size, largest difference) of the check that sent every step back to
+        #: TensorFlow, if one did
+        self.failed_check: tuple[int, float] | None = None
         self.height = stepper.height
         self.width = stepper.width
         self.state_shapes = list(stepper.state_shapes)
@@ -289,6 +292,7 @@ class LeanStepper:
             self.tick = None
             return False
         if not worst <= TOLERANCE:
+            self.failed_check = (batch, worst)
             log.warning("model.runtime: %s's one-frame step differs from TensorFlow's by up "
                         "to %.3g at batch %d (more than %g); running on TensorFlow",
                         name, worst, batch, TOLERANCE)
