@@ -111,9 +111,10 @@ class ModelConfig(_Section):
     #: path to a .keras model made by `forecaster train`; empty = the bundled model
     path: str = ""
     #: what runs the worker's one-frame step: "tensorflow", "litert" (LiteRT, the extra
-    #: `lean`), or "auto" (LiteRT when installed and equal to TensorFlow at start-up,
-    #: else TensorFlow; TensorFlow when it sees a GPU)
-    runtime: Literal["auto", "tensorflow", "litert"] = "auto"
+    #: `lean`), "openvino" (OpenVINO, the extra `openvino`), or "auto" (per batch size the
+    #: fastest of TensorFlow and the lean runtimes installed that equal it at start-up;
+    #: TensorFlow when it sees a GPU)
+    runtime: Literal["auto", "tensorflow", "litert", "openvino"] = "auto"
 
     @field_validator("runtime")
     @classmethod
@@ -121,10 +122,10 @@ class ModelConfig(_Section):
         from forecaster.model.lean import LEAN, installed
 
         if value in LEAN and not installed(value):
-            package = LEAN[value][1]
+            package, extra = LEAN[value][1], LEAN[value][3]
             raise ValueError(
                 f"runtime {value!r} needs the package {package}, which is not installed: "
-                f"pip install 'forecaster[lean]', or set runtime = \"auto\" (TensorFlow "
+                f"pip install 'forecaster[{extra}]', or set runtime = \"auto\" (TensorFlow "
                 f"when no lean runtime is installed)"
             )
         return value

@@ -1,27 +1,31 @@
-"""A lean runtime for the per-tick step: the one-frame graph run outside TensorFlow.
+"""Lean runtimes for the per-tick step: the one-frame graph run outside TensorFlow.
 
 An 83 MFLOP tick of the default model costs TensorFlow more in fixed per-call overhead
 than in arithmetic. :class:`LeanStepper` runs the one-frame step (frame + state in,
-prediction + state out) on LiteRT (``ai-edge-litert``, the optional extra ``lean``) and
-leaves every other call (catch-up, re-priming, replay chunks) to the TensorFlow
-:class:`~forecaster.model.step.Stepper` it wraps; both use the same weights and the same
-state arrays, so a camera's state moves freely between the two.
+prediction + state out) on LiteRT (``ai-edge-litert``, the optional extra ``lean``) or
+OpenVINO (``openvino``, the optional extra ``openvino``) and leaves every other call
+(catch-up, re-priming, replay chunks) to the TensorFlow
+:class:`~forecaster.model.step.Stepper` it wraps; all use the same weights and the same
+state arrays, so a camera's state moves freely between them.
 
-The converted model is made with Keras' own ``export(format="litert")`` from the loaded
-model's one-frame graph, with an open batch size (the interpreter is resized per batch
-size), and cached in :func:`cache_dir` under a hash of the model file and the versions
-that made it. ``tf.lite.TFLiteConverter.from_concrete_functions`` is not used: it reports
-success and writes a model whose weights were never initialised (every output NaN).
+The converted models are made with Keras' own ``export(format="litert")`` and
+``export(format="openvino")`` from the loaded model's one-frame graph, with an open batch
+size (LiteRT's interpreter is resized per batch size; OpenVINO compiles the model once per
+batch size, in f32: its default on a CPU with bf16 support is bf16, off by about 7e-3),
+and cached in :func:`cache_dir` under a hash of the model file and the versions that made
+it. ``tf.lite.TFLiteConverter.from_concrete_functions`` is not used: it reports success and
+writes a model whose weights were never initialised (every output NaN).
 
-Nothing converted is trusted: before the lean runtime serves a batch size, a few ticks
-with the state carried run on both and must agree within :data:`TOLERANCE`; on a
+Nothing converted is trusted: before a lean runtime serves a batch size, a few ticks with
+the state carried run on it and on TensorFlow and must agree within :data:`TOLERANCE`; on a
 difference, or on any error converting or loading, one warning names the runtime and the
-difference and the step stays on TensorFlow.
+difference and that runtime is not used again.
 
-``model.runtime = "auto"`` takes LiteRT when it is installed and passes that check, and
-TensorFlow otherwise; and TensorFlow whenever TensorFlow sees a GPU, which LiteRT's
-Python package cannot use, or Keras runs on another backend (the conversion starts from
-a TensorFlow graph).
+``model.runtime = "auto"`` converts for every lean runtime installed and, per batch size,
+serves the one-frame step on whichever of them (and TensorFlow) stepped it fastest in
+timing rounds after its check; TensorFlow alone whenever TensorFlow sees a GPU, which
+neither lean runtime's Python package here uses, or Keras runs on another backend (the
+conversions start from a TensorFlow graph).
 """
 
 from __future__ import annotations
@@ -47,9 +51,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("forecaster.model")
 
 #: the values of ``model.runtime``
-RUNTIMES = ("auto", "tensorflow", "litert")
-#: lean runtime -> (the module it imports, the package that provides it, its name in logs)
-LEAN = {"litert": ("ai_edge_litert", "ai-edge-litert", "LiteRT")}
+RUNTIMES = ("auto", "tensorflow", "litert", "openvino")
+#: lean runtime -> (the module it imports, the package that provides it, its name in logs,
+#: the optional extra that installs it)
+LEAN = {
+    "litert": ("ai_edge_litert", "ai-edge-litert", "LiteRT", "lean"),
+    "openvino": ("openvino", "openvino", "OpenVINO", "openvino"),
+}
+#: the file a conversion for each lean runtime is cached in (its suffix)
+SUFFIX = {"litert": ".tflite", "openvino": ".xml"}
 #: largest difference allowed between a lean runtime's tick and TensorFlow's
 TOLERANCE = 1e-5
 #: ticks, state carried, compared against TensorFlow per batch size before serving it
@@ -98,7 +108,7 @@ def converted_path(model_file: Path, runtime: str = "litert") -> Path:
     digest = hashlib.sha256()
     digest.update(Path(model_file).read_bytes())
     digest.update(_versions(runtime).encode())
-    return cache_dir() / f"{digest.hexdigest()[:24]}-{runtime}.tflite"
+    return cache_dir() / f"{digest.hexdigest()[:24]}-{runtime}{SUFFIX[runtime]}"
 
 
 def export_litert(tick_model: Any, path: Path) -> Path:
@@ -111,6 +121,39 @@ def export_litert(tick_model: Any, path: Path) -> Path:
             tick_model.export(str(partial), format="litert", verbose=False)
         os.replace(partial, path)
     return path
+
+
+def import_openvino() -> Any:
+    """``openvino``, imported with its usage telemetry off.
+
+    Importing ``openvino`` sends an "import" event to Google Analytics by default (and the
+    converter one per conversion), and writes a client id under ``~/intel``: a daemon on an
+    edge box must not reach out. When its telemetry package cannot be imported, OpenVINO
+    uses its own no-op stand-in, so it is made unimportable in this process before
+    ``openvino`` is first imported."""
+    if "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+    import openvino
+
+    return openvino
+
+
+def export_openvino(tick_model: Any, path: Path) -> Path:
+    """Write ``tick_model`` as an OpenVINO model at ``path`` (``.xml``, its weights in the
+    ``.bin`` beside it); the weights land first and the ``.xml`` last, each renamed into
+    place, so a complete ``.xml`` always has its weights; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".convert-") as folder:
+        partial = Path(folder) / "tick.xml"
+        import_openvino()  # before Keras imports it
+        with _quiet_stdout():
+            tick_model.export(str(partial), format="openvino", verbose=False)
+        os.replace(partial.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(partial, path)
+    return path
+
+
+EXPORTS = {"litert": export_litert, "openvino": export_openvino}
 
 
 @contextlib.contextmanager
@@ -198,33 +241,121 @@ class LiteRTTick:
         return [interpreter.get_tensor(index) for index in self._outputs]  # copies
 
 
-class LeanStepper:
-    """A :class:`~forecaster.model.step.Stepper` whose one-frame ticks run on a lean
-    runtime (each batch size checked against TensorFlow before it is served); chunks,
-    and every tick after a failed check, run on the stepper itself."""
+class OpenVINOTick:
+    """The converted one-frame step on OpenVINO's CPU plugin: one compiled model per batch
+    size, pinned to f32 (``INFERENCE_PRECISION_HINT``) and to the latency hint."""
 
-    def __init__(self, stepper: Stepper, tick: LiteRTTick, *, fastest: bool = False) -> None:
+    name = "OpenVINO"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        ov = import_openvino()
+        self.path = Path(path)
+        self.threads = threads or usable_cpus()
+        self._core = ov.Core()
+        # read once: the files may go away (a conversion for this process only)
+        self._model = self._core.read_model(str(self.path))
+        names = [port.get_any_name() for port in self._model.inputs]
+        if "frames" not in names:
+            raise ValueError(f"{self.path} has no input named 'frames' (inputs: {names})")
+        # frames, state_0, state_1, ...: the order of the one-frame graph's inputs
+        self._order = ["frames", *sorted((n for n in names if n != "frames"),
+                                         key=lambda n: int(n.rsplit("_", 1)[1]))]
+        #: prediction + one output per state array, in the graph's order (an exported
+        #: graph may carry more outputs than that; they are not read)
+        self._outputs = len(self._order)
+        self._by_batch: dict[int, Any] = {}
+        self._request(1)  # a file that does not load or compile fails here
+
+    def _request(self, batch: int) -> Any:
+        found = self._by_batch.get(batch)
+        if found is not None:
+            return found
+        model = self._model.clone()
+        shapes = {}
+        for port in model.inputs:
+            dims = [int(d.get_length()) for d in list(port.get_partial_shape())[1:]]
+            shapes[port.get_any_name()] = [batch, *dims]
+        model.reshape(shapes)
+        compiled = self._core.compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        })
+        if len(compiled.outputs) < self._outputs:
+            raise ValueError(f"{self.path} has {len(compiled.outputs)} outputs, fewer than "
+                             f"the {self._outputs} of a one-frame step")
+        found = self._by_batch[batch] = compiled.create_infer_request()
+        return found
+
+    def __call__(self, frames: np.ndarray, state: Sequence[np.ndarray]) -> list[np.ndarray]:
+        request = self._request(frames.shape[0])
+        request.infer(dict(zip(self._order, (frames, *state), strict=True)))
+        return [request.get_output_tensor(i).data.copy() for i in range(self._outputs)]
+
+
+#: lean runtime -> the class that runs its converted file
+TICKS: dict[str, type[LiteRTTick] | type[OpenVINOTick]] = {
+    "litert": LiteRTTick, "openvino": OpenVINOTick,
+}
+
+
+Tick = LiteRTTick | OpenVINOTick
+
+
+class LeanStepper:
+    """A :class:`~forecaster.model.step.Stepper` whose one-frame ticks run on lean
+    runtimes (each batch size checked against TensorFlow before it is served); chunks, and
+    every tick no lean runtime serves, run on the stepper itself.
+
+    ``ticks``: one lean runtime, or several in order of preference. With ``fastest``
+    (``model.runtime = "auto"``), each batch size, once checked, is served by whichever of
+    them and TensorFlow stepped it fastest in alternating timing rounds; else by the first
+    one that passed its check.
+    """
+
+    def __init__(self, stepper: Stepper, ticks: Tick | Sequence[Tick], *,
+                 fastest: bool = False) -> None:
         self.stepper = stepper
-        self.tick: LiteRTTick | None = tick
-        #: serve each batch size on whichever runtime steps it faster (``model.runtime =
-        #: "auto"``), timed once per batch size after its check; else the lean one always
+        #: the lean runtimes still in use (one whose check failed is dropped)
+        self.ticks: list[Tick] = list(ticks) if isinstance(ticks, Sequence) else [ticks]
         self.fastest = fastest
-        #: batch sizes TensorFlow steps faster: they stay there
-        self._slower: set[int] = set()
-        #: (batch size, largest difference) of the check that sent every step back to
-        #: TensorFlow, if one did
+        #: batch size -> the lean runtime serving it (None: TensorFlow), once decided
+        self._serving: dict[int, Tick | None] = {}
+        #: (batch size, largest difference) of the last check that dropped a runtime
         self.failed_check: tuple[int, float] | None = None
+        #: batch size -> {runtime name: median ms per call} of its timing rounds
+        self.timed: dict[int, dict[str, float]] = {}
         self.height = stepper.height
         self.width = stepper.width
         self.state_shapes = list(stepper.state_shapes)
-        self._checked: set[int] = set()
-        #: ticks served by the lean runtime
+        #: ticks served by a lean runtime, all of them together and per runtime name
         self.lean_ticks = 0
+        self.ticks_by_runtime: dict[str, int] = {}
+
+    @property
+    def tick(self) -> Tick | None:
+        """The first lean runtime still in use, or None when every one failed its check."""
+        return self.ticks[0] if self.ticks else None
 
     @property
     def runtime(self) -> str:
-        """What runs the one-frame ticks now: the lean runtime's name or "TensorFlow"."""
-        return self.tick.name if self.tick is not None else "TensorFlow"
+        """What runs the one-frame ticks: the lean runtimes still in use ("LiteRT",
+        "LiteRT or OpenVINO, the faster per batch size") or "TensorFlow"."""
+        if not self.ticks:
+            return "TensorFlow"
+        if len(self.ticks) == 1 and not self.fastest:
+            return self.ticks[0].name
+        names = " or ".join([*(tick.name for tick in self.ticks), "TensorFlow"]
+                            if self.fastest else [tick.name for tick in self.ticks])
+        return f"{names}, the fastest per batch size" if self.fastest else names
+
+    def serving(self, batch: int) -> str | None:
+        """The name of the runtime serving one-frame steps at ``batch`` (None: not decided
+        yet, before the first tick of that size)."""
+        if batch not in self._serving:
+            return None
+        tick = self._serving[batch]
+        return "TensorFlow" if tick is None else tick.name
 
     def initial_state(self, batch: int) -> list[np.ndarray]:
         return self.stepper.initial_state(batch)
@@ -246,29 +377,34 @@ class LeanStepper:
     def run(
         self, frames: np.ndarray, state: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """As :meth:`Stepper.run`; one-frame calls on the lean runtime."""
-        if self.tick is None or not self._fits(frames, state):
+        """As :meth:`Stepper.run`; one-frame calls on the lean runtime serving their batch
+        size."""
+        if not self.ticks or not self._fits(frames, state):
             return self.stepper.run(frames, state)
         batch = frames.shape[0]
-        if (batch not in self._checked and not self.check(batch)) or batch in self._slower:
+        tick = self._serving[batch] if batch in self._serving else self._decide(batch)
+        if tick is None:
             return self.stepper.run(frames, state)
-        outputs = self.tick(np.ascontiguousarray(frames),
-                            [np.ascontiguousarray(array) for array in state])
+        outputs = tick(np.ascontiguousarray(frames),
+                       [np.ascontiguousarray(array) for array in state])
         self.lean_ticks += 1
+        self.ticks_by_runtime[tick.name] = self.ticks_by_runtime.get(tick.name, 0) + 1
         return outputs[0], outputs[1:]
 
-    def difference(self, batch: int, ticks: int = CHECK_TICKS) -> float:
-        """Largest difference between the lean tick and TensorFlow's over ``ticks`` ticks
-        of seeded random frames at ``batch``, each carrying its own state (inf when the
-        lean runtime's output is not finite or has the wrong shape)."""
-        assert self.tick is not None
+    def difference(self, batch: int, ticks: int = CHECK_TICKS, tick: Tick | None = None) -> float:
+        """Largest difference between a lean runtime's tick (``tick``, else the first one)
+        and TensorFlow's over ``ticks`` ticks of seeded random frames at ``batch``, each
+        carrying its own state (inf when the lean runtime's output is not finite or has the
+        wrong shape)."""
+        tick = tick if tick is not None else self.tick
+        assert tick is not None
         rng = np.random.default_rng(batch)
         ours = theirs = self.initial_state(batch)
         worst = 0.0
         for _ in range(ticks):
             frames = rng.random((batch, 1, self.height, self.width, 1), dtype=np.float32)
             prediction, theirs = self.stepper.run(frames, theirs)
-            outputs = self.tick(frames, ours)
+            outputs = tick(frames, ours)
             reference = [prediction, *theirs]
             if len(outputs) != len(reference):
                 return float("inf")
@@ -279,64 +415,111 @@ class LeanStepper:
             ours = outputs[1:]
         return worst
 
-    def check(self, batch: int) -> bool:
-        """Compare the lean runtime with TensorFlow at ``batch`` (once per batch size); on
-        a difference over :data:`TOLERANCE` or an error, warn and stay on TensorFlow."""
-        assert self.tick is not None
-        name = self.tick.name
+    def _passes(self, tick: Tick, batch: int) -> bool:
+        """Compare ``tick`` with TensorFlow at ``batch``; on a difference over
+        :data:`TOLERANCE` or an error, warn and stop using that runtime."""
+        name = tick.name
         try:
-            worst = self.difference(batch)
+            worst = self.difference(batch, tick=tick)
         except Exception as error:  # a runtime that fails to run is not used
             log.warning("model.runtime: %s failed on a one-frame step at batch %d (%s: %s); "
-                        "running on TensorFlow", name, batch, type(error).__name__, error)
-            self.tick = None
+                        "%s", name, batch, type(error).__name__, error, self._instead(tick))
+            self._drop(tick)
             return False
         if not worst <= TOLERANCE:
             self.failed_check = (batch, worst)
             log.warning("model.runtime: %s's one-frame step differs from TensorFlow's by up "
-                        "to %.3g at batch %d (more than %g); running on TensorFlow",
-                        name, worst, batch, TOLERANCE)
-            self.tick = None
+                        "to %.3g at batch %d (more than %g); %s",
+                        name, worst, batch, TOLERANCE, self._instead(tick))
+            self._drop(tick)
             return False
-        self._checked.add(batch)
         log.debug("model.runtime: %s matches TensorFlow at batch %d (max difference %.3g)",
                   name, batch, worst)
-        if self.fastest:
-            ours, theirs = self.timings(batch)
-            if theirs < ours:
-                self._slower.add(batch)
-            log.info("model.runtime auto: one-frame steps of %d camera(s) on %s (%.2f ms "
-                     "against %.2f ms on %s)", batch,
-                     "TensorFlow" if theirs < ours else name, min(ours, theirs),
-                     max(ours, theirs), name if theirs < ours else "TensorFlow")
         return True
 
-    def timings(self, batch: int, rounds: int = SPEED_ROUNDS) -> tuple[float, float]:
-        """Median ms per one-frame call at ``batch``: (lean runtime, TensorFlow), timed in
-        alternating rounds on the same frames and state."""
-        assert self.tick is not None
+    def _instead(self, tick: Tick) -> str:
+        others = [other.name for other in self.ticks if other is not tick]
+        return f"not using it (steps on {' or '.join([*others, 'TensorFlow'])})" if others \
+            else "running on TensorFlow"
+
+    def _drop(self, tick: Tick) -> None:
+        self.ticks = [other for other in self.ticks if other is not tick]
+        for batch, serving in list(self._serving.items()):
+            if serving is tick:
+                del self._serving[batch]  # decided again at its next tick
+
+    def check(self, batch: int) -> bool:
+        """Check every lean runtime still in use at ``batch`` and decide which serves it
+        (True: a lean runtime passed)."""
+        self._decide(batch)
+        return bool(self.ticks)
+
+    def _decide(self, batch: int) -> Tick | None:
+        passed = [tick for tick in list(self.ticks) if self._passes(tick, batch)]
+        if not passed:
+            chosen = None
+        elif not self.fastest:
+            chosen = passed[0]
+        else:
+            times = self.timings(batch, ticks=passed)
+            self.timed[batch] = times
+            fastest = min(times, key=lambda name: times[name])
+            chosen = next((tick for tick in passed if tick.name == fastest), None)
+            log.info("model.runtime auto: one-frame steps of %d camera(s) on %s (ms per call: "
+                     "%s)", batch, fastest,
+                     ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(times.items(),
+                                                                          key=lambda i: i[1])))
+        self._serving[batch] = chosen
+        return chosen
+
+    def timings(self, batch: int, rounds: int = SPEED_ROUNDS,
+                ticks: Sequence[Tick] | None = None) -> dict[str, float]:
+        """Median ms per one-frame call at ``batch`` of each lean runtime (``ticks``, else
+        those in use) and of TensorFlow, by name, timed in alternating rounds on the same
+        frames and state."""
         frames = np.random.default_rng(batch).random(
             (batch, 1, self.height, self.width, 1), dtype=np.float32)
         state = self.initial_state(batch)
-        ours: list[float] = []
-        theirs: list[float] = []
+        runs: dict[str, Any] = {tick.name: (lambda t=tick: t(frames, state))
+                                for tick in (self.ticks if ticks is None else ticks)}
+        runs["TensorFlow"] = lambda: self.stepper.run(frames, state)
+        samples: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(rounds):
-            began = time.perf_counter()
-            self.tick(frames, state)
-            ours.append(time.perf_counter() - began)
-            began = time.perf_counter()
-            self.stepper.run(frames, state)
-            theirs.append(time.perf_counter() - began)
-        return float(np.median(ours)) * 1e3, float(np.median(theirs)) * 1e3
+            for name, call in runs.items():
+                began = time.perf_counter()
+                call()
+                samples[name].append(time.perf_counter() - began)
+        return {name: float(np.median(values)) * 1e3 for name, values in samples.items()}
+
+
+def _convert(name: str, tick_model: Any, model_file: Path) -> Tick:
+    """The one-frame step of ``model_file`` on lean runtime ``name``: from the cache, else
+    converted into it (into a temporary folder for this run when the cache is not
+    writable)."""
+    label = LEAN[name][2]
+    path = converted_path(model_file, name)
+    if path.is_file():
+        return TICKS[name](path)
+    log.info("model.runtime: converting %s's one-frame step for %s into %s",
+             model_file, label, path)
+    try:
+        return TICKS[name](EXPORTS[name](tick_model, path))
+    except OSError as error:  # the cache is not writable: convert for this run only
+        log.info("model.runtime: cannot cache the conversion (%s); converting into a "
+                 "temporary folder", error)
+        with tempfile.TemporaryDirectory(prefix="forecaster-") as folder:
+            return TICKS[name](EXPORTS[name](tick_model,
+                                             Path(folder) / f"tick{SUFFIX[name]}"))
 
 
 def lean_runner(runner: Runner, model_file: Path, runtime: str, device: str) -> Runner:
     """The runner the worker uses for ``model.runtime = runtime``: ``runner`` itself
-    (TensorFlow), or a :class:`LeanStepper` around it when a lean runtime is chosen,
-    installed, converts, loads and matches TensorFlow at batch 1.
+    (TensorFlow), or a :class:`LeanStepper` around it when a lean runtime is chosen (for
+    "auto": every one installed), installed, converts, loads and matches TensorFlow at
+    batch 1.
 
     ``device`` is where TensorFlow runs ("CPU" or "GPU (...)"): "auto" keeps TensorFlow on
-    a GPU. A failure logs one warning and returns ``runner``.
+    a GPU. Each failure logs one warning; with none left, ``runner`` is returned.
     """
     from forecaster.model.step import Stepper
 
@@ -355,32 +538,19 @@ def lean_runner(runner: Runner, model_file: Path, runtime: str, device: str) -> 
             log.info("model.runtime auto: TensorFlow sees a %s; one-frame steps stay there",
                      device)
             return runner
-        choice = next((name for name in LEAN if installed(name)), None)
-        if choice is None:
-            return runner
+        choices = [name for name in LEAN if installed(name)]
     else:
-        choice = runtime
-    label = LEAN[choice][2]
-    try:
-        path = converted_path(model_file, choice)
-        if path.is_file():
-            tick = LiteRTTick(path)
-        else:
-            log.info("model.runtime: converting %s's one-frame step for %s into %s",
-                     model_file, label, path)
-            try:
-                tick = LiteRTTick(export_litert(runner.tick_model, path))
-            except OSError as error:  # the cache is not writable: convert for this run only
-                log.info("model.runtime: cannot cache the conversion (%s); converting into a "
-                         "temporary folder", error)
-                with tempfile.TemporaryDirectory(prefix="forecaster-") as folder:
-                    tick = LiteRTTick(export_litert(runner.tick_model,
-                                                    Path(folder) / "tick.tflite"))
-        lean = LeanStepper(runner, tick, fastest=runtime == "auto")
-    except Exception as error:  # conversion or loading failed: TensorFlow serves
-        log.warning("model.runtime: %s unusable (%s: %s); running on TensorFlow",
-                    label, type(error).__name__, _first_line(error))
+        choices = [runtime]
+    ticks: list[Tick] = []
+    for name in choices:
+        try:
+            ticks.append(_convert(name, runner.tick_model, model_file))
+        except Exception as error:  # conversion or loading failed: the others serve
+            log.warning("model.runtime: %s unusable (%s: %s); not using it", LEAN[name][2],
+                        type(error).__name__, _first_line(error))
+    if not ticks:
         return runner
+    lean = LeanStepper(runner, ticks, fastest=runtime == "auto")
     if not lean.check(1):
         return runner
     return lean
