@@ -356,6 +356,22 @@ def format_cameras(rows: list[dict[str, Any]]) -> list[str]:
             f"{memory.get('capture_processes', 0):>10}"
             f"{memory.get('rss_mb', nan):>6.0f} MB{memory.get('pss_mb', nan):>6.0f} MB"
         )
+    steady_rows = [row for row in rows if row.get("steady")]
+    if steady_rows:
+        lines += ["steady state (from 5 s after every camera first scored):",
+                  f"{'cameras':>8}{'seconds':>9}{'ms/cam-frame':>14}{'busy':>7}{'dropped':>9}"
+                  f"{'slowest cam/s':>15}{'p99 worst':>11}{'p99 median':>12}"]
+        for row in steady_rows:
+            steady = row["steady"]
+            lines.append(
+                f"{row['cameras']:>8}{steady['seconds']:>8.0f}s"
+                f"{steady['model_ms_per_camera_frame'] or nan:>14.2f}"
+                f"{100 * (steady['worker_busy_fraction'] or 0):>6.0f}%"
+                f"{steady['dropped_worker_behind']:>9.0f}"
+                f"{steady['slowest_camera_scores_per_s']:>15.1f}"
+                f"{steady['latency_p99_ms_worst_camera'] or nan:>9.1f}ms"
+                f"{steady['latency_p99_ms_median_camera'] or nan:>10.1f}ms"
+            )
     # rows whose daemon scored, with its memory taken (not one that kept restarting)
     measured = [row for row in rows
                 if row["cameras_scoring"] and (row.get("memory") or {}).get("rss_mb")]
@@ -416,11 +432,19 @@ def format_report(report: dict[str, Any]) -> str:
         if against:
             lines.append(
                 f"replay against decoding + gray + resize alone ({against['rounds']} alternating "
-                f"rounds): {against['replay_fps_median']:.0f} against "
-                f"{against['decode_fps_median']:.0f} frames/s, ratio "
-                f"{against['ratio_median']:.2f} (per round "
-                + ", ".join(f"{r:.2f}" for r in against["ratios"]) + ")"
+                f"rounds; decoding {against['decode_fps_median']:.0f} frames/s, "
+                f"{against['decode_cpu_ms_per_frame']:.2f} ms of CPU per frame):"
             )
+            for mode in ("fused", "global"):
+                if mode not in against:
+                    continue
+                row = against[mode]
+                lines.append(
+                    f"  scorer {mode:<7}{row['replay_fps_median']:>6.0f} frames/s, ratio "
+                    f"{row['ratio_median']:.2f} (per round "
+                    + ", ".join(f"{r:.2f}" for r in row["ratios"])
+                    + f"), {row['cpu_ms_per_frame']:.2f} ms of CPU per frame"
+                )
         engine = replay.get("engine")
         if engine:
             lines.append(

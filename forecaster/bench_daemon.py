@@ -151,13 +151,19 @@ def _scrape(port: int) -> dict[str, float]:
     return totals
 
 
+#: seconds after every camera first scored before a many-camera run's steady window
+SETTLE_S = 5.0
+
+
 def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0,
                   per_process: int | None = None) -> list[dict[str, Any]]:
     """Many cameras in one worker: each a 64x64 synthetic scene at ``fps``, run by capture
     processes of ``per_process`` cameras (None: the config's default). Per count: the time
     from launch to the first score, the model time per camera-frame (from the worker's
     inference histogram), frames the worker had to skip, each camera's capture-to-publish
-    latency, and the resident memory of the daemon's processes at the end."""
+    latency, and the resident memory of the daemon's processes at the end: from the first
+    score on, and (``steady``) over ``seconds`` starting :data:`SETTLE_S` after every
+    camera first scored, once the start-up backlog is worked off."""
     from forecaster.client import Subscriber
     from forecaster.protocol import Score
 
@@ -181,28 +187,48 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0,
                 proc = daemon.proc
                 try:
                     latencies: dict[str, list[float]] = {}
+                    steady: dict[str, list[float]] = {}
                     started: float | None = None
                     baseline: dict[str, float] = {}
+                    settle_at: float | None = None
+                    steady_started: float | None = None
+                    steady_base: dict[str, float] = {}
                     deadline = time.monotonic() + 600
                     while time.monotonic() < deadline and proc.poll() is None:
                         msg = sub.recv(timeout=0.5)
+                        now = time.monotonic()
                         if started is None:
                             if msg is not None:  # scores flow: measure from here on
-                                started = time.monotonic()
+                                started = now
                                 baseline = _scrape(metrics_port)
                             continue
                         if isinstance(msg, Score):
                             latencies.setdefault(msg.camera, []).append(msg.latency_ms)
-                        if time.monotonic() - started >= seconds:
+                            if steady_started is not None:
+                                steady.setdefault(msg.camera, []).append(msg.latency_ms)
+                        if settle_at is None and len(latencies) == count:
+                            settle_at = now + SETTLE_S  # every camera scores: settle
+                        if steady_started is None and settle_at is not None and now >= settle_at:
+                            steady_started = now
+                            steady_base = _scrape(metrics_port)
+                        if steady_started is not None and now - steady_started >= seconds:
                             break
+                        if steady_started is None and now - started >= 2 * seconds + 30:
+                            break  # not every camera scores: no steady window
                     final = _scrape(metrics_port) if proc.poll() is None else {}
                     if proc.poll() is None:
                         memory = daemon_memory(proc.pid)
                 finally:
                     daemon.stop(timeout=60)
-        elapsed = time.monotonic() - started if started else 0.0
+        ended = time.monotonic()
+        elapsed = ended - started if started else 0.0
+        steady_s = ended - steady_started if steady_started else 0.0
 
         def delta(name: str, final: dict[str, float] = final, base: dict[str, float] = baseline) -> float:
+            return final.get(name, 0.0) - base.get(name, 0.0)
+
+        def steady_delta(name: str, final: dict[str, float] = final,
+                         base: dict[str, float] = steady_base) -> float:
             return final.get(name, 0.0) - base.get(name, 0.0)
 
         processed = delta("forecaster_frames_processed_total")
@@ -210,6 +236,25 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0,
         calls = delta("forecaster_inference_duration_seconds_count")
         p99s = [float(np.percentile(v, 99)) for v in latencies.values() if v]
         rates = [len(v) / elapsed for v in latencies.values()] if elapsed else []
+        steady_p99s = [float(np.percentile(v, 99)) for v in steady.values() if v]
+        steady_processed = steady_delta("forecaster_frames_processed_total")
+        steady_model_s = steady_delta("forecaster_inference_duration_seconds_sum")
+        steady_row: dict[str, Any] | None = None
+        if steady_started is not None and steady_s > 0:
+            steady_row = {
+                "seconds": steady_s,
+                "dropped_worker_behind": steady_delta(
+                    "forecaster_frames_dropped_total{worker_behind}"),
+                "model_ms_per_camera_frame": (1000.0 * steady_model_s / steady_processed
+                                              if steady_processed else None),
+                "worker_busy_fraction": steady_model_s / steady_s,
+                "slowest_camera_scores_per_s": min(
+                    (len(steady.get(camera, [])) / steady_s for camera in latencies),
+                    default=0.0),
+                "latency_p99_ms_worst_camera": max(steady_p99s) if steady_p99s else None,
+                "latency_p99_ms_median_camera": (float(np.median(steady_p99s))
+                                                 if steady_p99s else None),
+            }
         rows.append(
             {
                 "cameras": count,
@@ -227,6 +272,9 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0,
                 "slowest_camera_scores_per_s": min(rates) if rates else 0.0,
                 "latency_p99_ms_worst_camera": max(p99s) if p99s else None,
                 "latency_p99_ms_median_camera": float(np.median(p99s)) if p99s else None,
+                #: the same figures over ``seconds`` from SETTLE_S after every camera
+                #: first scored (None: not every camera scored)
+                "steady": steady_row,
                 "memory": memory,
             }
         )

@@ -88,3 +88,29 @@ def test_bench_soak_runs_the_daemon_and_reports_each_process(tmp_path: Path) -> 
     # the worker holds TensorFlow and the model: far bigger than a capture process
     assert worker["rss_end_mb"] > 2 * soak["processes"]["capture"]["rss_end_mb"]
     assert "slope" in proc.stdout and "worker" in proc.stdout
+
+
+def test_replay_against_decode_times_both_scorer_modes_and_decoding(tmp_path: Path) -> None:
+    """`bench --video`'s replay row: a replay with the motion cue and one without, each
+    against decoding alone in the same rounds, with the CPU each takes per frame."""
+    import cv2
+    import numpy as np
+
+    from forecaster.bench_replay import MODES, replay_against_decode
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (160, 120))
+    for index in range(30):
+        frame = np.full((120, 160, 3), 40, np.uint8)
+        cv2.circle(frame, (10 + 4 * index, 60), 8, (230, 230, 230), -1)
+        writer.write(frame)
+    writer.release()
+    report = replay_against_decode(video, rounds=1)
+    assert report["rounds"] == 1 and report["decode_fps_median"] > 0
+    assert report["decode_cpu_ms_per_frame"] > 0
+    for mode in MODES:
+        row = report[mode]
+        assert row["replay_fps_median"] > 0 and row["cpu_ms_per_frame"] > 0
+        assert row["ratios"][0] == pytest.approx(row["replay_fps"][0] / report["decode_fps"][0])
+    # the optical flow of the motion cue is work that the global mode does not do
+    assert report["fused"]["cpu_ms_per_frame"] > report["global"]["cpu_ms_per_frame"]

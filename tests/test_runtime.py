@@ -233,6 +233,27 @@ def test_openvino_ticks_equal_tensorflow_with_state_carried(lean: LoadedModel, b
 
 
 @openvino_only
+def test_short_chunks_run_as_lean_ticks_and_equal_tensorflow_chunks(lean: LoadedModel) -> None:
+    """A catch-up of 5 frames for 3 cameras (padded batch 4) runs as 5 lean ticks with the
+    state carried, equal to TensorFlow's chunk graph; a chunk longer than LEAN_CHUNK_MAX
+    runs on TensorFlow."""
+    from forecaster.model.lean import LEAN_CHUNK_MAX, lean_runner
+
+    runner = lean_runner(lean.runner.stepper, bundled_model_path(), "openvino", "CPU")  # type: ignore[attr-defined]
+    assert isinstance(runner, LeanStepper)
+    rng = np.random.default_rng(5)
+    state = [rng.random(a.shape, dtype=np.float32) for a in runner.initial_state(4)]
+    frames = rng.random((4, 5, runner.height, runner.width, 1), dtype=np.float32)
+    prediction, after = runner.run(frames, state)
+    expected, expected_after = runner.stepper.run(frames, state)
+    assert runner.ticks_by_runtime == {"OpenVINO": 5}
+    assert _max_difference([prediction, *after], [expected, *expected_after]) <= TOLERANCE
+    long = rng.random((1, LEAN_CHUNK_MAX + 1, runner.height, runner.width, 1), dtype=np.float32)
+    runner.run(long, runner.initial_state(1))
+    assert runner.ticks_by_runtime == {"OpenVINO": 5}  # that one ran on TensorFlow
+
+
+@openvino_only
 def test_openvino_sends_no_telemetry_and_writes_nothing_home(tmp_path: Path) -> None:
     """Importing openvino would send an "import" event to Google Analytics and write a
     client id under ~/intel: the worker's runtime loads it with its telemetry off."""

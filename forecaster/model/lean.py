@@ -3,9 +3,11 @@
 An 83 MFLOP tick of the default model costs TensorFlow more in fixed per-call overhead
 than in arithmetic. :class:`LeanStepper` runs the one-frame step (frame + state in,
 prediction + state out) on LiteRT (``ai-edge-litert``, the optional extra ``lean``) or
-OpenVINO (``openvino``, the optional extra ``openvino``) and leaves every other call
-(catch-up, re-priming, replay chunks) to the TensorFlow
-:class:`~forecaster.model.step.Stepper` it wraps; all use the same weights and the same
+OpenVINO (``openvino``, the optional extra ``openvino``), and the worker's short chunks
+(catch-ups and re-primes, up to :data:`LEAN_CHUNK_MAX` frames) as that many of those
+ticks, the state carried (on OpenVINO, timed here as fast as TensorFlow's graph of several
+frames up to 64 cameras per call, and much faster for a few); it leaves longer chunks
+(replay's, eval's) to the TensorFlow :class:`~forecaster.model.step.Stepper` it wraps; all use the same weights and the same
 state arrays, so a camera's state moves freely between them.
 
 The converted models are made with Keras' own ``export(format="litert")`` and
@@ -66,6 +68,10 @@ TOLERANCE = 1e-5
 CHECK_TICKS = 3
 #: alternating rounds timing both runtimes per batch size, when the fastest one is wanted
 SPEED_ROUNDS = 7
+#: longest chunk (the worker's catch-ups and re-primes) run as that many lean ticks, the
+#: state carried, at a batch size a lean runtime serves; longer ones (replay's chunks of
+#: 128, whose cost per frame on TensorFlow's chunk graph falls with the length) run there
+LEAN_CHUNK_MAX = 16
 #: environment variable naming the folder of converted models
 CACHE_ENV = "FORECASTER_RUNTIME_CACHE"
 
@@ -361,10 +367,11 @@ class LeanStepper:
         return self.stepper.initial_state(batch)
 
     def _fits(self, frames: np.ndarray, state: Sequence[np.ndarray]) -> bool:
-        """Is this a well-formed one-frame call (anything else goes to the stepper, which
-        also says what is wrong with a malformed one)."""
+        """Is this a well-formed call of float32 arrays (anything else goes to the stepper,
+        which also says what is wrong with a malformed one)."""
         if not (isinstance(frames, np.ndarray) and frames.dtype == np.float32 and frames.ndim == 5
-                and frames.shape[1:] == (1, self.height, self.width, 1)
+                and 1 <= frames.shape[1] <= LEAN_CHUNK_MAX
+                and frames.shape[2:] == (self.height, self.width, 1)
                 and len(state) == len(self.state_shapes)):
             return False
         batch = frames.shape[0]
@@ -378,18 +385,30 @@ class LeanStepper:
         self, frames: np.ndarray, state: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """As :meth:`Stepper.run`; one-frame calls on the lean runtime serving their batch
-        size."""
+        size, and chunks of up to :data:`LEAN_CHUNK_MAX` frames as that many of its ticks."""
         if not self.ticks or not self._fits(frames, state):
             return self.stepper.run(frames, state)
         batch = frames.shape[0]
         tick = self._serving[batch] if batch in self._serving else self._decide(batch)
         if tick is None:
             return self.stepper.run(frames, state)
-        outputs = tick(np.ascontiguousarray(frames),
-                       [np.ascontiguousarray(array) for array in state])
+        carried = [np.ascontiguousarray(array) for array in state]
+        if frames.shape[1] == 1:
+            outputs = self._tick(tick, np.ascontiguousarray(frames), carried)
+            return outputs[0], outputs[1:]
+        predictions = np.empty_like(frames)
+        for t in range(frames.shape[1]):
+            outputs = self._tick(tick, np.ascontiguousarray(frames[:, t : t + 1]), carried)
+            predictions[:, t] = outputs[0][:, 0]
+            carried = outputs[1:]
+        return predictions, carried
+
+    def _tick(self, tick: Tick, frames: np.ndarray, state: Sequence[np.ndarray]
+              ) -> list[np.ndarray]:
+        outputs = tick(frames, state)
         self.lean_ticks += 1
         self.ticks_by_runtime[tick.name] = self.ticks_by_runtime.get(tick.name, 0) + 1
-        return outputs[0], outputs[1:]
+        return outputs
 
     def difference(self, batch: int, ticks: int = CHECK_TICKS, tick: Tick | None = None) -> float:
         """Largest difference between a lean runtime's tick (``tick``, else the first one)
