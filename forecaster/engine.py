@@ -90,6 +90,42 @@ def padded_batch(count: int) -> int:
     return 1 << max(0, count - 1).bit_length()
 
 
+#: what the engine's own work around one model call costs (ms), weighed when splitting
+CALL_OVERHEAD_MS = 0.3
+
+
+def split_batch(count: int, call_ms: Callable[[int], float | None]) -> list[int]:
+    """How many cameras each call of a turn of ``count`` cameras takes: one call padded to
+    the next power of two, or calls of powers of two and a padded rest (40 cameras: 32 + 8
+    rather than 64 with 24 rows of padding), whichever costs least by ``call_ms(batch)``,
+    the time one call of that batch size took, plus :data:`CALL_OVERHEAD_MS` per call;
+    [count] when a size was not timed."""
+    if count <= 1:
+        return [count]
+    sizes = []
+    size = 1
+    while size <= padded_batch(count):
+        if call_ms(size) is None:
+            return [count]
+        sizes.append(size)
+        size *= 2
+    # best[n]: (cost, the cameras of the first call) for n cameras
+    best: list[tuple[float, int]] = [(0.0, 0)]
+    for n in range(1, count + 1):
+        padded = padded_batch(n)
+        options = [(float(call_ms(padded) or 0.0) + CALL_OVERHEAD_MS, n)]
+        options += [(float(call_ms(p) or 0.0) + CALL_OVERHEAD_MS + best[n - p][0], p)
+                    for p in sizes if p < n]
+        best.append(min(options))
+    parts = []
+    left = count
+    while left:
+        take = best[left][1]
+        parts.append(take)
+        left -= take
+    return parts
+
+
 @dataclass(slots=True)
 class CameraState:
     """What the engine keeps per camera between ticks."""
@@ -217,10 +253,23 @@ class InferenceEngine:
         ``(camera, frames (T, H, W) uint8, seqs, stamps, cues or None)`` with one T for all.
         The result of each camera equals what :meth:`process` gives for it alone.
         """
-        cams = [self.cameras[item[0]] for item in items]
         counts = {item[1].shape[0] for item in items}
         if len(counts) != 1:
             raise ValueError(f"process_many needs one frame count for all cameras, got {counts}")
+        call_ms = getattr(self.stepper, "call_ms", None)
+        parts = [len(items)] if call_ms is None else split_batch(len(items), call_ms)
+        if len(parts) > 1:
+            results: list[StepResult] = []
+            start = 0
+            for take in parts:
+                results += self._call(items[start : start + take])
+                start += take
+            return results
+        return self._call(items)
+
+    def _call(self, items: Sequence[Item]) -> list[StepResult]:
+        """:meth:`process_many` in one model call (padded to a power of two)."""
+        cams = [self.cameras[item[0]] for item in items]
         states: list[list[np.ndarray]] = []
         for cam in cams:
             if cam.state is None:

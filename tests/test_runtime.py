@@ -205,6 +205,8 @@ def test_auto_serves_each_batch_size_on_the_runtime_that_stepped_it_fastest(
         for name in names:
             expected_ticks = 3 if name == chosen else 0
             assert runner.ticks_by_runtime.get(name, 0) - served.get(name, 0) == expected_ticks
+        for tick in runner.ticks:  # the runtimes not chosen freed what they compiled for it
+            assert (batch in tick._by_batch) == (tick.name == chosen)
 
 
 openvino_only = pytest.mark.skipif(

@@ -254,6 +254,60 @@ def test_cameras_with_new_frames_share_one_batched_call(stepper, tmp_path) -> No
             ring.unlink()
 
 
+class TimedStepper(CountingStepper):
+    """The real stepper with the time per call of each batch size that timing rounds would
+    give it (here: a table), which the engine splits a turn's cameras by."""
+
+    def __init__(self, stepper, table: dict[int, float]) -> None:
+        super().__init__(stepper)
+        self.table = table
+
+    def call_ms(self, batch: int) -> float | None:
+        return self.table.get(batch)
+
+
+def test_split_batch_weighs_padding_against_more_calls() -> None:
+    from forecaster.engine import split_batch
+
+    linear = {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0, 32: 32.0, 64: 64.0}
+    assert split_batch(40, linear.get) == [8, 32]  # not 64 rows for 40 cameras
+    assert split_batch(64, linear.get) == [64]
+    assert sum(split_batch(45, linear.get)) == 45
+    cheap_big = {1: 1.0, 2: 1.1, 4: 1.2, 8: 1.3, 16: 1.4, 32: 1.5, 64: 1.6}
+    assert split_batch(40, cheap_big.get) == [40]  # padding costs less than a second call
+    assert split_batch(40, {1: 1.0, 2: 2.0}.get) == [40]  # sizes not timed: one call
+    assert split_batch(1, linear.get) == [1]
+
+
+def test_a_turn_split_into_calls_scores_as_one_call(stepper) -> None:
+    """Five cameras split into calls of 4 and 1 (as timings that make padding to 8 dear
+    say) get the predictions and scores that one padded call gives them."""
+    table = {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0}
+    timed = TimedStepper(stepper, table)
+    engines = [InferenceEngine(timed, CALIBRATION, ScorerConfig(mode="global"), window=3),
+               InferenceEngine(stepper, CALIBRATION, ScorerConfig(mode="global"), window=3)]
+    scenes = [SyntheticScene(seed=40 + i, height=32, width=32) for i in range(5)]
+    outputs: list[list[tuple[str, int, float]]] = [[], []]
+    for seq in range(6):
+        items = [(f"cam{k}", scene.frame(seq)[None], [seq], [float(seq)], None)
+                 for k, scene in enumerate(scenes)]
+        for which, engine in enumerate(engines):
+            if seq == 0:
+                for k in range(5):
+                    engine.add_camera(f"cam{k}")
+            for result in engine.process_many(items):
+                outputs[which] += [(m.camera, m.seq, m.score) for m in result.messages
+                                   if isinstance(m, Score)]
+    assert timed.batches == [1, 4] * 6  # 5 cameras: calls of 1 and 4, not 8 rows
+    assert len(outputs[0]) == 5 * 3
+    for (camera, seq, score), (other, other_seq, expected) in zip(*outputs, strict=True):
+        assert (camera, seq) == (other, other_seq)
+        assert score == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    for k in range(5):
+        np.testing.assert_allclose(engines[0].cameras[f"cam{k}"].prediction,
+                                   engines[1].cameras[f"cam{k}"].prediction, atol=1e-5)
+
+
 def test_model_path_argument_then_config_then_bundled(tmp_path: Path) -> None:
     from forecaster.config import Config, ModelConfig
     from forecaster.engine import model_path

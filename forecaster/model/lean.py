@@ -246,6 +246,10 @@ class LiteRTTick:
         interpreter.invoke()
         return [interpreter.get_tensor(index) for index in self._outputs]  # copies
 
+    def release(self, batch: int) -> None:
+        """Free the interpreter of ``batch`` (another runtime serves it)."""
+        self._by_batch.pop(batch, None)
+
 
 class OpenVINOTick:
     """The converted one-frame step on OpenVINO's CPU plugin: one compiled model per batch
@@ -297,6 +301,10 @@ class OpenVINOTick:
         request = self._request(frames.shape[0])
         request.infer(dict(zip(self._order, (frames, *state), strict=True)))
         return [request.get_output_tensor(i).data.copy() for i in range(self._outputs)]
+
+    def release(self, batch: int) -> None:
+        """Free the compiled model of ``batch`` (another runtime serves it)."""
+        self._by_batch.pop(batch, None)
 
 
 #: lean runtime -> the class that runs its converted file
@@ -354,6 +362,15 @@ class LeanStepper:
         names = " or ".join([*(tick.name for tick in self.ticks), "TensorFlow"]
                             if self.fastest else [tick.name for tick in self.ticks])
         return f"{names}, the fastest per batch size" if self.fastest else names
+
+    def call_ms(self, batch: int) -> float | None:
+        """The time one one-frame call at ``batch`` took on the runtime serving it, in the
+        timing rounds that chose it (``auto``); None when not timed. The engine splits a
+        turn's cameras into calls by it (:func:`forecaster.engine.split_batch`)."""
+        times = self.timed.get(batch)
+        if times is None:
+            return None
+        return times.get(self.serving(batch) or "", None)
 
     def serving(self, batch: int) -> str | None:
         """The name of the runtime serving one-frame steps at ``batch`` (None: not decided
@@ -489,6 +506,9 @@ class LeanStepper:
                      ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(times.items(),
                                                                           key=lambda i: i[1])))
         self._serving[batch] = chosen
+        for tick in passed:  # what the others compiled for this batch size is not needed
+            if tick is not chosen:
+                tick.release(batch)
         return chosen
 
     def timings(self, batch: int, rounds: int = SPEED_ROUNDS,
