@@ -32,7 +32,7 @@ from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
 from forecaster.errors import ForecasterError
 from forecaster.event_board import EventNotes
 from forecaster.health import CameraField, Health
-from forecaster.protocol import Event, Message, Score, Status
+from forecaster.protocol import Event, Forecast, Message, Score, Status
 from forecaster.recording import RecordingSpec
 from forecaster.ring import FrameRing, RingStats
 
@@ -204,30 +204,72 @@ class Worker:
         return result
 
     def _process_batch(self, feeds: list[_Feed]) -> None:
-        """Run the waiting frames of several cameras, one model call per frame count."""
-        groups: dict[int, list[_Feed]] = {}
-        for feed in feeds:
-            groups.setdefault(feed.last - feed.first + 1, []).append(feed)
-        for count, group in groups.items():
+        """Run the waiting frames of several cameras: one model call per frame count, or,
+        where the runner steps chunks as one-frame ticks anyway (a lean runtime), one call
+        per step across every camera with a frame at that step."""
+        if getattr(self.engine.stepper, "prefers_ticks", False):
+            pairs = list(zip(feeds, self._run_by_step(feeds), strict=True))
+        else:
+            groups: dict[int, list[_Feed]] = {}
+            for feed in feeds:
+                groups.setdefault(feed.last - feed.first + 1, []).append(feed)
+            pairs = []
+            for count, group in groups.items():
+                began = time.perf_counter()
+                results = self.engine.process_many(
+                    [
+                        (f.camera, f.frames[:count], range(f.first, f.last + 1),
+                         f.stamps[:count], f.cues[:count])
+                        for f in group
+                    ]
+                )
+                self.health.observe_inference(time.perf_counter() - began)
+                pairs += list(zip(group, results, strict=True))
+        for feed, result in pairs:
+            if feed.awaiting:  # a re-prime (its state was reset before the call)
+                self._primed(feed, result)
+                continue
+            if result.non_finite:
+                self.log.warning("camera %s: non-finite model output; re-priming", feed.camera)
+                self._prime(feed, feed.ring.stats())
+                continue
+            feed.processed += feed.last - feed.first + 1
+            self._publish(feed, result)
+
+    def _run_by_step(self, feeds: list[_Feed]) -> list[StepResult]:
+        """The cameras' waiting frames one step at a time: call k takes the k-th waiting
+        frame of every camera that has one (40 cameras one frame behind and 20 two behind:
+        calls of 60 and 20 cameras, instead of 40 and two of 20). The result of each
+        camera is that of one call over its frames: every frame scored, a forecast from
+        its newest frame only; a camera whose output turns non-finite takes no further
+        step."""
+        counts = [feed.last - feed.first + 1 for feed in feeds]
+        merged = [StepResult() for _ in feeds]
+        live = set(range(len(feeds)))
+        for step in range(max(counts)):
+            active = [i for i in range(len(feeds)) if i in live and counts[i] > step]
+            if not active:
+                break
             began = time.perf_counter()
-            results = self.engine.process_many(
-                [
-                    (f.camera, f.frames[:count], range(f.first, f.last + 1), f.stamps[:count],
-                     f.cues[:count])
-                    for f in group
-                ]
-            )
+            results = self.engine.process_many([
+                (feeds[i].camera, feeds[i].frames[step : step + 1], [feeds[i].first + step],
+                 feeds[i].stamps[step : step + 1], feeds[i].cues[step : step + 1])
+                for i in active
+            ])
             self.health.observe_inference(time.perf_counter() - began)
-            for feed, result in zip(group, results, strict=True):
-                if feed.awaiting:  # a re-prime (its state was reset before the call)
-                    self._primed(feed, result)
-                    continue
+            for i, result in zip(active, results, strict=True):
+                into = merged[i]
                 if result.non_finite:
-                    self.log.warning("camera %s: non-finite model output; re-priming", feed.camera)
-                    self._prime(feed, feed.ring.stats())
+                    into.non_finite = True
+                    live.discard(i)
                     continue
-                feed.processed += count
-                self._publish(feed, result)
+                into.fit_decided = into.fit_decided or result.fit_decided
+                if step < counts[i] - 1:  # not the camera's newest frame: no forecast
+                    into.messages += [m for m in result.messages
+                                      if not isinstance(m, Forecast)]
+                else:
+                    into.messages += result.messages
+        return merged
 
     def _prime(self, feed: _Feed, stats: RingStats) -> None:
         """Reset the camera's state and rebuild it from the frames in the ring, now."""

@@ -308,6 +308,74 @@ def test_a_turn_split_into_calls_scores_as_one_call(stepper) -> None:
                                    engines[1].cameras[f"cam{k}"].prediction, atol=1e-5)
 
 
+class TickingStepper(CountingStepper):
+    """The real stepper, standing for a runner that steps chunks as one-frame ticks (a
+    lean runtime), which the worker batches step by step."""
+
+    prefers_ticks = True
+
+
+def test_frames_of_cameras_behind_by_different_counts_batch_step_by_step(
+    stepper, tmp_path
+) -> None:
+    """Three cameras behind by 1, 2 and 3 frames: three calls of 3, 2 and 1 cameras (one
+    step each), with the scores and predictions of one call per camera over its frames."""
+    outputs: list[list[tuple[str, int, float]]] = [[], []]
+    forecasts: list[list[tuple[str, int]]] = [[], []]
+    batches: list[list[int]] = [[], []]
+    for which, runner in enumerate([TickingStepper(stepper), CountingStepper(stepper)]):
+        engine = InferenceEngine(runner, CALIBRATION, ScorerConfig(mode="global"), window=10)
+        rings = [FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 32, 32, slots=10)
+                 for _ in range(3)]
+        publisher = Publisher(f"ipc://{tmp_path}/s{which}.sock", sndhwm=10000, linger_ms=0)
+        sent: list[object] = []
+        original = publisher.send
+
+        def keep(message: object, original=original, sent=sent) -> object:
+            sent.append(message)
+            return original(message)
+
+        publisher.send = keep  # type: ignore[method-assign]
+        try:
+            feeds = [_Feed(camera=f"cam{i}", ring=ring) for i, ring in enumerate(rings)]
+            worker = Worker(engine, feeds, publisher, queue.Queue(),
+                            mp.get_context("spawn").Event(), 60.0)
+            scenes = [SyntheticScene(seed=30 + i, height=32, width=32) for i in range(3)]
+            frames = [np.stack([scene.frame(i) for i in range(14)]) for scene in scenes]
+            for k, ring in enumerate(rings):
+                for i in range(10):
+                    ring.write(frames[k][i], float(i))
+            worker.service_all(feeds)  # the re-primes
+            for k, ring in enumerate(rings):  # camera k is k + 1 frames behind
+                for i in range(10, 11 + k):
+                    ring.write(frames[k][i], float(i))
+            runner.batches.clear()
+            sent.clear()
+            worker.service_all(feeds)
+            batches[which] = list(runner.batches)
+            outputs[which] = sorted((m.camera, m.seq, m.score) for m in sent
+                                    if isinstance(m, Score))
+            forecasts[which] = sorted((m.camera, m.seq) for m in sent
+                                      if isinstance(m, Forecast))
+            for k in range(3):
+                expected = reference(stepper, frames[k][: 11 + k])[-1]
+                np.testing.assert_allclose(engine.cameras[f"cam{k}"].prediction, expected,
+                                           atol=1e-5)
+        finally:
+            publisher.close()
+            for ring in rings:
+                ring.close()
+                ring.unlink()
+    assert batches[0] == [4, 2, 1]  # steps: 3 cameras (padded to 4), then 2, then 1
+    assert sorted(batches[1]) == [1, 1, 1]  # one call per frame count
+    assert len(outputs[0]) == 1 + 2 + 3  # every frame scored
+    for (camera, seq, score), (other, other_seq, expected) in zip(*outputs, strict=True):
+        assert (camera, seq) == (other, other_seq)
+        assert score == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    # a forecast from each camera's newest frame only, as one call over its frames gives
+    assert forecasts[0] == forecasts[1] == [("cam0", 10), ("cam1", 11), ("cam2", 12)]
+
+
 def test_model_path_argument_then_config_then_bundled(tmp_path: Path) -> None:
     from forecaster.config import Config, ModelConfig
     from forecaster.engine import model_path

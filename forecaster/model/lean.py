@@ -363,6 +363,12 @@ class LeanStepper:
                             if self.fastest else [tick.name for tick in self.ticks])
         return f"{names}, the fastest per batch size" if self.fastest else names
 
+    @property
+    def prefers_ticks(self) -> bool:
+        """Chunks run as one-frame ticks here (a lean runtime is in use), so the worker
+        does best to batch the waiting frames of its cameras step by step."""
+        return bool(self.ticks)
+
     def call_ms(self, batch: int) -> float | None:
         """The time one one-frame call at ``batch`` took on the runtime serving it, in the
         timing rounds that chose it (``auto``); None when not timed. The engine splits a
