@@ -19,6 +19,7 @@ process exits 0 once every camera's stream has ended.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -201,6 +202,11 @@ class CaptureProcess:
                 self._report(failed)
                 return failed.code or 1
             if not ready and all(camera.opened.is_set() for camera in self.cameras):
+                # what start-up made lives as long as the process: kept out of the garbage
+                # collector's full collections (as the worker does), which stall every
+                # camera thread of the process at once
+                gc.collect()
+                gc.freeze()
                 self.control.put(("ready", self.group.role, 0, ""))
                 ready = True
             if not self.started.is_set() and self.go.is_set():
