@@ -6,8 +6,9 @@ missed frames in one call when behind by less than a ring; further behind (the w
 cannot keep up), a skip to the newest half ring of frames with the state kept (the frames
 in between are dropped and counted, the first frame after the gap is not scored), so an
 overloaded worker sheds frames instead of spending its time on re-primes; a reset +
-re-prime from the ring after a reconnect or restart, a gap of more than 4 rings, or when
-the model returns non-finite values. A re-prime uses only frames of the ring's
+re-prime from the ring after a reconnect or restart, a gap of more than 4 rings (when
+the camera was not re-primed in the last minute: an overloaded worker re-priming every
+camera every turn would never score again), or when the model returns non-finite values. A re-prime uses only frames of the ring's
 current epoch, so the state after a reconnect is built from the new frames alone.
 
 The worker's progress and counters live in the shared :class:`~forecaster.health.Health`
@@ -40,6 +41,10 @@ from forecaster.ring import FrameRing, RingStats
 #: a camera further behind than this many rings of frames is re-primed; a camera less far
 #: behind skips to its newest frames and keeps its state
 WARM_GAP_RINGS = 4
+#: ... unless its last re-prime was less than this many seconds ago: an overloaded worker
+#: whose turns outlast 4 rings of frames would otherwise re-prime every camera every turn
+#: (a re-prime scores nothing) and never score again
+REPRIME_MIN_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,8 @@ class _Feed:
     #: that call's frames were read
     rate: float = 0.0
     read_at: float | None = None
+    #: monotonic time the camera's last re-prime completed (None: never)
+    primed_at: float | None = None
 
 
 class Worker:
@@ -322,6 +329,7 @@ class Worker:
             feed.floor = feed.last + 1
             return
         feed.awaiting = False
+        feed.primed_at = time.monotonic()
         feed.non_finite_logged = False
         feed.processed += feed.last - feed.first + 1
         self._publish(feed, result)
@@ -375,7 +383,9 @@ class Worker:
             # newest ones and go on with the state as it is: a reset would re-prime from a
             # whole ring of frames, none of them scored, and fall further behind under load.
             # Only after a long gap is the old state worth less than a re-prime.
-            if latest - first + 1 > WARM_GAP_RINGS * slots:
+            recently = (feed.primed_at is not None
+                        and time.monotonic() - feed.primed_at < REPRIME_MIN_INTERVAL_S)
+            if latest - first + 1 > WARM_GAP_RINGS * slots and not recently:
                 return self._prime_read(feed, stats)
             skip_to = latest - max(1, slots // 2) + 1
             feed.dropped += skip_to - first

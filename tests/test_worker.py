@@ -125,7 +125,7 @@ def test_prime_then_steps_equal_a_fresh_run_over_the_ring(stepper, ring, tmp_pat
 
 
 def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
-        stepper, ring, tmp_path) -> None:
+        stepper, ring, tmp_path, monkeypatch) -> None:
     frames = scene_frames(90)
     harness = Harness(stepper, ring, tmp_path)
     try:
@@ -147,15 +147,26 @@ def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
         np.testing.assert_allclose(cam.prediction, expected[0, -1, :, :, 0], atol=1e-5)
         scored = [m.seq for m in harness.drain() if isinstance(m, Score)]
         assert scored == [38, 39, 40, 41]  # not 37: its prediction was made from frame 11
-        # a gap of more than 4 rings: the state is stale, re-primed from the ring
+        # a gap of more than 4 rings within a minute of the camera's last re-prime: still a
+        # skip (an overloaded worker must not re-prime every camera every turn)
         for i in range(42, 90):
             ring.write(frames[i], float(i))
+        harness.worker.service(harness.feed)
+        assert cam.resets == resets_before and cam.last_seq == 89
+        harness.drain()
+        # the same gap once the last re-prime is older than that: the state is stale,
+        # re-primed from the ring
+        import forecaster.worker as worker_module
+
+        monkeypatch.setattr(worker_module, "REPRIME_MIN_INTERVAL_S", 0.0)
+        for i in range(90, 138):
+            ring.write(frames[i - 48], float(i))
         harness.worker.service(harness.feed)
         assert cam.resets == resets_before + 1
         np.testing.assert_allclose(cam.prediction, reference(stepper, frames[80:90])[-1],
                                    atol=1e-5)
         # a reconnect (new epoch) resets too, even with no frame missed
-        ring.write(frames[0], 90.0)
+        ring.write(frames[0], 138.0)
         ring.new_epoch()
         harness.worker.service(harness.feed)
         assert cam.resets == resets_before + 2
