@@ -213,9 +213,11 @@ class Worker:
 
     def _process_batch(self, feeds: list[_Feed]) -> None:
         """Run the waiting frames of several cameras: one model call per frame count, or,
-        where the runner steps chunks as one-frame ticks anyway (a lean runtime), one call
-        per step across every camera with a frame at that step."""
-        if getattr(self.engine.stepper, "prefers_ticks", False):
+        where cameras wait different counts and the runner steps chunks as one-frame ticks
+        anyway (a lean runtime), one call per step across every camera with a frame at
+        that step."""
+        counts = {feed.last - feed.first + 1 for feed in feeds}
+        if len(counts) > 1 and getattr(self.engine.stepper, "prefers_ticks", False):
             pairs = list(zip(feeds, self._run_by_step(feeds), strict=True))
         else:
             groups: dict[int, list[_Feed]] = {}
