@@ -178,6 +178,8 @@ class InferenceEngine:
         self.cameras: dict[str, CameraState] = {}
         #: batch size -> the input buffer of one-frame calls
         self._tick_inputs: dict[int, np.ndarray] = {}
+        #: camera count -> the cameras of each call it is split into (split_batch)
+        self._splits: dict[int, list[int]] = {}
 
     def _inputs(self, rows: int, steps: int, height: int, width: int) -> np.ndarray:
         """The float32 model input (rows, steps, H, W, 1): one buffer per batch size kept
@@ -256,8 +258,7 @@ class InferenceEngine:
         counts = {item[1].shape[0] for item in items}
         if len(counts) != 1:
             raise ValueError(f"process_many needs one frame count for all cameras, got {counts}")
-        call_ms = getattr(self.stepper, "call_ms", None)
-        parts = [len(items)] if call_ms is None else split_batch(len(items), call_ms)
+        parts = self._split(len(items))
         if len(parts) > 1:
             results: list[StepResult] = []
             start = 0
@@ -266,6 +267,20 @@ class InferenceEngine:
                 start += take
             return results
         return self._call(items)
+
+    def _split(self, count: int) -> list[int]:
+        """:func:`split_batch` for ``count`` cameras by the runner's timings, kept per count
+        once every batch size it weighs was timed (none: one call)."""
+        found = self._splits.get(count)
+        if found is not None:
+            return found
+        call_ms = getattr(self.stepper, "call_ms", None)
+        if call_ms is None or count <= 1:
+            return [count]
+        if any(call_ms(1 << k) is None for k in range(padded_batch(count).bit_length())):
+            return [count]  # not timed (yet): one call, decided again next time
+        parts = self._splits[count] = split_batch(count, call_ms)
+        return parts
 
     def _call(self, items: Sequence[Item]) -> list[StepResult]:
         """:meth:`process_many` in one model call (padded to a power of two)."""
