@@ -224,11 +224,8 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0,
         elapsed = ended - started if started else 0.0
         steady_s = ended - steady_started if steady_started else 0.0
 
-        def delta(name: str, final: dict[str, float] = final, base: dict[str, float] = baseline) -> float:
-            return final.get(name, 0.0) - base.get(name, 0.0)
-
-        def steady_delta(name: str, final: dict[str, float] = final,
-                         base: dict[str, float] = steady_base) -> float:
+        def delta(name: str, base: dict[str, float] = baseline,
+                  final: dict[str, float] = final) -> float:
             return final.get(name, 0.0) - base.get(name, 0.0)
 
         processed = delta("forecaster_frames_processed_total")
@@ -237,14 +234,14 @@ def bench_cameras(counts: list[int], fps: float = 10.0, seconds: float = 30.0,
         p99s = [float(np.percentile(v, 99)) for v in latencies.values() if v]
         rates = [len(v) / elapsed for v in latencies.values()] if elapsed else []
         steady_p99s = [float(np.percentile(v, 99)) for v in steady.values() if v]
-        steady_processed = steady_delta("forecaster_frames_processed_total")
-        steady_model_s = steady_delta("forecaster_inference_duration_seconds_sum")
+        steady_processed = delta("forecaster_frames_processed_total", steady_base)
+        steady_model_s = delta("forecaster_inference_duration_seconds_sum", steady_base)
         steady_row: dict[str, Any] | None = None
         if steady_started is not None and steady_s > 0:
             steady_row = {
                 "seconds": steady_s,
-                "dropped_worker_behind": steady_delta(
-                    "forecaster_frames_dropped_total{worker_behind}"),
+                "dropped_worker_behind": delta(
+                    "forecaster_frames_dropped_total{worker_behind}", steady_base),
                 "model_ms_per_camera_frame": (1000.0 * steady_model_s / steady_processed
                                               if steady_processed else None),
                 "worker_busy_fraction": steady_model_s / steady_s,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,12 +248,16 @@ class InferenceEngine:
         """
         return self.process_many([(camera, frames, seqs, stamps, cues)])[0]
 
-    def process_many(self, items: Sequence[Item]) -> list[StepResult]:
+    def process_many(
+        self, items: Sequence[Item], no_forecast: Collection[str] = ()
+    ) -> list[StepResult]:
         """Feed several cameras the same number of frames in ONE model call.
 
         Each camera's state is a row of the batch; ``items`` holds
         ``(camera, frames (T, H, W) uint8, seqs, stamps, cues or None)`` with one T for all.
-        The result of each camera equals what :meth:`process` gives for it alone.
+        The result of each camera equals what :meth:`process` gives for it alone, less the
+        forecast message for the cameras in ``no_forecast`` (whose newer frames follow in
+        another call).
         """
         counts = {item[1].shape[0] for item in items}
         if len(counts) != 1:
@@ -263,10 +267,10 @@ class InferenceEngine:
             results: list[StepResult] = []
             start = 0
             for take in parts:
-                results += self._call(items[start : start + take])
+                results += self._call(items[start : start + take], no_forecast)
                 start += take
             return results
-        return self._call(items)
+        return self._call(items, no_forecast)
 
     def _split(self, count: int) -> list[int]:
         """:func:`split_batch` for ``count`` cameras by the runner's timings, kept per count
@@ -282,7 +286,7 @@ class InferenceEngine:
         parts = self._splits[count] = split_batch(count, call_ms)
         return parts
 
-    def _call(self, items: Sequence[Item]) -> list[StepResult]:
+    def _call(self, items: Sequence[Item], no_forecast: Collection[str]) -> list[StepResult]:
         """:meth:`process_many` in one model call (padded to a power of two)."""
         cams = [self.cameras[item[0]] for item in items]
         states: list[list[np.ndarray]] = []
@@ -313,7 +317,8 @@ class InferenceEngine:
                 results.append(StepResult(non_finite=True))
                 continue
             cam.state = [array[row : row + 1] for array in new_state]
-            results.append(self._score(cam, predicted, inputs[row, :, :, :, 0], seqs, stamps, cues))
+            results.append(self._score(cam, predicted, inputs[row, :, :, :, 0], seqs, stamps, cues,
+                                       forecast=cam.camera not in no_forecast))
         return results
 
     def _score(
@@ -324,8 +329,10 @@ class InferenceEngine:
         seqs: Sequence[int],
         stamps: Floats,
         cues: Floats | None,
+        forecast: bool = True,
     ) -> StepResult:
-        """Score each fed frame against the prediction made from the one before it."""
+        """Score each fed frame against the prediction made from the one before it; with
+        ``forecast``, add the forecast made from the newest one."""
         camera = cam.camera
         result = StepResult()
         now = self.clock()
@@ -363,6 +370,8 @@ class InferenceEngine:
             cam.context += 1
             cam.last_seq = seq
             cam.last_ts = ts
+        if not forecast:
+            return result
         frame = prediction_to_uint8(predictions[-1])
         result.messages.append(
             Forecast(

@@ -8,8 +8,9 @@ in between are dropped and counted, the first frame after the gap is not scored)
 overloaded worker sheds frames instead of spending its time on re-primes; a reset +
 re-prime from the ring after a reconnect or restart, a gap of more than 4 rings (when
 the camera was not re-primed in the last minute: an overloaded worker re-priming every
-camera every turn would never score again), or when the model returns non-finite values. A re-prime uses only frames of the ring's
-current epoch, so the state after a reconnect is built from the new frames alone.
+camera every turn would never score again), or when the model returns non-finite values.
+A re-prime uses only frames of the ring's current epoch, so the state after a reconnect
+is built from the new frames alone.
 
 The worker's progress and counters live in the shared :class:`~forecaster.health.Health`
 block: the supervisor watches them (systemd watchdog, metrics), and a restarted worker
@@ -34,7 +35,7 @@ from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
 from forecaster.errors import ForecasterError
 from forecaster.event_board import EventNotes
 from forecaster.health import CameraField, Health
-from forecaster.protocol import Event, Forecast, Message, Score, Status
+from forecaster.protocol import Event, Message, Score, Status
 from forecaster.recording import RecordingSpec
 from forecaster.ring import FrameRing, RingStats
 
@@ -265,7 +266,7 @@ class Worker:
                 (feeds[i].camera, feeds[i].frames[step : step + 1], [feeds[i].first + step],
                  feeds[i].stamps[step : step + 1], feeds[i].cues[step : step + 1])
                 for i in active
-            ])
+            ], no_forecast={feeds[i].camera for i in active if step < counts[i] - 1})
             self.health.observe_inference(time.perf_counter() - began)
             for i, result in zip(active, results, strict=True):
                 into = merged[i]
@@ -274,11 +275,7 @@ class Worker:
                     live.discard(i)
                     continue
                 into.fit_decided = into.fit_decided or result.fit_decided
-                if step < counts[i] - 1:  # not the camera's newest frame: no forecast
-                    into.messages += [m for m in result.messages
-                                      if not isinstance(m, Forecast)]
-                else:
-                    into.messages += result.messages
+                into.messages += result.messages
         return merged
 
     def _prime(self, feed: _Feed, stats: RingStats) -> None:
