@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from forecaster.bench_daemon import (
+    SCENE_64,
+    SCENE_CALIBRATED,
     SCORER_MODE,
     bench_cameras,
     bench_daemon,
@@ -283,6 +285,7 @@ def run_bench(
     video: Path | None = None,
     daemon_rates: list[float] | None = None,
     daemon_frames: int = 2000,
+    daemon_scene: str = "64x64",
     cameras: list[int] | None = None,
     camera_seconds: float = 30.0,
     cameras_per_process: int | None = None,
@@ -315,7 +318,9 @@ def run_bench(
     if video is not None and video.exists():
         report["replay"] = bench_replay(video)
     if daemon_rates:
-        report["daemon"] = bench_daemon(daemon_rates, daemon_frames)
+        report["daemon"] = bench_daemon(
+            daemon_rates, daemon_frames,
+            SCENE_CALIBRATED if daemon_scene == "160x120" else SCENE_64)
     if overload:
         report["overload"] = bench_overload(daemon_frames)
     if web:
@@ -458,6 +463,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"daemon at {row['source_fps']:g} fps: {row['scored_per_s']:.0f} scored/s, "
             f"dropped {row['dropped']}, resets {row['state_resets']}, latency p50 "
             f"{latency.get('p50_ms', float('nan')):.1f} ms p99 {latency.get('p99_ms', float('nan')):.1f} ms"
+            + (f", false alarms {row['false_events']} ({row['false_flagged']} frames flagged)"
+               if row["scene"] == "160x120" else "")  # the scene the model was calibrated on
         )
     if report.get("overload"):
         over = report["overload"]
@@ -467,7 +474,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"{over['probe']['source_fps']:g} fps); at {once['source_fps']:g} fps "
             f"{once['scored_per_s']:.0f} scored/s, at {twice['source_fps']:g} fps "
             f"{twice['scored_per_s']:.0f} scored/s ({over['ratio']:.2f}x), dropped "
-            f"{twice['dropped']}, resets {twice['state_resets']}"
+            f"{twice['dropped']}, resets {twice['state_resets']}, false alarms "
+            f"{twice['false_events']} ({twice['false_flagged']} frames flagged; at capacity "
+            f"{once['false_events']}, {once['false_flagged']}; {over['probe']['scene']} scene)"
         )
     if report.get("web"):
         from forecaster.bench_web import format_web

@@ -237,6 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         video=video,
         daemon_rates=args.daemon_fps or None,
         daemon_frames=args.daemon_frames,
+        daemon_scene=args.daemon_scene,
         cameras=args.cameras or None,
         camera_seconds=args.camera_seconds,
         cameras_per_process=args.cameras_per_process,
@@ -410,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--daemon-fps", type=_positive_float, action="append", metavar="FPS",
                        help="run the whole daemon on a synthetic source paced at FPS (repeatable)")
     bench.add_argument("--daemon-frames", type=_positive_int, default=2000)
+    bench.add_argument("--daemon-scene", default="64x64", choices=("64x64", "160x120"),
+                       help="size of the --daemon-fps rows' synthetic scene: rendered at "
+                       "64x64 (cheapest), or at its own 160x120, the footage the bundled "
+                       "model was calibrated on, whose false alarms the rows then count")
     bench.add_argument("--cameras", type=_positive_int, action="append", metavar="N",
                        help="run N synthetic cameras at 10 fps in one worker (repeatable)")
     bench.add_argument("--camera-seconds", type=_positive_float, default=30.0,

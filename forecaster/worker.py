@@ -3,9 +3,11 @@
 :class:`Worker` feeds the process-free :class:`~forecaster.engine.InferenceEngine` (the
 same one replay and evaluation run) from the cameras' rings: one step per new frame, the
 missed frames in one call when behind by less than a ring; further behind (the worker
-cannot keep up), a skip to the newest half ring of frames with the state kept (the frames
-in between are dropped and counted, the first frame after the gap is not scored), so an
-overloaded worker sheds frames instead of spending its time on re-primes; a reset +
+cannot keep up), a skip to the newest half ring of frames plus
+:data:`~forecaster.engine.SKIP_WARMUP_FRAMES` with the state kept (the frames in between
+are dropped and counted; those first frames after the gap only bring the state up to date
+and are not scored), so an overloaded worker sheds frames instead of spending its time on
+re-primes; a reset +
 re-prime from the ring after a reconnect or restart, a gap of more than 4 rings (when
 the camera was not re-primed in the last minute: an overloaded worker re-priming every
 camera every turn would never score again), or when the model returns non-finite values.
@@ -31,7 +33,7 @@ import numpy as np
 
 from forecaster.channels import Flag, Outbox, start_child
 from forecaster.config import PublishConfig, ScorerConfig
-from forecaster.engine import InferenceEngine, StepResult, load, padded_batch
+from forecaster.engine import SKIP_WARMUP_FRAMES, InferenceEngine, StepResult, load, padded_batch
 from forecaster.errors import ForecasterError
 from forecaster.event_board import EventNotes
 from forecaster.health import CameraField, Health
@@ -386,7 +388,7 @@ class Worker:
                         and time.monotonic() - feed.primed_at < REPRIME_MIN_INTERVAL_S)
             if latest - first + 1 > WARM_GAP_RINGS * slots and not recently:
                 return self._prime_read(feed, stats)
-            skip_to = latest - max(1, slots // 2) + 1
+            skip_to = latest - min(slots, max(1, slots // 2) + SKIP_WARMUP_FRAMES) + 1
             feed.dropped += skip_to - first
             self.engine.skip(feed.camera)
             first = skip_to

@@ -141,12 +141,14 @@ def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
             ring.write(frames[i], float(i))
         harness.worker.service(harness.feed)
         assert cam.resets == resets_before  # no reset, no re-prime
-        assert harness.feed.dropped == 37 - 12  # frames 12..36 skipped, 37..41 fed
-        x = frames[37:42].astype(np.float32)[None, :, :, :, None] / 255.0
+        assert harness.feed.dropped == 34 - 12  # frames 12..33 skipped, 34..41 fed
+        x = frames[34:42].astype(np.float32)[None, :, :, :, None] / 255.0
         expected, _ = stepper.run(x, state)  # the old state goes on over the newest frames
         np.testing.assert_allclose(cam.prediction, expected[0, -1, :, :, 0], atol=1e-5)
         scored = [m.seq for m in harness.drain() if isinstance(m, Score)]
-        assert scored == [38, 39, 40, 41]  # not 37: its prediction was made from frame 11
+        # not 34 (its prediction was made from frame 11), 35 and 36 (made from a state that
+        # saw one and two frames after the gap): they bring the state up to date
+        assert scored == [37, 38, 39, 40, 41]
         # a gap of more than 4 rings within a minute of the camera's last re-prime: still a
         # skip (an overloaded worker must not re-prime every camera every turn)
         for i in range(42, 90):
@@ -416,6 +418,38 @@ def test_load_gives_the_engine_the_worker_and_replay_run() -> None:
     assert [m.seq for m in result.messages if isinstance(m, Score)] == [loaded.card.window]
     with pytest.raises(ModelError, match="expects"):
         load(bundled_model_path(), expect_size=(loaded.size[0] + 1, loaded.size[1]))
+
+
+def test_frames_scored_after_a_skip_read_as_normal_footage() -> None:
+    """The bundled model on its own calibration scene (160x120, no anomalies) in the global
+    mode, with a gap of 10 frames every 8 frames fed, as a worker far behind skips: no
+    frame is flagged. Scoring the first frame after each gap flagged dozens and started
+    events (its prediction still carries the motion of before the gap)."""
+    from forecaster.datasets import read_video
+    from forecaster.engine import SKIP_WARMUP_FRAMES, load
+    from forecaster.model.artifact import bundled_model_path
+
+    loaded = load(bundled_model_path())
+    frames, _ = read_video("synthetic:?anomaly_rate=0&seed=11", loaded.size, 400)
+    engine = loaded.engine(ScorerConfig(mode="global"))
+    engine.add_camera("cam0")
+    window = loaded.card.window
+    first = frames[:window]  # a primed state, then gaps
+    engine.process("cam0", first, range(window), np.zeros(window))
+    scores: list[Score] = []
+    seq, gaps = window, 0
+    while seq + 8 <= len(frames):
+        chunk = range(seq, seq + 8)
+        result = engine.process("cam0", frames[seq : seq + 8], chunk, np.zeros(8))
+        scored = [m for m in result.messages if isinstance(m, Score)]
+        assert [m.seq for m in scored] == list(chunk)[SKIP_WARMUP_FRAMES if gaps else 0:]
+        scores += scored
+        seq += 8 + 10
+        engine.skip("cam0")
+        gaps += 1
+    assert gaps >= 15 and len(scores) >= 90
+    assert not any(m.anomaly for m in scores)
+    assert max(m.score for m in scores) < engine.scorer_config.threshold_on
 
 
 class StepCounting(CountingStepper):
