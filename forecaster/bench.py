@@ -470,7 +470,7 @@ def format_report(report: dict[str, Any]) -> str:
         over = report["overload"]
         twice, once = over["at_twice"], over["at_capacity"]
         lines.append(
-            f"overload: capacity {over['capacity']:.0f} scored/s (source at "
+            f"overload: capacity {over['capacity']:.0f} frames run/s (source at "
             f"{over['probe']['source_fps']:g} fps); at {once['source_fps']:g} fps "
             f"{once['scored_per_s']:.0f} scored/s, at {twice['source_fps']:g} fps "
             f"{twice['scored_per_s']:.0f} scored/s ({over['ratio']:.2f}x), dropped "
