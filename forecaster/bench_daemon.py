@@ -146,9 +146,8 @@ def bench_overload(frames: int) -> dict[str, Any]:
     fast (its capacity C, as it sheds load: scored frames and those that bring the state up
     to date after a gap), then the scored rate with the source paced at C and at 2C. A
     worker that sheds load scores about C at C and most of C at 2C; one that collapses
-    scores a fraction of it. The
-    scene is the one the bundled model was calibrated on, so the false alarms of the
-    frames scored after the shed ones are counted too."""
+    scores a fraction of it. The scene is the one the bundled model was calibrated on, so
+    the false alarms of the frames scored after the shed ones are counted too."""
     probe = bench_daemon([OVERLOAD_PROBE_FPS], frames, SCENE_CALIBRATED)[0]
     capacity = max(1.0, probe["processed_per_s"])
     at_capacity, at_twice = bench_daemon([round(capacity), round(2 * capacity)], frames,
