@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 
 from forecaster.bench_daemon import (
-    SCENE_64,
-    SCENE_CALIBRATED,
+    CALIBRATED_SCENE,
     SCORER_MODE,
     bench_cameras,
     bench_daemon,
@@ -318,9 +317,7 @@ def run_bench(
     if video is not None and video.exists():
         report["replay"] = bench_replay(video)
     if daemon_rates:
-        report["daemon"] = bench_daemon(
-            daemon_rates, daemon_frames,
-            SCENE_CALIBRATED if daemon_scene == "160x120" else SCENE_64)
+        report["daemon"] = bench_daemon(daemon_rates, daemon_frames, daemon_scene)
     if overload:
         report["overload"] = bench_overload(daemon_frames)
     if web:
@@ -464,7 +461,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"dropped {row['dropped']}, resets {row['state_resets']}, latency p50 "
             f"{latency.get('p50_ms', float('nan')):.1f} ms p99 {latency.get('p99_ms', float('nan')):.1f} ms"
             + (f", false alarms {row['false_events']} ({row['false_flagged']} frames flagged)"
-               if row["scene"] == "160x120" else "")  # the scene the model was calibrated on
+               if row["scene"] == CALIBRATED_SCENE else "")
         )
     if report.get("overload"):
         over = report["overload"]

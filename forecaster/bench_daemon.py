@@ -58,19 +58,20 @@ def _config(endpoint: str, cameras: dict[str, str], metrics_port: int | None = N
     return config_text(endpoint, cameras.items(), sections, log_level="warning")
 
 
-#: the synthetic scene of the throughput rows: rendered at the model's 64x64 (cheapest)
-SCENE_64 = "width=64&height=64"
-#: the scene at its own size (160x120, resized to 64x64 by capture), as the bundled model's
-#: calibration footage was made: the rows that count false alarms run this one (the
-#: natively rendered 64x64 scene is sharper, and the global score calls all of it
-#: anomalous)
-SCENE_CALIBRATED = ""
+#: the synthetic scenes of the daemon rows (name -> size options): "64x64" rendered at the
+#: model's size (cheapest: the throughput rows); "160x120" at the scene's own size, resized
+#: to 64x64 by capture, as the bundled model's calibration footage was made (the rows that
+#: count false alarms: the natively rendered 64x64 scene is sharper, and the global score
+#: calls all of it anomalous)
+SCENES = {"64x64": "width=64&height=64", "160x120": ""}
+#: the scene whose false alarms count
+CALIBRATED_SCENE = "160x120"
 
 
-def bench_daemon(rates: list[float], frames: int, scene: str = SCENE_64
+def bench_daemon(rates: list[float], frames: int, scene: str = "64x64"
                  ) -> list[dict[str, Any]]:
     """The whole daemon (capture -> worker -> publish) on a synthetic source without
-    anomalies (``scene``: its size options) paced at each rate: frames scored per second,
+    anomalies (``scene``: one of :data:`SCENES`) paced at each rate: frames scored per second,
     drops, capture-to-publish latency, and the false alarms: frames flagged anomalous and
     events started."""
 
@@ -83,7 +84,7 @@ def bench_daemon(rates: list[float], frames: int, scene: str = SCENE_64
         with tempfile.TemporaryDirectory() as tmp:
             config = _config(
                 endpoint, {"bench": "&".join(filter(None, (
-                    f"synthetic:?fps={rate:g}", scene, "anomaly_rate=0")))}
+                    f"synthetic:?fps={rate:g}", SCENES[scene], "anomaly_rate=0")))}
             )
             with (
                 Subscriber(endpoint, rcvhwm=0) as sub,
@@ -128,7 +129,7 @@ def bench_daemon(rates: list[float], frames: int, scene: str = SCENE_64
                 "dropped": last_status.frames_dropped if last_status else None,
                 "state_resets": last_status.state_resets if last_status else None,
                 "latency_ms": percentiles([v / 1000.0 for v in latencies]) if latencies else None,
-                "scene": scene or "160x120",
+                "scene": scene,
                 #: the scene has no anomalies: frames flagged anomalous, events started
                 "false_flagged": flagged,
                 "false_events": events,
@@ -148,10 +149,10 @@ def bench_overload(frames: int) -> dict[str, Any]:
     worker that sheds load scores about C at C and most of C at 2C; one that collapses
     scores a fraction of it. The scene is the one the bundled model was calibrated on, so
     the false alarms of the frames scored after the shed ones are counted too."""
-    probe = bench_daemon([OVERLOAD_PROBE_FPS], frames, SCENE_CALIBRATED)[0]
+    probe = bench_daemon([OVERLOAD_PROBE_FPS], frames, CALIBRATED_SCENE)[0]
     capacity = max(1.0, probe["processed_per_s"])
     at_capacity, at_twice = bench_daemon([round(capacity), round(2 * capacity)], frames,
-                                         SCENE_CALIBRATED)
+                                         CALIBRATED_SCENE)
     return {
         "probe": probe,
         "capacity": capacity,

@@ -423,8 +423,9 @@ def test_load_gives_the_engine_the_worker_and_replay_run() -> None:
 def test_frames_scored_after_a_skip_read_as_normal_footage() -> None:
     """The bundled model on its own calibration scene (160x120, no anomalies) in the global
     mode, with a gap of 10 frames every 8 frames fed, as a worker far behind skips: no
-    frame is flagged. Scoring the first frame after each gap flagged dozens and started
-    events (its prediction still carries the motion of before the gap)."""
+    frame is flagged, and no score reaches the alarm threshold. Scoring from the second
+    frame after each gap (one frame to bring the state up to date), the highest score
+    here was 9.5: that prediction still carries the motion of before the gap."""
     from forecaster.datasets import read_video
     from forecaster.engine import SKIP_WARMUP_FRAMES, load
     from forecaster.model.artifact import bundled_model_path
