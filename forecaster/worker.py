@@ -2,8 +2,11 @@
 
 :class:`Worker` feeds the process-free :class:`~forecaster.engine.InferenceEngine` (the
 same one replay and evaluation run) from the cameras' rings: one step per new frame, the
-missed frames in one call when behind by less than a ring; further behind (the worker
-cannot keep up), a skip to the newest half ring of frames plus
+missed frames in one call when behind (copied out of the ring into the worker's own
+buffer every turn, each turn running no more of them than keeps the frames arriving
+meanwhile within half the ring, so a fast camera may wait beyond the ring for up to
+:data:`BACKLOG_S`); further behind (the worker cannot keep up), a skip to the newest half
+ring of frames plus
 :data:`~forecaster.engine.SKIP_WARMUP_FRAMES` with the state kept (the frames in between
 are dropped and counted; those first frames after the gap only bring the state up to date
 and are not scored), so an overloaded worker sheds frames instead of spending its time on
@@ -48,6 +51,30 @@ WARM_GAP_RINGS = 4
 #: whose turns outlast 4 rings of frames would otherwise re-prime every camera every turn
 #: (a re-prime scores nothing) and never score again
 REPRIME_MIN_INTERVAL_S = 60.0
+#: a camera whose frames come faster than the worker runs them keeps its frames in the
+#: worker's own buffer (copied out of the ring every turn, before the capture overwrites
+#: them) while they span at most this many seconds, or fit in a ring; only then are the
+#: oldest shed. Each skip costs SKIP_WARMUP_FRAMES unscored frames, so an overloaded
+#: worker that sheds rarely and in large steps scores more of what it runs than one that
+#: sheds a few frames every turn.
+BACKLOG_S = 0.05
+#: ... and never more than this many rings of frames
+BACKLOG_RINGS = 8
+#: a camera runs at most so many of its waiting frames in one turn that, at its frame rate
+#: and the worker's time per frame, the frames coming in meanwhile fill at most
+#: 1 / RUN_MARGIN of its ring (the rest wait in the worker's buffer for the next turns)
+RUN_MARGIN = 2.0
+
+
+def run_cap(slots: int, frame_interval_s: float, seconds_per_frame: float) -> int:
+    """The most waiting frames a camera may run in one turn: a turn of ``n`` frames takes
+    about ``n * seconds_per_frame``, while frames come every ``frame_interval_s``; the
+    frames that arrive meanwhile must fit in ``slots / RUN_MARGIN`` ring slots, or the
+    capture overwrites some before the next turn copies them out."""
+    if frame_interval_s <= 0 or seconds_per_frame <= 0:
+        return slots
+    arriving = RUN_MARGIN * seconds_per_frame / frame_interval_s  # per frame run
+    return max(1, min(slots, int(slots / arriving))) if arriving > 0 else slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +122,23 @@ class _Feed:
     synced_processed: int = 0
     synced_resets: int = 0
     non_finite_logged: bool = False
-    #: frames read from the ring for the next model call, their time stamps and cues
+    #: the worker's buffer of this camera: frames read from the ring and not run yet,
+    #: their time stamps and cues (it grows up to BACKLOG_RINGS rings when behind)
     frames: np.ndarray = field(default_factory=lambda: np.empty((0, 0, 0), np.uint8))
     stamps: np.ndarray = field(default_factory=lambda: np.empty((0,), np.float64))
     cues: np.ndarray = field(default_factory=lambda: np.empty((0,), np.float64))
-    #: seqs first..last of the frames waiting in ``frames`` (count = last - first + 1)
+    #: seqs first..last of the frames waiting in the buffer (count = last - first + 1;
+    #: none when last < first): after a re-prime, the frames that followed it, in order
     first: int = 0
     last: int = -1
+    #: how many of them (from ``first``) the turn's model call takes
+    run: int = 0
+    #: frames left in the buffer after the last model call (not new since then)
+    carried: int = 0
+    #: seconds of the worker's turns per frame this camera ran in them (smoothed; 0:
+    #: not measured yet), and the interval between its frames (from their stamps)
+    turn_s_per_frame: float = 0.0
+    frame_interval_s: float = 0.0
     #: the last model call of this camera took several frames: its frames come faster than
     #: one call per frame, so new frames are held until a chunk of them waits
     hot: bool = False
@@ -204,40 +241,58 @@ class Worker:
 
     # -- model ----------------------------------------------------------------------------
 
-    def _process(self, feed: _Feed, first: int, latest: int) -> StepResult:
-        count = latest - first + 1
+    def _process(self, feed: _Feed) -> StepResult:
+        """Run the camera's ``feed.run`` oldest waiting frames alone."""
+        count = feed.run
         began = time.perf_counter()
         result = self.engine.process(
-            feed.camera, feed.frames[:count], range(first, latest + 1), feed.stamps[:count],
-            feed.cues[:count]
+            feed.camera, feed.frames[:count], range(feed.first, feed.first + count),
+            feed.stamps[:count], feed.cues[:count]
         )
         self.health.observe_inference(time.perf_counter() - began)
         return result
+
+    def _consume(self, feed: _Feed) -> None:
+        """Take the frames the model call ran out of the camera's buffer."""
+        count, left = feed.run, feed.last - feed.first + 1 - feed.run
+        if left > 0:  # numpy copies overlapping slices as if through a temporary
+            feed.frames[:left] = feed.frames[count : count + left]
+            feed.stamps[:left] = feed.stamps[count : count + left]
+            feed.cues[:left] = feed.cues[count : count + left]
+        feed.first += count
+        feed.carried = max(0, left)
+        feed.run = 0
 
     def _process_batch(self, feeds: list[_Feed]) -> None:
         """Run the waiting frames of several cameras: one model call per frame count, or,
         where cameras wait different counts and the runner steps chunks as one-frame ticks
         anyway (a lean runtime), one call per step across every camera with a frame at
         that step."""
-        counts = {feed.last - feed.first + 1 for feed in feeds}
+        turn_began = time.perf_counter()
+        counts = {feed.run for feed in feeds}
         if len(counts) > 1 and getattr(self.engine.stepper, "prefers_ticks", False):
             pairs = list(zip(feeds, self._run_by_step(feeds), strict=True))
         else:
             groups: dict[int, list[_Feed]] = {}
             for feed in feeds:
-                groups.setdefault(feed.last - feed.first + 1, []).append(feed)
+                groups.setdefault(feed.run, []).append(feed)
             pairs = []
             for count, group in groups.items():
                 began = time.perf_counter()
                 results = self.engine.process_many(
                     [
-                        (f.camera, f.frames[:count], range(f.first, f.last + 1),
+                        (f.camera, f.frames[:count], range(f.first, f.first + count),
                          f.stamps[:count], f.cues[:count])
                         for f in group
                     ]
                 )
                 self.health.observe_inference(time.perf_counter() - began)
                 pairs += list(zip(group, results, strict=True))
+        turn_s = time.perf_counter() - turn_began
+        for feed in feeds:  # what the turn cost per frame of each camera
+            per_frame = turn_s / max(1, feed.run)
+            feed.turn_s_per_frame = (per_frame if feed.turn_s_per_frame <= 0
+                                     else 0.7 * feed.turn_s_per_frame + 0.3 * per_frame)
         for feed, result in pairs:
             if feed.awaiting:  # a re-prime (its state was reset before the call)
                 self._primed(feed, result)
@@ -246,8 +301,9 @@ class Worker:
                 self.log.warning("camera %s: non-finite model output; re-priming", feed.camera)
                 self._prime(feed, feed.ring.stats())
                 continue
-            feed.processed += feed.last - feed.first + 1
+            feed.processed += feed.run
             self._publish(feed, result)
+            self._consume(feed)
 
     def _run_by_step(self, feeds: list[_Feed]) -> list[StepResult]:
         """The cameras' waiting frames one step at a time: call k takes the k-th waiting
@@ -256,7 +312,7 @@ class Worker:
         camera is that of one call over its frames: every frame scored, a forecast from
         its newest frame only; a camera whose output turns non-finite takes no further
         step."""
-        counts = [feed.last - feed.first + 1 for feed in feeds]
+        counts = [feed.run for feed in feeds]
         merged = [StepResult() for _ in feeds]
         live = set(range(len(feeds)))
         for step in range(max(counts)):
@@ -283,11 +339,12 @@ class Worker:
     def _prime(self, feed: _Feed, stats: RingStats) -> None:
         """Reset the camera's state and rebuild it from the frames in the ring, now."""
         if self._prime_read(feed, stats):
-            self._primed(feed, self._process(feed, feed.first, feed.last))
+            self._primed(feed, self._process(feed))
 
     def _prime_read(self, feed: _Feed, stats: RingStats) -> bool:
         """Reset the camera's state and read the frames to rebuild it from into its buffer
-        (True: they wait in ``feed.first..feed.last`` for a model call, which
+        (True: they wait in ``feed.first..feed.last``, all of them ``feed.run``, for a
+        model call, which
         :meth:`_primed` completes; cameras re-primed in one turn share that call).
 
         Only frames of the ring's current epoch are used; when there is none yet (a
@@ -296,6 +353,7 @@ class Worker:
         ring = feed.ring
         cam = self.engine.cameras[feed.camera]
         feed.epoch = stats.epoch
+        feed.first, feed.run, feed.carried = feed.last + 1, 0, 0  # the buffer is dropped
         if not feed.awaiting:
             end = self.engine.reset(feed.camera)
             if end is not None:
@@ -314,7 +372,7 @@ class Worker:
             return False
         if cam.last_seq is not None:
             feed.dropped += max(0, first - cam.last_seq - 1)
-        feed.first, feed.last = first, latest
+        feed.first, feed.last, feed.run = first, latest, latest - first + 1
         return True
 
     def _primed(self, feed: _Feed, result: StepResult) -> None:
@@ -328,12 +386,15 @@ class Worker:
             self.engine.reset(feed.camera)
             cam.last_seq = feed.last
             feed.floor = feed.last + 1
+            feed.run = feed.last - feed.first + 1
+            self._consume(feed)
             return
         feed.awaiting = False
         feed.primed_at = time.monotonic()
         feed.non_finite_logged = False
-        feed.processed += feed.last - feed.first + 1
+        feed.processed += feed.run
         self._publish(feed, result)
+        self._consume(feed)
 
     def service(self, feed: _Feed) -> None:
         """Bring one camera up to the newest frame in its ring."""
@@ -359,8 +420,9 @@ class Worker:
                 self._sync(feed)
 
     def _collect(self, feed: _Feed) -> bool:
-        """Read the camera's new frames, or the frames to re-prime it from, into its buffer
-        (True: they wait for the turn's batched model call), or nothing (False)."""
+        """Copy the camera's new frames from its ring into its buffer, or the frames to
+        re-prime it from, and choose the ones the turn's batched model call takes (True),
+        or none (False)."""
         stats = feed.ring.stats()
         latest = stats.latest_seq
         cam = self.engine.cameras[feed.camera]
@@ -373,32 +435,74 @@ class Worker:
             or cam.state is None
         ):
             return self._prime_read(feed, stats)  # re-primes of one turn share a call
-        first = cam.last_seq + 1
-        if latest < first:
-            return False
         slots = feed.ring.slots
-        if self._hold(feed, latest - first + 1, stats.ended):
+        keep = min(slots, max(1, slots // 2) + SKIP_WARMUP_FRAMES)
+        nxt = feed.last + 1
+        if latest >= nxt:
+            arrived = latest - nxt + 1
+            room = BACKLOG_RINGS * slots
+            if (arrived > slots or feed.last - feed.first + 1 + arrived > room
+                    or not self._append(feed, nxt, latest)):
+                # Further behind than the ring holds: the frames in between are gone.
+                # Skip to the newest ones and go on with the state as it is: a reset
+                # would re-prime from a whole ring of frames, none of them scored, and
+                # fall further behind under load. Only after a long gap is the old
+                # state worth less than a re-prime.
+                recently = (feed.primed_at is not None
+                            and time.monotonic() - feed.primed_at < REPRIME_MIN_INTERVAL_S)
+                if latest - feed.first + 1 > WARM_GAP_RINGS * slots and not recently:
+                    return self._prime_read(feed, stats)
+                skip_to = latest - keep + 1
+                if not feed.ring.read(skip_to, latest, feed.frames, feed.stamps, feed.cues):
+                    return self._prime_read(feed, stats)
+                feed.dropped += skip_to - feed.first
+                self.engine.skip(feed.camera)
+                feed.first, feed.last, feed.carried = skip_to, latest, 0
+        pending = feed.last - feed.first + 1
+        if pending < 1:
             return False
-        if latest - first + 1 > slots:
-            # Further behind than the ring holds: the frames in between are gone. Skip to the
-            # newest ones and go on with the state as it is: a reset would re-prime from a
-            # whole ring of frames, none of them scored, and fall further behind under load.
-            # Only after a long gap is the old state worth less than a re-prime.
-            recently = (feed.primed_at is not None
-                        and time.monotonic() - feed.primed_at < REPRIME_MIN_INTERVAL_S)
-            if latest - first + 1 > WARM_GAP_RINGS * slots and not recently:
-                return self._prime_read(feed, stats)
-            skip_to = latest - min(slots, max(1, slots // 2) + SKIP_WARMUP_FRAMES) + 1
-            feed.dropped += skip_to - first
-            self.engine.skip(feed.camera)
-            first = skip_to
-        if not feed.ring.read(first, latest, feed.frames, feed.stamps, feed.cues):
-            return self._prime_read(feed, stats)
-        feed.first, feed.last = first, latest
+        if pending > 1:
+            feed.frame_interval_s = max(
+                0.0, float(feed.stamps[pending - 1] - feed.stamps[0]) / (pending - 1))
+        if self._hold(feed, pending, stats.ended):
+            return False
+        if pending > slots and float(feed.stamps[pending - 1] - feed.stamps[0]) > BACKLOG_S:
+            # behind by more than a ring and by more than BACKLOG_S: shed the oldest
+            self._shed(feed, pending - keep)
+            pending = keep
+        feed.run = min(pending, run_cap(slots, feed.frame_interval_s, feed.turn_s_per_frame))
         return True
 
+    def _append(self, feed: _Feed, first: int, latest: int) -> bool:
+        """Copy frames ``first..latest`` of the ring to the end of the camera's buffer
+        (False: some were overwritten before they were copied)."""
+        have = feed.last - feed.first + 1
+        need = have + latest - first + 1
+        if need > len(feed.frames):  # grow the buffer (a camera falling behind)
+            size = min(max(need, 2 * len(feed.frames)), (BACKLOG_RINGS + 1) * feed.ring.slots)
+            frames = np.empty((size, *feed.frames.shape[1:]), dtype=feed.frames.dtype)
+            stamps = np.empty((size,), dtype=np.float64)
+            cues = np.empty((size,), dtype=np.float64)
+            frames[:have], stamps[:have], cues[:have] = (
+                feed.frames[:have], feed.stamps[:have], feed.cues[:have])
+            feed.frames, feed.stamps, feed.cues = frames, stamps, cues
+        if not feed.ring.read(first, latest, feed.frames[have:], feed.stamps[have:],
+                              feed.cues[have:]):
+            return False
+        feed.last = latest
+        return True
+
+    def _shed(self, feed: _Feed, count: int) -> None:
+        """Drop the camera's ``count`` oldest waiting frames; its state goes on from the
+        last frame it ran (:meth:`InferenceEngine.skip`)."""
+        feed.run = count
+        self._consume(feed)
+        feed.dropped += count
+        feed.carried = 0
+        self.engine.skip(feed.camera)
+
     def _hold(self, feed: _Feed, pending: int, ended: bool) -> bool:
-        """Whether to leave the camera's ``pending`` new frames in the ring for now.
+        """Whether to leave the camera's ``pending`` waiting frames for a later turn.
 
         A camera whose last model call took several frames gets frames faster than the
         worker runs one call per frame; its frames are then run as chunks of at least half
@@ -422,7 +526,7 @@ class Worker:
         feed.held_since = None
         feed.hot = pending >= 2
         if feed.read_at is not None:
-            feed.rate = pending / max(now - feed.read_at, 1e-6)
+            feed.rate = (pending - feed.carried) / max(now - feed.read_at, 1e-6)
         feed.read_at = now
         return False
 
@@ -472,8 +576,8 @@ class Worker:
                     left = self._hold_until - time.monotonic()
                     if left > 0:
                         self.stop.wait(left)
-                else:
-                    self.notify.get(timeout=0.1)
+                elif not any(feed.last >= feed.first for feed in self.feeds):
+                    self.notify.get(timeout=0.1)  # else frames wait in the buffers: no wait
                 while True:
                     self.notify.get_nowait()
             except queue.Empty:

@@ -177,6 +177,66 @@ def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
         harness.close()
 
 
+def test_run_cap_keeps_the_frames_coming_during_a_turn_within_the_ring() -> None:
+    from forecaster.worker import RUN_MARGIN, run_cap
+
+    # 1,200 fps against 600 frames/s run: 2 arrive per frame run, 4 with the margin of 2
+    assert RUN_MARGIN == 2.0
+    assert run_cap(10, 1 / 1200, 1 / 600) == 2
+    assert run_cap(10, 1 / 10, 0.002) == 10  # a 10 fps camera: whatever waits runs
+    assert run_cap(10, 1 / 1000, 1.0) == 1  # never less than a frame
+    assert run_cap(10, 0.0, 0.0) == 10  # not measured yet
+
+
+def test_fast_camera_behind_by_more_than_a_ring_runs_every_frame_until_backlog_s(
+        stepper, ring, tmp_path, monkeypatch) -> None:
+    """A camera at 1,000 fps whose turns run 3 frames while 10 arrive: the frames the
+    ring no longer holds wait in the worker's buffer, and every one is run and scored in
+    order (nothing dropped; the predictions of one run over all frames). Only when the
+    waiting frames span more than BACKLOG_S (50 ms) are the oldest shed, down to the newest
+    8, the state kept, as a skip does."""
+    import forecaster.worker as worker_module
+
+    assert worker_module.BACKLOG_S == 0.05
+    monkeypatch.setattr(worker_module, "run_cap", lambda *args: 3)
+    frames = scene_frames(110)
+    harness = Harness(stepper, ring, tmp_path)
+    feed = harness.feed
+
+    def turn(first: int, last: int) -> None:
+        for i in range(first, last + 1):
+            ring.write(frames[i], i / 1000)
+        harness.worker.service(feed)
+
+    try:
+        turn(0, 9)  # re-primed from frames 0..9
+        cam = harness.engine.cameras["cam0"]
+        turn(10, 19)  # runs 10..12
+        turn(20, 29)  # 13..29 wait: more than the ring holds; runs 13..15
+        turn(30, 39)  # runs 16..18; 19..39 wait, 21 frames over 20 ms
+        assert (feed.first, feed.last, cam.last_seq) == (19, 39, 18)
+        assert feed.dropped == 0 and cam.resets == 1
+        while feed.last >= feed.first:  # no new frames: the rest runs, 3 a turn
+            harness.worker.service(feed)
+        assert cam.last_seq == 39 and feed.dropped == 0
+        scored = [m.seq for m in harness.drain() if isinstance(m, Score)]
+        assert scored == list(range(10, 40))
+        np.testing.assert_allclose(cam.prediction, reference(stepper, frames[:40])[-1],
+                                   atol=1e-5)
+        # 10 new frames a turn again: the backlog grows by 7 a turn, until 58..109 wait,
+        # 52 frames over 51 ms: 58..101 are shed and 102..109 kept; the first 3 of those
+        # only bring the state up to date
+        for first in range(40, 110, 10):
+            turn(first, first + 9)
+        assert feed.dropped == 102 - 58 and cam.resets == 1
+        assert (feed.first, feed.last, cam.last_seq) == (105, 109, 104)
+        while feed.last >= feed.first:
+            harness.worker.service(feed)
+        scored = [m.seq for m in harness.drain() if isinstance(m, Score)]
+        assert scored == [*range(40, 58), *range(105, 110)]
+    finally:
+        harness.close()
+
 def test_open_episode_ends_before_the_ended_status(stepper, ring, tmp_path) -> None:
     frames = scene_frames(25)
     # a calibration under which every frame is anomalous: an episode starts and stays open
