@@ -305,8 +305,8 @@ class OpenVINOTick:
     def __call__(self, frames: np.ndarray, state: Sequence[np.ndarray]) -> list[np.ndarray]:
         request = self._request(frames.shape[0])
         # the inputs read in place, not copied into the request's tensors first (a
-        # synchronous call: nothing changes them meanwhile): 0.74 against 0.79 ms a call
-        # of one camera here, the same outputs
+        # synchronous call: nothing changes them meanwhile): 0.745 against 0.796 ms a call
+        # of one camera here, the same outputs (benchmarks/openvino_inputs.py)
         request.infer(dict(zip(self._order, (frames, *state), strict=True)),
                       share_inputs=True)
         return [request.get_output_tensor(i).data.copy() for i in range(self._outputs)]
