@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import queue
 import time
 from dataclasses import dataclass, field
@@ -60,21 +61,25 @@ REPRIME_MIN_INTERVAL_S = 60.0
 BACKLOG_S = 0.05
 #: ... and never more than this many rings of frames
 BACKLOG_RINGS = 8
-#: a camera runs at most so many of its waiting frames in one turn that, at its frame rate
-#: and the worker's time per frame, the frames coming in meanwhile fill at most
-#: 1 / RUN_MARGIN of its ring (the rest wait in the worker's buffer for the next turns)
+#: a fast camera (its ring spans less than BACKLOG_S) runs at most so many of its waiting
+#: frames in one turn that, at its frame rate and the worker's time per frame, the frames
+#: coming in meanwhile fill about 1 / RUN_MARGIN of its ring (the rest wait in the
+#: worker's buffer for the next turns)
 RUN_MARGIN = 2.0
 
 
 def run_cap(slots: int, frame_interval_s: float, seconds_per_frame: float) -> int:
     """The most waiting frames a camera may run in one turn: a turn of ``n`` frames takes
     about ``n * seconds_per_frame``, while frames come every ``frame_interval_s``; the
-    frames that arrive meanwhile must fit in ``slots / RUN_MARGIN`` ring slots, or the
-    capture overwrites some before the next turn copies them out."""
-    if frame_interval_s <= 0 or seconds_per_frame <= 0:
+    frames that arrive meanwhile must fit in ``slots / RUN_MARGIN`` ring slots (rounded
+    up: a cap that only ever rounds down sticks at 1 where a turn has a fixed cost), or the
+    capture overwrites some before the next turn copies them out. A camera whose ring spans
+    BACKLOG_S or more never waits beyond its ring, so it runs whatever waits."""
+    if (frame_interval_s <= 0 or seconds_per_frame <= 0
+            or slots * frame_interval_s >= BACKLOG_S):
         return slots
     arriving = RUN_MARGIN * seconds_per_frame / frame_interval_s  # per frame run
-    return max(1, min(slots, int(slots / arriving))) if arriving > 0 else slots
+    return max(1, min(slots, math.ceil(slots / arriving)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +358,7 @@ class Worker:
         ring = feed.ring
         cam = self.engine.cameras[feed.camera]
         feed.epoch = stats.epoch
+        unrun = feed.first  # frames before it were run, or counted as dropped by a skip
         feed.first, feed.run, feed.carried = feed.last + 1, 0, 0  # the buffer is dropped
         if not feed.awaiting:
             end = self.engine.reset(feed.camera)
@@ -371,7 +377,7 @@ class Worker:
             self.log.warning("camera %s: ring overwritten while re-priming", feed.camera)
             return False
         if cam.last_seq is not None:
-            feed.dropped += max(0, first - cam.last_seq - 1)
+            feed.dropped += max(0, first - max(cam.last_seq + 1, unrun))
         feed.first, feed.last, feed.run = first, latest, latest - first + 1
         return True
 
@@ -450,7 +456,8 @@ class Worker:
                 # state worth less than a re-prime.
                 recently = (feed.primed_at is not None
                             and time.monotonic() - feed.primed_at < REPRIME_MIN_INTERVAL_S)
-                if latest - feed.first + 1 > WARM_GAP_RINGS * slots and not recently:
+                # (the gap: the frames never copied, not those waiting in the buffer)
+                if arrived > WARM_GAP_RINGS * slots and not recently:
                     return self._prime_read(feed, stats)
                 skip_to = latest - keep + 1
                 if not feed.ring.read(skip_to, latest, feed.frames, feed.stamps, feed.cues):

@@ -180,12 +180,17 @@ def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
 def test_run_cap_keeps_the_frames_coming_during_a_turn_within_the_ring() -> None:
     from forecaster.worker import RUN_MARGIN, run_cap
 
-    # 1,200 fps against 600 frames/s run: 2 arrive per frame run, 4 with the margin of 2
+    # 1,200 fps against 600 frames/s run: 2 arrive per frame run, 4 with the margin of 2,
+    # so 10 / 4 = 2.5 frames a turn, rounded up
     assert RUN_MARGIN == 2.0
-    assert run_cap(10, 1 / 1200, 1 / 600) == 2
-    assert run_cap(10, 1 / 10, 0.002) == 10  # a 10 fps camera: whatever waits runs
+    assert run_cap(10, 1 / 1200, 1 / 600) == 3
     assert run_cap(10, 1 / 1000, 1.0) == 1  # never less than a frame
     assert run_cap(10, 0.0, 0.0) == 10  # not measured yet
+    # a camera whose ring spans BACKLOG_S (50 ms) or more runs whatever waits, however
+    # slow the turns: a 10 fps camera, and a 100 fps one behind turns of 0.12 s a frame
+    # (a cap would only make it shed sooner)
+    assert run_cap(10, 1 / 10, 0.002) == 10
+    assert run_cap(10, 1 / 100, 0.12) == 10
 
 
 def test_fast_camera_behind_by_more_than_a_ring_runs_every_frame_until_backlog_s(
@@ -199,7 +204,7 @@ def test_fast_camera_behind_by_more_than_a_ring_runs_every_frame_until_backlog_s
 
     assert worker_module.BACKLOG_S == 0.05
     monkeypatch.setattr(worker_module, "run_cap", lambda *args: 3)
-    frames = scene_frames(110)
+    frames = scene_frames(163)
     harness = Harness(stepper, ring, tmp_path)
     feed = harness.feed
 
@@ -234,6 +239,16 @@ def test_fast_camera_behind_by_more_than_a_ring_runs_every_frame_until_backlog_s
             harness.worker.service(feed)
         scored = [m.seq for m in harness.drain() if isinstance(m, Score)]
         assert scored == [*range(40, 58), *range(105, 110)]
+        # a backlog of 28 frames (122..149), then 13 frames at once, the ring lapped: a
+        # skip to the newest 8 (155..162), not a re-prime: the frames lost (150..152) are
+        # no gap of more than 4 rings, however many waited in the buffer before them
+        monkeypatch.setattr(worker_module, "REPRIME_MIN_INTERVAL_S", 0.0)
+        for first in range(110, 150, 10):
+            turn(first, first + 9)
+        assert (feed.first, feed.last) == (122, 149)
+        turn(150, 162)
+        assert cam.resets == 1 and feed.dropped == 44 + 155 - 122
+        assert (feed.first, cam.last_seq) == (158, 157)
     finally:
         harness.close()
 
