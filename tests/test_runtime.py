@@ -276,3 +276,58 @@ def test_openvino_sends_no_telemetry_and_writes_nothing_home(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (home / "intel").exists()  # where OpenVINO's telemetry keeps its client id
     assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".bin", ".xml"]
+
+
+class _WrongUntilMadeAgain:
+    """A lean runtime's tick whose first instance at each batch size is off by 1 (as a
+    LiteRT interpreter once was, with no error); made again (``release``), it is right."""
+
+    def __init__(self, tick) -> None:
+        self.tick = tick
+        self.name = tick.name
+        self.made_again: set[int] = set()
+
+    def __call__(self, frames: np.ndarray, state) -> list[np.ndarray]:
+        outputs = self.tick(frames, state)
+        if frames.shape[0] not in self.made_again:
+            outputs = [array + 1.0 for array in outputs]
+        return outputs
+
+    def release(self, batch: int) -> None:
+        self.made_again.add(batch)
+        self.tick.release(batch)
+
+
+def test_a_lean_runtime_off_once_is_made_again_and_checked_again(
+    lean: LoadedModel, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A runtime whose first instance at a batch size fails the check is made again and
+    checked again, and serves that batch size when the new one matches (logged at info,
+    no warning); one that fails twice is dropped, with the warning."""
+    runner = lean.runner
+    assert isinstance(runner, LeanStepper) and runner.tick is not None
+    fresh = type(runner.tick)(runner.tick.path)  # the fixture's own tick left as it is
+    flaky = _WrongUntilMadeAgain(fresh)
+    checked = LeanStepper(runner.stepper, flaky)
+    with caplog.at_level(logging.INFO, logger="forecaster.model"):
+        assert checked.check(2)
+    assert checked.ticks == [flaky] and 2 in flaky.made_again
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("made again, it matches" in r.getMessage() for r in caplog.records)
+    frames = np.random.default_rng(5).random((2, 1, 64, 64, 1), dtype=np.float32)
+    served = checked.lean_ticks
+    prediction, _ = checked.run(frames, checked.initial_state(2))
+    expected, _ = runner.stepper.run(frames, runner.stepper.initial_state(2))
+    assert checked.lean_ticks == served + 1
+    assert _max_difference([prediction], [expected]) <= 1e-5
+
+    class AlwaysWrong(_WrongUntilMadeAgain):
+        def release(self, batch: int) -> None:
+            self.tick.release(batch)
+
+    caplog.clear()
+    wrong = LeanStepper(runner.stepper, AlwaysWrong(fresh))
+    with caplog.at_level(logging.WARNING, logger="forecaster.model"):
+        assert not wrong.check(2)
+    assert wrong.ticks == []
+    assert any("differs from TensorFlow's by up to" in r.getMessage() for r in caplog.records)
