@@ -3,9 +3,9 @@
 :class:`Worker` feeds the process-free :class:`~forecaster.engine.InferenceEngine` (the
 same one replay and evaluation run) from the cameras' rings: one step per new frame, the
 missed frames in one call when behind (copied out of the ring into the worker's own
-buffer every turn, each turn running no more of them than keeps the frames arriving
-meanwhile within half the ring, so a fast camera may wait beyond the ring for up to
-:data:`BACKLOG_S`); further behind (the worker cannot keep up), a skip to the newest half
+buffer every turn; a fast camera, whose ring spans less than :data:`BACKLOG_S`, runs no
+more of them a turn than keeps the frames arriving meanwhile within about half the ring,
+and may wait beyond the ring for up to :data:`BACKLOG_S`); further behind (the worker cannot keep up), a skip to the newest half
 ring of frames plus
 :data:`~forecaster.engine.SKIP_WARMUP_FRAMES` with the state kept (the frames in between
 are dropped and counted; those first frames after the gap only bring the state up to date
