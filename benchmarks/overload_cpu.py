@@ -8,7 +8,8 @@ rate, R rounds in turn, and while each runs samples the CPU time of the daemon's
 from ``/proc`` over a window of ``--window`` seconds starting ``--delay`` seconds in. Per
 row: frames scored and frames run per second, the share of the frames run that were scored
 (the rest bring the state up to date after a gap), and the cores each process used, by
-its name (``/proc/PID/comm``). Linux only.
+its name (``/proc/PID/comm``), the bench's own process (its subscriber, which receives
+and decodes every message) among them. Linux only.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def row(rate: float, frames: int, delay: float, window: float) -> dict[str, Any]
     thread.start()
     time.sleep(delay)
     before: dict[int, float] = {}
-    for pid in _descendants(os.getpid()):
+    for pid in [os.getpid(), *_descendants(os.getpid())]:
         with contextlib.suppress(OSError):  # gone meanwhile
             before[pid] = _cpu_s(pid)
     began = time.monotonic()
@@ -76,7 +77,8 @@ def row(rate: float, frames: int, delay: float, window: float) -> dict[str, Any]
     elapsed = time.monotonic() - began
     for pid, start in before.items():
         try:
-            name, used = _name(pid), _cpu_s(pid) - start
+            name = "bench (subscriber)" if pid == os.getpid() else _name(pid)
+            used = _cpu_s(pid) - start
         except OSError:  # gone before the window ended (the row finished early)
             continue
         cores[name] = cores.get(name, 0.0) + used / elapsed
