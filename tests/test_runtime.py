@@ -14,7 +14,7 @@ import pytest
 from forecaster.config import ScorerConfig
 from forecaster.engine import LoadedModel, load, padded_batch
 from forecaster.model.artifact import bundled_model_path
-from forecaster.model.lean import TOLERANCE, LeanStepper, installed
+from forecaster.model.lean import CHECK_TICKS, TOLERANCE, LeanStepper, installed
 from forecaster.protocol import Forecast, Score
 
 pytestmark = pytest.mark.skipif(
@@ -349,3 +349,69 @@ def test_a_lean_runtime_off_once_is_made_again_and_checked_again(
         assert not wrong.check(2)
     assert wrong.ticks == []
     assert any("differs from TensorFlow's by up to" in r.getMessage() for r in caplog.records)
+
+
+class _WrongWhileServing:
+    """A lean runtime's tick that is right for its first ``right`` calls (its start-up check
+    among them), then off by 1 until it is made again (``release``)."""
+
+    def __init__(self, tick, right: int) -> None:
+        self.tick = tick
+        self.name = tick.name
+        self.right = right
+        self.calls = 0
+        self.made_again = False
+
+    def __call__(self, frames: np.ndarray, state) -> list[np.ndarray]:
+        self.calls += 1
+        outputs = self.tick(frames, state)
+        if self.calls > self.right and not self.made_again:
+            outputs = [array + 1.0 for array in outputs]
+        return outputs
+
+    def release(self, batch: int) -> None:
+        self.made_again = True
+        self.tick.release(batch)
+
+
+def test_a_lean_runtime_that_goes_wrong_while_serving_is_caught_by_its_audit(
+    lean: LoadedModel, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every tick audited (``audit_s=0``): the tick that goes wrong after the check is
+    answered by TensorFlow's result, with a warning; the batch size is checked again on a
+    fresh instance, which serves on. The stream's predictions and state stay TensorFlow's
+    throughout, one tick at a time and within a chunk."""
+    stepper = lean.runner.stepper
+    rng = np.random.default_rng(11)
+    # one frame a call: check (3 calls), 2 good ticks, the 3rd wrong -> TensorFlow's result
+    tick = _WrongWhileServing(_TensorFlowTick(stepper), right=CHECK_TICKS + 2)
+    audited = LeanStepper(stepper, tick, audit_s=0.0)
+    ours = theirs = stepper.initial_state(1)
+    with caplog.at_level(logging.WARNING, logger="forecaster.model"):
+        for _ in range(8):
+            frames = rng.random((1, 1, 64, 64, 1), dtype=np.float32)
+            prediction, ours = audited.run(frames, ours)
+            expected, theirs = stepper.run(frames, theirs)
+            assert _max_difference([prediction, *ours], [expected, *theirs]) <= TOLERANCE
+    assert (audited.audits, audited.audit_failures) == (8, 1)
+    assert tick.made_again and audited.ticks == [tick] and audited.serving(1) == "Stand-in"
+    assert audited.lean_ticks == 8 and tick.calls == 8 + 2 * CHECK_TICKS  # two checks
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "while serving" in warned[0] and "batch 1" in warned[0]
+
+    # a chunk of 6 frames: the 3rd tick is wrong; it and the rest come from TensorFlow
+    tick = _WrongWhileServing(_TensorFlowTick(stepper), right=CHECK_TICKS + 2)
+    audited = LeanStepper(stepper, tick, audit_s=0.0)
+    frames = rng.random((1, 6, 64, 64, 1), dtype=np.float32)
+    start = stepper.initial_state(1)
+    predictions, state = audited.run(frames, start)
+    expected, expected_state = stepper.run(frames, start)
+    assert _max_difference([predictions, *state], [expected, *expected_state]) <= TOLERANCE
+    assert (audited.audits, audited.audit_failures, tick.calls) == (3, 1, CHECK_TICKS + 3)
+
+    # not due: no tick runs twice
+    quiet = LeanStepper(stepper, _TensorFlowTick(stepper), audit_s=3600.0)
+    state = quiet.initial_state(1)
+    for _ in range(5):
+        _, state = quiet.run(rng.random((1, 1, 64, 64, 1), dtype=np.float32), state)
+    assert quiet.audits == 0 and quiet.lean_ticks == 5

@@ -21,7 +21,10 @@ writes a model whose weights were never initialised (every output NaN).
 Nothing converted is trusted: before a lean runtime serves a batch size, a few ticks with
 the state carried run on it and on TensorFlow and must agree within :data:`TOLERANCE`; on a
 difference, or on any error converting or loading, one warning names the runtime and the
-difference and that runtime is not used again.
+difference and that runtime is not used again. While it serves, one tick of each batch size
+every :data:`AUDIT_S` seconds also runs on TensorFlow: on a difference that tick's result is
+TensorFlow's, a warning says so, and the batch size is checked again from scratch before
+the runtime serves it again.
 
 ``model.runtime = "auto"`` converts for every lean runtime installed and, per batch size,
 serves the one-frame step on whichever of them (and TensorFlow) stepped it fastest in
@@ -66,6 +69,10 @@ SUFFIX = {"litert": ".tflite", "openvino": ".xml"}
 TOLERANCE = 1e-5
 #: ticks, state carried, compared against TensorFlow per batch size before serving it
 CHECK_TICKS = 3
+#: seconds between the ticks of a batch size a lean runtime serves that also run on
+#: TensorFlow and are compared (a newly made LiteRT interpreter was, rarely, off with no
+#: error; one that goes wrong while it serves is caught within this long)
+AUDIT_S = 600.0
 #: alternating rounds timing both runtimes per batch size, when the fastest one is wanted
 SPEED_ROUNDS = 7
 #: longest chunk (the worker's catch-ups and re-primes) run as that many lean ticks, the
@@ -337,7 +344,7 @@ class LeanStepper:
     """
 
     def __init__(self, stepper: Stepper, ticks: Tick | Sequence[Tick], *,
-                 fastest: bool = False) -> None:
+                 fastest: bool = False, audit_s: float = AUDIT_S) -> None:
         self.stepper = stepper
         #: the lean runtimes still in use (one whose check failed is dropped)
         self.ticks: list[Tick] = list(ticks) if isinstance(ticks, Sequence) else [ticks]
@@ -354,6 +361,13 @@ class LeanStepper:
         #: ticks served by a lean runtime, all of them together and per runtime name
         self.lean_ticks = 0
         self.ticks_by_runtime: dict[str, int] = {}
+        #: seconds between audits of a batch size (a tick also run on TensorFlow)
+        self.audit_s = audit_s
+        #: batch size -> time.monotonic() from which its next tick is audited
+        self._audit_due: dict[int, float] = {}
+        #: audits run, and those that found a difference
+        self.audits = 0
+        self.audit_failures = 0
 
     @property
     def tick(self) -> Tick | None:
@@ -426,14 +440,49 @@ class LeanStepper:
             return self.stepper.run(frames, state)
         carried = [np.ascontiguousarray(array) for array in state]
         if frames.shape[1] == 1:
-            outputs = self._tick(tick, np.ascontiguousarray(frames), carried)
+            outputs, _ = self._step(tick, batch, np.ascontiguousarray(frames), carried)
             return outputs[0], outputs[1:]
         predictions = np.empty_like(frames)
+        serving: Tick | None = tick
         for t in range(frames.shape[1]):
-            outputs = self._tick(tick, np.ascontiguousarray(frames[:, t : t + 1]), carried)
+            one = np.ascontiguousarray(frames[:, t : t + 1])
+            if serving is None:  # an audit found a difference: the rest on TensorFlow
+                prediction, carried = self.stepper.run(one, carried)
+                predictions[:, t] = prediction[:, 0]
+                continue
+            outputs, serving = self._step(serving, batch, one, carried)
             predictions[:, t] = outputs[0][:, 0]
             carried = outputs[1:]
         return predictions, carried
+
+    def _step(self, tick: Tick, batch: int, frames: np.ndarray, state: list[np.ndarray]
+              ) -> tuple[list[np.ndarray], Tick | None]:
+        """One tick on ``tick``, and, when the batch size's audit is due, on TensorFlow too:
+        the outputs (TensorFlow's where the two differ by more than :data:`TOLERANCE`, the
+        batch size then left to be checked again at its next tick) and the runtime that
+        goes on serving (None after such a difference)."""
+        outputs = self._tick(tick, frames, state)
+        now = time.monotonic()
+        if now < self._audit_due.setdefault(batch, now + self.audit_s):
+            return outputs, tick
+        self._audit_due[batch] = now + self.audit_s
+        prediction, theirs = self.stepper.run(frames, state)
+        reference = [prediction, *theirs]
+        self.audits += 1
+        worst = _largest_difference(outputs, reference)
+        if worst <= TOLERANCE:
+            log.debug("model.runtime: %s still matches TensorFlow at batch %d (max "
+                      "difference %.3g)", tick.name, batch, worst)
+            return outputs, tick
+        self.audit_failures += 1
+        log.warning("model.runtime: %s's one-frame step differed from TensorFlow's by %.3g at "
+                    "batch %d while serving; that step's result is TensorFlow's, and the "
+                    "batch size is checked again before %s serves it", tick.name, worst,
+                    batch, tick.name)
+        tick.release(batch)
+        self._serving.pop(batch, None)  # decided again, on a fresh instance, at the next tick
+        self._audit_due.pop(batch, None)
+        return reference, None
 
     def _tick(self, tick: Tick, frames: np.ndarray, state: Sequence[np.ndarray]
               ) -> list[np.ndarray]:
@@ -456,13 +505,9 @@ class LeanStepper:
             frames = rng.random((batch, 1, self.height, self.width, 1), dtype=np.float32)
             prediction, theirs = self.stepper.run(frames, theirs)
             outputs = tick(frames, ours)
-            reference = [prediction, *theirs]
-            if len(outputs) != len(reference):
-                return float("inf")
-            for got, want in zip(outputs, reference, strict=True):
-                if got.shape != want.shape or not np.isfinite(got).all():
-                    return float("inf")
-                worst = max(worst, float(np.max(np.abs(got - want))))
+            worst = max(worst, _largest_difference(outputs, [prediction, *theirs]))
+            if worst == float("inf"):
+                return worst
             ours = outputs[1:]
         return worst
 
@@ -558,6 +603,20 @@ class LeanStepper:
                 call()
                 samples[name].append(time.perf_counter() - began)
         return {name: float(np.median(values)) * 1e3 for name, values in samples.items()}
+
+
+def _largest_difference(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]
+                        ) -> float:
+    """Largest absolute difference between a lean tick's outputs and TensorFlow's (inf when
+    their number or a shape differs, or an output is not finite)."""
+    if len(outputs) != len(reference):
+        return float("inf")
+    worst = 0.0
+    for got, want in zip(outputs, reference, strict=True):
+        if got.shape != want.shape or not np.isfinite(got).all():
+            return float("inf")
+        worst = max(worst, float(np.max(np.abs(got - want))))
+    return worst
 
 
 def _convert(name: str, tick_model: Any, model_file: Path) -> Tick:
