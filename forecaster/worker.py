@@ -140,6 +140,9 @@ class _Feed:
     run: int = 0
     #: frames left in the buffer after the last model call (not new since then)
     carried: int = 0
+    #: frames a re-prime runs that a skip or shed already counted as dropped (they count
+    #: once, as dropped)
+    rerun: int = 0
     #: seconds of the worker's turns per frame this camera ran in them (smoothed; 0:
     #: not measured yet), and the interval between its frames (from their stamps)
     turn_s_per_frame: float = 0.0
@@ -376,8 +379,11 @@ class Worker:
         else:
             self.log.warning("camera %s: ring overwritten while re-priming", feed.camera)
             return False
+        feed.rerun = 0
         if cam.last_seq is not None:
             feed.dropped += max(0, first - max(cam.last_seq + 1, unrun))
+            # every frame after the last one run and before ``unrun`` was skipped or shed
+            feed.rerun = max(0, unrun - max(first, cam.last_seq + 1))
         feed.first, feed.last, feed.run = first, latest, latest - first + 1
         return True
 
@@ -393,12 +399,14 @@ class Worker:
             cam.last_seq = feed.last
             feed.floor = feed.last + 1
             feed.run = feed.last - feed.first + 1
+            feed.rerun = 0
             self._consume(feed)
             return
         feed.awaiting = False
         feed.primed_at = time.monotonic()
         feed.non_finite_logged = False
-        feed.processed += feed.run
+        feed.processed += feed.run - feed.rerun
+        feed.rerun = 0
         self._publish(feed, result)
         self._consume(feed)
 

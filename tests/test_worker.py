@@ -177,6 +177,52 @@ def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
         harness.close()
 
 
+class NaNOnce:
+    """The stepper, but the call after ``poison`` is set returns non-finite predictions."""
+
+    def __init__(self, stepper) -> None:
+        self.stepper = stepper
+        self.poison = False
+
+    def run(self, frames, state):
+        predictions, state = self.stepper.run(frames, state)
+        if self.poison:
+            self.poison = False
+            predictions = np.full_like(predictions, np.nan)
+        return predictions, state
+
+    def __getattr__(self, name: str):
+        return getattr(self.stepper, name)
+
+
+def test_a_re_prime_right_after_a_skip_counts_each_frame_once(stepper, ring, tmp_path) -> None:
+    """A non-finite output right after a skip re-primes the camera from the ring, whose
+    oldest frames the skip had counted as dropped: they stay counted once, as dropped, so
+    dropped + processed is the number of frames that came."""
+    frames = scene_frames(42)
+    poisoned = NaNOnce(stepper)
+    harness = Harness(poisoned, ring, tmp_path)
+    try:
+        for i in range(12):
+            ring.write(frames[i], float(i))
+        harness.worker.service(harness.feed)
+        feed, cam = harness.feed, harness.engine.cameras["cam0"]
+        dropped, processed, resets = feed.dropped, feed.processed, cam.resets
+        assert cam.last_seq == 11
+        for i in range(12, 42):  # 30 frames: a skip to 34..41, whose call goes non-finite
+            ring.write(frames[i], float(i))
+        poisoned.poison = True
+        harness.worker.service(harness.feed)
+        assert cam.resets == resets + 1 and cam.last_seq == 41  # re-primed from 32..41
+        assert feed.dropped - dropped == 22  # 12..33: 32 and 33 run again, still dropped
+        assert feed.processed - processed == 8  # 34..41
+        np.testing.assert_allclose(cam.prediction, reference(stepper, frames[32:42])[-1],
+                                   atol=1e-5)
+        harness.drain()
+    finally:
+        harness.close()
+
+
 def test_run_cap_keeps_the_frames_coming_during_a_turn_within_the_ring() -> None:
     from forecaster.worker import RUN_MARGIN, run_cap
 
