@@ -140,9 +140,9 @@ class _Feed:
     run: int = 0
     #: frames left in the buffer after the last model call (not new since then)
     carried: int = 0
-    #: frames a re-prime runs that a skip or shed already counted as dropped (they count
-    #: once, as dropped)
-    rerun: int = 0
+    #: every frame up to this seq is counted, as processed or as dropped, and counts once
+    #: (a re-prime runs frames already counted again); None before the first re-prime
+    counted: int | None = None
     #: seconds of the worker's turns per frame this camera ran in them (smoothed; 0:
     #: not measured yet), and the interval between its frames (from their stamps)
     turn_s_per_frame: float = 0.0
@@ -309,9 +309,27 @@ class Worker:
                 self.log.warning("camera %s: non-finite model output; re-priming", feed.camera)
                 self._prime(feed, feed.ring.stats())
                 continue
-            feed.processed += feed.run
+            self._count_processed(feed)
             self._publish(feed, result)
             self._consume(feed)
+
+    @staticmethod
+    def _count_processed(feed: _Feed) -> None:
+        """Count the frames the model call ran (``feed.run`` from ``feed.first``) as
+        processed, but for those already counted."""
+        last = feed.first + feed.run - 1
+        start = feed.first if feed.counted is None else max(feed.first, feed.counted + 1)
+        feed.processed += max(0, last - start + 1)
+        feed.counted = last if feed.counted is None else max(feed.counted, last)
+
+    @staticmethod
+    def _count_dropped(feed: _Feed, before: int) -> None:
+        """Count every frame before seq ``before`` not counted yet as dropped (none before
+        the camera's first re-prime: the frames before it are not the worker's)."""
+        if feed.counted is None:
+            return
+        feed.dropped += max(0, before - 1 - feed.counted)
+        feed.counted = max(feed.counted, before - 1)
 
     def _run_by_step(self, feeds: list[_Feed]) -> list[StepResult]:
         """The cameras' waiting frames one step at a time: call k takes the k-th waiting
@@ -359,9 +377,7 @@ class Worker:
         camera just reconnected), the state stays reset until the first ones arrive.
         """
         ring = feed.ring
-        cam = self.engine.cameras[feed.camera]
         feed.epoch = stats.epoch
-        unrun = feed.first  # frames before it were run, or counted as dropped by a skip
         feed.first, feed.run, feed.carried = feed.last + 1, 0, 0  # the buffer is dropped
         if not feed.awaiting:
             end = self.engine.reset(feed.camera)
@@ -379,11 +395,7 @@ class Worker:
         else:
             self.log.warning("camera %s: ring overwritten while re-priming", feed.camera)
             return False
-        feed.rerun = 0
-        if cam.last_seq is not None:
-            feed.dropped += max(0, first - max(cam.last_seq + 1, unrun))
-            # every frame after the last one run and before ``unrun`` was skipped or shed
-            feed.rerun = max(0, unrun - max(first, cam.last_seq + 1))
+        self._count_dropped(feed, first)  # frames this re-prime starts after, never run
         feed.first, feed.last, feed.run = first, latest, latest - first + 1
         return True
 
@@ -399,14 +411,13 @@ class Worker:
             cam.last_seq = feed.last
             feed.floor = feed.last + 1
             feed.run = feed.last - feed.first + 1
-            feed.rerun = 0
+            self._count_dropped(feed, feed.last + 1)  # none of them could be scored
             self._consume(feed)
             return
         feed.awaiting = False
         feed.primed_at = time.monotonic()
         feed.non_finite_logged = False
-        feed.processed += feed.run - feed.rerun
-        feed.rerun = 0
+        self._count_processed(feed)
         self._publish(feed, result)
         self._consume(feed)
 
@@ -470,7 +481,7 @@ class Worker:
                 skip_to = latest - keep + 1
                 if not feed.ring.read(skip_to, latest, feed.frames, feed.stamps, feed.cues):
                     return self._prime_read(feed, stats)
-                feed.dropped += skip_to - feed.first
+                self._count_dropped(feed, skip_to)
                 self.engine.skip(feed.camera)
                 feed.first, feed.last, feed.carried = skip_to, latest, 0
         pending = feed.last - feed.first + 1
@@ -510,9 +521,9 @@ class Worker:
     def _shed(self, feed: _Feed, count: int) -> None:
         """Drop the camera's ``count`` oldest waiting frames; its state goes on from the
         last frame it ran (:meth:`InferenceEngine.skip`)."""
+        self._count_dropped(feed, feed.first + count)
         feed.run = count
         self._consume(feed)
-        feed.dropped += count
         feed.carried = 0
         self.engine.skip(feed.camera)
 

@@ -177,18 +177,22 @@ def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
         harness.close()
 
 
-class NaNOnce:
-    """The stepper, but the call after ``poison`` is set returns non-finite predictions."""
+class NaNOnCall:
+    """The stepper, but once armed (``at``), its ``at``-th call from then returns non-finite
+    predictions; ``prefers_ticks`` as a lean runtime's runner has it."""
 
-    def __init__(self, stepper) -> None:
+    def __init__(self, stepper, prefers_ticks: bool = False) -> None:
         self.stepper = stepper
-        self.poison = False
+        self.prefers_ticks = prefers_ticks
+        self.at: int | None = None
+        self.calls = 0
 
     def run(self, frames, state):
         predictions, state = self.stepper.run(frames, state)
-        if self.poison:
-            self.poison = False
-            predictions = np.full_like(predictions, np.nan)
+        if self.at is not None:
+            self.calls += 1
+            if self.calls == self.at:
+                predictions = np.full_like(predictions, np.nan)
         return predictions, state
 
     def __getattr__(self, name: str):
@@ -200,7 +204,7 @@ def test_a_re_prime_right_after_a_skip_counts_each_frame_once(stepper, ring, tmp
     oldest frames the skip had counted as dropped: they stay counted once, as dropped, so
     dropped + processed is the number of frames that came."""
     frames = scene_frames(42)
-    poisoned = NaNOnce(stepper)
+    poisoned = NaNOnCall(stepper)
     harness = Harness(poisoned, ring, tmp_path)
     try:
         for i in range(12):
@@ -211,7 +215,7 @@ def test_a_re_prime_right_after_a_skip_counts_each_frame_once(stepper, ring, tmp
         assert cam.last_seq == 11
         for i in range(12, 42):  # 30 frames: a skip to 34..41, whose call goes non-finite
             ring.write(frames[i], float(i))
-        poisoned.poison = True
+        poisoned.at = 1
         harness.worker.service(harness.feed)
         assert cam.resets == resets + 1 and cam.last_seq == 41  # re-primed from 32..41
         assert feed.dropped - dropped == 22  # 12..33: 32 and 33 run again, still dropped
@@ -221,6 +225,64 @@ def test_a_re_prime_right_after_a_skip_counts_each_frame_once(stepper, ring, tmp
         harness.drain()
     finally:
         harness.close()
+
+
+def test_frames_count_once_when_a_step_by_step_turn_or_a_re_prime_read_fails(
+        stepper, tmp_path, monkeypatch) -> None:
+    """Frames count once, as processed or dropped, when a camera's output goes non-finite
+    half-way through a turn stepped frame by frame (cameras behind by different counts on
+    a lean runtime), and when a re-prime's ring read loses the race with the capture and
+    its buffer is dropped."""
+    rings = [FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 32, 32, slots=10)
+             for _ in range(2)]
+    publisher = Publisher(f"ipc://{tmp_path}/w.sock", sndhwm=10000, linger_ms=0)
+    try:
+        poisoned = NaNOnCall(stepper, prefers_ticks=True)
+        engine = InferenceEngine(poisoned, CALIBRATION, ScorerConfig(), window=10)
+        feeds = [_Feed(camera=f"cam{i}", ring=r) for i, r in enumerate(rings)]
+        worker = Worker(engine, feeds, publisher, queue.Queue(),
+                        mp.get_context("spawn").Event(), 60.0)
+        frames = scene_frames(60)
+        for i in range(12):
+            for r in rings:
+                r.write(frames[i], float(i))
+        worker.service_all(feeds)
+        feed = feeds[0]
+        dropped, processed = feed.dropped, feed.processed
+        # cam0: 30 frames, a skip to 34..41 run step by step; cam1: one frame. Step 0 runs
+        # both (cam0's 34 is scored), step 1 (cam0's 35) goes non-finite: re-prime, 32..41
+        for i in range(12, 42):
+            rings[0].write(frames[i], float(i))
+        rings[1].write(frames[12], 12.0)
+        poisoned.at = 2
+        worker.service_all(feeds)
+        assert engine.cameras["cam0"].last_seq == 41
+        assert (feed.dropped - dropped, feed.processed - processed) == (22, 8)
+        assert (feeds[1].dropped, feeds[1].processed) == (0, 11)
+
+        # cam0 again: 42..45 go non-finite, and the re-prime's reads of the ring all fail
+        # (the capture laps them), so its buffer is dropped; 46 and 47 come, and the next
+        # turn re-primes from 38..47
+        dropped, processed = feed.dropped, feed.processed
+        for i in range(42, 46):
+            rings[0].write(frames[i], float(i))
+        poisoned.at, poisoned.calls = 1, 0
+        read = rings[0].read
+        monkeypatch.setattr(rings[0], "read", lambda first, *a, **k:
+                            False if first == 36 else read(first, *a, **k))
+        worker.service_all(feeds[:1])
+        assert feeds[0].awaiting  # not re-primed yet
+        monkeypatch.setattr(rings[0], "read", read)
+        for i in range(46, 48):
+            rings[0].write(frames[i], float(i))
+        worker.service_all(feeds[:1])
+        assert not feeds[0].awaiting and engine.cameras["cam0"].last_seq == 47
+        assert (feed.dropped - dropped, feed.processed - processed) == (0, 6)  # 42..47
+    finally:
+        publisher.close()
+        for r in rings:
+            r.close()
+            r.unlink()
 
 
 def test_run_cap_keeps_the_frames_coming_during_a_turn_within_the_ring() -> None:
