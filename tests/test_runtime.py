@@ -409,9 +409,44 @@ def test_a_lean_runtime_that_goes_wrong_while_serving_is_caught_by_its_audit(
     assert _max_difference([predictions, *state], [expected, *expected_state]) <= TOLERANCE
     assert (audited.audits, audited.audit_failures, tick.calls) == (3, 1, CHECK_TICKS + 3)
 
-    # not due: no tick runs twice
-    quiet = LeanStepper(stepper, _TensorFlowTick(stepper), audit_s=3600.0)
-    state = quiet.initial_state(1)
-    for _ in range(5):
-        _, state = quiet.run(rng.random((1, 1, 64, 64, 1), dtype=np.float32), state)
-    assert quiet.audits == 0 and quiet.lean_ticks == 5
+    # by the clock: the first audit audit_s after the batch size's first tick, then one
+    # every audit_s; none in between
+    clock = [0.0]
+    timed = LeanStepper(stepper, _TensorFlowTick(stepper), audit_s=60.0, clock=lambda: clock[0])
+    state = timed.initial_state(1)
+    audits = []
+    for now in (0.0, 30.0, 59.9, 60.0, 61.0, 119.0, 120.5, 150.0):
+        clock[0] = now
+        _, state = timed.run(rng.random((1, 1, 64, 64, 1), dtype=np.float32), state)
+        audits.append(timed.audits)
+    assert audits == [0, 0, 0, 1, 1, 1, 2, 2] and timed.lean_ticks == 8
+
+    # wrong again after every fresh check: not used again after its third failed audit
+    class WrongAfterEachCheck:
+        name = "Stand-in"
+
+        def __init__(self) -> None:
+            self.tick = _TensorFlowTick(stepper)
+            self.since_made = 0
+
+        def __call__(self, frames: np.ndarray, state) -> list[np.ndarray]:
+            self.since_made += 1
+            outputs = self.tick(frames, state)
+            return outputs if self.since_made <= CHECK_TICKS else [a + 1.0 for a in outputs]
+
+        def release(self, batch: int) -> None:
+            self.since_made = 0
+
+    caplog.clear()
+    stubborn = LeanStepper(stepper, WrongAfterEachCheck(), audit_s=0.0)
+    ours = theirs = stepper.initial_state(1)
+    with caplog.at_level(logging.WARNING, logger="forecaster.model"):
+        for _ in range(5):
+            frames = rng.random((1, 1, 64, 64, 1), dtype=np.float32)
+            prediction, ours = stubborn.run(frames, ours)
+            expected, theirs = stepper.run(frames, theirs)
+            assert _max_difference([prediction, *ours], [expected, *theirs]) <= TOLERANCE
+    assert stubborn.ticks == [] and stubborn.audit_failures == 3 and stubborn.lean_ticks == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 3 and "3rd such difference" in warned[-1]
+    assert "running on TensorFlow" in warned[-1]

@@ -24,7 +24,8 @@ difference, or on any error converting or loading, one warning names the runtime
 difference and that runtime is not used again. While it serves, one tick of each batch size
 every :data:`AUDIT_S` seconds also runs on TensorFlow: on a difference that tick's result is
 TensorFlow's, a warning says so, and the batch size is checked again from scratch before
-the runtime serves it again.
+the runtime serves it again; after :data:`AUDIT_FAILURES_MAX` such differences the runtime
+is not used again.
 
 ``model.runtime = "auto"`` converts for every lean runtime installed and, per batch size,
 serves the one-frame step on whichever of them (and TensorFlow) stepped it fastest in
@@ -43,7 +44,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,9 @@ CHECK_TICKS = 3
 #: TensorFlow and are compared (a newly made LiteRT interpreter was, rarely, off with no
 #: error; one that goes wrong while it serves is caught within this long)
 AUDIT_S = 600.0
+#: audits a lean runtime may fail (each followed by a fresh check it passed) before it is
+#: not used again
+AUDIT_FAILURES_MAX = 3
 #: alternating rounds timing both runtimes per batch size, when the fastest one is wanted
 SPEED_ROUNDS = 7
 #: longest chunk (the worker's catch-ups and re-primes) run as that many lean ticks, the
@@ -344,7 +348,8 @@ class LeanStepper:
     """
 
     def __init__(self, stepper: Stepper, ticks: Tick | Sequence[Tick], *,
-                 fastest: bool = False, audit_s: float = AUDIT_S) -> None:
+                 fastest: bool = False, audit_s: float = AUDIT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stepper = stepper
         #: the lean runtimes still in use (one whose check failed is dropped)
         self.ticks: list[Tick] = list(ticks) if isinstance(ticks, Sequence) else [ticks]
@@ -363,11 +368,14 @@ class LeanStepper:
         self.ticks_by_runtime: dict[str, int] = {}
         #: seconds between audits of a batch size (a tick also run on TensorFlow)
         self.audit_s = audit_s
+        self._clock = clock
         #: batch size -> time.monotonic() from which its next tick is audited
         self._audit_due: dict[int, float] = {}
         #: audits run, and those that found a difference
         self.audits = 0
         self.audit_failures = 0
+        #: runtime name -> audits it failed
+        self.audit_failures_by_runtime: dict[str, int] = {}
 
     @property
     def tick(self) -> Tick | None:
@@ -462,7 +470,7 @@ class LeanStepper:
         batch size then left to be checked again at its next tick) and the runtime that
         goes on serving (None after such a difference)."""
         outputs = self._tick(tick, frames, state)
-        now = time.monotonic()
+        now = self._clock()
         if now < self._audit_due.setdefault(batch, now + self.audit_s):
             return outputs, tick
         self._audit_due[batch] = now + self.audit_s
@@ -475,13 +483,22 @@ class LeanStepper:
                       "difference %.3g)", tick.name, batch, worst)
             return outputs, tick
         self.audit_failures += 1
+        failed = self.audit_failures_by_runtime[tick.name] = (
+            self.audit_failures_by_runtime.get(tick.name, 0) + 1)
+        self._audit_due.pop(batch, None)
+        if failed >= AUDIT_FAILURES_MAX:
+            log.warning("model.runtime: %s's one-frame step differed from TensorFlow's by "
+                        "%.3g at batch %d while serving, its %d%s such difference; that "
+                        "step's result is TensorFlow's, and %s", tick.name, worst, batch,
+                        failed, _ordinal(failed), self._instead(tick))
+            self._drop(tick)
+            return reference, None
         log.warning("model.runtime: %s's one-frame step differed from TensorFlow's by %.3g at "
                     "batch %d while serving; that step's result is TensorFlow's, and the "
                     "batch size is checked again before %s serves it", tick.name, worst,
                     batch, tick.name)
         tick.release(batch)
         self._serving.pop(batch, None)  # decided again, on a fresh instance, at the next tick
-        self._audit_due.pop(batch, None)
         return reference, None
 
     def _tick(self, tick: Tick, frames: np.ndarray, state: Sequence[np.ndarray]
@@ -605,15 +622,20 @@ class LeanStepper:
         return {name: float(np.median(values)) * 1e3 for name, values in samples.items()}
 
 
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
+
 def _largest_difference(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]
                         ) -> float:
     """Largest absolute difference between a lean tick's outputs and TensorFlow's (inf when
-    their number or a shape differs, or an output is not finite)."""
+    their number or a shape differs, or either is not finite)."""
     if len(outputs) != len(reference):
         return float("inf")
     worst = 0.0
     for got, want in zip(outputs, reference, strict=True):
-        if got.shape != want.shape or not np.isfinite(got).all():
+        if (got.shape != want.shape or not np.isfinite(got).all()
+                or not np.isfinite(want).all()):
             return float("inf")
         worst = max(worst, float(np.max(np.abs(got - want))))
     return worst
