@@ -53,6 +53,7 @@ class CameraField(IntEnum):
     PRIMES = 5  # state resets, the first prime included
     ANOMALY_EVENTS = 6  # anomaly episodes started
     LAST_SCORE = 7  # calibrated score of the last frame scored (NaN = none)
+    COUNTED = 8  # every frame up to this seq is in PROCESSED or DROPPED, -1 = none yet
 
 
 CAMERA_FIELDS = len(CameraField)
@@ -93,6 +94,7 @@ class Health(SharedDoubles):
         super().__init__(cameras, GLOBAL_FIELDS + cameras * CAMERA_FIELDS, ctx)
         for index in range(cameras):
             self.set(index, CameraField.WORKER_SEQ, -1.0)
+            self.set(index, CameraField.COUNTED, -1.0)
             self.set(index, CameraField.LAST_SCORE, math.nan)
 
     # -- per camera -----------------------------------------------------------------------

@@ -205,6 +205,9 @@ class Worker:
             if done >= 0:  # a previous worker process got this far: go on from there
                 cam.last_seq = done
                 feed.need = done + 1
+            counted = int(self.health.get(index, CameraField.COUNTED))
+            if counted >= 0:  # and counted every frame up to here
+                feed.counted = counted
             if notes is not None:  # an event the previous worker left open ends here
                 notes.close_stale(feed.camera, done)
 
@@ -246,6 +249,8 @@ class Worker:
         feed.synced_resets = cam.resets
         if cam.last_seq is not None:
             health.set(index, CameraField.WORKER_SEQ, cam.last_seq)
+        if feed.counted is not None:
+            health.set(index, CameraField.COUNTED, feed.counted)
 
     # -- model ----------------------------------------------------------------------------
 
@@ -387,7 +392,9 @@ class Worker:
         floor = max(feed.floor, int(self.health.get(feed.index, CameraField.EPOCH_START)))
         for _ in range(3):
             latest = ring.latest_seq
-            first = max(0, latest - ring.slots + 1, floor)
+            # after a restart, from a window before the first frame the previous worker
+            # did not feed (the frames it scored are not scored again)
+            first = max(0, latest - ring.slots + 1, floor, feed.need - self.engine.window)
             if latest < max(first, feed.need):
                 return False  # nothing new of this epoch yet
             if ring.read(first, latest, feed.frames, feed.stamps, feed.cues):
@@ -411,6 +418,8 @@ class Worker:
             cam.last_seq = feed.last
             feed.floor = feed.last + 1
             feed.run = feed.last - feed.first + 1
+            if feed.counted is None:  # the camera's first re-prime: counting starts here
+                feed.counted = feed.first - 1
             self._count_dropped(feed, feed.last + 1)  # none of them could be scored
             self._consume(feed)
             return

@@ -14,6 +14,7 @@ import pytest
 from forecaster.client import Subscriber
 from forecaster.config import ScorerConfig
 from forecaster.engine import InferenceEngine
+from forecaster.health import CameraField, Health
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.publisher import Publisher
 from forecaster.ring import FrameRing
@@ -58,15 +59,17 @@ def reference(stepper, frames: np.ndarray) -> np.ndarray:
 
 class Harness:
     def __init__(
-        self, stepper, ring: FrameRing, tmp_path: Path, calibration: dict = CALIBRATION
+        self, stepper, ring: FrameRing, tmp_path: Path, calibration: dict = CALIBRATION,
+        health: Health | None = None, name: str = "w",
     ) -> None:
-        endpoint = f"ipc://{tmp_path}/w.sock"
+        endpoint = f"ipc://{tmp_path}/{name}.sock"
         self.publisher = Publisher(endpoint, sndhwm=10000, linger_ms=0)
         self.sub = Subscriber(endpoint)
         self.engine = InferenceEngine(stepper, calibration, ScorerConfig(), window=10)
         self.feed = _Feed(camera="cam0", ring=ring)
         self.stop = mp.get_context("spawn").Event()
-        self.worker = Worker(self.engine, [self.feed], self.publisher, queue.Queue(), self.stop, 60.0)
+        self.worker = Worker(self.engine, [self.feed], self.publisher, queue.Queue(), self.stop,
+                             60.0, health=health)
         # PUB/SUB join: publish until the subscriber sees something
         probe = Forecast(camera="probe", seq=0, ts=0.0, target_seq=1, frame=np.zeros((2, 2), np.uint8))
         for _ in range(200):
@@ -227,6 +230,28 @@ def test_a_re_prime_right_after_a_skip_counts_each_frame_once(stepper, ring, tmp
         harness.close()
 
 
+def test_a_first_re_prime_gone_non_finite_counts_its_frames_as_dropped(
+        stepper, ring, tmp_path) -> None:
+    """Counting starts at the camera's first re-prime even when its output is not finite:
+    its frames count as dropped (as a later re-prime's would), the next one's as processed."""
+    frames = scene_frames(14)
+    poisoned = NaNOnCall(stepper)
+    harness = Harness(poisoned, ring, tmp_path)
+    try:
+        for i in range(10):
+            ring.write(frames[i], float(i))
+        poisoned.at = 1
+        harness.worker.service(harness.feed)
+        assert (harness.feed.dropped, harness.feed.processed) == (10, 0)
+        for i in range(10, 14):
+            ring.write(frames[i], float(i))
+        harness.worker.service(harness.feed)
+        assert (harness.feed.dropped, harness.feed.processed) == (10, 4)  # 0..9, 10..13
+        assert not harness.feed.awaiting
+    finally:
+        harness.close()
+
+
 def test_frames_count_once_when_a_step_by_step_turn_or_a_re_prime_read_fails(
         stepper, tmp_path, monkeypatch) -> None:
     """Frames count once, as processed or dropped, when a camera's output goes non-finite
@@ -283,6 +308,52 @@ def test_frames_count_once_when_a_step_by_step_turn_or_a_re_prime_read_fails(
         for r in rings:
             r.close()
             r.unlink()
+
+
+def test_a_restarted_worker_scores_and_counts_each_frame_once(stepper, tmp_path) -> None:
+    """A worker process started again (the watchdog's restart) goes on from the shared
+    block: with a ring longer than the model's window it does not score again the frames
+    the previous one scored, and every frame since the first re-prime counts once, as
+    processed or dropped, across both, a gap while no worker ran counted as dropped."""
+    ring = FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 32, 32, slots=32)
+    health = Health(1)
+    frames = scene_frames(100)
+    harnesses = []
+
+    def counts() -> tuple[int, int]:
+        return (int(health.get(0, CameraField.PROCESSED)),
+                int(health.get(0, CameraField.DROPPED)))
+
+    try:
+        first = Harness(stepper, ring, tmp_path, health=health, name="first")
+        harnesses.append(first)
+        for i in range(40):
+            ring.write(frames[i], float(i))
+        first.worker.service(first.feed)  # re-primed from 8..39, 18..39 scored
+        for i in range(40, 46):
+            ring.write(frames[i], float(i))
+        first.worker.service(first.feed)
+        scored = [m.seq for m in first.drain() if isinstance(m, Score)]
+        assert scored == list(range(18, 46)) and counts() == (38, 0)
+        for i in range(46, 50):  # while the worker is being restarted
+            ring.write(frames[i], float(i))
+        second = Harness(stepper, ring, tmp_path, health=health, name="second")
+        harnesses.append(second)
+        second.worker.service(second.feed)  # re-primed from 36..49: 46..49 scored
+        assert [m.seq for m in second.drain() if isinstance(m, Score)] == [46, 47, 48, 49]
+        assert counts() == (42, 0)  # 8..49
+        for i in range(50, 100):  # a restart longer than the ring: 50..67 are gone
+            ring.write(frames[i], float(i))
+        third = Harness(stepper, ring, tmp_path, health=health, name="third")
+        harnesses.append(third)
+        third.worker.service(third.feed)
+        assert [m.seq for m in third.drain() if isinstance(m, Score)] == list(range(78, 100))
+        assert counts() == (74, 18)  # 8..49 and 68..99 processed, 50..67 dropped
+    finally:
+        for harness in harnesses:
+            harness.close()
+        ring.close()
+        ring.unlink()
 
 
 def test_run_cap_keeps_the_frames_coming_during_a_turn_within_the_ring() -> None:
