@@ -392,9 +392,12 @@ class Worker:
         floor = max(feed.floor, int(self.health.get(feed.index, CameraField.EPOCH_START)))
         for _ in range(3):
             latest = ring.latest_seq
-            # after a restart, from a window before the first frame the previous worker
-            # did not feed (the frames it scored are not scored again)
-            first = max(0, latest - ring.slots + 1, floor, feed.need - self.engine.window)
+            # from no earlier than a window before the first frame not counted yet (by this
+            # worker or, after a restart, the previous one): a frame scored, or counted as
+            # dropped, is not scored again, however much longer than the window the ring is
+            window = self.engine.window
+            start = floor if feed.counted is None else max(floor, feed.counted + 1 - window)
+            first = max(0, latest - ring.slots + 1, start, feed.need - window)
             if latest < max(first, feed.need):
                 return False  # nothing new of this epoch yet
             if ring.read(first, latest, feed.frames, feed.stamps, feed.cues):

@@ -313,8 +313,9 @@ def test_frames_count_once_when_a_step_by_step_turn_or_a_re_prime_read_fails(
 def test_a_restarted_worker_scores_and_counts_each_frame_once(stepper, tmp_path) -> None:
     """A worker process started again (the watchdog's restart) goes on from the shared
     block: with a ring longer than the model's window it does not score again the frames
-    the previous one scored, and every frame since the first re-prime counts once, as
-    processed or dropped, across both, a gap while no worker ran counted as dropped."""
+    the previous one scored (nor does a worker re-primed after a non-finite output), and
+    every frame since the first re-prime counts once, as processed or dropped, across
+    workers, a gap while no worker ran counted as dropped."""
     ring = FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 32, 32, slots=32)
     health = Health(1)
     frames = scene_frames(100)
@@ -342,13 +343,22 @@ def test_a_restarted_worker_scores_and_counts_each_frame_once(stepper, tmp_path)
         second.worker.service(second.feed)  # re-primed from 36..49: 46..49 scored
         assert [m.seq for m in second.drain() if isinstance(m, Score)] == [46, 47, 48, 49]
         assert counts() == (42, 0)  # 8..49
-        for i in range(50, 100):  # a restart longer than the ring: 50..67 are gone
+        # the same worker, its output non-finite at frame 50: re-primed from 40..50, so
+        # that only 50 is scored (the 32-frame ring holds 19..50, 19..49 scored before)
+        second.engine.stepper = poisoned = NaNOnCall(stepper)
+        ring.write(frames[50], 50.0)
+        poisoned.at = 1
+        second.worker.service(second.feed)
+        assert [m.seq for m in second.drain() if isinstance(m, Score)] == [50]
+        assert counts() == (43, 0)
+        second.engine.stepper = stepper
+        for i in range(51, 100):  # a restart longer than the ring: 51..67 are gone
             ring.write(frames[i], float(i))
         third = Harness(stepper, ring, tmp_path, health=health, name="third")
         harnesses.append(third)
         third.worker.service(third.feed)
         assert [m.seq for m in third.drain() if isinstance(m, Score)] == list(range(78, 100))
-        assert counts() == (74, 18)  # 8..49 and 68..99 processed, 50..67 dropped
+        assert counts() == (75, 17)  # 8..50 and 68..99 processed, 51..67 dropped
     finally:
         for harness in harnesses:
             harness.close()
