@@ -374,6 +374,17 @@ class _WrongWhileServing:
         self.tick.release(batch)
 
 
+def _assert_follows_tensorflow(runner: LeanStepper, stepper, rng: np.random.Generator,
+                               ticks: int) -> None:
+    """``ticks`` one-camera ticks of ``runner`` give TensorFlow's predictions and state."""
+    ours = theirs = stepper.initial_state(1)
+    for _ in range(ticks):
+        frames = rng.random((1, 1, 64, 64, 1), dtype=np.float32)
+        prediction, ours = runner.run(frames, ours)
+        expected, theirs = stepper.run(frames, theirs)
+        assert _max_difference([prediction, *ours], [expected, *theirs]) <= TOLERANCE
+
+
 def test_a_lean_runtime_that_goes_wrong_while_serving_is_caught_by_its_audit(
     lean: LoadedModel, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -386,13 +397,8 @@ def test_a_lean_runtime_that_goes_wrong_while_serving_is_caught_by_its_audit(
     # one frame a call: check (3 calls), 2 good ticks, the 3rd wrong -> TensorFlow's result
     tick = _WrongWhileServing(_TensorFlowTick(stepper), right=CHECK_TICKS + 2)
     audited = LeanStepper(stepper, tick, audit_s=0.0)
-    ours = theirs = stepper.initial_state(1)
     with caplog.at_level(logging.WARNING, logger="forecaster.model"):
-        for _ in range(8):
-            frames = rng.random((1, 1, 64, 64, 1), dtype=np.float32)
-            prediction, ours = audited.run(frames, ours)
-            expected, theirs = stepper.run(frames, theirs)
-            assert _max_difference([prediction, *ours], [expected, *theirs]) <= TOLERANCE
+        _assert_follows_tensorflow(audited, stepper, rng, 8)
     assert (audited.audits, audited.audit_failures) == (8, 1)
     assert tick.made_again and audited.ticks == [tick] and audited.serving(1) == "Stand-in"
     assert audited.lean_ticks == 8 and tick.calls == 8 + 2 * CHECK_TICKS  # two checks
@@ -439,13 +445,8 @@ def test_a_lean_runtime_that_goes_wrong_while_serving_is_caught_by_its_audit(
 
     caplog.clear()
     stubborn = LeanStepper(stepper, WrongAfterEachCheck(), audit_s=0.0)
-    ours = theirs = stepper.initial_state(1)
     with caplog.at_level(logging.WARNING, logger="forecaster.model"):
-        for _ in range(5):
-            frames = rng.random((1, 1, 64, 64, 1), dtype=np.float32)
-            prediction, ours = stubborn.run(frames, ours)
-            expected, theirs = stepper.run(frames, theirs)
-            assert _max_difference([prediction, *ours], [expected, *theirs]) <= TOLERANCE
+        _assert_follows_tensorflow(stubborn, stepper, rng, 5)
     assert stubborn.ticks == [] and stubborn.audit_failures == 3 and stubborn.lean_ticks == 3
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 3 and "3rd such difference" in warned[-1]
