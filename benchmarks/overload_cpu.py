@@ -27,35 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from forecaster.bench_daemon import CALIBRATED_SCENE, SCORER_MODE, bench_daemon  # noqa: E402
+from forecaster.bench_daemon import (  # noqa: E402
+    CALIBRATED_SCENE,
+    SCORER_MODE,
+    _children,
+    _cpu_s,
+    bench_daemon,
+)
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid:
-            found += [int(entry), *_descendants(int(entry))]
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid`` and its name (``/proc/PID/comm``)."""
+    found = _children(pid)
+    for child in list(found):
+        found.update(_descendants(child))
     return found
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def _name(pid: int) -> str:
-    with open(f"/proc/{pid}/comm") as comm:
-        return comm.read().strip()
 
 
 def row(rate: float, frames: int, delay: float, window: float) -> dict[str, Any]:
@@ -67,8 +53,9 @@ def row(rate: float, frames: int, delay: float, window: float) -> dict[str, Any]
     thread = threading.Thread(target=run)
     thread.start()
     time.sleep(delay)
+    names = {os.getpid(): "bench (subscriber)", **_descendants(os.getpid())}
     before: dict[int, float] = {}
-    for pid in [os.getpid(), *_descendants(os.getpid())]:
+    for pid in names:
         with contextlib.suppress(OSError):  # gone meanwhile
             before[pid] = _cpu_s(pid)
     began = time.monotonic()
@@ -77,11 +64,10 @@ def row(rate: float, frames: int, delay: float, window: float) -> dict[str, Any]
     elapsed = time.monotonic() - began
     for pid, start in before.items():
         try:
-            name = "bench (subscriber)" if pid == os.getpid() else _name(pid)
             used = _cpu_s(pid) - start
         except OSError:  # gone before the window ended (the row finished early)
             continue
-        cores[name] = cores.get(name, 0.0) + used / elapsed
+        cores[names[pid]] = cores.get(names[pid], 0.0) + used / elapsed
     thread.join()
     return {**result["row"], "cores": cores}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import struct
 import tempfile
 import threading
@@ -21,16 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from forecaster.bench_daemon import _children, _free_port, _scrape
+from forecaster.bench_daemon import _children, _cpu_s, _free_port, _scrape
 from forecaster.daemon_process import Daemon, config_text, wait_for
-
-_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux ``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
 
 
 class Viewers:
