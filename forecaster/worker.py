@@ -5,17 +5,18 @@ same one replay and evaluation run) from the cameras' rings: one step per new fr
 missed frames in one call when behind (copied out of the ring into the worker's own
 buffer every turn; a fast camera, whose ring spans less than :data:`BACKLOG_S`, runs no
 more of them a turn than keeps the frames arriving meanwhile within about half the ring,
-and may wait beyond the ring for up to :data:`BACKLOG_S`); further behind (the worker cannot keep up), a skip to the newest half
-ring of frames plus
+and may wait beyond the ring for up to :data:`BACKLOG_S`); further behind (the worker
+cannot keep up), a skip to the newest half ring of frames plus
 :data:`~forecaster.engine.SKIP_WARMUP_FRAMES` with the state kept (the frames in between
 are dropped and counted; those first frames after the gap only bring the state up to date
 and are not scored), so an overloaded worker sheds frames instead of spending its time on
 re-primes; a reset + re-prime from the ring after a reconnect or restart, a gap of more
 than 4 rings (when the camera was not re-primed in the last minute: an overloaded worker
 re-priming every camera every turn would never score again), or when the model returns
-non-finite values.
-A re-prime uses only frames of the ring's current epoch, so the state after a reconnect
-is built from the new frames alone.
+non-finite values. A re-prime uses only frames of the ring's current epoch, so the state
+after a reconnect is built from the new frames alone, and starts no earlier than the
+model's window before the first frame not counted yet, so it scores no frame twice. Each
+frame counts once, as processed or as dropped.
 
 The worker's progress and counters live in the shared :class:`~forecaster.health.Health`
 block: the supervisor watches them (systemd watchdog, metrics), and a restarted worker
