@@ -371,11 +371,14 @@ class LeanStepper:
         self._clock = clock
         #: batch size -> time.monotonic() from which its next tick is audited
         self._audit_due: dict[int, float] = {}
-        #: audits run, and those that found a difference
+        #: audits run, and per runtime name those that found a difference
         self.audits = 0
-        self.audit_failures = 0
-        #: runtime name -> audits it failed
         self.audit_failures_by_runtime: dict[str, int] = {}
+
+    @property
+    def audit_failures(self) -> int:
+        """Audits that found a difference, every runtime's together."""
+        return sum(self.audit_failures_by_runtime.values())
 
     @property
     def tick(self) -> Tick | None:
@@ -482,7 +485,6 @@ class LeanStepper:
             log.debug("model.runtime: %s still matches TensorFlow at batch %d (max "
                       "difference %.3g)", tick.name, batch, worst)
             return outputs, tick
-        self.audit_failures += 1
         failed = self.audit_failures_by_runtime[tick.name] = (
             self.audit_failures_by_runtime.get(tick.name, 0) + 1)
         self._audit_due.pop(batch, None)
