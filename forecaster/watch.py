@@ -49,18 +49,21 @@ class _CameraView:
     connected: bool = True
     ended: bool = False
     stale: bool = False
-    #: monotonic time of the camera's last message and of its last status message
+    #: monotonic time of the camera's last message
     last_seen: float = math.nan
-    last_status: float = math.nan
+    #: the sender's time stamp of the camera's last status message
+    last_status_ts: float = math.nan
     status_interval: float = DEFAULT_STATUS_INTERVAL_S
 
     def seen(self, msg: Message, now: float) -> None:
         self.last_seen, self.stale = now, False
         if isinstance(msg, Status):
             self.ended = msg.ended
-            if not math.isnan(self.last_status) and now > self.last_status:
-                self.status_interval = now - self.last_status
-            self.last_status = now
+            # the interval by the sender's clock: messages that arrive in a burst (a slow
+            # network, a busy reader) would make the interval look far shorter
+            if not math.isnan(self.last_status_ts) and msg.ts > self.last_status_ts:
+                self.status_interval = msg.ts - self.last_status_ts
+            self.last_status_ts = msg.ts
 
     def goes_stale(self, now: float) -> bool:
         """True once, when nothing came for STALE_INTERVALS status intervals."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import queue
 import re
@@ -428,12 +429,15 @@ def test_watch_waits_marks_a_silent_camera_stale_and_shows_the_end(
         watcher.start()
         # status every 0.1 s (the watcher learns the interval), then cam0 falls silent
         # while cam1 goes on and ends
+        def status(camera: str, seq: int) -> Status:
+            return dataclasses.replace(_status(camera, seq), ts=time.time())
+
         for seq in range(12):
-            pub.send(_status("cam0", seq))
-            pub.send(_status("cam1", seq))
+            pub.send(status("cam0", seq))
+            pub.send(status("cam1", seq))
             time.sleep(0.1)  # pacing a live feed, not synchronisation
         for seq in range(12, 20):
-            pub.send(_status("cam1", seq))
+            pub.send(status("cam1", seq))
             time.sleep(0.1)
         pub.send(Status(camera="cam1", seq=20, ts=0.0, fps=0.0, frames_captured=21,
                         frames_dropped=0, state_resets=0, connected=False, ended=True,
