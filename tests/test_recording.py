@@ -105,7 +105,8 @@ def test_daemon_records_clip_snapshot_and_sidecar_named_in_event_messages(tmp_pa
         if sidecar["last_seq"] == 99 or sidecar["last_seq"] == later:
             continue
         lag = latency_ms.get(sidecar["end_seq"], 1000.0) / 1000.0
-        assert 0.25 - 3 * frame_s <= post <= 0.25 + lag + 3 * frame_s, (sidecar, lag)
+        # the capture process reads the end at its next frame: on a loaded machine, later
+        assert 0.25 - 3 * frame_s <= post <= 0.25 + lag + 0.25, (sidecar, lag)
     assert not list(folder.glob("*/.*")), "temporary files left behind"
     assert not list(folder.glob("cam9/*")), "retention at start-up: an event older than 30 days"
 
