@@ -390,15 +390,17 @@ class Worker:
             if end is not None:
                 self._send(end)
             feed.awaiting = True
-        floor = max(feed.floor, int(self.health.get(feed.index, CameraField.EPOCH_START)))
+        # from this epoch, and from no earlier than a window before the first frame not
+        # counted yet (by this worker or, after a restart, the previous one): a frame scored,
+        # or counted as dropped, is not scored again, however much longer the ring is
+        window = self.engine.window
+        start = max(feed.floor, int(self.health.get(feed.index, CameraField.EPOCH_START)),
+                    feed.need - window)
+        if feed.counted is not None:
+            start = max(start, feed.counted + 1 - window)
         for _ in range(3):
             latest = ring.latest_seq
-            # from no earlier than a window before the first frame not counted yet (by this
-            # worker or, after a restart, the previous one): a frame scored, or counted as
-            # dropped, is not scored again, however much longer than the window the ring is
-            window = self.engine.window
-            start = floor if feed.counted is None else max(floor, feed.counted + 1 - window)
-            first = max(0, latest - ring.slots + 1, start, feed.need - window)
+            first = max(0, latest - ring.slots + 1, start)
             if latest < max(first, feed.need):
                 return False  # nothing new of this epoch yet
             if ring.read(first, latest, feed.frames, feed.stamps, feed.cues):
