@@ -11,6 +11,8 @@ model's frame size and on the same frames.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -43,10 +45,11 @@ class FlowEnergy:
         if previous is None:
             return float("nan")
         scale, levels, window, iterations, poly_n, poly_sigma = FARNEBACK
-        # OpenCV's stubs omit flow=None (a new output array), which the binding accepts
-        flow = cv2.calcOpticalFlowFarneback(previous, frame, None,  # type: ignore[call-overload]
-                                            scale, levels, window, iterations, poly_n,
-                                            poly_sigma, 0)
+        # flow=None asks for a new output array; some versions of OpenCV's stubs omit None
+        # there and others accept it, so the call is typed loosely to check either way
+        farneback: Any = cv2.calcOpticalFlowFarneback
+        flow = farneback(previous, frame, None, scale, levels, window, iterations, poly_n,
+                         poly_sigma, 0)
         magnitude = np.sqrt(np.square(flow[..., 0]) + np.square(flow[..., 1]))
         return float(top_k_mean(self.pooler(magnitude), self.top))
 
