@@ -50,6 +50,7 @@ from forecaster.detection_metrics import best_f1, eer, roc_auc, roc_curve, undef
 from forecaster.engine import check_model, load, model_path
 from forecaster.errors import DataError
 from forecaster.flow import flow_scores
+from forecaster.fused import DEFAULT_FUSED, cue_value, smooth_nan
 from forecaster.outputs import fresh_dir, prepare_out_dir
 from forecaster.preprocess import to_unit
 from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, score_video
@@ -59,11 +60,20 @@ from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height
 
 log = logging.getLogger("forecaster.evaluate")
 
-METHODS = ("model", "model-global", "copy-last", "frame-diff", "mog2", "flow")
+METHODS = ("model", "model-term", "cue", "model-global", "copy-last", "frame-diff", "mog2",
+           "flow")
 PROTOCOLS = ("paper", "causal")
 METHOD_NOTES = {
     "model": "paper: per-video min-max of the calibrated score the daemon publishes; causal: "
              "that score",
+    "model-term": "the model's own term of the score alone, no motion cue (fused mode: its "
+                  "error term, smoothed and standardised as the scorer does; other modes: the "
+                  "whole-frame error, as model-global); paper: per-video min-max; causal: that "
+                  "term",
+    "cue": "the daemon's motion cue alone, no model: at its own size and smoothing "
+           "(fused mode: the card's cue term, standardised as the scorer does; other modes: "
+           "ln(0.001 + cue) at the default size and smoothing); paper: per-video min-max; "
+           "causal: that term",
     "model-global": "paper: 1 - per-video min-max of the model's PSNR (whole frame); causal: "
                     "(ln mse - mu) / sigma with the card's global calibration",
     "copy-last": "prediction = previous frame; paper: 1 - per-video min-max of its PSNR; "
@@ -244,8 +254,9 @@ def evaluate_command(
     size = (int(card.height), int(card.width))
     if out is not None:
         prepare_out_dir(Path(out), [Path(out) / name for name in RESULT_FILES], force=force)
-    # before TensorFlow: bad data fails fast
-    raw_videos = _read(data, labels, size, cue_height(cfg.scorer.mode, card.calibration))
+    # before TensorFlow: bad data fails fast; the cue is read in every mode (its own row)
+    cue_rows = cue_height(cfg.scorer.mode, card.calibration) or DEFAULT_FUSED.cue_height
+    raw_videos = _read(data, labels, size, cue_rows)
     out_dir = Path(out) if out is not None else fresh_dir("eval", path.stem)
 
     loaded = load(path)
@@ -253,7 +264,8 @@ def evaluate_command(
     engine = loaded.engine(cfg.scorer, stepper)
     videos: list[EvalVideo] = []
     for index, (name, frames, truth, cues) in enumerate(raw_videos):
-        scored = score_video(engine, stepper, f"video{index}", frames, chunk, cues)
+        terms_log: list[tuple[float, float]] = []
+        scored = score_video(engine, stepper, f"video{index}", frames, chunk, cues, terms_log)
         seqs = np.asarray([s.seq for s in scored], dtype=np.int64)
         if len(seqs) == 0:
             log.warning("video %s: no frame scored (%d frames, window %d)", name, len(frames),
@@ -263,6 +275,7 @@ def evaluate_command(
         model_psnr = np.asarray([s.psnr for s in scored])
         model_score = np.asarray([s.score for s in scored])
         global_score = global_scores(model_mse, card.calibration)
+        model_term, cue_term = _terms(terms_log, global_score, cues, seqs)
         copy_mse = copy_last_mse(frames)[seqs]
         diff = frame_diff(frames)[seqs]
         mog = mog2_fraction(frames)[seqs]
@@ -271,13 +284,16 @@ def evaluate_command(
                           all_labels=truth)
         video.scores = {
             "model": {"paper": minmax(model_score), "causal": model_score},
+            "model-term": {"paper": minmax(model_term), "causal": model_term},
+            "cue": {"paper": minmax(cue_term), "causal": cue_term},
             "model-global": {"paper": 1.0 - minmax(model_psnr), "causal": global_score},
             "copy-last": {"paper": 1.0 - minmax(psnr(copy_mse)), "causal": copy_mse},
             "frame-diff": {"paper": minmax(diff), "causal": diff},
             "mog2": {"paper": minmax(mog), "causal": mog},
             "flow": {"paper": minmax(flow), "causal": flow},
         }
-        video.raw = {"model_mse": model_mse, "model_psnr": model_psnr, "copy_last_mse": copy_mse,
+        video.raw = {"model_mse": model_mse, "model_psnr": model_psnr, "model_term": model_term,
+                     "cue": cue_term, "copy_last_mse": copy_mse,
                      "frame_diff": diff, "mog2": mog, "flow": flow}
         videos.append(video)
     if not videos:
@@ -320,6 +336,22 @@ def evaluate_command(
     _plots(out_dir, videos, results)
     echo(f"wrote {out_dir / 'eval.json'}, {out_dir / 'roc.png'}, {out_dir / 'timelines.png'}")
     return report
+
+
+def _terms(terms_log: Sequence[tuple[float, float]], global_score: np.ndarray,
+           cues: np.ndarray | None, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model-term and cue rows' causal scores of the scored frames ``seqs``: the fused
+    scorer's own terms where it measured them, else the whole-frame error and the cue's
+    smoothed logarithm."""
+    terms = np.asarray(terms_log, dtype=np.float64).reshape(-1, 2)
+    if len(terms) != len(seqs):
+        raise RuntimeError(f"{len(terms)} scorer terms for {len(seqs)} scored frames")
+    model_term = terms[:, 0] if np.isfinite(terms[:, 0]).any() else global_score
+    if np.isfinite(terms[:, 1]).any():
+        return model_term, terms[:, 1]
+    raw = np.full(len(seqs), math.nan) if cues is None else np.asarray(
+        [cue_value(float(c)) for c in cues[seqs]])
+    return model_term, smooth_nan(raw, DEFAULT_FUSED.smoothing)
 
 
 def _mode_note(mode: str, calibration: dict[str, Any]) -> str:

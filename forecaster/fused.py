@@ -189,6 +189,8 @@ class FusedStatistic:
         self.settings = calibration.settings
         self._error = _ErrorTerm(self.settings, calibration.height, calibration.width)
         self._averages: dict[str, float] = {}
+        #: the two standardised terms of the last frame, (error, flow); NaN: not measured
+        self.last_terms: tuple[float, float] = (math.nan, math.nan)
 
     def reset(self) -> None:
         self._averages.clear()
@@ -210,21 +212,24 @@ class FusedStatistic:
         if squared_errors.shape != (cal.height, cal.width):
             raise ValueError(f"frames of shape {squared_errors.shape} scored with a fused "
                              f"calibration made for {cal.height}x{cal.width} frames")
+        # both terms are measured whatever their weights, so that each can be reported
+        # alone (forecaster eval's model-term and cue rows)
+        error = (self._average("error", float(self._error(squared_errors)))
+                 - cal.error_mean) / cal.error_std
+        flow = (self._average("flow", cue_value(cue)) - cal.flow_mean) / cal.flow_std
+        self.last_terms = (error, flow)
         total = 0.0
         if settings.error_weight > 0:
-            error = self._average("error", float(self._error(squared_errors)))
-            total += settings.error_weight * (error - cal.error_mean) / cal.error_std
-        if settings.flow_weight > 0:
-            flow = self._average("flow", cue_value(cue))
-            if not math.isnan(flow):
-                total += settings.flow_weight * (flow - cal.flow_mean) / cal.flow_std
+            total += settings.error_weight * error
+        if settings.flow_weight > 0 and not math.isnan(flow):
+            total += settings.flow_weight * flow
         return total
 
 
 # --- calibration ---------------------------------------------------------------------------
 
 
-def _smooth_nan(values: np.ndarray, smoothing: float) -> np.ndarray:
+def smooth_nan(values: np.ndarray, smoothing: float) -> np.ndarray:
     """As the scorer: a causal moving average that holds its value over NaN."""
     out = np.empty(len(values))
     state = math.nan
@@ -268,9 +273,9 @@ def fused_calibration(
             raise ValueError(f"{len(video)} error maps with {len(mask)} normal flags and "
                              f"{len(cue)} cues")
     term = _ErrorTerm(settings, height, width)
-    errors = [_smooth_nan(np.asarray(term(m), dtype=np.float64), settings.smoothing)
+    errors = [smooth_nan(np.asarray(term(m), dtype=np.float64), settings.smoothing)
               for m in maps]
-    flows = [_smooth_nan(np.array([cue_value(c) for c in cue]), settings.smoothing)
+    flows = [smooth_nan(np.array([cue_value(c) for c in cue]), settings.smoothing)
              for cue in cue_list]
 
     def stats(series: list[np.ndarray]) -> tuple[float, float]:
@@ -308,4 +313,4 @@ def fused_calibration(
 
 
 __all__ = ["CUE_FLOOR", "DEFAULT_FUSED", "MSE_FLOOR", "FusedCalibration", "FusedSettings", "FusedStatistic",
-           "cue_value", "fused_calibration", "parse_fused_calibration"]
+           "cue_value", "fused_calibration", "parse_fused_calibration", "smooth_nan"]

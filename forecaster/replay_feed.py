@@ -97,10 +97,12 @@ def score_video(
     frames: np.ndarray,
     chunk: int = DEFAULT_CHUNK,
     cues: np.ndarray | None = None,
+    terms: list[tuple[float, float]] | None = None,
 ) -> list[Score]:
     """Score all ``frames`` (T, H, W) uint8 of one video (with their motion cues, when the
-    scorer uses them); one Score per scored frame."""
-    engine.add_camera(camera)
+    scorer uses them); one Score per scored frame. ``terms``: a list that gets each scored
+    frame's two terms alone (:attr:`forecaster.scorer.Scorer.terms_log`)."""
+    engine.add_camera(camera).scorer.terms_log = terms
     scores: list[Score] = []
     stamps = np.zeros(len(frames))
     for start in range(0, len(frames), chunk):

@@ -204,6 +204,9 @@ class Scorer:
         self._var = sigma * sigma
         self._sigma = max(sigma, SIGMA_FLOOR)
         self._buffer: np.ndarray | None = None
+        #: when a list: each scored frame's two fused terms alone, (the model's error, the
+        #: motion cue), each standardised on normal frames; (NaN, NaN) in the other modes
+        self.terms_log: list[tuple[float, float]] | None = None
         self.reset()
 
     @property
@@ -270,11 +273,19 @@ class Scorer:
             buffer = self._buffer = np.empty(predicted.shape, dtype=np.float32)
         mse = _mse(predicted, actual, buffer)  # leaves the squared errors in buffer
         if self._statistic is None:
-            return self.score_mse(mse)
+            result = self.score_mse(mse)
+            if self.terms_log is not None:
+                self.terms_log.append((math.nan, math.nan))
+            return result
         if predicted.ndim != 2:
             raise ValueError(f"{self.mode} mode scores (H, W) frames, got shape "
                              f"{predicted.shape}")
-        return self._judge(mse, self._statistic(buffer, actual, cue))
+        result = self._judge(mse, self._statistic(buffer, actual, cue))
+        if self.terms_log is not None:
+            terms = (self._statistic.last_terms if isinstance(self._statistic, FusedStatistic)
+                     else (math.nan, math.nan))
+            self.terms_log.append(terms)
+        return result
 
     def _judge(self, mse: float, statistic: float) -> ScoreResult:
         psnr = psnr_from_mse(mse)

@@ -172,3 +172,42 @@ def test_patch_mode_model_and_global_row(dataset, tmp_path: Path) -> None:
         for protocol in PROTOCOLS:
             assert results[row][protocol]["micro_auc"] == 1.0, (row, protocol)
     assert "model-global" in "\n".join(lines)
+
+
+def test_model_term_and_cue_rows_are_the_fused_scores_two_terms(dataset, tmp_path: Path
+                                                                ) -> None:
+    """The fused score is its two terms weighed and standardised: eval's model-term and cue
+    rows are exactly those terms, so the table shows what each adds."""
+    data, labels_path, _ = dataset
+    model = make_tiny_model(tmp_path / "fused.keras", perturb=False, fused=True)
+    # the made-up calibration's cue is at 48 rows, the frames' own size
+    lines: list[str] = []
+    report = evaluate_command([str(data)], labels=str(labels_path), model=str(model),
+                              out=tmp_path / "out", echo=lines.append, force=True)
+    assert report["scorer_mode"] == "fused"
+    fused = report["model_card"]["calibration"]["fused"]
+    raw = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert {"model-term", "cue"} <= set(raw["results"]) and {"model-term", "cue"} <= set(
+        raw["methods"])
+    table = "\n".join(lines)
+    assert re.search(r"^model-term\s+causal\s+\d", table, re.M)
+    assert re.search(r"^cue\s+causal\s+\d", table, re.M)
+    # the test frames: a white square jumping to a new place each frame from ONSET on,
+    # which both the model's error and the cue see
+    results = report["results"]
+    for row in ("model-term", "cue"):
+        assert results[row]["causal"]["micro_auc"] > 0.9, row
+    assert fused["error"] == "worst"  # the term is the card's, not the whole-frame error
+    assert "model-term" in raw["methods"]["model-term"] or "error term" in raw["methods"][
+        "model-term"]
+
+
+def test_eval_without_fused_mode_still_reports_the_cue(dataset, tmp_path: Path) -> None:
+    data, labels_path, model = dataset
+    report = evaluate_command([str(data)], labels=str(labels_path), model=str(model),
+                              out=tmp_path / "out", echo=lambda _: None)
+    assert report["scorer_mode"] == "global"
+    results = report["results"]
+    assert results["cue"]["causal"]["micro_auc"] > 0.9
+    assert results["model-term"]["causal"]["micro_auc"] == results["model-global"]["causal"][
+        "micro_auc"]

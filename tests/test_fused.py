@@ -126,3 +126,42 @@ def test_flow_baseline_is_causal() -> None:
     full = flow_scores(frames)
     assert math.isnan(full[0])
     np.testing.assert_allclose(flow_scores(frames[:7])[1:], full[1:7])
+
+
+@pytest.mark.parametrize("settings", [
+    FusedSettings(),
+    FusedSettings(error="worst", flow_weight=2.0),
+    FusedSettings(flow_weight=0.0),
+    FusedSettings(error_weight=0.0),
+])
+def test_terms_log_holds_each_terms_own_standardised_value(settings: FusedSettings) -> None:
+    """Whatever the weights, the scorer measures both terms; the score is their weighed sum
+    standardised (what eval's model-term and cue rows rest on)."""
+    videos = _videos(2)
+    entry = fused_calibration([np.square(p - a) for p, a, _ in videos],
+                              [c for _, _, c in videos], settings)
+    scorer = Scorer({"fused": entry})
+    scorer.terms_log = []
+    predicted, actual, cues = videos[1]
+    scores = [scorer.score(p, a, float(c)).score
+              for p, a, c in zip(predicted, actual, cues, strict=True)]
+    terms = np.asarray(scorer.terms_log)
+    assert terms.shape == (len(scores), 2)
+    assert np.isfinite(terms[:, 0]).all()
+    assert math.isnan(terms[0, 1]) and np.isfinite(terms[1:, 1]).all()  # frame 0: no cue
+    flow = np.nan_to_num(terms[:, 1]) if settings.flow_weight else 0.0
+    expected = (settings.error_weight * terms[:, 0] + settings.flow_weight * flow
+                - entry["score_mean"]) / entry["score_std"]
+    np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=1e-9)
+    # each term alone reads about 0 +- 1 on its calibration frames, as the score does
+    if settings.flow_weight == 0:
+        return
+    scorer.terms_log = []
+    for predicted, actual, cues in videos:
+        scorer.reset()
+        for p, a, c in zip(predicted, actual, cues, strict=True):
+            scorer.score(p, a, float(c))
+    terms = np.asarray(scorer.terms_log)
+    for column in range(2):
+        values = terms[:, column][np.isfinite(terms[:, column])]
+        assert abs(values.mean()) < 1e-6 and abs(values.std(ddof=1) - 1) < 1e-6
