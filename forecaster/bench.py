@@ -314,6 +314,9 @@ def run_bench(
         from forecaster.bench_runtimes import bench_runtimes
 
         report["runtimes"] = bench_runtimes(repeats)
+    from forecaster.bench_scoring import bench_scoring
+
+    report["scoring"] = bench_scoring()
     if video is not None and video.exists():
         report["replay"] = bench_replay(video)
     if daemon_rates:
@@ -415,6 +418,10 @@ def format_report(report: dict[str, Any]) -> str:
             + f"{(flops or 0) / 1e6:>12.1f}"
             f"{100 * row.get('step_fraction_of_peak', 0):>7.1f}%"
         )
+    if report.get("scoring"):
+        from forecaster.bench_scoring import format_scoring
+
+        lines += ["", *format_scoring(report["scoring"])]
     if report.get("runtimes"):
         from forecaster.bench_runtimes import format_runtimes
 

@@ -88,6 +88,12 @@ def test_bench_soak_runs_the_daemon_and_reports_each_process(tmp_path: Path) -> 
     # the worker holds TensorFlow and the model: far bigger than a capture process
     assert worker["rss_end_mb"] > 2 * soak["processes"]["capture"]["rss_end_mb"]
     assert "slope" in proc.stdout and "worker" in proc.stdout
+    # every bench reports the scoring path's CPU per frame next to the cue alone's
+    scoring = json.loads(out.read_text())["scoring"]
+    cue, default = (scoring[k]["cpu_ms_per_frame"] for k in ("cue alone", "default"))
+    assert 0 < cue < default  # the default path computes the cue and more
+    assert scoring["default_to_cue"] == pytest.approx(default / cue)
+    assert "cue alone (no model)" in proc.stdout
 
 
 def test_replay_against_decode_times_both_scorer_modes_and_decoding(tmp_path: Path) -> None:
