@@ -143,6 +143,7 @@ class Replayer:
         camera = video.camera
         cam = engine.add_camera(camera)
         result = VideoResult(name=video.name, camera=camera, source=video.uri)
+        cam.scorer.terms_log = result.terms
         synthetic_labels: list[int] = []
         source = open_source(video.uri)
         chunk = 1 if options.realtime else max(1, options.chunk)

@@ -50,6 +50,16 @@ class VideoResult:
     model_fit: str = "checking"
     #: the median score the verdict was made on (NaN: none made)
     model_fit_median: float = math.nan
+    #: each scored frame's two fused terms alone, (the model's error, the motion cue)
+    #: (:attr:`forecaster.scorer.Scorer.terms_log`; NaN outside the fused mode)
+    terms: list[tuple[float, float]] = field(default_factory=list)
+
+    def term_scores(self, column: int) -> np.ndarray:
+        """One term of every scored frame (0: the model's, 1: the cue's); NaN if unknown."""
+        terms = np.asarray(self.terms, dtype=np.float64).reshape(-1, 2)
+        if len(terms) != len(self.seqs):
+            return np.full(len(self.seqs), math.nan)
+        return terms[:, column]
 
     @property
     def frames_scored(self) -> int:
@@ -128,6 +138,10 @@ def summarize(results: Sequence[VideoResult], extra: dict[str, Any]) -> dict[str
         per_video = [r.auc()[0] for r in labelled]
         defined = [a for a in per_video if a is not None]
         total["auc_mean_per_video"] = float(np.mean(defined)) if defined else None
+        # each term alone on the same frames: does the forecast add to the motion cue?
+        for key, column in (("auc_model_term", 0), ("auc_cue", 1)):
+            values = np.concatenate([r.term_scores(column) for r in labelled])
+            total[key] = _auc(labels, values)[0] if np.isfinite(values).any() else None
     else:
         total["auc"], total["auc_undefined"] = None, "no labels"
     return {**extra, "videos": [r.to_json() for r in results], "total": total}

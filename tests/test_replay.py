@@ -408,3 +408,20 @@ def test_timeline_notes_videos_left_out_and_titles_each_panel(tmp_path: Path) ->
     assert few_title == "" and len(few) == 2
     png = plot_replay(tmp_path / "timeline.png", results[:2], 3.0)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_replay_with_labels_reports_the_model_term_and_the_cue_alone(
+        tiny_fused_model: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """Fused mode: the summary has the AUC of each term alone next to the score's, on the
+    same frames."""
+    summary = replay_command([CLIP], out=tmp_path / "fused", model=str(tiny_fused_model),
+                             chunk=64, progress=False)
+    total = summary["total"]
+    assert total["auc"] is not None
+    assert total["auc_model_term"] is not None and total["auc_cue"] is not None
+    assert 0.0 <= total["auc_model_term"] <= 1.0 and 0.0 <= total["auc_cue"] <= 1.0
+    assert total["auc_cue"] != total["auc_model_term"]
+    # global mode has no terms: nothing to report, and nothing made up
+    summary = replay_command([CLIP], out=tmp_path / "global", model=str(tiny_model), chunk=64,
+                             progress=False)
+    assert summary["total"]["auc_model_term"] is None and summary["total"]["auc_cue"] is None
