@@ -115,9 +115,10 @@ _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::"})
 
 
 def reaches(connect: str, bind: str) -> bool:
-    """Whether connecting to ``connect`` plainly reaches the socket bound on ``bind`` (the
-    same port of the same or a listening-on-all address, or the same socket file). A host
-    name that only resolves to this machine is not seen here."""
+    """Whether connecting to ``connect`` plainly reaches the socket bound on ``bind``: the
+    same socket file, or the same port of the same address (or of loopback, when ``bind``
+    listens on all). A name or address of this machine that is not loopback is not seen
+    here (the relay notices such a loop at run time)."""
     c, b = parse_endpoint(connect), parse_endpoint(bind)
     if c.transport != b.transport:
         return False
@@ -131,4 +132,6 @@ def reaches(connect: str, bind: str) -> bool:
     def names(host: str) -> set[str]:
         return {"127.0.0.1", "::1"} if host == "localhost" else {host}
 
-    return b.address in _WILDCARD_HOSTS or bool(names(c.address) & names(b.address))
+    if b.address in _WILDCARD_HOSTS:  # every address of this machine: loopback plainly
+        return is_loopback_host(c.address) or c.address in _WILDCARD_HOSTS
+    return bool(names(c.address) & names(b.address))

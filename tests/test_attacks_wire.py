@@ -357,6 +357,13 @@ def test_a_relay_refuses_its_own_bind_as_an_upstream(tmp_path: Path) -> None:
         line = _error_line(_cli(["relay", "--upstream", upstream, "--bind", bind,
                                  "--allow-insecure"], tmp_path))
         assert f"upstream {upstream} is the relay's own bind {bind}" in line, line
+    # a daemon elsewhere on the relay's port is no loop
+    from forecaster.relay import parse_relay_config
+
+    config = parse_relay_config({"relay": {
+        "bind": f"tcp://*:{port}", "allow_insecure": True,
+        "upstreams": [{"endpoint": f"tcp://192.0.2.7:{port}"}]}}, "test")
+    assert config.upstreams[0].endpoint == f"tcp://192.0.2.7:{port}"
 
 
 @pytest.mark.timeout(90)
