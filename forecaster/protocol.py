@@ -28,6 +28,8 @@ CAMERA_CHARS = "A-Za-z0-9_.-"
 CAMERA_PATTERN = re.compile(f"[{CAMERA_CHARS}]+")
 #: the longest camera id a config may name
 MAX_CAMERA_ID = 64
+#: the longest camera id a reader accepts in a topic (a config's are at most MAX_CAMERA_ID)
+MAX_WIRE_CAMERA_ID = 255
 #: the largest header a reader decodes (a real one is a few hundred bytes)
 MAX_HEADER_BYTES = 64 * 1024
 #: the deepest nesting of arrays and objects a reader decodes (a real header has 2)
@@ -425,6 +427,10 @@ _DECODERS: dict[str, Callable[[str, Mapping[str, Any], Buffer | None], Message]]
 
 def parse_topic(raw: Buffer) -> tuple[str, str]:
     """Split a topic frame into ``(kind, camera)``; :class:`ProtocolError` if malformed."""
+    size = memoryview(raw).nbytes
+    if size > len("forecast/") + MAX_WIRE_CAMERA_ID:
+        raise ProtocolError(f"topic is {size} bytes, longer than any valid one: "
+                            f"{bytes(raw)[:40]!r}...")
     try:
         text = bytes(raw).decode("ascii")
     except UnicodeDecodeError:
@@ -436,6 +442,9 @@ def parse_topic(raw: Buffer) -> tuple[str, str]:
         raise ProtocolError(
             f"topic {text!r} has unknown kind {kind!r}: expected one of {', '.join(KINDS)}"
         )
+    if len(camera) > MAX_WIRE_CAMERA_ID:
+        raise ProtocolError(f"topic {kind}/{camera[:40]}... has a camera id of {len(camera)} "
+                            f"characters, more than {MAX_WIRE_CAMERA_ID}")
     if CAMERA_PATTERN.fullmatch(camera) is None:
         raise ProtocolError(f"topic {text!r} has invalid camera id {camera!r}")
     return kind, camera

@@ -29,6 +29,7 @@ from forecaster.keys import generate_keypair
 from forecaster.protocol import (
     MAX_HEADER_BYTES,
     MAX_HEADER_DEPTH,
+    MAX_WIRE_CAMERA_ID,
     ProtocolError,
     Score,
     Status,
@@ -223,6 +224,14 @@ def test_deep_or_huge_headers_are_protocol_errors_not_recursion() -> None:
         decode([b"score/cam0", b" " * (MAX_HEADER_BYTES + 1)])
     with pytest.raises(ProtocolError, match=f"deeper than {MAX_HEADER_DEPTH}"):
         decode([b"score/cam0", b"[" * (MAX_HEADER_DEPTH + 1) + b"]" * (MAX_HEADER_DEPTH + 1)])
+    # a camera id that would make every tracked id a megabyte
+    for length in (MAX_WIRE_CAMERA_ID + 1, 1_000_000):
+        camera = "c" * length
+        topic, header = encode(_status(camera))
+        with pytest.raises(ProtocolError, match=r"camera id of|longer than any valid"):
+            decode([topic, header])
+    topic, header = encode(_status("c" * MAX_WIRE_CAMERA_ID))
+    assert decode([topic, header]).camera == "c" * MAX_WIRE_CAMERA_ID
     # brackets inside strings are not nesting: a valid header full of them decodes
     topic, header = encode(Status("cam0", 1, 1.0, 1.0, 1, 0, 0, True, False,
                                   reason="[" * 5000 + "\\\"{"))
