@@ -11,7 +11,11 @@ the XSUB socket says when each connection comes and goes, a SUB socket per upstr
 that daemon's ``status/`` messages and learns its camera ids (a camera id seen from two
 upstreams is logged as an error). The health is published as ``relay/<n>`` messages
 through the proxy itself (an inproc PUB socket is one more upstream of the XSUB socket),
-and served as Prometheus metrics when asked.
+and served as Prometheus metrics when asked (:mod:`forecaster.relay_health`).
+
+A relay must not receive its own feed: an upstream that is its own bind is refused, and
+its own ``relay/<n>`` message coming back through a watcher (a loop through other relays)
+stops it with exit code 2.
 """
 
 from __future__ import annotations
