@@ -183,7 +183,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     for video in summary["videos"]:
         auc = "" if video["auc"] is None else f", AUC {video['auc']:.3f}"
-        print(f"{video['name']}: {video['frames']} frames, {video['frames_scored']} scored, "
+        print(f"{video['camera']}: {video['frames']} frames, {video['frames_scored']} scored, "
               f"{video['fps']} frames/s, {len(video['events'])} event(s){auc}")
     total = summary["total"]
     auc = "" if total["auc"] is None else f", AUC {total['auc']:.3f}"

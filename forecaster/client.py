@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import zmq
 
 from forecaster.endpoints import parse_endpoint
 from forecaster.errors import ConfigError
+from forecaster.logs import LimitedLog
 from forecaster.protocol import (
     KINDS,
     Message,
@@ -20,6 +22,8 @@ from forecaster.protocol import (
     validate_camera,
     validate_kind,
 )
+
+log = logging.getLogger("forecaster.client")
 
 
 def subscriptions(
@@ -79,7 +83,8 @@ class Subscriber:
     ZeroMQ filters by topic prefix, so ``score/cam0`` would also match ``score/cam01``;
     messages of cameras not asked for are dropped here after decoding. A malformed
     message raises :class:`ProtocolError` from :meth:`recv`, or, with
-    ``skip_invalid=True``, is counted in ``invalid`` and skipped. ``curve`` connects to a
+    ``skip_invalid=True``, is counted in ``invalid`` and skipped (a warning says why, at
+    most once per 10 seconds). ``curve`` connects to a
     publisher with CURVE on (``CurveClient.from_files(server.key, client.key_secret)``).
     """
 
@@ -100,12 +105,17 @@ class Subscriber:
             parsed = parse_endpoint(endpoint)
         except ValueError as exc:
             raise ConfigError(f"cannot connect subscriber to {endpoint}: {exc}") from None
+        if parsed.transport == "tcp" and not parsed.port:
+            raise ConfigError(f"cannot connect subscriber to {endpoint}: it needs the "
+                              f"publisher's port, 1 to 65535 (0 or * name no port to "
+                              f"connect to)")
         self.endpoint = endpoint
         self.topics = subscriptions(cameras, kinds)
         self._cameras = frozenset(cameras) if cameras is not None else None
         self.skip_invalid = skip_invalid
         self.received = 0
         self.invalid = 0
+        self._log_invalid = LimitedLog(log)
         self._closed = False
         ctx = context if context is not None else zmq.Context.instance()
         self._socket: zmq.Socket = ctx.socket(zmq.SUB)
@@ -145,9 +155,11 @@ class Subscriber:
                 continue  # a relay's own health messages (subscribed to with ""), not v1
             try:
                 msg = decode(parts)
-            except ProtocolError:
+            except ProtocolError as error:
                 self.invalid += 1
                 if self.skip_invalid:
+                    self._log_invalid("skipped a malformed message from %s: %s",
+                                      self.endpoint, error)
                     continue
                 raise
             if self._cameras is not None and msg.camera not in self._cameras:

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from forecaster.endpoints import is_loopback_host, parse_endpoint
+from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.model import frame_size_fits
 from forecaster.protocol import CAMERA_PATTERN, MAX_CAMERA_ID
@@ -157,6 +157,10 @@ class PublishConfig(_Section):
                 "endpoint needs a fixed port from 1 to 65535, for subscribers to find it "
                 "(port 0 or * would pick a random one)"
             )
+        if endpoint.transport == "ipc" and not endpoint.abstract:
+            problem = ipc_path_problem(endpoint.address)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("curve_secret_key")
@@ -460,3 +464,18 @@ def with_source(config: Config, source: str) -> Config:
         )
     camera = config.cameras[0].model_copy(update={"source": source})
     return config.model_copy(update={"cameras": [camera]})
+
+
+class _PublishSection(_Section):
+    publish: PublishConfig
+
+
+def with_endpoint(config: Config, endpoint: str) -> Config:
+    """Override ``publish.endpoint`` (``--endpoint``), checked by the rules of a config file
+    (a fixed port, loopback or an ipc socket file unless CURVE or allow_insecure)."""
+    data = {"publish": {**config.publish.model_dump(), "endpoint": endpoint}}
+    try:
+        publish = _PublishSection.model_validate(data).publish
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, "--endpoint")) from None
+    return config.model_copy(update={"publish": publish})

@@ -9,6 +9,8 @@ socket has no file and no permissions: any local user can connect, so it is not 
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from dataclasses import dataclass
 from typing import Literal
 
@@ -88,3 +90,48 @@ def parse_endpoint(endpoint: str) -> Endpoint:
     if ":" in host:
         raise ValueError("an IPv6 address goes in brackets, e.g. tcp://[::1]:5556")
     return Endpoint("tcp", host, _port(port))
+
+
+def ipc_path_problem(path: str) -> str | None:
+    """Why binding the ``ipc://`` socket file ``path`` would harm what is there, or None.
+
+    libzmq binds by removing whatever is at the path first, so anything there but a socket
+    (a file, a folder, a link) is refused: nothing is lost by a mistyped endpoint.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # nothing there (or a folder on the way is missing: made, or refused, later)
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    what = ("a folder" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
+            else "a file" if stat.S_ISREG(mode) else "not a socket")
+    return (f"{path} is {what}, and binding would replace it: name a path where nothing is "
+            f"yet (or a socket file this program left)")
+
+
+#: tcp hosts a bind listens on every address with
+_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::"})
+
+
+def reaches(connect: str, bind: str) -> bool:
+    """Whether connecting to ``connect`` plainly reaches the socket bound on ``bind``: the
+    same socket file, or the same port of the same address (or of loopback, when ``bind``
+    listens on all). A name or address of this machine that is not loopback is not seen
+    here (the relay notices such a loop at run time)."""
+    c, b = parse_endpoint(connect), parse_endpoint(bind)
+    if c.transport != b.transport:
+        return False
+    if c.transport == "ipc":
+        if c.abstract or b.abstract:
+            return c.address == b.address
+        return os.path.abspath(c.address) == os.path.abspath(b.address)
+    if c.port != b.port:
+        return False
+
+    def names(host: str) -> set[str]:
+        return {"127.0.0.1", "::1"} if host == "localhost" else {host}
+
+    if b.address in _WILDCARD_HOSTS:  # every address of this machine: loopback plainly
+        return is_loopback_host(c.address) or c.address in _WILDCARD_HOSTS
+    return bool(names(c.address) & names(b.address))

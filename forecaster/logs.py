@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,3 +80,25 @@ def import_tensorflow_quietly(before_first_op: Callable[[Any], object] | None = 
             os.close(saved)
             os.close(devnull)
     return f"GPU ({gpus[0].name})" if gpus else "CPU"
+
+
+class LimitedLog:
+    """One log line per ``interval_s`` at most for a repeated problem; the lines between
+    are counted, and the next line says how many there were."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0,
+                 level: int = logging.WARNING) -> None:
+        self.logger, self.interval_s, self.level = logger, interval_s, level
+        self.count = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def __call__(self, message: str, *args: object) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < self.interval_s:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more since the last line)" if self._unlogged else ""
+        self.logger.log(self.level, message + more, *args)
+        self._unlogged, self._logged_at = 0, now

@@ -28,6 +28,12 @@ CAMERA_CHARS = "A-Za-z0-9_.-"
 CAMERA_PATTERN = re.compile(f"[{CAMERA_CHARS}]+")
 #: the longest camera id a config may name
 MAX_CAMERA_ID = 64
+#: the longest camera id a reader accepts in a topic (a config's are at most MAX_CAMERA_ID)
+MAX_WIRE_CAMERA_ID = 255
+#: the largest header a reader decodes (a real one is a few hundred bytes)
+MAX_HEADER_BYTES = 64 * 1024
+#: the deepest nesting of arrays and objects a reader decodes (a real header has 2)
+MAX_HEADER_DEPTH = 16
 _CAMERA_UNSAFE = re.compile(f"[^{CAMERA_CHARS}]+")
 EVENT_STATES: tuple[str, ...] = ("start", "end")
 
@@ -249,6 +255,43 @@ def encode(msg: Message) -> list[bytes]:
 
 # ---------------------------------------------------------------------------- decode
 
+#: a JSON string (skipped whole) or a bracket (counted)
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _depth(data: bytes) -> int:
+    """The deepest nesting of arrays and objects in the JSON text ``data`` (brackets
+    inside strings do not count)."""
+    depth = deepest = 0
+    for match in _JSON_NESTING.finditer(data):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+def loads_bounded(data: Buffer | str, what: str, *, max_bytes: int = MAX_HEADER_BYTES,
+                  max_depth: int = MAX_HEADER_DEPTH) -> Any:
+    """``json.loads`` of ``data``, refused with :class:`ProtocolError` naming ``what`` when
+    it is larger than ``max_bytes`` or nested deeper than ``max_depth``, before decoding.
+
+    Every reader of JSON from the network goes through this: Python's decoder recurses
+    once per level, so ``[[[...`` of 100,000 brackets would raise RecursionError.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if len(raw) > max_bytes:
+        raise ProtocolError(f"{what} is {len(raw)} bytes, more than the {max_bytes} allowed")
+    # a bracket count within the limit cannot nest deeper; count precisely only above it
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _depth(raw) > max_depth:
+        raise ProtocolError(f"{what} nests arrays and objects deeper than {max_depth} levels")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{what} is not valid UTF-8 JSON: {exc}") from None
+
 
 def _field(header: Mapping[str, Any], kind: str, name: str) -> Any:
     try:
@@ -384,6 +427,10 @@ _DECODERS: dict[str, Callable[[str, Mapping[str, Any], Buffer | None], Message]]
 
 def parse_topic(raw: Buffer) -> tuple[str, str]:
     """Split a topic frame into ``(kind, camera)``; :class:`ProtocolError` if malformed."""
+    size = memoryview(raw).nbytes
+    if size > len("forecast/") + MAX_WIRE_CAMERA_ID:
+        raise ProtocolError(f"topic is {size} bytes, longer than any valid one: "
+                            f"{bytes(raw)[:40]!r}...")
     try:
         text = bytes(raw).decode("ascii")
     except UnicodeDecodeError:
@@ -395,6 +442,9 @@ def parse_topic(raw: Buffer) -> tuple[str, str]:
         raise ProtocolError(
             f"topic {text!r} has unknown kind {kind!r}: expected one of {', '.join(KINDS)}"
         )
+    if len(camera) > MAX_WIRE_CAMERA_ID:
+        raise ProtocolError(f"topic {kind}/{camera[:40]}... has a camera id of {len(camera)} "
+                            f"characters, more than {MAX_WIRE_CAMERA_ID}")
     if CAMERA_PATTERN.fullmatch(camera) is None:
         raise ProtocolError(f"topic {text!r} has invalid camera id {camera!r}")
     return kind, camera
@@ -415,10 +465,7 @@ def decode(parts: Sequence[Buffer]) -> Message:
     expected_parts = 3 if kind == "forecast" else 2
     if len(parts) != expected_parts:
         raise ProtocolError(f"{kind} message must have {expected_parts} parts, got {len(parts)}")
-    try:
-        header = json.loads(bytes(parts[1]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"{kind}/{camera} header is not valid UTF-8 JSON: {exc}") from None
+    header = loads_bounded(parts[1], f"{kind}/{camera} header")
     if not isinstance(header, dict):
         raise ProtocolError(
             f"{kind}/{camera} header must be a JSON object, got {type(header).__name__}"

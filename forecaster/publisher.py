@@ -13,13 +13,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from forecaster.endpoints import parse_endpoint
+from forecaster.endpoints import ipc_path_problem, parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.protocol import Message, encode
+
+if TYPE_CHECKING:
+    from forecaster.config import PublishConfig
 
 log = logging.getLogger("forecaster.publisher")
 
@@ -50,27 +53,32 @@ def describe_refusal(event: int, value: int) -> str:
     return f"handshake failed ({os.strerror(value)}; a subscriber without CURVE?)"
 
 
-def _claim_ipc_path(endpoint: str, path: Path) -> int:
+def claim_ipc_path(endpoint: str, path: Path, who: str = "publisher",
+                   advice: str = "give each daemon its own publish.endpoint") -> int:
     """Make ``path``'s folder and claim the socket file; return the fd of its lock.
 
-    libzmq binds an ``ipc://`` path by unlinking whatever socket file is there, so a second
-    publisher on the same path would silently take it over from a running one. The lock
-    file ``PATH.lock`` beside the socket, held while bound, refuses a second publisher of
-    this program; a socket file that accepts a connection refuses any other program.
+    libzmq binds an ``ipc://`` path by unlinking whatever is there. Anything but a socket
+    file is refused, before anything is made. The lock file ``PATH.lock`` beside the
+    socket, held while bound, refuses a second publisher of this program; a socket file
+    that accepts a connection refuses any other program. ``who`` and ``advice`` word the
+    errors (ConfigError).
     """
+    problem = ipc_path_problem(str(path))
+    if problem is not None:
+        raise ConfigError(f"cannot bind {who} to {endpoint}: {problem}")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
-            f"cannot bind publisher to {endpoint}: cannot create folder {parent}: {exc.strerror or exc}"
+            f"cannot bind {who} to {endpoint}: cannot create folder {parent}: {exc.strerror or exc}"
         ) from exc
     lock = path.with_name(path.name + ".lock")
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise ConfigError(
-            f"cannot bind publisher to {endpoint}: cannot open lock file {lock}: {exc.strerror}"
+            f"cannot bind {who} to {endpoint}: cannot open lock file {lock}: {exc.strerror}"
         ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -79,12 +87,25 @@ def _claim_ipc_path(endpoint: str, path: Path) -> int:
     except BlockingIOError:
         pass  # the lock is held: another publisher is bound there
     except OSError:
-        return fd  # no socket file, or nobody listening on it: a stale file
+        # no socket file, or nobody listening on it: a stale file (checked again under the
+        # lock: something else may have come meanwhile)
+        problem = ipc_path_problem(str(path))
+        if problem is None:
+            return fd
+        os.close(fd)
+        raise ConfigError(f"cannot bind {who} to {endpoint}: {problem}") from None
     os.close(fd)
     raise ConfigError(
-        f"cannot bind publisher to {endpoint}: another process is publishing on it; give "
-        f"each daemon its own publish.endpoint"
+        f"cannot bind {who} to {endpoint}: another process is publishing on it; {advice}"
     )
+
+
+def release_ipc_path(path: Path, lock: int, *, unlink: bool) -> None:
+    """Remove the socket file bound at ``path`` (``unlink``) and release its lock."""
+    if unlink:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    os.close(lock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +189,7 @@ class Publisher:
         self._ipc: tuple[Path, int] | None = None
         if parsed.transport == "ipc" and not parsed.abstract:
             path = Path(parsed.address)
-            self._ipc = (path, _claim_ipc_path(endpoint, path))
+            self._ipc = (path, claim_ipc_path(endpoint, path))
         ctx = context if context is not None else zmq.Context.instance()
         self._auth: Any = _start_authenticator(ctx, curve) if curve is not None else None
         self._socket: zmq.Socket = ctx.socket(zmq.PUB)
@@ -266,10 +287,7 @@ class Publisher:
         """Remove the socket file this publisher bound (``unlink``) and release its lock."""
         if self._ipc is not None:
             (path, lock), self._ipc = self._ipc, None
-            if unlink:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-            os.close(lock)
+            release_ipc_path(path, lock, unlink=unlink)
 
     def _stop_authenticator(self) -> None:
         if self._auth is not None:
@@ -290,3 +308,20 @@ class Publisher:
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._last_endpoint
         return f"Publisher({state}, sent={self.sent}, dropped={self.dropped})"
+
+
+def publisher_from_config(publish: PublishConfig, *, sndhwm: int | None = None,
+                          linger_ms: int | None = None) -> Publisher:
+    """The publisher of a ``[publish]`` section, CURVE included: what ``run`` and
+    ``replay --publish`` bind. ``sndhwm`` and ``linger_ms`` override the section's."""
+    curve = (
+        CurveServer.from_files(publish.curve_secret_key, publish.curve_allowed_clients)
+        if publish.curve
+        else None
+    )
+    return Publisher(
+        publish.endpoint,
+        sndhwm=publish.sndhwm if sndhwm is None else sndhwm,
+        linger_ms=publish.linger_ms if linger_ms is None else linger_ms,
+        curve=curve,
+    )

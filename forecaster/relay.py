@@ -11,7 +11,11 @@ the XSUB socket says when each connection comes and goes, a SUB socket per upstr
 that daemon's ``status/`` messages and learns its camera ids (a camera id seen from two
 upstreams is logged as an error). The health is published as ``relay/<n>`` messages
 through the proxy itself (an inproc PUB socket is one more upstream of the XSUB socket),
-and served as Prometheus metrics when asked.
+and served as Prometheus metrics when asked (:mod:`forecaster.relay_health`).
+
+A relay must not receive its own feed: an upstream that is its own bind is refused, and
+its own ``relay/<n>`` message coming back through a watcher (a loop through other relays)
+stops it with exit code 2.
 """
 
 from __future__ import annotations
@@ -19,15 +23,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import signal
 import struct
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal
@@ -43,9 +44,12 @@ from forecaster.config import (
     check_ip_address,
     read_toml,
 )
-from forecaster.endpoints import is_loopback_host, parse_endpoint
+from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint, reaches
 from forecaster.errors import ConfigError
-from forecaster.protocol import ProtocolError, decode
+from forecaster.logs import LimitedLog
+from forecaster.protocol import ProtocolError, decode, loads_bounded
+from forecaster.publisher import claim_ipc_path, release_ipc_path
+from forecaster.relay_health import HEALTH_PREFIX, STATS_FIELDS, Health, health_topic, serve_metrics
 
 if sys.version_info >= (3, 11):
     pass
@@ -55,13 +59,8 @@ else:  # pragma: no cover - exercised only on 3.10
 log = logging.getLogger("forecaster.relay")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5560"
-#: the topic prefix of the relay's own health messages
-HEALTH_PREFIX = "relay/"
-#: libzmq's reply to STATISTICS: eight unsigned 64-bit counters
-_STATS_FIELDS = (
-    "frontend_frames_in", "frontend_bytes_in", "frontend_frames_out", "frontend_bytes_out",
-    "backend_frames_in", "backend_bytes_in", "backend_frames_out", "backend_bytes_out",
-)
+#: the largest relay health message read back (one upstream of MAX_CAMERAS_PER_UPSTREAM ids)
+MAX_HEALTH_BYTES = 1024 * 1024
 _CLOSING_ERRNOS = frozenset({zmq.ETERM, zmq.ENOTSOCK})
 
 
@@ -135,6 +134,10 @@ class RelayConfig(_Section):
         if endpoint.transport == "tcp" and not endpoint.port:
             raise ValueError("bind needs a fixed port from 1 to 65535, for subscribers to "
                              "find it")
+        if endpoint.transport == "ipc" and not endpoint.abstract:
+            problem = ipc_path_problem(endpoint.address)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("curve_secret_key")
@@ -160,6 +163,10 @@ class RelayConfig(_Section):
         repeated = sorted({e for e in endpoints if endpoints.count(e) > 1})
         if repeated:
             raise ValueError(f"upstreams listed twice: {', '.join(repeated)}")
+        own = [e for e in endpoints if reaches(e, self.bind)]
+        if own:
+            raise ValueError(f"upstream {own[0]} is the relay's own bind {self.bind}: its "
+                             f"messages would circle for ever; list the daemons' endpoints")
         if not self.curve_secret_key:
             if self.curve_allowed_clients:
                 raise ValueError("curve_allowed_clients needs curve_secret_key, the relay's "
@@ -211,174 +218,6 @@ def load_relay_config(path: str | Path) -> dict[str, Any]:
     return read_toml(path)
 
 
-# ---------------------------------------------------------------------------- health
-
-
-@dataclass(slots=True)
-class UpstreamHealth:
-    """What the relay knows of one upstream. ``connected`` comes from the data path's
-    socket monitor; ``status_messages`` and ``last_message_ts`` count the daemon's
-    ``status/`` messages (the health watcher's own subscription), not the forwarded
-    traffic."""
-
-    index: int
-    endpoint: str
-    connected: bool = False
-    connects: int = 0
-    disconnects: int = 0
-    handshake_failures: int = 0
-    last_error: str | None = None
-    status_messages: int = 0
-    last_message_ts: float | None = None
-    cameras: set[str] = field(default_factory=set)
-
-    def header(self, now: float) -> dict[str, Any]:
-        return {
-            "v": 1, "upstream": self.endpoint, "index": self.index, "ts": now,
-            "connected": self.connected, "connects": self.connects,
-            "disconnects": self.disconnects, "handshake_failures": self.handshake_failures,
-            "last_error": self.last_error, "status_messages": self.status_messages,
-            "last_message_ts": self.last_message_ts, "cameras": sorted(self.cameras),
-        }
-
-
-def health_topic(index: int) -> bytes:
-    return f"{HEALTH_PREFIX}{index}".encode("ascii")
-
-
-def _refusal(event: int, value: int) -> str:
-    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return "the daemon refused the relay's key (add relay.key to its curve_allowed_clients)"
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-            return "CURVE on one side only (server_key set for a daemon without CURVE, or not set for one with it)"
-        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
-            return "CURVE handshake failed (wrong server key for this daemon?)"
-        return f"ZMTP protocol error {value:#x}"
-    return "handshake failed (CURVE on one side only, or the relay's key refused?)"
-
-
-class Health:
-    """The health of every upstream; updated by the main thread, read by scrapes."""
-
-    def __init__(self, upstreams: list[UpstreamConfig]) -> None:
-        self.upstreams = [UpstreamHealth(i, u.endpoint) for i, u in enumerate(upstreams)]
-        self._by_endpoint = {u.endpoint: u for u in self.upstreams}
-        self.lock = threading.Lock()
-        self.stats: dict[str, int] = dict.fromkeys(_STATS_FIELDS, 0)
-        self._reported: set[tuple[str, int, int]] = set()
-
-    def on_monitor_event(self, event: int, value: int, endpoint: str) -> None:
-        upstream = self._by_endpoint.get(endpoint)
-        if upstream is None:
-            return  # the inproc health socket
-        with self.lock:
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                upstream.connected = True
-                upstream.connects += 1
-                upstream.last_error = None
-                log.info("upstream %d connected: %s", upstream.index, endpoint)
-            elif event == zmq.EVENT_DISCONNECTED and upstream.connected:
-                upstream.connected = False
-                upstream.disconnects += 1
-                log.warning("upstream %d disconnected: %s (reconnecting)", upstream.index,
-                            endpoint)
-            elif event & (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                          | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-                upstream.connected = False
-                upstream.handshake_failures += 1
-                reason = _refusal(event, value)
-                if reason != upstream.last_error:
-                    log.error("upstream %d (%s): %s", upstream.index, endpoint, reason)
-                upstream.last_error = reason
-
-    def on_status(self, index: int, camera: str, now: float) -> None:
-        upstream = self.upstreams[index]
-        with self.lock:
-            upstream.status_messages += 1
-            upstream.last_message_ts = now
-            upstream.cameras.add(camera)
-        for other in self.upstreams:
-            key = (camera, min(index, other.index), max(index, other.index))
-            if other.index != index and camera in other.cameras and key not in self._reported:
-                self._reported.add(key)
-                log.error(
-                    "camera %s is published by two upstreams, %s and %s: camera ids must be "
-                    "unique across the daemons of one relay (their messages are mixed under "
-                    "one topic)", camera, other.endpoint, upstream.endpoint,
-                )
-
-    def duplicate_cameras(self) -> list[str]:
-        seen: dict[str, int] = {}
-        for upstream in self.upstreams:
-            for camera in upstream.cameras:
-                seen[camera] = seen.get(camera, 0) + 1
-        return sorted(c for c, n in seen.items() if n > 1)
-
-
-# ---------------------------------------------------------------------------- metrics
-
-
-def _serve_metrics(address: str, port: int, health: Health) -> Any:
-    from prometheus_client import CollectorRegistry, start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-    from prometheus_client.registry import Collector
-
-    class RelayCollector(Collector):
-        def collect(self) -> Iterator[Metric]:
-            labels = ["upstream"]
-            up = GaugeMetricFamily("forecaster_relay_upstream_up",
-                                   "1 while the relay's connection to the daemon is up.",
-                                   labels=labels)
-            connects = CounterMetricFamily("forecaster_relay_upstream_connects",
-                                           "Connections to the daemon made (handshakes "
-                                           "completed).", labels=labels)
-            disconnects = CounterMetricFamily("forecaster_relay_upstream_disconnects",
-                                              "Connections to the daemon lost.", labels=labels)
-            status = CounterMetricFamily("forecaster_relay_upstream_status_messages",
-                                         "status/ messages received from the daemon.",
-                                         labels=labels)
-            last = GaugeMetricFamily("forecaster_relay_upstream_last_message_timestamp_seconds",
-                                     "UNIX time of the last status/ message from the daemon "
-                                     "(NaN before the first).", labels=labels)
-            cameras = GaugeMetricFamily("forecaster_relay_upstream_cameras",
-                                        "Camera ids seen in the daemon's status/ messages.",
-                                        labels=labels)
-            with health.lock:
-                for u in health.upstreams:
-                    up.add_metric([u.endpoint], 1.0 if u.connected else 0.0)
-                    connects.add_metric([u.endpoint], u.connects)
-                    disconnects.add_metric([u.endpoint], u.disconnects)
-                    status.add_metric([u.endpoint], u.status_messages)
-                    ts = u.last_message_ts
-                    last.add_metric([u.endpoint], math.nan if ts is None else ts)
-                    cameras.add_metric([u.endpoint], len(u.cameras))
-                stats = dict(health.stats)
-                duplicates = len(health.duplicate_cameras())
-            yield from (up, connects, disconnects, status, last, cameras)
-            frames = CounterMetricFamily(
-                "forecaster_relay_frames",
-                "ZeroMQ message parts through the proxy (libzmq's STATISTICS): received "
-                "from the upstreams, sent to the subscribers (once per message, however "
-                "many subscribers).", labels=["direction"])
-            frames.add_metric(["received"], stats["frontend_frames_in"])
-            frames.add_metric(["sent"], stats["backend_frames_out"])
-            yield frames
-            yield GaugeMetricFamily("forecaster_relay_duplicate_cameras",
-                                    "Camera ids published by more than one upstream.",
-                                    value=duplicates)
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector())
-    try:
-        server, _thread = start_http_server(port, addr=address, registry=registry)
-    except OSError as error:
-        raise ConfigError(f"cannot serve metrics on {address} port {port} (metrics_port, "
-                          f"metrics_address): {error.strerror or error}") from None
-    log.info("serving Prometheus metrics on http://%s:%d/metrics", address, port)
-    return server
-
-
 # ---------------------------------------------------------------------------- relay
 
 
@@ -421,6 +260,11 @@ class Relay:
         self._sockets: list[zmq.Socket] = []
         self._auth: Any = None
         self._metrics: Any = None
+        #: the bound socket file and the fd of its lock (an ipc bind with a file)
+        self._ipc: tuple[Path, int] | None = None
+        #: names this relay in its health messages, to notice them coming back (a loop)
+        self.id = uuid.uuid4().hex
+        self._malformed = LimitedLog(log)
         pair: tuple[bytes, bytes] | None = None
         if config.curve_secret_key:
             pair = load_secret_key(config.curve_secret_key)
@@ -439,7 +283,7 @@ class Relay:
 
     def _open(self, pair: tuple[bytes, bytes] | None) -> None:
         config = self.config
-        tag = uuid.uuid4().hex[:12]
+        tag = self.id[:12]
         # downstream: XPUB, bound first so that a taken port fails before anything connects
         self.backend = self._socket(zmq.XPUB)
         self.backend.setsockopt(zmq.SNDHWM, config.sndhwm)
@@ -452,6 +296,11 @@ class Relay:
             self.backend.curve_publickey, self.backend.curve_secretkey = pair
             self.backend.curve_server = True
         _ipv6(self.backend, config.bind)
+        bind = parse_endpoint(config.bind)
+        if bind.transport == "ipc" and not bind.abstract:  # as the daemon's publisher
+            path = Path(bind.address)
+            self._ipc = (path, claim_ipc_path(config.bind, path, "relay",
+                                              "give each relay its own bind"))
         try:
             self.backend.bind(config.bind)
         except zmq.ZMQError as error:
@@ -468,7 +317,8 @@ class Relay:
         self.health_pub = self._socket(zmq.PUB)
         self.health_pub.bind(f"inproc://forecaster-relay-health-{tag}")
         self.frontend.connect(f"inproc://forecaster-relay-health-{tag}")
-        # the watchers: status/ of each upstream, for health and camera ids
+        # the watchers: status/ of each upstream, for health and camera ids, and relay/
+        # (this relay's own health coming back is a loop)
         self.watchers: list[zmq.Socket] = []
         for upstream in config.upstreams:
             _ipv6(self.frontend, upstream.endpoint)
@@ -478,6 +328,7 @@ class Relay:
             _ipv6(watcher, upstream.endpoint)
             _curve_client(watcher, upstream, pair)
             watcher.setsockopt(zmq.SUBSCRIBE, b"status/")
+            watcher.setsockopt(zmq.SUBSCRIBE, HEALTH_PREFIX.encode("ascii"))
             watcher.connect(upstream.endpoint)
             self.watchers.append(watcher)
         # the proxy's control socket, and the main thread's end of it
@@ -486,7 +337,7 @@ class Relay:
         self.steer = self._socket(zmq.PAIR)
         self.steer.connect(f"inproc://forecaster-relay-control-{tag}")
         if config.metrics_port is not None:
-            self._metrics = _serve_metrics(config.metrics_address, config.metrics_port,
+            self._metrics = serve_metrics(config.metrics_address, config.metrics_port,
                                            self.health)
         raw = self.backend.getsockopt(zmq.LAST_ENDPOINT)
         self.last_endpoint = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -509,15 +360,15 @@ class Relay:
         if not self.steer.poll(1000):
             return
         parts = self.steer.recv_multipart()
-        if len(parts) == len(_STATS_FIELDS):
+        if len(parts) == len(STATS_FIELDS):
             values = [struct.unpack("=Q", p)[0] if len(p) == 8 else 0 for p in parts]
             with self.health.lock:
-                self.health.stats = dict(zip(_STATS_FIELDS, values, strict=True))
+                self.health.stats = dict(zip(STATS_FIELDS, values, strict=True))
 
     def _publish_health(self) -> None:
         now = time.time()
         with self.health.lock:
-            messages = [(health_topic(u.index), json.dumps(u.header(now)).encode())
+            messages = [(health_topic(u.index), json.dumps(u.header(now, self.id)).encode())
                         for u in self.health.upstreams]
         for topic, header in messages:
             with contextlib.suppress(zmq.Again):  # nobody can take it now; the next follows
@@ -538,7 +389,8 @@ class Relay:
         for watcher in self.watchers:
             poller.register(watcher, zmq.POLLIN)
         next_health = time.monotonic()
-        while stop.signal is None and thread.is_alive():
+        looped = False
+        while stop.signal is None and thread.is_alive() and not looped:
             now = time.monotonic()
             if now >= next_health:
                 self._statistics()
@@ -552,24 +404,50 @@ class Relay:
                                                  bytes(event["endpoint"]).decode())
                     continue
                 index = self.watchers.index(sock)
-                parts = sock.recv_multipart()
-                try:
-                    camera = decode(parts).camera
-                except ProtocolError as error:
-                    log.debug("upstream %d sent a malformed status message: %s", index, error)
-                    continue
-                self.health.on_status(index, camera, time.time())
-        if stop.signal is not None:
+                looped = self._watched(index, sock.recv_multipart())
+        if looped:
+            pass  # said by _watched
+        elif stop.signal is not None:
             log.info("received %s: stopping", signal.Signals(stop.signal).name)
         elif not failure:
             failure.append(RuntimeError("it returned without being asked to"))
         with contextlib.suppress(zmq.Again):
             self.steer.send(b"TERMINATE", zmq.NOBLOCK)
         thread.join(timeout=5)
+        if looped:
+            return 2
         if failure:
             log.error("the proxy stopped: %s", failure[0])
             return 1
         return 0
+
+    def _watched(self, index: int, parts: list[bytes]) -> bool:
+        """Take a message of upstream ``index``'s watcher; True if it is this relay's own
+        health message come back (a loop: said in a log line)."""
+        if parts[0].startswith(HEALTH_PREFIX.encode("ascii")):
+            try:
+                header = loads_bounded(parts[1], "relay health header",
+                                       max_bytes=MAX_HEALTH_BYTES) if len(parts) == 2 else None
+            except ProtocolError as error:
+                self._malformed("upstream %d (%s) sent a malformed relay health message: %s",
+                                index, self.config.upstreams[index].endpoint, error)
+                return False
+            if not isinstance(header, dict) or header.get("relay_id") != self.id:
+                return False  # the health of a relay upstream of this one
+            log.error(
+                "relay loop: this relay's own health message came back from upstream %d "
+                "(%s), so its messages would circle for ever: an upstream relays this "
+                "relay's feed (directly or through other relays); stopping", index,
+                self.config.upstreams[index].endpoint)
+            return True
+        try:
+            camera = decode(parts).camera
+        except ProtocolError as error:
+            self._malformed("upstream %d (%s) sent a malformed status message: %s", index,
+                            self.config.upstreams[index].endpoint, error)
+            return False
+        self.health.on_status(index, camera, time.time())
+        return False
 
     def close(self) -> None:
         if self._metrics is not None:
@@ -585,6 +463,9 @@ class Relay:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        if self._ipc is not None:  # the socket file it bound, removed as the publisher does
+            (path, lock), self._ipc = self._ipc, None
+            release_ipc_path(path, lock, unlink=True)
         self.ctx.term()
 
 

@@ -6,7 +6,8 @@ the same :class:`~forecaster.engine.InferenceEngine` and :class:`~forecaster.sco
 the daemon runs, and writes what came out:
 
 - ``scores.csv``: one row per scored frame: ``camera, seq, ts, mse, psnr, score, anomaly``
-  (and ``label`` when labels are known); ``camera`` is the video name;
+  (and ``label`` when labels are known); ``camera`` is the video's camera id, as on the
+  wire and in the summary (its name made topic-safe, ``-2`` and on for repeated names);
 - ``summary.json``: per video and in total: frames, frames scored, frames per second,
   events (start/end frame and peak score), ROC AUC where labels are known;
 - ``timeline.png``: per video the score over time, the scorer's ``threshold_on``,
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.config import Config, RecordingConfig, ScorerConfig
+from forecaster.config import Config, RecordingConfig, ScorerConfig, with_endpoint
 from forecaster.engine import (
     LoadedModel,
     check_model,
@@ -47,7 +48,7 @@ from forecaster.engine import (
     model_path,
     prediction_to_uint8,
 )
-from forecaster.errors import DataError
+from forecaster.errors import DataError, UsageError
 from forecaster.event_board import EventNotes
 from forecaster.flow import MotionCue
 from forecaster.outputs import fresh_dir, prepare_out_dir
@@ -68,6 +69,8 @@ log = logging.getLogger("forecaster.replay")
 
 #: frame rate used to pace (``realtime``) and to write previews of sources that state none
 FALLBACK_FPS = 25.0
+#: the highest ``fps`` (a camera's limit in a config, too)
+MAX_FPS = 1000.0
 #: messages a subscriber may have queued before the publisher drops (replay runs at full speed)
 REPLAY_SNDHWM = 100_000
 
@@ -181,7 +184,7 @@ class Replayer:
             scores_by_seq: dict[int, list[Message]] = {}
             for message in chunk_result.messages:
                 if isinstance(message, Score):
-                    writer.write(video.name, message, label_of(message.seq))
+                    writer.write(camera, message, label_of(message.seq))
                     result.seqs.append(message.seq)
                     result.scores.append(message.score)
                 elif isinstance(message, Event):
@@ -234,7 +237,7 @@ class Replayer:
                                     fps=fps, retention=Retention(
                                         folder, min_free_bytes=options.clips.min_free_mb * MB))
                 notes = EventNotes([camera])
-            bar = tqdm(total=video.expected_frames, desc=video.name, unit="frame",
+            bar = tqdm(total=video.expected_frames, desc=camera, unit="frame",
                        file=sys.stderr, disable=None if options.progress else True,
                        leave=False, mininterval=0.5)
             try:
@@ -367,25 +370,35 @@ def replay_command(
     """
     if chunk < 1:
         raise DataError(f"chunk must be at least 1 frame, got {chunk}")
+    if fps is not None and not 0 < fps <= MAX_FPS:
+        raise UsageError(f"--fps must be above 0 and at most {MAX_FPS:g} frames per second, "
+                         f"got {fps:g}")
     cfg = config if config is not None else Config()
     videos = plan(sources, labels, realtime=realtime)
     path = model_path(model, config)
     card = check_model(path, cfg.scorer)
-    if out is None:
-        out_dir = fresh_dir("replay")
-    else:
-        out_dir = Path(out)
-        prepare_out_dir(out_dir, earlier_results(out_dir), force=force)
     own_publisher = None
     if publish and publisher is None:
-        from forecaster.publisher import Publisher
+        # the daemon's [publish] section and rules, CURVE and the loopback rule included
+        from forecaster.publisher import publisher_from_config
 
-        own_publisher = publisher = Publisher(
-            endpoint or cfg.publish.endpoint,
+        if endpoint is not None:
+            cfg = with_endpoint(cfg, endpoint)
+        if cfg.publish.curve:
+            from forecaster.keys import warn_if_readable_by_others
+
+            warn_if_readable_by_others(cfg.publish.curve_secret_key)
+        own_publisher = publisher = publisher_from_config(
+            cfg.publish,
             sndhwm=max(cfg.publish.sndhwm, REPLAY_SNDHWM),
             linger_ms=max(cfg.publish.linger_ms, 2000),
         )
     try:
+        if out is None:
+            out_dir = fresh_dir("replay")
+        else:  # after the endpoint is bound: a refused one leaves earlier results alone
+            out_dir = Path(out)
+            prepare_out_dir(out_dir, earlier_results(out_dir), force=force)
         loaded = load(path)
         options = ReplayOptions(out=out_dir, scorer=cfg.scorer, chunk=chunk, realtime=realtime,
                                 preview=preview, progress=progress, fps=fps,
@@ -399,7 +412,7 @@ def replay_command(
             for video in videos:
                 result = replayer.run_video(video, writer)
                 results.append(result)
-                log.info("%s: %d frames, %d scored, %.0f frames/s", video.name, result.frames,
+                log.info("%s: %d frames, %d scored, %.0f frames/s", video.camera, result.frames,
                          result.frames_scored, result.frames / max(result.seconds, 1e-9))
         finally:
             writer.close()

@@ -129,7 +129,7 @@ def summarize(results: Sequence[VideoResult], extra: dict[str, Any]) -> dict[str
         "events": sum(len(r.events) for r in results),
         "state_resets": sum(r.state_resets for r in results),
         "labelled_videos": len(labelled),
-        "misfit_videos": [r.name for r in results if r.model_fit == "misfit"],
+        "misfit_videos": [r.camera for r in results if r.model_fit == "misfit"],
     }
     if labelled:
         labels = np.concatenate([r.scored_labels() for r in labelled])
@@ -161,7 +161,7 @@ def timeline(results: Sequence[VideoResult], threshold_on: float
         title = f"first {MAX_PANELS} of {len(results)} videos (all are in scores.csv)"
     for r in results[:MAX_PANELS]:
         auc, _ = r.auc()
-        panel_title = f"{r.name}: {r.frames} frames, {_count(len(r.events), 'event')}"
+        panel_title = f"{r.camera}: {r.frames} frames, {_count(len(r.events), 'event')}"
         if auc is not None:
             panel_title += f", AUC {auc:.3f}"
         panels.append(TimelinePanel(

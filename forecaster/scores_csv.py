@@ -20,8 +20,8 @@ class ScoresWriter:
         self._csv = csv.writer(self._file)
         self._csv.writerow((*CSV_COLUMNS, "label") if with_labels else CSV_COLUMNS)
 
-    def write(self, name: str, score: Score, label: int | None) -> None:
-        row: list[object] = [name, score.seq, repr(score.ts), repr(score.mse), repr(score.psnr),
+    def write(self, camera: str, score: Score, label: int | None) -> None:
+        row: list[object] = [camera, score.seq, repr(score.ts), repr(score.mse), repr(score.psnr),
                              repr(score.score), int(score.anomaly)]
         if self.with_labels:
             row.append("" if label is None else int(label))

@@ -668,7 +668,7 @@ def worker_main(
         except OSError as error:
             raise ForecasterError(f"cannot bind the worker's wake-up socket: {error}") from None
         loaded = load(Path(spec.model_path), expect_size=spec.size, runtime=spec.runtime)
-        from forecaster.publisher import CurveServer, Publisher
+        from forecaster.publisher import publisher_from_config
 
         stepper = loaded.runner
         engine = loaded.engine(spec.scorer)
@@ -678,14 +678,7 @@ def worker_main(
             rings.append(ring)
             feeds.append(_Feed(camera=camera, ring=ring))
         publish = spec.publish
-        curve = (
-            CurveServer.from_files(publish.curve_secret_key, publish.curve_allowed_clients)
-            if publish.curve_secret_key
-            else None
-        )
-        publisher = Publisher(
-            publish.endpoint, sndhwm=publish.sndhwm, linger_ms=publish.linger_ms, curve=curve
-        )
+        publisher = publisher_from_config(publish)
         if spec.feed_endpoint:
             from forecaster.web.process import Tee, feed_publisher
 

@@ -24,7 +24,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from forecaster.protocol import Forecast, ProtocolError, Score, Status, decode, parse_topic
+from forecaster.protocol import (
+    Forecast,
+    ProtocolError,
+    Score,
+    Status,
+    decode,
+    loads_bounded,
+    parse_topic,
+)
 from forecaster.ring import FrameRing
 
 log = logging.getLogger("forecaster.web")
@@ -257,7 +265,7 @@ class LiveFeed:
             if camera is None:
                 return
             if kind == "event":
-                header = json.loads(parts[1])
+                header = loads_bounded(parts[1], f"event/{camera_id} header")
                 if isinstance(header, dict) and header.get("v") == 1:
                     self.events.add(camera_id, header)
                 return

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import hmac
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from forecaster.protocol import loads_bounded
 from forecaster.web.live import HISTORY_S, LiveFeed
 
 log = logging.getLogger("forecaster.web")
@@ -203,7 +203,8 @@ class LivePage:
                 if message.type != WSMsgType.TEXT:
                     continue
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
-                    ack = json.loads(message.data).get("ack")
+                    # ProtocolError is a ValueError: too deep or not JSON, ignored
+                    ack = loads_bounded(message.data, "a viewer's message").get("ack")
                     viewer.waiting.pop(str(ack), None)
         finally:
             sender.cancel()
