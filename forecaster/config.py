@@ -25,7 +25,7 @@ from pydantic import (
 from forecaster.endpoints import is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.model import frame_size_fits
-from forecaster.protocol import CAMERA_PATTERN, MAX_CAMERA_ID
+from forecaster.protocol import MAX_CAMERA_ID, is_camera_id
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,8 +64,9 @@ class CameraConfig(_Section):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if CAMERA_PATTERN.fullmatch(value) is None or len(value) > MAX_CAMERA_ID:
-            raise ValueError(f"camera id must be 1-{MAX_CAMERA_ID} characters of A-Z a-z 0-9 _ . -")
+        if not is_camera_id(value) or len(value) > MAX_CAMERA_ID:
+            raise ValueError(f"camera id must be 1-{MAX_CAMERA_ID} characters of A-Z a-z 0-9 _ . -, "
+                             f"and not '.' or '..' alone")
         return value
 
 

@@ -29,6 +29,9 @@ CAMERA_PATTERN = re.compile(f"[{CAMERA_CHARS}]+")
 #: the longest camera id a config may name
 MAX_CAMERA_ID = 64
 _CAMERA_UNSAFE = re.compile(f"[^{CAMERA_CHARS}]+")
+#: names of a folder itself and of its parent: never a camera id (recordings sit in a
+#: folder named after the camera)
+DOT_NAMES = frozenset({".", ".."})
 EVENT_STATES: tuple[str, ...] = ("start", "end")
 
 Buffer = bytes | bytearray | memoryview
@@ -38,19 +41,27 @@ class ProtocolError(ValueError):
     """A message that does not follow wire protocol v1 (or cannot be encoded as one)."""
 
 
+def is_camera_id(text: object) -> bool:
+    """Is ``text`` a camera id: ``[A-Za-z0-9_.-]+``, but not ``.`` or ``..``?"""
+    return (isinstance(text, str) and CAMERA_PATTERN.fullmatch(text) is not None
+            and text not in DOT_NAMES)
+
+
 def validate_camera(camera: str) -> str:
-    """Return ``camera`` if it is a valid camera id (``[A-Za-z0-9_.-]+``), else raise."""
-    if not isinstance(camera, str) or CAMERA_PATTERN.fullmatch(camera) is None:
+    """Return ``camera`` if it is a valid camera id (:func:`is_camera_id`), else raise."""
+    if not is_camera_id(camera):
         raise ProtocolError(
-            f"invalid camera id {camera!r}: use letters, digits, '_', '.' or '-' only"
+            f"invalid camera id {camera!r}: use letters, digits, '_', '.' or '-' only "
+            f"(not '.' or '..' alone)"
         )
     return camera
 
 
 def camera_safe(text: str, limit: int = MAX_CAMERA_ID) -> str:
     """``text`` made a camera id: each run of other characters one ``_``, at most ``limit``
-    characters ("" when nothing is left)."""
-    return _CAMERA_UNSAFE.sub("_", text).strip("_")[:limit]
+    characters ("" when nothing is left, or only ``.`` or ``..``)."""
+    safe = _CAMERA_UNSAFE.sub("_", text).strip("_")[:limit]
+    return "" if safe in DOT_NAMES else safe
 
 
 def validate_kind(kind: str) -> str:
@@ -395,7 +406,7 @@ def parse_topic(raw: Buffer) -> tuple[str, str]:
         raise ProtocolError(
             f"topic {text!r} has unknown kind {kind!r}: expected one of {', '.join(KINDS)}"
         )
-    if CAMERA_PATTERN.fullmatch(camera) is None:
+    if not is_camera_id(camera):
         raise ProtocolError(f"topic {text!r} has invalid camera id {camera!r}")
     return kind, camera
 
