@@ -4,11 +4,67 @@ folders, a disk that fills, a stop under load, paths that cannot be folders."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+from pathlib import Path
+
 import pytest
 
 from forecaster.config import parse_config
 from forecaster.errors import ConfigError
 from forecaster.protocol import ProtocolError, camera_safe, parse_topic, validate_camera
+from forecaster.retention import Retention, list_events
+
+DAY = 86_400.0
+
+
+def aged(path: Path, data: bytes, age_s: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    when = time.time() - age_s
+    os.utime(path, (when, when))
+    return path
+
+
+def own_event(folder: Path, camera: str, stem: str, age_s: float, size: int = 1000) -> None:
+    """An event's three files, named as the recorder names them."""
+    for suffix, part in ((".mp4", size), (".jpg", 100), (".json", 50)):
+        aged(folder / camera / f"{stem}{suffix}", b"x" * part, age_s)
+
+
+def test_retention_deletes_only_the_daemons_own_files_and_follows_no_link(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "events"
+    outside = tmp_path / "outside"
+    # the user's files in the recording folder, old and large
+    thesis = aged(folder / "docs" / "thesis.txt", b"t" * 50_000, 60 * DAY)
+    notes = aged(folder / "cam0" / "notes.mp4", b"n" * 50_000, 60 * DAY)
+    loose = aged(folder / "20260101-000000-1.mp4", b"l" * 50_000, 60 * DAY)
+    # a folder outside, linked in as if it were a camera, holding files named as events
+    target = aged(outside / "20260101-000000-2.mp4", b"o" * 50_000, 60 * DAY)
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    # a link named as an event's clip, to a file outside
+    kept = aged(outside / "keep.bin", b"k" * 50_000, 60 * DAY)
+    (folder / "cam0").mkdir(parents=True, exist_ok=True)
+    os.symlink(kept, folder / "cam0" / "20260101-000000-3.mp4")
+    # the daemon's own events: one old, one of today
+    own_event(folder, "cam0", "20260101-000000-4", 60 * DAY)
+    own_event(folder, "cam1", "20261206-000000-5", 60.0)
+
+    assert [event.key for event in list_events(folder)] == ["cam0/20260101-000000-4",
+                                                            "cam1/20261206-000000-5"]
+    swept = Retention(folder, max_age_s=30 * DAY).sweep()
+    assert swept.deleted == ["cam0/20260101-000000-4"]
+    # a total size the user's files alone exceed: today's event stays
+    swept = Retention(folder, max_total_bytes=2_000).sweep()
+    assert swept.deleted == []
+    swept = Retention(folder, min_free_bytes=shutil.disk_usage(tmp_path).free + 2**40).sweep()
+    assert swept.deleted == ["cam1/20261206-000000-5"]
+    for path in (thesis, notes, loose, target, kept):
+        assert path.read_bytes()[:1] in (b"t", b"n", b"l", b"o", b"k"), path
+    assert (folder / "cam0" / "20260101-000000-3.mp4").is_symlink()
 
 
 @pytest.mark.parametrize("camera", [".", ".."])
