@@ -1,5 +1,7 @@
 """The clip writer: a thread that writes each event's clip, snapshot and sidecar, and
-applies retention (:mod:`forecaster.retention`)."""
+applies retention (:mod:`forecaster.retention`). At a stop, frames still queued after a
+short bound are cut, and every open clip is finished.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ SWEEP_EVERY_S = 60.0
 #: seconds between free-space checks while a clip is written
 FREE_CHECK_S = 1.0
 FOURCC = "mp4v"
+#: seconds the writer goes on writing queued frames once a stop is asked; the frames still
+#: queued then are cut (counted in the sidecar's ``frames_cut``), and each open clip is
+#: closed and finished, within the capture process's time to stop
+STOP_DRAIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,8 @@ class Clip:
     first_ts: float | None = None
     last_ts: float | None = None
     dropped: int = 0
+    #: frames queued but not written because the daemon stopped
+    cut: int = 0
     truncated: bool = False
     interrupted: bool = False
     #: set by the writer thread
@@ -108,6 +116,8 @@ class ClipWriter:
         self._active: set[str] = set()
         self._last_sweep = 0.0
         self._last_free_check = 0.0
+        #: monotonic time after which queued frames are cut (set by a stop)
+        self._cut_at: float | None = None
 
     def start(self) -> None:
         """Start the thread now (it starts with the first clip otherwise): retention then
@@ -142,13 +152,36 @@ class ClipWriter:
             self._cond.notify_all()
             self._start()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Finish what is queued and stop the thread."""
+    def close(self, timeout: float | None = None, stop: Any = None) -> bool:
+        """Finish what is queued and stop the thread; True once it has stopped.
+
+        Frames still queued :data:`STOP_DRAIN_S` after ``stop`` (an event-like flag) is set,
+        or after ``timeout`` seconds less that, are cut; every clip is still finished. None
+        and no stop: everything queued is written.
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is None:
+            return True
+        if timeout is not None:
+            self.cut_after(time.monotonic() + max(0.0, timeout - STOP_DRAIN_S))
+        while thread.is_alive():
+            now = time.monotonic()
+            if stop is not None and stop.is_set():
+                self.cut_after(now + STOP_DRAIN_S)
+            if self._cut_at is not None and now > self._cut_at + STOP_DRAIN_S:
+                break  # stuck in a call that does not return: left behind
+            thread.join(0.05)
+        return not thread.is_alive()
+
+    def cut_after(self, when: float) -> None:
+        """Frames the thread takes from the queue after ``when`` (monotonic) are cut."""
+        with self._cond:
+            if self._cut_at is None or when < self._cut_at:
+                self._cut_at = when
+            self._cond.notify_all()
 
     # -- thread ---------------------------------------------------------------------------
 
@@ -167,6 +200,10 @@ class ClipWriter:
                 if command is not None and command.kind == "frame":
                     self._frames_queued -= 1
                     self._cond.notify_all()
+                    if self._cut_at is not None and time.monotonic() > self._cut_at:
+                        command.clip.cut += 1
+                        command.clip.interrupted = True
+                        continue
                 if command is None and self._closing:
                     return
             try:
@@ -270,7 +307,8 @@ class ClipWriter:
         _write_atomic(sidecar, (json.dumps(self._sidecar(clip), indent=2, allow_nan=False)
                                 + "\n").encode("utf-8"))
         self.written.append(sidecar)
-        log.info("camera %s: recorded event %s (%d frames)", clip.camera, clip.stem, clip.frames)
+        log.info("camera %s: recorded event %s (%d frames%s)", clip.camera, clip.stem,
+                 clip.frames, f", {clip.cut} cut at the stop" if clip.cut else "")
 
     def _sidecar(self, clip: Clip) -> dict[str, Any]:
         def number(value: float | None) -> float | None:
@@ -307,6 +345,7 @@ class ClipWriter:
             "pre_s": self.settings.pre_s,
             "post_s": self.settings.post_s,
             "frames_dropped": clip.dropped,
+            "frames_cut": clip.cut,
             "truncated": clip.truncated,
             "interrupted": clip.interrupted,
         }

@@ -267,10 +267,11 @@ class Recorder:
             clip.snapshot = self.buffer.find(clip.start_seq)
         self.writer.put("close", clip)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Finish the open clip (as it is) and wait for the writer."""
+    def close(self, timeout: float | None = None, stop: Any = None) -> None:
+        """Finish the open clip (as it is) and wait for the writer, which cuts the frames
+        still queued shortly after ``stop`` is set (:meth:`ClipWriter.close`)."""
         self._finish()
-        self.writer.close(timeout)
+        self.writer.close(timeout, stop)
 
 
 # ---------------------------------------------------------------------- capture side
@@ -346,14 +347,14 @@ class CaptureRecorder:
         """At the end of the stream (not when stopping): wait, at most ``END_WAIT_S``, until
         the worker has scored every frame (``caught_up``) and ended an event still open, so
         that events of the last frames are recorded too; then finish the clip and wait for
-        the writer."""
+        the writer (shortly, once ``stop`` is set: the frames still queued are cut)."""
         deadline = time.monotonic() + END_WAIT_S
         while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
             self.poll()
             if (caught_up is None or caught_up()) and (self.recorder.clip is None or self.ended):
                 break
             time.sleep(0.02)
-        self.recorder.close()
+        self.recorder.close(stop=stop)
 
 
 def open_recorder(spec: RecordingSpec | None, camera: str, index: int) -> FrameRecorder:

@@ -4,6 +4,7 @@ folders, a disk that fills, a stop under load, paths that cannot be folders."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -11,10 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from forecaster.client import Subscriber
 from forecaster.config import parse_config
 from forecaster.errors import ConfigError
-from forecaster.protocol import ProtocolError, camera_safe, parse_topic, validate_camera
+from forecaster.protocol import (
+    Event,
+    ProtocolError,
+    camera_safe,
+    parse_topic,
+    validate_camera,
+)
 from forecaster.retention import Retention, list_events
+from tests.conftest import free_port
+from tests.daemon_harness import Daemon, config_text, wait_for
+from tests.test_recording import decoded_frames
 
 DAY = 86_400.0
 
@@ -79,3 +90,67 @@ def test_dot_camera_ids_are_refused_in_config_and_on_the_wire(camera: str) -> No
     assert camera_safe(camera) == ""
     # a dot inside an id is still fine
     assert validate_camera("cam.1") == "cam.1" and validate_camera("...") == "..."
+
+
+# -------------------------------------------------------------------------- stop under load
+
+#: two cameras of large frames recorded at full size, an event every few frames: the clip
+#: writer is behind when the daemon stops
+LOADED = "synthetic:?seed={seed}&anomaly_rate=0.5&width=1280&height=720"
+
+
+def loaded_config(endpoint: str, folder: Path) -> str:
+    return config_text(endpoint, [("cam0", LOADED.format(seed=1)),
+                                  ("cam1", LOADED.format(seed=2))],
+                       {"recording": {"dir": str(folder), "max_width": 1280, "pre_s": 10.0,
+                                      "min_free_mb": 0}})
+
+
+def check_no_clip_lost(folder: Path, opened: list[Event], events: list[Event],
+                       log: str) -> None:
+    """Every event of ``opened`` (whose clip was being written at the stop, or before) has
+    its three files, the clip whole; one whose end was not published says so
+    (interrupted); nothing temporary is left."""
+    assert "terminate called" not in log and "Traceback" not in log, log[-3000:]
+    assert not [p.name for p in folder.glob("*/.*")], (sorted(folder.rglob("*")), log[-3000:])
+    ended = {event.clip for event in events if event.state == "end"}
+    started = [event for event in opened if event.state == "start"]
+    assert started, log[-3000:]
+    for event in started:
+        assert event.clip is not None
+        sidecar_path = (folder / event.clip).with_suffix(".json")
+        assert sidecar_path.exists(), (event, sorted(folder.rglob("*")), log[-3000:])
+        sidecar = json.loads(sidecar_path.read_text())
+        assert decoded_frames(folder / sidecar["clip"]) == sidecar["frames"] > 0, sidecar
+        if event.clip not in ended:
+            assert sidecar["interrupted"], sidecar
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_under_load_finishes_every_open_clip(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    folder = tmp_path / "events"
+    events: list[Event] = []
+    with Subscriber(endpoint, kinds=["event"]) as sub, \
+            Daemon(tmp_path, loaded_config(endpoint, folder)) as daemon:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            msg = sub.recv(timeout=0.5)
+            if isinstance(msg, Event):
+                events.append(msg)
+            # an event with a full pre-roll (10 s, ~200 frames): the writer gets them at once
+            if isinstance(msg, Event) and msg.state == "start" and msg.seq >= 250:
+                break
+            assert daemon.proc.poll() is None, daemon.log()[-3000:]
+        assert msg is not None and msg.clip is not None, daemon.log()[-3000:]
+        temp = folder / msg.clip
+        temp = temp.with_name(f".{temp.stem}.tmp.mp4")
+        wait_for(temp.exists, 30, f"clip {temp} being written")
+        # the capture process opens the events in order: every one so far has been opened
+        opened = list(events)
+        code = daemon.stop(timeout=30)
+        while (msg := sub.recv(timeout=0.2)) is not None:
+            if isinstance(msg, Event):
+                events.append(msg)
+    assert code == 0, daemon.log()[-3000:]
+    check_no_clip_lost(folder, opened, events, daemon.log())
