@@ -1,6 +1,9 @@
 """The clip writer: a thread that writes each event's clip, snapshot and sidecar, and
-applies retention (:mod:`forecaster.retention`). At a stop, frames still queued after a
-short bound are cut, and every open clip is finished.
+applies retention (:mod:`forecaster.retention`).
+
+A clip is written under a temporary name and checked complete before it takes its final
+name; the snapshot and sidecar follow, the sidecar last. A write that fails (a full disk)
+discards the event's files. At a stop, frames still queued after a short bound are cut.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ import cv2
 import numpy as np
 
 from forecaster.config import RecordingConfig
-from forecaster.retention import Retention
+from forecaster.retention import MB, Retention
 
 log = logging.getLogger("forecaster.recording")
 
@@ -31,6 +35,9 @@ QUEUE_FRAMES = 256
 SWEEP_EVERY_S = 60.0
 #: seconds between free-space checks while a clip is written
 FREE_CHECK_S = 1.0
+#: a file system with less free space than this is full: the clip being written is
+#: abandoned, whatever ``min_free_mb`` says
+FULL_DISK_BYTES = 256 * 1024
 FOURCC = "mp4v"
 #: seconds the writer goes on writing queued frames once a stop is asked; the frames still
 #: queued then are cut (counted in the sidecar's ``frames_cut``), and each open clip is
@@ -212,13 +219,19 @@ class ClipWriter:
                 if command is None:
                     continue
                 writer = self._handle(command, writer)
-            except Exception:  # a recording problem must not end the capture process
-                log.exception("camera %s: recording of %s failed", command.clip.camera
-                              if command else "?", command.clip.stem if command else "?")
-                if command is not None:
-                    command.clip.skipped = "error"
-                    self._discard(command.clip, writer)
-                    writer = None
+            except Exception as error:  # a recording problem must not end the capture process
+                if command is None:
+                    log.exception("recording retention failed in %s", self.folder)
+                    continue
+                if isinstance(error, OSError):  # a full disk, a folder removed: one line
+                    log.warning("camera %s: event %s not recorded: %s", command.clip.camera,
+                                command.clip.stem, error)
+                else:
+                    log.exception("camera %s: recording of %s failed", command.clip.camera,
+                                  command.clip.stem)
+                command.clip.skipped = "error"
+                self._discard(command.clip, writer)
+                writer = None
 
     def _sweep(self) -> bool:
         self._last_sweep = time.monotonic()
@@ -275,37 +288,69 @@ class ClipWriter:
             clip.first_seq, clip.first_ts = entry.seq, entry.ts
         clip.last_seq, clip.last_ts = entry.seq, entry.ts
         now = time.monotonic()
-        if now - self._last_free_check >= FREE_CHECK_S and self.retention is not None:
+        if now - self._last_free_check >= FREE_CHECK_S:
             self._last_free_check = now
-            if (self.retention.free_bytes() < self.retention.min_free_bytes
-                    and not self._sweep()):
-                log.warning("camera %s: clip %s abandoned: less than min_free_mb = %g MB free "
-                            "in %s", clip.camera, clip.stem, self.settings.min_free_mb,
-                            self.folder)
+            problem = self._space_problem()
+            if problem:
+                log.warning("camera %s: clip %s abandoned: %s", clip.camera, clip.stem, problem)
                 clip.skipped = "free space"
                 self._discard(clip, writer)
                 return None
         return writer
 
+    def _space_problem(self) -> str:
+        """Why the clip being written cannot go on ("" when it can): a full disk, or less
+        free space than ``min_free_mb`` even after retention."""
+        free = shutil.disk_usage(self.folder).free
+        if free < FULL_DISK_BYTES:
+            return f"the disk is full ({free // 1024} kB free in {self.folder})"
+        if (self.retention is not None and free < self.retention.min_free_bytes
+                and not self._sweep()):
+            return (f"less than min_free_mb = {self.settings.min_free_mb:g} MB free in "
+                    f"{self.folder}")
+        return ""
+
     def _discard(self, clip: Clip, writer: cv2.VideoWriter | None) -> None:
         if writer is not None:
-            writer.release()
+            with contextlib.suppress(cv2.error):
+                writer.release()
         with contextlib.suppress(OSError):
             self._temp(clip).unlink()
 
     def _finish(self, clip: Clip, writer: cv2.VideoWriter | None) -> None:
+        """Close the clip; once it is complete, give it, the snapshot and the sidecar their
+        names (the sidecar last). A write that fails leaves none of the event's files."""
         self._active.discard(clip.stem)
         if writer is None or clip.frames == 0:
             self._discard(clip, writer)
             return
         writer.release()
-        final = self.folder / f"{clip.stem}.mp4"
-        os.replace(self._temp(clip), final)
+        temp = self._temp(clip)
+        if not mp4_complete(temp):  # the encoder could not write it all: a full disk
+            self._discard(clip, None)
+            log.warning("camera %s: event %s not recorded: its clip could not be written "
+                        "completely (%.0f MB free in %s)", clip.camera, clip.stem,
+                        shutil.disk_usage(self.folder).free / MB, self.folder)
+            return
+        final = self.folder / clip.stem
+        parts = []
         if clip.snapshot is not None:
-            _write_atomic(self.folder / f"{clip.stem}.jpg", clip.snapshot.jpeg)
-        sidecar = self.folder / f"{clip.stem}.json"
-        _write_atomic(sidecar, (json.dumps(self._sidecar(clip), indent=2, allow_nan=False)
-                                + "\n").encode("utf-8"))
+            parts.append((final.with_name(f"{final.name}.jpg"), clip.snapshot.jpeg))
+        sidecar = final.with_name(f"{final.name}.json")
+        parts.append((sidecar, (json.dumps(self._sidecar(clip), indent=2, allow_nan=False)
+                                + "\n").encode("utf-8")))
+        temps = [(_temp_of(path), path) for path, _ in parts]
+        try:
+            for (part_temp, _), (_, data) in zip(temps, parts, strict=True):
+                part_temp.write_bytes(data)
+            os.replace(temp, final.with_name(f"{final.name}.mp4"))
+            for part_temp, path in temps:
+                os.replace(part_temp, path)
+        except OSError:
+            for path in (temp, *(part_temp for part_temp, _ in temps)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
         self.written.append(sidecar)
         log.info("camera %s: recorded event %s (%d frames%s)", clip.camera, clip.stem,
                  clip.frames, f", {clip.cut} cut at the stop" if clip.cut else "")
@@ -351,7 +396,31 @@ class ClipWriter:
         }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(data)
-    os.replace(temp, path)
+def _temp_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def mp4_complete(path: Path) -> bool:
+    """Is ``path`` a whole MP4 file: top-level boxes that fill it exactly, a ``moov`` (the
+    index, written last) among them? A write cut short by a full disk leaves it out."""
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            offset, seen = 0, set()
+            while offset < size:
+                file.seek(offset)
+                header = file.read(16)
+                if len(header) < 8:
+                    return False
+                length = int.from_bytes(header[:4], "big")
+                if length == 1 and len(header) == 16:
+                    length = int.from_bytes(header[8:16], "big")
+                elif length == 0:
+                    length = size - offset
+                if length < 8 or offset + length > size:
+                    return False
+                seen.add(header[4:8])
+                offset += length
+    except OSError:
+        return False
+    return b"moov" in seen and b"mdat" in seen

@@ -21,7 +21,7 @@ Who does what in the daemon:
   (:class:`CaptureRecorder`); on a new event it hands the pre-roll and every following
   frame to a writer thread (:class:`ClipWriter`: a bounded queue, full = the frame is
   dropped and counted; :mod:`forecaster.clip_writer`), which writes the clip under a
-  temporary name and renames it, then the snapshot and the sidecar;
+  temporary name and renames it once complete, then the snapshot and the sidecar;
 - the writer thread also applies retention (:mod:`forecaster.retention`: maximum age,
   maximum total size, free-space floor; the oldest events first) at each new event and
   once a minute.

@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from forecaster.client import Subscriber
-from forecaster.config import parse_config
+from forecaster.config import RecordingConfig, parse_config
 from forecaster.errors import ConfigError
 from forecaster.protocol import (
     Event,
@@ -22,9 +25,10 @@ from forecaster.protocol import (
     parse_topic,
     validate_camera,
 )
+from forecaster.recording import Recorder
 from forecaster.retention import Retention, list_events
 from tests.conftest import free_port
-from tests.daemon_harness import Daemon, config_text, wait_for
+from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
 from tests.test_recording import decoded_frames
 
 DAY = 86_400.0
@@ -154,3 +158,103 @@ def test_sigterm_under_load_finishes_every_open_clip(tmp_path: Path) -> None:
                 events.append(msg)
     assert code == 0, daemon.log()[-3000:]
     check_no_clip_lost(folder, opened, events, daemon.log())
+
+
+# ------------------------------------------------------------------------ a disk that fills
+
+#: a process whose files cannot grow past 1 MB (as on a disk that is full at 1 MB): it
+#: records a large event (noise, 60 frames), then a small one (flat gray, 3 frames)
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from forecaster.config import RecordingConfig
+from forecaster.recording import Recorder
+from forecaster.retention import Retention
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+folder = Path(sys.argv[1])
+settings = RecordingConfig(pre_s=0.0, post_s=0.0, min_free_mb=0)
+recorder = Recorder("cam0", folder, settings, model="m", retention=Retention(folder))
+rng = np.random.default_rng(0)
+for seq in range(100):
+    if seq < 70:
+        image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    else:
+        image = np.full((480, 640, 3), 128, np.uint8)
+    recorder.on_frame(image, seq, 1_800_000_000.0 + seq * 0.04)
+    if seq in (5, 80):
+        recorder.start(seq, 1_800_000_000.0 + seq * 0.04, 5.0)
+    if seq in (65, 82):
+        recorder.end(seq, 1_800_000_000.0 + seq * 0.04, 5.0)
+recorder.close()
+print("frames taken: 100")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_disk_that_fills_mid_clip_leaves_no_corrupt_clip_and_recording_goes_on(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "events"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(folder)],
+                            capture_output=True, text=True, timeout=100,
+                            env=daemon_env({"PYTHONPATH": os.pathsep.join(sys.path)}))
+    log = result.stderr
+    assert result.returncode == 0 and "frames taken: 100" in result.stdout, log
+    assert "Traceback" not in log, log
+    big = folder / "cam0" / "20270115-080000-5"
+    small = folder / "cam0" / "20270115-080003-80"
+    # the large event: one line, and none of its files, not even temporary ones
+    assert log.count("event cam0/20270115-080000-5 not recorded") == 1, log
+    assert not list(folder.glob("cam0/*20270115-080000-5*")), sorted(folder.rglob("*"))
+    assert not list(folder.glob("*/.*")), sorted(folder.rglob("*"))
+    # the small one after it: recorded whole
+    sidecar = json.loads(small.with_suffix(".json").read_text())
+    assert decoded_frames(small.with_suffix(".mp4")) == sidecar["frames"] == 3
+    assert small.with_suffix(".jpg").exists() and not big.with_suffix(".json").exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 3 MB tmpfs (root only; skipped where mounting is not permitted)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if not shutil.which("mount") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True, timeout=30)
+
+
+def test_a_full_tmpfs_gets_its_space_back_and_the_next_event_is_recorded(
+    small_tmpfs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = small_tmpfs / "events"
+    settings = RecordingConfig(pre_s=0.0, post_s=0.0, min_free_mb=0)
+    recorder = Recorder("cam0", folder, settings, model="m", retention=Retention(folder))
+    rng = np.random.default_rng(0)
+    for seq in range(100):
+        image = (rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) if seq < 70
+                 else np.full((480, 640, 3), 128, np.uint8))
+        ts = 1_800_000_000.0 + seq * 0.04
+        recorder.on_frame(image, seq, ts)
+        if seq in (5, 80):
+            recorder.start(seq, ts, 5.0)
+        if seq in (65, 82):
+            recorder.end(seq, ts, 5.0)
+    recorder.close()
+    lines = [r.getMessage() for r in caplog.records if "20270115-080000-5" in r.getMessage()]
+    assert len(lines) == 1 and ("abandoned" in lines[0] or "not recorded" in lines[0]), lines
+    assert not list(folder.glob("cam0/*20270115-080000-5*")), sorted(folder.rglob("*"))
+    assert not list(folder.glob("*/.*")), sorted(folder.rglob("*"))
+    small = folder / "cam0" / "20270115-080003-80"
+    assert decoded_frames(small.with_suffix(".mp4")) == 3
+    assert json.loads(small.with_suffix(".json").read_text())["frames"] == 3
+    assert shutil.disk_usage(small_tmpfs).free > 2 * 1024 * 1024  # not left full
