@@ -319,19 +319,23 @@ class ClipWriter:
 
     def _finish(self, clip: Clip, writer: cv2.VideoWriter | None) -> None:
         """Close the clip; once it is complete, give it, the snapshot and the sidecar their
-        names (the sidecar last). A write that fails leaves none of the event's files."""
+        names (the sidecar last). A write that fails leaves none of the event's files. An
+        event whose every frame was cut at a stop keeps its snapshot and sidecar."""
         self._active.discard(clip.stem)
+        temp: Path | None = self._temp(clip)
         if writer is None or clip.frames == 0:
             self._discard(clip, writer)
-            return
-        writer.release()
-        temp = self._temp(clip)
-        if not mp4_complete(temp):  # the encoder could not write it all: a full disk
-            self._discard(clip, None)
-            log.warning("camera %s: event %s not recorded: its clip could not be written "
-                        "completely (%.0f MB free in %s)", clip.camera, clip.stem,
-                        shutil.disk_usage(self.folder).free / MB, self.folder)
-            return
+            if not clip.cut:
+                return
+            temp = None
+        else:
+            writer.release()
+            if not mp4_complete(self._temp(clip)):  # the encoder could not write it all
+                self._discard(clip, None)
+                log.warning("camera %s: event %s not recorded: its clip could not be written "
+                            "completely (%.0f MB free in %s)", clip.camera, clip.stem,
+                            shutil.disk_usage(self.folder).free / MB, self.folder)
+                return
         final = self.folder / clip.stem
         parts = []
         if clip.snapshot is not None:
@@ -343,11 +347,12 @@ class ClipWriter:
         try:
             for (part_temp, _), (_, data) in zip(temps, parts, strict=True):
                 part_temp.write_bytes(data)
-            os.replace(temp, final.with_name(f"{final.name}.mp4"))
+            if temp is not None:
+                os.replace(temp, final.with_name(f"{final.name}.mp4"))
             for part_temp, path in temps:
                 os.replace(part_temp, path)
         except OSError:
-            for path in (temp, *(part_temp for part_temp, _ in temps)):
+            for path in (self._temp(clip), *(part_temp for part_temp, _ in temps)):
                 with contextlib.suppress(OSError):
                     path.unlink()
             raise
@@ -377,7 +382,7 @@ class ClipWriter:
             "peak_score": number(peak),
             "peak_seq": clip.snapshot.seq if clip.snapshot is not None else None,
             "model": self.model,
-            "clip": f"{clip.stem}.mp4",
+            "clip": f"{clip.stem}.mp4" if clip.frames else None,
             "snapshot": f"{clip.stem}.jpg" if clip.snapshot is not None else None,
             "frames": clip.frames,
             "first_seq": clip.first_seq,

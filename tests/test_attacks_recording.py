@@ -113,8 +113,9 @@ def loaded_config(endpoint: str, folder: Path) -> str:
 def check_no_clip_lost(folder: Path, opened: list[Event], events: list[Event],
                        log: str) -> None:
     """Every event of ``opened`` (whose clip was being written at the stop, or before) has
-    its three files, the clip whole; one whose end was not published says so
-    (interrupted); nothing temporary is left."""
+    its three files, the clip whole (or its sidecar says that all its frames were cut at
+    the stop); one whose end was not published says so (interrupted); nothing temporary
+    is left."""
     assert "terminate called" not in log and "Traceback" not in log, log[-3000:]
     assert not [p.name for p in folder.glob("*/.*")], (sorted(folder.rglob("*")), log[-3000:])
     ended = {event.clip for event in events if event.state == "end"}
@@ -125,7 +126,11 @@ def check_no_clip_lost(folder: Path, opened: list[Event], events: list[Event],
         sidecar_path = (folder / event.clip).with_suffix(".json")
         assert sidecar_path.exists(), (event, sorted(folder.rglob("*")), log[-3000:])
         sidecar = json.loads(sidecar_path.read_text())
-        assert decoded_frames(folder / sidecar["clip"]) == sidecar["frames"] > 0, sidecar
+        if sidecar["clip"] is None:  # every frame was still queued at the stop
+            assert sidecar["frames"] == 0 < sidecar["frames_cut"] and sidecar["interrupted"]
+            assert not (folder / event.clip).exists()
+        else:
+            assert decoded_frames(folder / sidecar["clip"]) == sidecar["frames"] > 0, sidecar
         if event.clip not in ended:
             assert sidecar["interrupted"], sidecar
 
@@ -158,6 +163,25 @@ def test_sigterm_under_load_finishes_every_open_clip(tmp_path: Path) -> None:
                 events.append(msg)
     assert code == 0, daemon.log()[-3000:]
     check_no_clip_lost(folder, opened, events, daemon.log())
+
+
+@pytest.mark.timeout(240)
+def test_max_frames_under_load_finishes_the_last_clip(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    folder = tmp_path / "events"
+    events: list[Event] = []
+    with Subscriber(endpoint, kinds=["event"]) as sub, \
+            Daemon(tmp_path, loaded_config(endpoint, folder), args=["--max-frames", "400"]) \
+            as daemon:
+        deadline = time.monotonic() + 200
+        while time.monotonic() < deadline:
+            msg = sub.recv(timeout=0.5)
+            if isinstance(msg, Event):
+                events.append(msg)
+            elif msg is None and daemon.proc.poll() is not None:
+                break
+    assert daemon.proc.returncode == 0, daemon.log()[-3000:]
+    check_no_clip_lost(folder, events, events, daemon.log())
 
 
 # ------------------------------------------------------------------------ a disk that fills
