@@ -70,6 +70,18 @@ class CameraConfig(_Section):
         return value
 
 
+def check_path(value: str) -> str:
+    """``value`` when it can name a file or folder: no NUL, and a ``~user`` that exists;
+    ValueError otherwise."""
+    if "\0" in value:
+        raise ValueError("a path cannot hold a NUL character")
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        raise ValueError(f"{value.split('/', 1)[0]}: no such user (or no home folder)") from None
+    return value
+
+
 def check_ip_address(key: str, value: str) -> str:
     """``value`` when it is an IP address; ValueError naming ``key`` otherwise."""
     try:
@@ -370,6 +382,11 @@ class RecordingConfig(_Section):
     #: keep at least this many MB free on the recordings' file system (deleting the oldest
     #: events; an event is not recorded when that is not enough)
     min_free_mb: Annotated[Float, Field(ge=0)] = 1024.0
+
+    @field_validator("dir")
+    @classmethod
+    def _check_dir(cls, value: str) -> str:
+        return check_path(value)
 
 
 class Config(_Section):

@@ -1,6 +1,6 @@
 """Event recordings: a clip, a snapshot and a sidecar per anomaly event.
 
-Layout, under the recording folder (:func:`events_dir`)::
+Layout, under the recording folder (:func:`forecaster.recording_dir.events_dir`)::
 
     <camera>/<YYYYmmdd-HHMMSS>-<start seq>.mp4    the clip (pre-roll, event, post-roll)
     <camera>/<YYYYmmdd-HHMMSS>-<start seq>.jpg    the frame of the event's highest score
@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,8 +45,7 @@ import cv2
 import numpy as np
 
 from forecaster.clip_writer import Clip, ClipWriter, Entry
-from forecaster.config import Config, RecordingConfig
-from forecaster.errors import UsageError
+from forecaster.config import RecordingConfig
 from forecaster.event_board import EventBoard, event_stem
 from forecaster.protocol import Event, Message, Score
 from forecaster.retention import MB, Retention
@@ -62,35 +60,6 @@ LAG_S = 2.0
 END_WAIT_S = 10.0
 #: frame rate of a clip whose source rate cannot be measured
 FALLBACK_FPS = 25.0
-
-
-# ------------------------------------------------------------------------------ naming
-
-
-def events_dir(config: Config | RecordingConfig) -> Path:
-    """The recording folder: ``[recording] dir`` when set, else ``$STATE_DIRECTORY/events``
-    under systemd (``StateDirectory=``), else ``./events``; absolute."""
-    recording = config.recording if isinstance(config, Config) else config
-    if recording.dir:
-        folder = Path(recording.dir).expanduser()
-    else:
-        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        folder = Path(state) / "events" if state else Path("events")
-    return Path(os.path.abspath(folder))
-
-
-def prepare_events_dir(config: Config) -> Path:
-    """The recording folder, created; UsageError naming it when it cannot be written."""
-    folder = events_dir(config)
-    fix = "set [recording] dir to a writable folder, or [recording] enabled = false"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot create the recording folder {folder}: {error.strerror}; "
-                         f"{fix}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"the recording folder {folder} is not writable; {fix}")
-    return folder
 
 
 # ---------------------------------------------------------------------------- frames

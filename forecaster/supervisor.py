@@ -51,7 +51,8 @@ from forecaster.errors import (
 from forecaster.event_board import EventBoard
 from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
-from forecaster.recording import RecordingSpec, prepare_events_dir
+from forecaster.recording import RecordingSpec
+from forecaster.recording_dir import prepare_events_dir
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
 from forecaster.worker import WorkerSpec, worker_main

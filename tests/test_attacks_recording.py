@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from forecaster.client import Subscriber
-from forecaster.config import RecordingConfig, parse_config
+from forecaster.config import RecordingConfig, load_config, parse_config
 from forecaster.errors import ConfigError
 from forecaster.protocol import (
     Event,
@@ -26,6 +26,7 @@ from forecaster.protocol import (
     validate_camera,
 )
 from forecaster.recording import Recorder
+from forecaster.recording_dir import prepare_events_dir
 from forecaster.retention import Retention, list_events
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
@@ -194,6 +195,7 @@ from pathlib import Path
 import numpy as np
 from forecaster.config import RecordingConfig
 from forecaster.recording import Recorder
+from forecaster.recording_dir import prepare_events_dir
 from forecaster.retention import Retention
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
@@ -282,3 +284,60 @@ def test_a_full_tmpfs_gets_its_space_back_and_the_next_event_is_recorded(
     assert decoded_frames(small.with_suffix(".mp4")) == 3
     assert json.loads(small.with_suffix(".json").read_text())["frames"] == 3
     assert shutil.disk_usage(small_tmpfs).free > 2 * 1024 * 1024  # not left full
+
+
+# ------------------------------------------------------------------- paths that cannot be
+
+def forecaster_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forecaster", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd,
+                          env=daemon_env({"PYTHONPATH": os.pathsep.join(sys.path)}))
+
+
+def toml_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a TOML basic string (\\u0000 included)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ('[recording]\ndir = {nul}', "recording.dir: a path cannot hold a NUL character"),
+    ('[recording]\ndir = "~nouser_x/events"', "recording.dir: ~nouser_x: no such user"),
+    ('[[cameras]]\nid = "c"\nsource = "~nouser_x/a.mp4"', "source '~nouser_x/a.mp4': "
+                                                        "~nouser_x: no such user"),
+    ('[[cameras]]\nid = "c"\nsource = {nul}', "a path cannot hold a NUL character"),
+    ('[recording]\ndir = {file}', "is a file, not a folder"),
+    ('[recording]\ndir = {under_file}', "{file_path} is a file, not a folder"),
+    ('[recording]\ndir = "/proc/forecaster-events"', "cannot create the recording folder "
+                                                     "/proc/forecaster-events"),
+    ('[recording]\ndir = {dangling}', "is a symbolic link to {nowhere}, which does not exist"),
+])
+def test_bad_paths_get_one_line_and_exit_2_from_check_config_and_run(
+    tmp_path: Path, setting: str, expected: str
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    nowhere = tmp_path / "nowhere"
+    (tmp_path / "dangling").symlink_to(nowhere)
+    values = {"nul": toml_string(f"{tmp_path}/a\0b"), "file": toml_string(str(afile)),
+              "under_file": toml_string(f"{afile}/events"),
+              "dangling": toml_string(str(tmp_path / "dangling"))}
+    config = tmp_path / "config.toml"
+    config.write_text(setting.format(**values) + "\n")
+    expected = expected.format(file_path=afile, nowhere=nowhere)
+    for command in (["check-config", str(config)], ["run", "--config", str(config)]):
+        result = forecaster_cli(*command, cwd=tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert len(lines) == 1 and expected in lines[0], (command, result.stderr)
+    assert nowhere.exists() is False and afile.read_text() == "not a folder"
+
+
+def test_check_config_leaves_no_folder_behind_and_run_creates_it(tmp_path: Path) -> None:
+    folder = tmp_path / "new" / "events"
+    config = tmp_path / "config.toml"
+    config.write_text(f"[recording]\ndir = {toml_string(str(folder))}\n")
+    result = forecaster_cli("check-config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "new").exists()
+    prepare_events_dir(load_config(config))
+    assert folder.is_dir()

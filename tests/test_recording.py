@@ -20,7 +20,8 @@ from forecaster.config import Config, RecordingConfig, parse_config
 from forecaster.errors import ConfigError
 from forecaster.event_board import BoardField, EventBoard, EventNotes, event_stem
 from forecaster.protocol import Event, Score, decode, encode
-from forecaster.recording import NoRecorder, Recorder, events_dir, open_recorder
+from forecaster.recording import NoRecorder, Recorder, open_recorder
+from forecaster.recording_dir import events_dir
 from forecaster.retention import Retention, list_events
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, wait_for
