@@ -341,3 +341,35 @@ def test_check_config_leaves_no_folder_behind_and_run_creates_it(tmp_path: Path)
     assert not (tmp_path / "new").exists()
     prepare_events_dir(load_config(config))
     assert folder.is_dir()
+
+
+@pytest.mark.timeout(240)
+def test_the_next_start_removes_the_web_runtime_folder_of_a_killed_supervisor(
+    tmp_path: Path,
+) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+
+    def config() -> str:
+        return config_text(f"tcp://127.0.0.1:{free_port()}", [("cam0", "synthetic:")],
+                           {"web": {"enabled": True, "port": free_port()},
+                            "recording": {"enabled": False}})
+
+    first_dir = tmp_path / "first"
+    first_dir.mkdir()
+    with Daemon(first_dir, config(), env=env) as first:
+        first.wait_log(r"web ready", 120)
+        left = list(runtime.glob("forecaster-web-*"))
+        assert len(left) == 1, left
+        first.proc.kill()
+        first.proc.wait(timeout=30)
+    assert left[0].is_dir()  # SIGKILL: nobody removed it
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    with Daemon(second_dir, config(), env=env) as second:
+        second.wait_log(r"web ready", 120)
+        now = list(runtime.glob("forecaster-web-*"))
+        assert not left[0].exists() and len(now) == 1, (left, now, second.log()[-2000:])
+        assert second.stop() == 0
+    assert not list(runtime.glob("forecaster-web-*"))
