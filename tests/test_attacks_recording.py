@@ -373,3 +373,18 @@ def test_the_next_start_removes_the_web_runtime_folder_of_a_killed_supervisor(
         assert not left[0].exists() and len(now) == 1, (left, now, second.log()[-2000:])
         assert second.stop() == 0
     assert not list(runtime.glob("forecaster-web-*"))
+
+
+def test_the_live_page_offers_no_clip_for_an_event_cut_before_any_frame(tmp_path: Path) -> None:
+    from forecaster.web.live import EventLog
+
+    stem = tmp_path / "cam0" / "20261206-000000-5"
+    stem.parent.mkdir()
+    stem.with_suffix(".jpg").write_bytes(b"jpeg")
+    stem.with_suffix(".json").write_text('{"clip": null, "frames": 0, "frames_cut": 9}')
+    log = EventLog(tmp_path)
+    log.add("cam0", {"state": "start", "seq": 5, "ts": 1.0, "peak_score": 4.0,
+                     "clip": "cam0/20261206-000000-5.mp4",
+                     "snapshot": "cam0/20261206-000000-5.jpg"})
+    [item] = log.listing()
+    assert item["snapshot_ready"] and not item["clip_ready"]
