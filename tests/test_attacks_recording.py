@@ -153,9 +153,10 @@ def test_sigterm_under_load_finishes_every_open_clip(tmp_path: Path) -> None:
                 break
             assert daemon.proc.poll() is None, daemon.log()[-3000:]
         assert msg is not None and msg.clip is not None, daemon.log()[-3000:]
-        temp = folder / msg.clip
-        temp = temp.with_name(f".{temp.stem}.tmp.mp4")
-        wait_for(temp.exists, 30, f"clip {temp} being written")
+        final = folder / msg.clip
+        temp = final.with_name(f".{final.stem}.tmp.mp4")
+        wait_for(lambda: temp.exists() or final.with_suffix(".json").exists(), 30,
+                 f"clip {temp} being written")
         # the capture process opens the events in order: every one so far has been opened
         opened = list(events)
         code = daemon.stop(timeout=30)
