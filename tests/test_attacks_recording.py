@@ -243,6 +243,49 @@ def test_a_disk_that_fills_mid_clip_leaves_no_corrupt_clip_and_recording_goes_on
     assert small.with_suffix(".jpg").exists() and not big.with_suffix(".json").exists()
 
 
+#: the clip fits (flat gray frames) but its snapshot does not (a noise frame, quality 100)
+SNAPSHOT_TOO_BIG_SCRIPT = """
+import resource, signal, sys
+from pathlib import Path
+import numpy as np
+from forecaster.config import RecordingConfig
+from forecaster.recording import Recorder
+from forecaster.retention import Retention
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+folder = Path(sys.argv[1])
+settings = RecordingConfig(pre_s=0.0, post_s=0.0, min_free_mb=0, jpeg_quality=100)
+recorder = Recorder("cam0", folder, settings, model="m", retention=Retention(folder))
+rng = np.random.default_rng(0)
+for seq in range(20):
+    image = np.full((480, 640, 3), 128, np.uint8)
+    if seq == 8:
+        image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    recorder.on_frame(image, seq, 1_800_000_000.0 + seq * 0.04)
+    if seq == 5:
+        recorder.start(5, 1_800_000_000.0 + 5 * 0.04, 5.0)
+    if seq == 8:
+        recorder.peak(8, 9.0)
+    if seq == 10:
+        recorder.end(10, 1_800_000_000.0 + 10 * 0.04, 9.0)
+recorder.close()
+"""
+
+
+def test_a_snapshot_that_cannot_be_written_leaves_none_of_the_events_files(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "events"
+    result = subprocess.run([sys.executable, "-c", SNAPSHOT_TOO_BIG_SCRIPT, str(folder)],
+                            capture_output=True, text=True, timeout=100,
+                            env=daemon_env({"PYTHONPATH": os.pathsep.join(sys.path)}))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "20270115-080000-5" in line]
+    assert len(lines) == 1 and "not recorded" in lines[0] and "too large" in lines[0], lines
+    assert not [p for p in folder.rglob("*") if p.is_file()], sorted(folder.rglob("*"))
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 3 MB tmpfs (root only; skipped where mounting is not permitted)."""
