@@ -82,11 +82,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from forecaster.config import load_config
+    from forecaster.recording_dir import check_events_dir
     from forecaster.supervisor import check_sources, resolve_model_path
 
     config = load_config(args.path)
     check_sources(config)
     model = resolve_model_path(config)
+    # an empty recording.dir depends on where run runs (systemd's STATE_DIRECTORY)
+    if config.recording.enabled and config.recording.dir:
+        check_events_dir(config)
     cameras = name_some([f"{c.id}={c.source}" for c in config.cameras])
     print(f"{args.path}: ok ({len(config.cameras)} camera(s): {cameras}; model {model})")
     return 0

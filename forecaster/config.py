@@ -25,7 +25,7 @@ from pydantic import (
 from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.model import frame_size_fits
-from forecaster.protocol import CAMERA_PATTERN, MAX_CAMERA_ID
+from forecaster.protocol import MAX_CAMERA_ID, is_camera_id
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,9 +64,22 @@ class CameraConfig(_Section):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if CAMERA_PATTERN.fullmatch(value) is None or len(value) > MAX_CAMERA_ID:
-            raise ValueError(f"camera id must be 1-{MAX_CAMERA_ID} characters of A-Z a-z 0-9 _ . -")
+        if not is_camera_id(value) or len(value) > MAX_CAMERA_ID:
+            raise ValueError(f"camera id must be 1-{MAX_CAMERA_ID} characters of A-Z a-z 0-9 _ . -, "
+                             f"and not '.' or '..' alone")
         return value
+
+
+def check_path(value: str) -> str:
+    """``value`` when it can name a file or folder: no NUL, and a ``~user`` that exists;
+    ValueError otherwise."""
+    if "\0" in value:
+        raise ValueError("a path cannot hold a NUL character")
+    try:
+        Path(value).expanduser()
+    except RuntimeError:
+        raise ValueError(f"{value.split('/', 1)[0]}: no such user (or no home folder)") from None
+    return value
 
 
 def check_ip_address(key: str, value: str) -> str:
@@ -373,6 +386,11 @@ class RecordingConfig(_Section):
     #: keep at least this many MB free on the recordings' file system (deleting the oldest
     #: events; an event is not recorded when that is not enough)
     min_free_mb: Annotated[Float, Field(ge=0)] = 1024.0
+
+    @field_validator("dir")
+    @classmethod
+    def _check_dir(cls, value: str) -> str:
+        return check_path(value)
 
 
 class Config(_Section):

@@ -35,6 +35,9 @@ MAX_HEADER_BYTES = 64 * 1024
 #: the deepest nesting of arrays and objects a reader decodes (a real header has 2)
 MAX_HEADER_DEPTH = 16
 _CAMERA_UNSAFE = re.compile(f"[^{CAMERA_CHARS}]+")
+#: names of a folder itself and of its parent: never a camera id (recordings sit in a
+#: folder named after the camera)
+DOT_NAMES = frozenset({".", ".."})
 EVENT_STATES: tuple[str, ...] = ("start", "end")
 
 Buffer = bytes | bytearray | memoryview
@@ -44,19 +47,27 @@ class ProtocolError(ValueError):
     """A message that does not follow wire protocol v1 (or cannot be encoded as one)."""
 
 
+def is_camera_id(text: object) -> bool:
+    """Is ``text`` a camera id: ``[A-Za-z0-9_.-]+``, but not ``.`` or ``..``?"""
+    return (isinstance(text, str) and CAMERA_PATTERN.fullmatch(text) is not None
+            and text not in DOT_NAMES)
+
+
 def validate_camera(camera: str) -> str:
-    """Return ``camera`` if it is a valid camera id (``[A-Za-z0-9_.-]+``), else raise."""
-    if not isinstance(camera, str) or CAMERA_PATTERN.fullmatch(camera) is None:
+    """Return ``camera`` if it is a valid camera id (:func:`is_camera_id`), else raise."""
+    if not is_camera_id(camera):
         raise ProtocolError(
-            f"invalid camera id {camera!r}: use letters, digits, '_', '.' or '-' only"
+            f"invalid camera id {camera!r}: use letters, digits, '_', '.' or '-' only "
+            f"(not '.' or '..' alone)"
         )
     return camera
 
 
 def camera_safe(text: str, limit: int = MAX_CAMERA_ID) -> str:
     """``text`` made a camera id: each run of other characters one ``_``, at most ``limit``
-    characters ("" when nothing is left)."""
-    return _CAMERA_UNSAFE.sub("_", text).strip("_")[:limit]
+    characters ("" when nothing is left, or only ``.`` or ``..``)."""
+    safe = _CAMERA_UNSAFE.sub("_", text).strip("_")[:limit]
+    return "" if safe in DOT_NAMES else safe
 
 
 def validate_kind(kind: str) -> str:
@@ -445,7 +456,7 @@ def parse_topic(raw: Buffer) -> tuple[str, str]:
     if len(camera) > MAX_WIRE_CAMERA_ID:
         raise ProtocolError(f"topic {kind}/{camera[:40]}... has a camera id of {len(camera)} "
                             f"characters, more than {MAX_WIRE_CAMERA_ID}")
-    if CAMERA_PATTERN.fullmatch(camera) is None:
+    if not is_camera_id(camera):
         raise ProtocolError(f"topic {text!r} has invalid camera id {camera!r}")
     return kind, camera
 

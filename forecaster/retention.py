@@ -1,17 +1,24 @@
 """Retention of the event recordings: a maximum age, a maximum total size and a free-space
-floor, the oldest events deleted first (all their files together)."""
+floor, the oldest events deleted first (all their files together).
+
+Only the daemon's own files count: in a camera's folder (a real folder named as a camera
+id), files named as the recorder names them (:data:`EVENT_FILE`). Other files, symbolic
+links and what they point to are never counted nor deleted."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
+import re
 import shutil
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from forecaster.config import RecordingConfig
+from forecaster.protocol import is_camera_id
 
 log = logging.getLogger("forecaster.recording")
 
@@ -33,40 +40,58 @@ class RecordedEvent:
     temporary: bool
 
 
-def _stem_of(name: str) -> tuple[str, bool]:
-    temporary = name.startswith(".")
-    return name.lstrip(".").split(".", 1)[0], temporary
+#: the names of an event's files, as the recorder writes them (:mod:`forecaster.recording`):
+#: ``<YYYYmmdd-HHMMSS>-<seq>.mp4|.jpg|.json``, and while being written
+#: ``.<stem>.tmp.mp4``, ``.<stem>.jpg.tmp``, ``.<stem>.json.tmp``
+EVENT_FILE = re.compile(r"(?:(?P<stem>\d{8}-\d{6}-\d+)\.(?:mp4|jpg|json)"
+                        r"|\.(?P<temp>\d{8}-\d{6}-\d+)\.(?:tmp\.mp4|jpg\.tmp|json\.tmp))")
+
+
+def event_file(name: str) -> tuple[str, bool] | None:
+    """``(stem, temporary)`` of a file the recorder writes; None for any other name."""
+    match = EVENT_FILE.fullmatch(name)
+    if match is None:
+        return None
+    if match["stem"] is not None:
+        return match["stem"], False
+    return match["temp"], True
+
+
+def _scan(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except OSError:
+        return []
 
 
 def list_events(folder: Path) -> list[RecordedEvent]:
-    """The events under ``folder`` (``<camera>/<stem>.*``), oldest first."""
+    """The events under ``folder`` (``<camera>/<stem>.*``, the recorder's names only; no
+    symbolic link followed), oldest first."""
     groups: dict[str, RecordedEvent] = {}
-    try:
-        cameras = [path for path in folder.iterdir() if path.is_dir()]
-    except OSError:
-        return []
-    for camera in cameras:
-        try:
-            files = list(camera.iterdir())
-        except OSError:
+    for camera in _scan(folder):
+        if not is_camera_id(camera.name) or not camera.is_dir(follow_symlinks=False):
             continue
-        for path in files:
+        for entry in _scan(Path(camera.path)):
+            named = event_file(entry.name)
+            if named is None:
+                continue
             try:
-                stat = path.stat()
+                info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if not path.is_file():
+            if not stat.S_ISREG(info.st_mode):
                 continue
-            stem, temporary = _stem_of(path.name)
+            stem, temporary = named
             key = f"{camera.name}/{stem}"
             group = groups.get(key)
             if group is None:
-                group = groups[key] = RecordedEvent(key, [], stat.st_mtime, stat.st_mtime, 0,
+                group = groups[key] = RecordedEvent(key, [], info.st_mtime, info.st_mtime, 0,
                                                     False)
-            group.files.append(path)
-            group.mtime = min(group.mtime, stat.st_mtime)
-            group.newest = max(group.newest, stat.st_mtime)
-            group.size += stat.st_size
+            group.files.append(Path(entry.path))
+            group.mtime = min(group.mtime, info.st_mtime)
+            group.newest = max(group.newest, info.st_mtime)
+            group.size += info.st_size
             group.temporary = group.temporary or temporary
     return sorted(groups.values(), key=lambda event: (event.mtime, event.key))
 
@@ -134,10 +159,25 @@ class Retention:
 
     def _delete(self, event: RecordedEvent, deleted: list[str], why: str) -> None:
         for path in event.files:
-            with contextlib.suppress(FileNotFoundError):
-                try:
-                    path.unlink()
-                except OSError as error:
-                    log.warning("recording retention: cannot delete %s: %s", path, error)
+            _unlink_in(path)
         deleted.append(event.key)
         log.info("recording retention: deleted event %s (%s)", event.key, why)
+
+
+def _unlink_in(path: Path) -> None:
+    """Delete the file ``path`` by its name in its folder, opened without following a
+    symbolic link: a camera folder swapped for a link since the listing is not entered."""
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        log.warning("recording retention: cannot delete %s: %s", path, error.strerror)
+        return
+    try:
+        if stat.S_ISREG(os.stat(path.name, dir_fd=folder, follow_symlinks=False).st_mode):
+            os.unlink(path.name, dir_fd=folder)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("recording retention: cannot delete %s: %s", path, error.strerror)
+    finally:
+        os.close(folder)

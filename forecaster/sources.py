@@ -529,7 +529,13 @@ def open_source(uri: str, *, loop: bool = False) -> FrameSource:
         return StreamSource(uri)
     if (uri.isascii() and uri.isdigit()) or _CAMERA_PATH.match(uri):
         return CameraSource(uri)
-    path = Path(uri).expanduser()
+    if "\0" in uri:
+        raise SourceError(f"source {uri!r}: a path cannot hold a NUL character")
+    try:
+        path = Path(uri).expanduser()
+    except RuntimeError:
+        raise SourceError(f"source {uri!r}: {uri.split('/', 1)[0]}: no such user (or no home "
+                          f"folder)") from None
     if path.is_dir():
         return FolderSource(path, loop=loop)
     if path.is_file():

@@ -51,7 +51,8 @@ from forecaster.errors import (
 from forecaster.event_board import EventBoard
 from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
-from forecaster.recording import RecordingSpec, prepare_events_dir
+from forecaster.recording import RecordingSpec
+from forecaster.recording_dir import prepare_events_dir
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
 from forecaster.worker import WorkerSpec, worker_main
@@ -308,10 +309,9 @@ class Supervisor:
     def _web_feed(self, ring_names: list[tuple[str, str]], events: str | None) -> str:
         """Prepare the live page's process (``events``: the recordings' folder, served
         read-only); return the worker's feed endpoint for it."""
-        import tempfile
 
         from forecaster.config import read_token
-        from forecaster.web.process import WebSpec, check_port
+        from forecaster.web.process import WebSpec, check_port, make_runtime_dir
 
         web = self.config.web
         check_port(web.address, web.port)
@@ -324,9 +324,8 @@ class Supervisor:
         # systemd's RuntimeDirectory=, else the user's runtime folder, else /tmp
         runtime = (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
                    or os.environ.get("XDG_RUNTIME_DIR"))
-        self._web_dir = tempfile.mkdtemp(  # mode 0700: nobody else can connect to the feed
-            prefix="forecaster-web-", dir=runtime if runtime and Path(runtime).is_dir() else None
-        )
+        # mode 0700: nobody else can connect to the feed
+        self._web_dir = make_runtime_dir(runtime if runtime and Path(runtime).is_dir() else None)
         endpoint = f"ipc://{self._web_dir}/feed.sock"
         self._web_spec = WebSpec(
             cameras=tuple(ring_names), feed_endpoint=endpoint, address=web.address,

@@ -20,7 +20,8 @@ from forecaster.config import Config, RecordingConfig, parse_config
 from forecaster.errors import ConfigError
 from forecaster.event_board import BoardField, EventBoard, EventNotes, event_stem
 from forecaster.protocol import Event, Score, decode, encode
-from forecaster.recording import NoRecorder, Recorder, events_dir, open_recorder
+from forecaster.recording import NoRecorder, Recorder, open_recorder
+from forecaster.recording_dir import events_dir
 from forecaster.retention import Retention, list_events
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, wait_for
@@ -196,26 +197,30 @@ def names(folder: Path) -> list[str]:
 
 def test_retention_deletes_the_oldest_events_first_under_each_limit(tmp_path: Path) -> None:
     day = 86_400.0
+
+    def e(index: int) -> str:  # an event's name as the recorder gives it
+        return f"20260101-00000{index}-{index}"
+
     for index, age in enumerate((40 * day, 35 * day, 3 * day, 2 * day, day)):
-        make_event(tmp_path, f"cam{index % 2}", f"e{index}", age, size=10_000)
+        make_event(tmp_path, f"cam{index % 2}", e(index), age, size=10_000)
     # an event being written, and the leftovers of a writer that died
-    (tmp_path / "cam0" / ".e9.tmp.mp4").write_bytes(b"x" * 10)
-    stale = tmp_path / "cam1" / ".e8.tmp.mp4"
+    (tmp_path / "cam0" / f".{e(9)}.tmp.mp4").write_bytes(b"x" * 10)
+    stale = tmp_path / "cam1" / f".{e(8)}.tmp.mp4"
     stale.write_bytes(b"x" * 10)
     os.utime(stale, (time.time() - 2 * 3600,) * 2)
     # maximum age: the two events older than 30 days, all their files
     swept = Retention(tmp_path, max_age_s=30 * day).sweep()
-    assert swept.deleted == ["cam1/e8", "cam0/e0", "cam1/e1"]
-    assert names(tmp_path) == ["cam0/e2", "cam1/e3", "cam0/e4", "cam0/e9"]
-    assert not list(tmp_path.glob("*/e0.*"))
+    assert swept.deleted == [f"cam1/{e(8)}", f"cam0/{e(0)}", f"cam1/{e(1)}"]
+    assert names(tmp_path) == [f"cam0/{e(2)}", f"cam1/{e(3)}", f"cam0/{e(4)}", f"cam0/{e(9)}"]
+    assert not list(tmp_path.glob(f"*/{e(0)}.*"))
     # maximum total size: 10,150 bytes per event, room for two
     swept = Retention(tmp_path, max_total_bytes=25_000).sweep()
-    assert swept.deleted == ["cam0/e2"]
+    assert swept.deleted == [f"cam0/{e(2)}"]
     # free-space floor above the free space: everything but the event being written goes
     free = shutil.disk_usage(tmp_path).free
-    swept = Retention(tmp_path, min_free_bytes=free + 2**40).sweep(keep={"cam0/e9"})
-    assert swept.deleted == ["cam1/e3", "cam0/e4"] and not swept.free_ok
-    assert names(tmp_path) == ["cam0/e9"]
+    swept = Retention(tmp_path, min_free_bytes=free + 2**40).sweep(keep={f"cam0/{e(9)}"})
+    assert swept.deleted == [f"cam1/{e(3)}", f"cam0/{e(4)}"] and not swept.free_ok
+    assert names(tmp_path) == [f"cam0/{e(9)}"]
     assert Retention(tmp_path, min_free_bytes=1).sweep().free_ok
 
 

@@ -188,12 +188,13 @@ def _relative_path(value: Any) -> str | None:
 
 
 def _complete(events_dir: Path | None, relative: str | None) -> bool:
-    """Whether a recording is complete: its sidecar ``<name>.json`` (or ``<name>.<ext>.json``)
-    exists beside it."""
+    """Whether a recording is complete: it exists, and its sidecar ``<name>.json`` (or
+    ``<name>.<ext>.json``) beside it (an event cut at a stop may have a sidecar and no clip)."""
     if events_dir is None or relative is None:
         return False
     path = events_dir / relative
-    return path.with_suffix(".json").is_file() or path.with_name(path.name + ".json").is_file()
+    return path.is_file() and (path.with_suffix(".json").is_file()
+                               or path.with_name(path.name + ".json").is_file())
 
 
 class EventLog:

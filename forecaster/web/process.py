@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,39 @@ log = logging.getLogger("forecaster.web")
 
 #: messages queued for the web process before the worker drops them
 FEED_SNDHWM = 1000
+#: the feed's runtime folder is ``forecaster-web-<supervisor pid>-<random>``
+RUNTIME_PREFIX = "forecaster-web-"
+
+
+def make_runtime_dir(parent: str | None) -> str:
+    """A private folder (mode 0700) for the feed's socket in ``parent`` (None: the temporary
+    folder), named after this process; those left by supervisors that were killed (their
+    pid is gone) are removed first."""
+    remove_stale_runtime_dirs(Path(parent or tempfile.gettempdir()))
+    return tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=parent)
+
+
+def remove_stale_runtime_dirs(parent: Path) -> None:
+    """Remove this user's runtime folders in ``parent`` whose supervisor is gone."""
+    for entry in parent.glob(f"{RUNTIME_PREFIX}*-*"):
+        pid_text = entry.name[len(RUNTIME_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # still running (or a process that took its pid)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        log.info("removed %s, left by a daemon that was killed", entry)
 
 
 class Tee:
