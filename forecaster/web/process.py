@@ -112,7 +112,7 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
 
     from forecaster.endpoints import is_loopback_host
     from forecaster.web.live import LiveCamera, LiveFeed
-    from forecaster.web.server import LivePage, PageSettings
+    from forecaster.web.server import LivePage, PageSettings, ServerLog
 
     rings = [(camera, FrameRing.attach(name)) for camera, name in spec.cameras]
     feed = LiveFeed({camera: LiveCamera(camera, ring) for camera, ring in rings},
@@ -140,7 +140,8 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
         Path(spec.events_dir) if spec.events_dir else None,
         on_viewers,
     )
-    runner = web.AppRunner(page.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(page.app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                           logger=ServerLog(logging.getLogger("aiohttp.server")))
     await runner.setup()
     reader: asyncio.Task[None] | None = None
     try:

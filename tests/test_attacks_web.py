@@ -1,0 +1,151 @@
+"""Attack cases: what a hostile or careless user sends the live page, the metrics server,
+the start-up, distributed training and the parsers. Each case gets a clear answer, one log
+line, or a clean exit with one line; never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from tests.test_web import TOKEN, page_server
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Bytes sent as they are on a fresh connection; the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = connection.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0
+
+
+def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.exc_info is not None or "Traceback" in r.getMessage()]
+
+
+# -- the live page's HTTP ------------------------------------------------------------------
+
+
+def test_recordings_with_a_long_or_null_path_segment_are_404_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = tmp_path / "events"
+    events.mkdir()
+    caplog.set_level(logging.INFO)
+    with page_server(tmp_path, events_dir=events) as server:
+        for path in ("/events/" + "a" * 300, "/events/cam0/" + "b" * 300 + ".mp4",
+                     "/events/a%00b", "/events/%00"):
+            for _ in range(3):
+                status, _, body = server.get(path)
+                assert status == 404, (path, status, body)
+    assert not tracebacks(caplog)
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert 1 <= len(refusals) <= 3, [r.getMessage() for r in refusals]  # one a second
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: " + b"x" * 9000 + b"\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    + b"".join(b"X-H%d: v\r\n" % i for i in range(500)) + b"\r\n",
+], ids=["duplicate-host", "8k-header-line", "500-headers"])
+def test_malformed_http_is_one_log_line_not_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, request_bytes: bytes
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with page_server(tmp_path) as server:
+        answer = raw_request(server.port, request_bytes)
+        assert status_of(answer) in (400, 431), answer[:200]
+        assert server.get("/")[0] == 200  # the server goes on
+    assert not tracebacks(caplog), tracebacks(caplog)
+    lines = [r for r in caplog.records if r.name.startswith("aiohttp")
+             and r.levelno >= logging.WARNING]
+    assert all(r.levelno == logging.WARNING for r in lines)
+    assert any("malformed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_host_check_reads_the_host_header_not_the_request_line(tmp_path: Path) -> None:
+    with page_server(tmp_path) as server:
+        port = server.port
+        absolute = raw_request(port, f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n"
+                                     "Host: evil.com\r\nConnection: close\r\n\r\n".encode())
+        assert status_of(absolute) == 403, absolute[:200]
+        no_host = raw_request(port, b"GET / HTTP/1.0\r\n\r\n")
+        assert status_of(no_host) == 403, no_host[:200]
+        assert b"Host" in no_host
+        for host in ("127.0.0.1", f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}",
+                     "LOCALHOST"):
+            answer = raw_request(port, f"GET / HTTP/1.1\r\nHost: {host}\r\n"
+                                       "Connection: close\r\n\r\n".encode())
+            assert status_of(answer) == 200, (host, answer[:200])
+        for host in ("evil.com", "127.0.0.1.evil.com", f"evil.com:{port}", "[::1]evil",
+                     "127.0.0.1:80:80", "127.0.0.1:x"):
+            answer = raw_request(port, f"GET / HTTP/1.1\r\nHost: {host}\r\n"
+                                       "Connection: close\r\n\r\n".encode())
+            assert status_of(answer) == 403, (host, answer[:200])
+
+
+def test_bearer_scheme_is_case_insensitive_and_wins_over_a_stale_cookie(tmp_path: Path) -> None:
+    with page_server(tmp_path, token=TOKEN) as server:
+        for scheme in ("bearer", "BEARER", "Bearer"):
+            assert server.get("/", {"Authorization": f"{scheme} {TOKEN}"})[0] == 200, scheme
+        stale = {"Authorization": f"Bearer {TOKEN}",
+                 "Cookie": "forecaster_token=an-old-token-from-before"}
+        assert server.get("/", stale)[0] == 200
+        assert server.get("/", {"Authorization": "Basic dXNlcjpwYXNz"})[0] == 401
+
+
+def test_the_token_redirect_stays_on_the_same_origin(tmp_path: Path) -> None:
+    with page_server(tmp_path, token=TOKEN) as server:
+        for path, expected in ((f"//evil.com/?token={TOKEN}", "/evil.com/"),
+                               (f"///evil.com/x?token={TOKEN}&a=1", "/evil.com/x?a=1"),
+                               (f"/\\evil.com/?token={TOKEN}", "/evil.com/"),
+                               (f"/static/page.js?token={TOKEN}", "/static/page.js")):
+            status, headers, _ = server.get(path)
+            assert status == 303, (path, status)
+            location = headers["Location"]
+            assert location == expected, (path, location)
+            assert location.startswith("/") and location[1:2] not in ("/", "\\")
+
+
+def test_metrics_answer_only_loopback_host_headers() -> None:
+    from forecaster.prometheus import MetricsServer
+    from forecaster.ring import FrameRing
+    from tests.test_prometheus import FakeDaemon
+
+    ring = FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 16, 16, slots=4)
+    server = MetricsServer("127.0.0.1", free_port(), FakeDaemon(ring))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics",
+                                    timeout=5) as response:
+            assert response.status == 200
+        for host in (b"Host: evil.com\r\n", b"Host: rebind.example:9100\r\n", b""):
+            answer = raw_request(server.port, b"GET /metrics HTTP/1.0\r\n" + host + b"\r\n")
+            assert status_of(answer) == 403, (host, answer[:200])
+            assert b"forecaster_" not in answer
+        answer = raw_request(server.port, b"GET /metrics HTTP/1.0\r\nHost: localhost:1\r\n\r\n")
+        assert status_of(answer) == 200
+    finally:
+        server.close()
+        ring.close()
+        ring.unlink()
