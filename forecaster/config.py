@@ -8,6 +8,7 @@ bundled model). Unknown keys and wrong types are rejected with the key path and 
 from __future__ import annotations
 
 import ipaddress
+import reprlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -393,6 +394,11 @@ class Config(_Section):
         return self
 
 
+#: how a wrong value is shown in an error: a nested or long one is cut short
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 120, 120
+
+
 def _format_error(error: ValidationError, origin: str) -> str:
     """One line per problem: ``origin: key.path: reason (got VALUE)``."""
     lines = []
@@ -405,7 +411,7 @@ def _format_error(error: ValidationError, origin: str) -> str:
             message = "unknown key (remove it or check the spelling)"
         if item["type"] == "missing":
             message = "required key is missing"
-        shown = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+        shown = f" (got {_SHORT.repr(item['input'])})" if item["type"] != "missing" else ""
         lines.append(f"{origin}: {path}: {message}{shown}")
     return "; ".join(lines)
 
@@ -433,6 +439,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -29,6 +29,7 @@ from forecaster.sources import (
     natural_key,
     open_source,
     parse_synthetic_uri,
+    special_file,
 )
 
 __all__ = ["DEFAULT_SYNTHETIC_FRAMES", "VIDEO_EXTENSIONS", "VideoRef", "expand_videos",
@@ -87,6 +88,9 @@ def _expand_one(text: str, live: bool) -> list[VideoRef]:
         raise DataError(f"data path not found: {text}")
     if path.is_file():
         return [VideoRef(path.stem, str(path))]
+    if not path.is_dir():
+        what = special_file(path) or "not a regular file"
+        raise DataError(f"not a video file or a folder: {text} is {what}")
     if image_files(path):
         return [VideoRef(path.name, str(path))]
     videos: list[VideoRef] = []
@@ -183,6 +187,8 @@ def load_labels(path: str | Path) -> dict[str, np.ndarray]:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"labels file is not valid JSON: {path}: {error}") from None
+    except RecursionError:
+        raise DataError(f"labels file is nested too deeply to be labels: {path}") from None
     if not isinstance(data, dict) or not data:
         raise DataError(f"labels file must hold a non-empty JSON object "
                         f'{{"<video name>": [0, 1, ...]}}, got {type(data).__name__}: {path}')

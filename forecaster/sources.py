@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -122,6 +123,21 @@ def redact(uri: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def special_file(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder (a FIFO,
+    a device, a socket), in words; None otherwise. Frames are never read from those: a FIFO
+    blocks, ``/dev/zero`` never ends."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None
 
 
 def natural_key(name: str) -> tuple[object, ...]:
@@ -534,4 +550,8 @@ def open_source(uri: str, *, loop: bool = False) -> FrameSource:
         return FolderSource(path, loop=loop)
     if path.is_file():
         return FileSource(path, loop=loop)
+    special = special_file(path)
+    if special is not None:
+        raise SourceError(f"not a video file or an image folder: {uri} is {special} (a "
+                          f"camera is 0 or /dev/videoN)")
     raise SourceError(f"video file or image folder not found: {uri}")

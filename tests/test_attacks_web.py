@@ -5,14 +5,20 @@ line, or a clean exit with one line; never a traceback."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
+from forecaster.errors import SourceError
+from forecaster.sources import open_source
 from tests.conftest import free_port
+from tests.daemon_harness import daemon_env
 from tests.test_web import TOKEN, page_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -149,3 +155,60 @@ def test_metrics_answer_only_loopback_host_headers() -> None:
         server.close()
         ring.close()
         ring.unlink()
+
+
+# -- parsing: one line and exit 2, never a traceback -----------------------------------------
+
+
+def forecaster(*args: str, cwd: Path, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forecaster", *args], cwd=cwd,
+                          env=daemon_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("forecaster: error")]
+    assert len(error) == 1, result.stderr[-2000:]
+    for needle in needles:
+        assert needle in error[0], error[0]
+
+
+def test_deeply_nested_config_and_labels_are_refused_in_one_line(tmp_path: Path) -> None:
+    deep_array = tmp_path / "deep_array.toml"
+    deep_array.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    deep_table = tmp_path / "deep_table.toml"
+    deep_table.write_text("[web]\nport = " + "{a=" * 5000 + "1" + "}" * 5000 + "\n")
+    for path in (deep_array, deep_table):
+        assert_one_line_exit_2(forecaster("check-config", str(path), cwd=tmp_path),
+                               str(path), "nested too deeply")
+    shallow = tmp_path / "shallow.toml"  # deep enough to parse: the value is cut short
+    shallow.write_text("[web]\nport = " + "[" * 300 + "]" * 300 + "\n")
+    result = forecaster("check-config", str(shallow), cwd=tmp_path)
+    assert_one_line_exit_2(result, "web.port")
+    assert len(result.stderr.strip().splitlines()[-1]) < 300
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"v": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert_one_line_exit_2(
+        forecaster("replay", "synthetic:", "--labels", str(labels), "--out",
+                   str(tmp_path / "out"), cwd=tmp_path),
+        str(labels), "nested too deeply")
+
+
+def test_replay_and_eval_refuse_a_fifo_and_dev_zero(tmp_path: Path) -> None:
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"clip": [0, 1]}')
+    for source, what in ((str(fifo), "a FIFO"), ("/dev/zero", "a character device")):
+        assert_one_line_exit_2(
+            forecaster("replay", source, "--out", str(tmp_path / "out"), cwd=tmp_path,
+                       timeout=30),
+            source, what)
+        assert_one_line_exit_2(
+            forecaster("eval", source, "--labels", str(labels), "--out",
+                       str(tmp_path / "eval"), cwd=tmp_path, timeout=30),
+            source, what)
+    with pytest.raises(SourceError, match=r"clip.mp4 is a FIFO"):
+        open_source(str(fifo))
