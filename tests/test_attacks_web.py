@@ -4,18 +4,21 @@ line, or a clean exit with one line; never a traceback."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from forecaster.errors import SourceError
+from forecaster.errors import SourceError, UsageError
 from forecaster.sources import open_source
 from tests.conftest import free_port
 from tests.daemon_harness import daemon_env
@@ -212,3 +215,137 @@ def test_replay_and_eval_refuse_a_fifo_and_dev_zero(tmp_path: Path) -> None:
             source, what)
     with pytest.raises(SourceError, match=r"clip.mp4 is a FIFO"):
         open_source(str(fifo))
+
+
+# -- distributed training: TF_CONFIG, peers that never come, stop signals ---------------------
+
+
+def _tf_config(workers: list[str], index: int = 0) -> str:
+    return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker",
+                                                                 "index": index}})
+
+
+def test_tf_config_ports_hosts_and_nesting_are_checked() -> None:
+    from forecaster.model.distributed import parse_tf_config
+
+    bad = {
+        "": "set but empty",
+        "   ": "set but empty",
+        "[" * 100_000 + "]" * 100_000: "nested too deeply",
+        '{"cluster": ' * 50_000 + "1" + "}" * 50_000: "nested too deeply",
+        _tf_config(["127.0.0.1:99999"]): r"port must be a number from 1 to 65535, got '99999'",
+        _tf_config(["127.0.0.1:0"]): "from 1 to 65535, got '0'",
+        _tf_config(["127.0.0.1:١٢٣٤٥"]): "from 1 to 65535",
+        _tf_config(["127.0.0.1:+80"]): "from 1 to 65535",
+        _tf_config(["bad host:2222"]): "host must be a host name or an IP address",
+        _tf_config(["-x:2222"]): "host must be",
+        _tf_config(["ex\u00e4mple.com:2222"]): "host must be",
+        _tf_config(["[zz]:2222"]): "not an IPv6 address",
+        _tf_config([":2222"]): "is not \"host:port\"",
+        _tf_config(["a:1", "a:1"]): "more than once",
+    }
+    for text, reason in bad.items():
+        with pytest.raises(UsageError, match=reason) as caught:
+            parse_tf_config(text)
+        assert len(str(caught.value)) < 400
+    good = parse_tf_config(_tf_config(["[::1]:2222", "host-1.example:65535", "10.0.0.1:1"]))
+    assert good.num_workers == 3
+
+
+def _train(tmp_path: Path, tf_config: str, *extra: str) -> subprocess.Popen[str]:
+    env = daemon_env({"TF_CONFIG": tf_config, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "forecaster", "train", "synthetic:?frames=22", "--out",
+         str(tmp_path / "m.keras"), "--size", "16x16", "--epochs", "1", "--distributed",
+         *extra],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    """stderr lines up to and with the first one holding ``needle``."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"no line with {needle!r} in: {''.join(lines)[-3000:]}")
+
+
+def test_bad_tf_config_ends_train_with_exit_2_before_tensorflow(tmp_path: Path) -> None:
+    for tf_config, needle in (("", "set but empty"),
+                              (_tf_config(["127.0.0.1:99999"]), "got '99999'"),
+                              ('{"a": ' * 5_000 + "1" + "}" * 5_000, "nested too deeply")):
+        process = _train(tmp_path, tf_config)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 2, err[-2000:]
+        assert "Traceback" not in err and needle in err, err[-2000:]
+
+
+def test_a_worker_whose_peer_never_comes_gives_up_after_the_peer_timeout(
+    tmp_path: Path
+) -> None:
+    missing = f"127.0.0.1:{free_port()}"
+    process = _train(tmp_path, _tf_config([f"127.0.0.1:{free_port()}", missing]),
+                     "--peer-timeout", "2")
+    began = time.monotonic()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err[-2000:]
+    assert time.monotonic() - began < 30
+    assert "Traceback" not in err, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("forecaster: error")]
+    assert len(errors) == 1 and missing in errors[0] and "--peer-timeout" in errors[0], err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_waiting_worker_stops_on_sigint_and_sigterm(tmp_path: Path, signum: int) -> None:
+    process = _train(tmp_path, _tf_config([f"127.0.0.1:{free_port()}",
+                                           f"127.0.0.1:{free_port()}"]))
+    try:
+        _wait_for_line(process, "waiting for all of them to start (at most 300 s)", 30)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signum, err[-2000:]
+    assert "Traceback" not in err
+    assert f"stopped by {signal.Signals(signum).name} while waiting for the other workers" in err
+
+
+def test_a_worker_stuck_in_tensorflows_wait_stops_on_sigterm(tmp_path: Path) -> None:
+    """The peer listens but speaks no gRPC: TensorFlow's own wait never ends, and holds
+    the interpreter; SIGTERM still ends the worker within seconds, with one line."""
+    peer = socket.create_server(("127.0.0.1", 0))
+    peer_address = f"127.0.0.1:{peer.getsockname()[1]}"
+    own = free_port()
+    process = _train(tmp_path, _tf_config([f"127.0.0.1:{own}", peer_address]))
+    try:
+        _wait_for_line(process, "other worker(s) listen", 30)
+        deadline = time.monotonic() + 45
+        while True:  # the worker's port answers again once TensorFlow's server is up
+            try:
+                socket.create_connection(("127.0.0.1", own), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "TensorFlow's server did not start"
+                time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        _, err = process.communicate(timeout=10)
+        assert time.monotonic() - began < 10
+    finally:
+        peer.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    assert "forecaster: error: stopped by SIGTERM during distributed training (worker 0)" \
+        in err.splitlines(), err[-2000:]
+
