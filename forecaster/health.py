@@ -157,7 +157,8 @@ class StallDetector:
     - the worker is stalled when its loop has not turned for ``stall_s``, or when frames
       have waited in a ring for ``stall_s`` while the worker fed none of that camera's;
     - a camera's capture is stalled when its loop has not turned for ``stall_s`` (each
-      camera's loop beats on its own, also when a process runs several). A capture
+      camera's loop beats on its own, also when a process runs several), counted from
+      its last beat or from when it started running, whichever is later. A capture
       that waits for a disconnected camera keeps turning (it retries with backoff), so a
       camera that is legitimately down is not a stall: a restart would not bring it back.
 
@@ -170,6 +171,8 @@ class StallDetector:
         #: NaN equals no seq: the first check starts every camera's clock
         self._seen = [math.nan] * len(cameras)
         self._since = [0.0] * len(cameras)
+        #: when each camera's capture was last seen start running (None: not running)
+        self._running_since: list[float | None] = [None] * len(cameras)
 
     def check(
         self,
@@ -194,11 +197,16 @@ class StallDetector:
             if age > self.stall_s:
                 stalls.insert(0, Stall("worker", f"its loop has not turned for {age:.0f} s"))
         for index, camera in enumerate(self.cameras):
-            if captures_running[index]:
-                age = now - health.get(index, CameraField.CAPTURE_BEAT)
-                if age > self.stall_s:
-                    stalls.append(Stall(f"capture:{camera}",
-                                        f"its loop has not turned for {age:.0f} s", index))
+            if not captures_running[index]:
+                self._running_since[index] = None
+                continue
+            began = self._running_since[index]
+            if began is None:
+                began = self._running_since[index] = now
+            age = now - max(health.get(index, CameraField.CAPTURE_BEAT), began)
+            if age > self.stall_s:
+                stalls.append(Stall(f"capture:{camera}",
+                                    f"its loop has not turned for {age:.0f} s", index))
         return stalls
 
 

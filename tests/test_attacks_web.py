@@ -349,3 +349,72 @@ def test_a_worker_stuck_in_tensorflows_wait_stops_on_sigterm(tmp_path: Path) -> 
     assert "forecaster: error: stopped by SIGTERM during distributed training (worker 0)" \
         in err.splitlines(), err[-2000:]
 
+
+# -- start-up: waiting for the start is not a stall ------------------------------------------
+
+
+def test_a_capture_process_beats_while_it_waits_for_the_start(tmp_path: Path) -> None:
+    """A real capture process of eight synthetic cameras, ready, held before the start for
+    three times the stall rule: the supervisor's rule sees no stall meanwhile."""
+    import multiprocessing as mp
+
+    from forecaster.capture import CaptureSpec
+    from forecaster.capture_group import capture_group_main, group_specs
+    from forecaster.channels import Flag, Inbox, Outbox, channel_address
+    from forecaster.health import Health, StallDetector
+    from forecaster.ring import FrameRing
+
+    ctx = mp.get_context("spawn")
+    instance = f"attack{uuid.uuid4().hex[:8]}"
+    control, wakeup = (Inbox(channel_address(instance, name)) for name in ("control", "wakeup"))
+    rings = [FrameRing.create(f"forecaster_attack_{uuid.uuid4().hex[:8]}", 64, 64, slots=10)
+             for _ in range(8)]
+    specs = [CaptureSpec(camera=f"c{i}", index=i, source=f"synthetic:?fps=5&seed={i}",
+                         ring=ring.name, size=(64, 64)) for i, ring in enumerate(rings)]
+    health = Health(len(specs), ctx)
+    stop, go = Flag(ctx), Flag(ctx)
+    process = ctx.Process(target=capture_group_main, name="capture:0-7", args=(
+        group_specs(specs, 8, "info")[0], wakeup.address, Outbox(control.address), stop, go,
+        health))
+    process.start()
+    try:
+        kind, *_ = control.get_message(timeout=60)
+        assert kind == "ready"
+        stall_s = 1.5
+        detector = StallDetector([spec.camera for spec in specs], stall_s)
+        held_until = time.monotonic() + 3 * stall_s
+        while time.monotonic() < held_until:
+            stalls = detector.check(health, [-1] * len(specs), False, [True] * len(specs))
+            assert not stalls, stalls
+            time.sleep(0.1)
+        go.set()
+    finally:
+        stop.set()
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        control.close()
+        wakeup.close()
+        for ring in rings:
+            ring.close()
+            ring.unlink()
+
+
+def test_the_stall_rule_starts_a_captures_clock_when_it_starts_running() -> None:
+    """A capture process that was ready, or restarting, long ago is judged from the moment
+    it runs, not from a beat before it did."""
+    from forecaster.health import Health, StallDetector
+
+    health = Health(2)
+    detector = StallDetector(["a", "b"], 2.0)
+    health.beat_capture(0)
+    health.beat_capture(1)
+    began = time.monotonic()
+    assert not detector.check(health, [-1, -1], False, [False, False], now=began + 30)
+    # both run from now on; b beats, a has not yet: neither is stalled for 2 s
+    health.beat_capture(1)
+    assert not detector.check(health, [-1, -1], False, [True, True], now=began + 30.1)
+    assert not detector.check(health, [-1, -1], False, [True, True], now=began + 31.9)
+    stalls = detector.check(health, [-1, -1], False, [True, True], now=began + 32.5)
+    assert [s.role for s in stalls] == ["capture:a", "capture:b"]
