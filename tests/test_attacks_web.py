@@ -4,6 +4,7 @@ line, or a clean exit with one line; never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -418,3 +419,51 @@ def test_the_stall_rule_starts_a_captures_clock_when_it_starts_running() -> None
     assert not detector.check(health, [-1, -1], False, [True, True], now=began + 31.9)
     stalls = detector.check(health, [-1, -1], False, [True, True], now=began + 32.5)
     assert [s.role for s in stalls] == ["capture:a", "capture:b"]
+
+
+@pytest.mark.timeout(240)
+def test_a_stopped_page_process_is_restarted_as_stalled(tmp_path: Path) -> None:
+    """SIGSTOP on fc-web: the supervisor sees its event loop stop turning, kills it and
+    starts a new one, which serves the page; the detector goes on meanwhile."""
+    from tests.daemon_harness import Daemon, config_text
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    port = free_port()
+    config = config_text(endpoint, [("cam0", "synthetic:?fps=10&anomaly_rate=0")],
+                         {"web": {"enabled": True, "port": port},
+                          "service": {"stall_timeout_s": 2.0}})
+    with Daemon(tmp_path, config) as daemon:
+        daemon.wait_log(r"web ready \(pid \d+\)", 180)
+        first = daemon.child_pid("web")
+        os.kill(first, signal.SIGSTOP)
+        try:
+            killed = daemon.wait_log(
+                rf"web \(pid {first}\) stalled \(its event loop has not turned for \d+ s\) "
+                r"and was killed; restarting it", 30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first, signal.SIGCONT)
+        daemon.wait_log(r"web ready again \(pid \d+\)", 60, after=killed.end())
+        assert daemon.child_pid("web") != first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert response.status == 200
+        assert daemon.stop() == 0
+    log = daemon.log()
+    assert log.count("restarting it") == 1, log[-3000:]
+    assert "Traceback" not in log
+
+
+def test_the_stall_rule_judges_the_page_from_when_it_runs() -> None:
+    from forecaster.health import DaemonField, Health, StallDetector
+
+    health = Health(1)
+    detector = StallDetector(["a"], 2.0)
+    now = time.monotonic()
+    health.beat_capture(0)
+    assert not detector.check(health, [-1], False, [False], now=now + 10, web_running=True)
+    health.values[DaemonField.WEB_BEAT] = now + 11
+    assert not detector.check(health, [-1], False, [False], now=now + 12.5, web_running=True)
+    stalls = detector.check(health, [-1], False, [False], now=now + 13.5, web_running=True)
+    assert [(s.role, s.reason) for s in stalls] == [
+        ("web", "its event loop has not turned for 2 s")]
+    assert not detector.check(health, [-1], False, [False], now=now + 20, web_running=False)

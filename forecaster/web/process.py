@@ -21,6 +21,7 @@ from typing import Any
 
 from forecaster.channels import Flag, Outbox, start_child
 from forecaster.errors import ConfigError, ForecasterError
+from forecaster.health import Health
 from forecaster.protocol import Message, encode
 from forecaster.ring import FrameRing
 
@@ -103,8 +104,9 @@ def page_address(address: str, port: int) -> str:
     return f"http://{host}:{port}/"
 
 
-async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
-    """Serve the page until ``stop`` is set; ``ready()`` is called once it listens.
+async def serve(spec: WebSpec, stop: Flag, ready: Any = None, beat: Any = None) -> None:
+    """Serve the page until ``stop`` is set; ``ready()`` is called once it listens, and
+    ``beat()`` at every turn of the event loop's watch (the supervisor's stall rule).
     ConfigError when the address cannot be bound."""
     import zmq
     import zmq.asyncio
@@ -162,6 +164,8 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
                  " (open it with ?token=TOKEN, the token in web.token_file)" if spec.token
                  else "")
         while not stop.is_set():
+            if beat is not None:
+                beat()
             await asyncio.sleep(0.1)
             if reader.done():
                 reader.result()  # the reader's error, if it failed
@@ -175,11 +179,14 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
             ring.close()
 
 
-def web_main(spec: WebSpec, control: Outbox, stop: Flag) -> None:
+def web_main(spec: WebSpec, control: Outbox, stop: Flag, health: Health | None = None) -> None:
     """Entry point of the web process (spawned, and restarted, by the supervisor)."""
     start_child("fc-web", stop, spec.log_level)
     role = "web"
+    beat = health.beat_web if health is not None else None
+    if beat is not None:
+        beat()
     try:
-        asyncio.run(serve(spec, stop, lambda: control.put(("ready", role, 0, ""))))
+        asyncio.run(serve(spec, stop, lambda: control.put(("ready", role, 0, "")), beat))
     except ForecasterError as error:
         control.put(("error", role, error.exit_code, str(error)))
