@@ -64,7 +64,8 @@ def test_recordings_with_a_long_or_null_path_segment_are_404_without_a_traceback
     caplog.set_level(logging.INFO)
     with page_server(tmp_path, events_dir=events) as server:
         for path in ("/events/" + "a" * 300, "/events/cam0/" + "b" * 300 + ".mp4",
-                     "/events/a%00b", "/events/%00"):
+                     "/events/a%00b", "/events/%00", "/static/" + "c" * 300,
+                     "/static/x/" + "d" * 300 + ".js"):
             for _ in range(3):
                 status, _, body = server.get(path)
                 assert status == 404, (path, status, body)

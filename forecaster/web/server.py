@@ -164,7 +164,7 @@ class LivePage:
             return self._refuse(request, 403, f"WebSocket from another origin {origin!r}")
         token = settings.token
         if token is None:
-            return await handler(request)
+            return await self._serve(request, handler)
         in_query = request.query.get("token")
         # what the client sends on purpose comes first: a stale cookie never wins
         given = (in_query or bearer_token(request.headers.get("Authorization", ""))
@@ -182,7 +182,16 @@ class LivePage:
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict",
                                 path="/")
             return response
-        return await handler(request)
+        return await self._serve(request, handler)
+
+    async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/static/"):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except (OSError, ValueError) as error:  # aiohttp's files: a name too long
+            why = error.strerror if isinstance(error, OSError) and error.strerror else error
+            return self._refuse(request, 404, f"no file {request.path[:80]!r} ({why})")
 
     # -- pages and files ------------------------------------------------------------------
 
