@@ -25,6 +25,7 @@ from pydantic import (
 
 from forecaster.endpoints import is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
+from forecaster.files import special_file
 from forecaster.model import frame_size_fits
 from forecaster.protocol import CAMERA_PATTERN, MAX_CAMERA_ID
 
@@ -427,6 +428,9 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The parsed TOML of a config file; ConfigError naming the file on any problem."""
     path = Path(path)
+    special = special_file(path)
+    if special is not None:
+        raise ConfigError(f"config file {path} is {special}, not a file")
     try:
         text = path.read_bytes()
     except FileNotFoundError:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from forecaster.errors import DataError
+from forecaster.files import special_file
 from forecaster.flow import MotionCue
 from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.protocol import camera_safe
@@ -29,7 +30,6 @@ from forecaster.sources import (
     natural_key,
     open_source,
     parse_synthetic_uri,
-    special_file,
 )
 
 __all__ = ["DEFAULT_SYNTHETIC_FRAMES", "VIDEO_EXTENSIONS", "VideoRef", "expand_videos",
@@ -177,6 +177,9 @@ def read_video_cues(
 def load_labels(path: str | Path) -> dict[str, np.ndarray]:
     """``{"<video name>": uint8 array of 0/1 per frame}`` from a labels JSON file; DataError."""
     path = Path(path)
+    special = special_file(path)
+    if special is not None:
+        raise DataError(f"labels file {path} is {special}, not a file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

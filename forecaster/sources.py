@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import re
-import stat
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,6 +30,7 @@ import cv2
 import numpy as np
 
 from forecaster.errors import SourceDisconnected, SourceError
+from forecaster.files import special_file
 from forecaster.synthetic import SyntheticScene
 
 __all__ = [
@@ -123,21 +123,6 @@ def redact(uri: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
-
-
-def special_file(path: Path) -> str | None:
-    """What ``path`` is when it exists and is neither a regular file nor a folder (a FIFO,
-    a device, a socket), in words; None otherwise. Frames are never read from those: a FIFO
-    blocks, ``/dev/zero`` never ends."""
-    try:
-        mode = path.stat().st_mode
-    except (OSError, ValueError):
-        return None
-    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return what
-    return None
 
 
 def natural_key(name: str) -> tuple[object, ...]:

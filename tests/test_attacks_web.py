@@ -219,6 +219,18 @@ def test_replay_and_eval_refuse_a_fifo_and_dev_zero(tmp_path: Path) -> None:
         open_source(str(fifo))
 
 
+def test_a_fifo_or_dev_zero_as_config_or_labels_is_refused_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "named.pipe"
+    os.mkfifo(fifo)
+    for path, what in ((str(fifo), "a FIFO"), ("/dev/zero", "a character device")):
+        assert_one_line_exit_2(forecaster("check-config", path, cwd=tmp_path, timeout=20),
+                               f"config file {path} is {what}")
+        assert_one_line_exit_2(
+            forecaster("replay", "synthetic:", "--labels", path, "--out", str(tmp_path / "o"),
+                       cwd=tmp_path, timeout=20),
+            f"labels file {path} is {what}")
+
+
 # -- distributed training: TF_CONFIG, peers that never come, stop signals ---------------------
 
 
