@@ -37,6 +37,8 @@ from forecaster.ring import FrameRing
 THREAD_STOP_S = 2.0
 #: how often the process's main thread looks at the supervisor's stop flag
 POLL_S = 0.1
+#: seconds between a camera's heartbeats while it waits for the start
+BEAT_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,8 @@ class CameraThread:
         capture.beat()
         self.opened.set()
         self.changed.set()
-        self.started.wait()
+        while not self.started.wait(BEAT_S):  # waiting for the start is not a stall
+            capture.beat()
         if self.halt.is_set():
             self._finish(0)
             return

@@ -104,15 +104,28 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from forecaster.backend import require_tensorflow
-    from forecaster.logs import import_tensorflow_quietly, setup_logging
+    from forecaster.logs import setup_logging
 
     require_tensorflow("forecaster train")
     setup_logging("info")
-    distribution: list[Distribution] = []
     if args.distributed:
         from forecaster.model.distributed import announce_cluster
+        from forecaster.model.peers import run_stoppable, stop_signals
 
-        announce_cluster()  # TF_CONFIG checked before TensorFlow loads
+        with stop_signals() as received:
+            # TF_CONFIG checked, and the other workers waited for, before TensorFlow loads
+            task = announce_cluster(peer_timeout_s=args.peer_timeout, received=received)
+            if task is not None:  # TensorFlow's wait holds the interpreter: train in a child
+                return run_stoppable(lambda: _train(args), f"during distributed training "
+                                     f"({task.task_type} {task.task_index})", received)
+    return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from forecaster.logs import import_tensorflow_quietly
+
+    distribution: list[Distribution] = []
+    if args.distributed:
 
         def start(_: object) -> None:  # before TensorFlow's runtime starts, quietly
             from forecaster.model.distributed import make_distribution
@@ -355,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train with tf.distribute: MultiWorkerMirroredStrategy over the "
                        "machines of TF_CONFIG when it is set (run the same command on each), "
                        "else MirroredStrategy over this machine's GPUs")
+    train.add_argument("--peer-timeout", type=_positive_float, default=300.0,
+                       metavar="SECONDS",
+                       help="with TF_CONFIG: how long to wait for the other workers to "
+                       "listen before giving up (default: 300)")
     train.set_defaults(func=cmd_train)
 
     replay = sub.add_parser(

@@ -8,6 +8,7 @@ bundled model). Unknown keys and wrong types are rejected with the key path and 
 from __future__ import annotations
 
 import ipaddress
+import reprlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,7 @@ from pydantic import (
 
 from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
+from forecaster.files import special_file
 from forecaster.model import frame_size_fits
 from forecaster.protocol import MAX_CAMERA_ID, is_camera_id
 
@@ -415,6 +417,11 @@ class Config(_Section):
         return self
 
 
+#: how a wrong value is shown in an error: a nested or long one is cut short
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 120, 120
+
+
 def _format_error(error: ValidationError, origin: str) -> str:
     """One line per problem: ``origin: key.path: reason (got VALUE)``."""
     lines = []
@@ -427,7 +434,7 @@ def _format_error(error: ValidationError, origin: str) -> str:
             message = "unknown key (remove it or check the spelling)"
         if item["type"] == "missing":
             message = "required key is missing"
-        shown = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+        shown = f" (got {_SHORT.repr(item['input'])})" if item["type"] != "missing" else ""
         lines.append(f"{origin}: {path}: {message}{shown}")
     return "; ".join(lines)
 
@@ -443,6 +450,9 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The parsed TOML of a config file; ConfigError naming the file on any problem."""
     path = Path(path)
+    special = special_file(path)
+    if special is not None:
+        raise ConfigError(f"config file {path} is {special}, not a file")
     try:
         text = path.read_bytes()
     except FileNotFoundError:
@@ -455,6 +465,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
 
 
 def load_config(path: str | Path) -> Config:

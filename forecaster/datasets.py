@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from forecaster.errors import DataError
+from forecaster.files import special_file
 from forecaster.flow import MotionCue
 from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.protocol import camera_safe
@@ -87,6 +88,9 @@ def _expand_one(text: str, live: bool) -> list[VideoRef]:
         raise DataError(f"data path not found: {text}")
     if path.is_file():
         return [VideoRef(path.stem, str(path))]
+    if not path.is_dir():
+        what = special_file(path) or "not a regular file"
+        raise DataError(f"not a video file or a folder: {text} is {what}")
     if image_files(path):
         return [VideoRef(path.name, str(path))]
     videos: list[VideoRef] = []
@@ -173,6 +177,9 @@ def read_video_cues(
 def load_labels(path: str | Path) -> dict[str, np.ndarray]:
     """``{"<video name>": uint8 array of 0/1 per frame}`` from a labels JSON file; DataError."""
     path = Path(path)
+    special = special_file(path)
+    if special is not None:
+        raise DataError(f"labels file {path} is {special}, not a file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -183,6 +190,8 @@ def load_labels(path: str | Path) -> dict[str, np.ndarray]:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"labels file is not valid JSON: {path}: {error}") from None
+    except RecursionError:
+        raise DataError(f"labels file is nested too deeply to be labels: {path}") from None
     if not isinstance(data, dict) or not data:
         raise DataError(f"labels file must hold a non-empty JSON object "
                         f'{{"<video name>": [0, 1, ...]}}, got {type(data).__name__}: {path}')

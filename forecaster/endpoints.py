@@ -29,6 +29,29 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def host_header_is_loopback(value: str | None) -> bool:
+    """The rule against DNS rebinding for a server on a loopback address: the request's
+    ``Host`` header (``host``, ``host:port``, ``[v6]:port``) names a loopback host.
+
+    A missing or malformed header fails; so does any other name, however it resolves.
+    """
+    if not value:
+        return False
+    host, port = value.strip(), ""
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:]
+    else:
+        name, colon, port = host.partition(":")
+        if colon and not port:
+            return False
+    if port and not (port.isascii() and port.isdigit() and len(port) <= 5):
+        return False
+    return is_loopback_host(name.lower())
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A parsed ``tcp://HOST:PORT`` or ``ipc://PATH`` endpoint."""

@@ -35,7 +35,8 @@ class DaemonField(IntEnum):
     WORKER_BEAT = 0  # time.monotonic() of the worker loop's last turn
     PUBLISH_DROPPED = 1  # messages the PUB socket could not queue
     INFERENCE_SUM = 2  # seconds spent in model calls
-    MESSAGES = 3  # + index in MESSAGE_KINDS: messages published per kind
+    WEB_BEAT = 3  # time.monotonic() of the live page's event loop's last turn (web writes)
+    MESSAGES = 4  # + index in MESSAGE_KINDS: messages published per kind
     BUCKETS = MESSAGES + len(MESSAGE_KINDS)  # + bucket index (len(INFERENCE_BUCKETS) = +Inf)
 
 
@@ -120,6 +121,9 @@ class Health(SharedDoubles):
     def beat_worker(self) -> None:
         self.values[DaemonField.WORKER_BEAT] = time.monotonic()
 
+    def beat_web(self) -> None:
+        self.values[DaemonField.WEB_BEAT] = time.monotonic()
+
     def count_message(self, kind: str, sent: bool = True) -> None:
         if sent:
             self.values[DaemonField.MESSAGES + MESSAGE_KINDS.index(kind)] += 1
@@ -156,8 +160,11 @@ class StallDetector:
 
     - the worker is stalled when its loop has not turned for ``stall_s``, or when frames
       have waited in a ring for ``stall_s`` while the worker fed none of that camera's;
+    - the live page's process is stalled when its event loop has not turned for
+      ``stall_s``, counted from its last beat or from when it started running;
     - a camera's capture is stalled when its loop has not turned for ``stall_s`` (each
-      camera's loop beats on its own, also when a process runs several). A capture
+      camera's loop beats on its own, also when a process runs several), counted from
+      its last beat or from when it started running, whichever is later. A capture
       that waits for a disconnected camera keeps turning (it retries with backoff), so a
       camera that is legitimately down is not a stall: a restart would not bring it back.
 
@@ -170,6 +177,9 @@ class StallDetector:
         #: NaN equals no seq: the first check starts every camera's clock
         self._seen = [math.nan] * len(cameras)
         self._since = [0.0] * len(cameras)
+        #: when each camera's capture was last seen start running (None: not running)
+        self._running_since: list[float | None] = [None] * len(cameras)
+        self._web_since: float | None = None
 
     def check(
         self,
@@ -178,6 +188,7 @@ class StallDetector:
         worker_running: bool,
         captures_running: list[bool],
         now: float | None = None,
+        web_running: bool = False,
     ) -> list[Stall]:
         now = time.monotonic() if now is None else now
         stalls: list[Stall] = []
@@ -194,11 +205,24 @@ class StallDetector:
             if age > self.stall_s:
                 stalls.insert(0, Stall("worker", f"its loop has not turned for {age:.0f} s"))
         for index, camera in enumerate(self.cameras):
-            if captures_running[index]:
-                age = now - health.get(index, CameraField.CAPTURE_BEAT)
-                if age > self.stall_s:
-                    stalls.append(Stall(f"capture:{camera}",
-                                        f"its loop has not turned for {age:.0f} s", index))
+            if not captures_running[index]:
+                self._running_since[index] = None
+                continue
+            began = self._running_since[index]
+            if began is None:
+                began = self._running_since[index] = now
+            age = now - max(health.get(index, CameraField.CAPTURE_BEAT), began)
+            if age > self.stall_s:
+                stalls.append(Stall(f"capture:{camera}",
+                                    f"its loop has not turned for {age:.0f} s", index))
+        if not web_running:
+            self._web_since = None
+        else:
+            if self._web_since is None:
+                self._web_since = now
+            age = now - max(health.get_global(DaemonField.WEB_BEAT), self._web_since)
+            if age > self.stall_s:
+                stalls.append(Stall("web", f"its event loop has not turned for {age:.0f} s"))
         return stalls
 
 

@@ -29,6 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from forecaster import __version__
+from forecaster.endpoints import host_header_is_loopback, is_loopback_host
 from forecaster.errors import ConfigError
 from forecaster.health import INFERENCE_BUCKETS, MESSAGE_KINDS, CameraField, DaemonField, Health
 from forecaster.ring import FrameRing
@@ -140,6 +141,21 @@ class _QuietHandler(WSGIRequestHandler):
         """No access log: one line per scrape would flood the journal."""
 
 
+def loopback_hosts_only(app: Any) -> Any:
+    """``app`` behind the loopback ``Host`` rule (as the live page's): a web site cannot
+    read the metrics through DNS rebinding."""
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        host = environ.get("HTTP_HOST")
+        if not host_header_is_loopback(host):
+            what = "no Host header" if host is None else f"Host {host!r} is not a loopback address"
+            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"403: {what} (scrape http://127.0.0.1:PORT/metrics)\n".encode()]
+        return app(environ, start_response)
+
+    return guarded
+
+
 class MetricsServer:
     """An HTTP server on ``address:port`` answering Prometheus scrapes in a thread."""
 
@@ -152,10 +168,11 @@ class MetricsServer:
             daemon_threads = True
             address_family = family
 
+        app = make_wsgi_app(registry)
+        if is_loopback_host(address):
+            app = loopback_hosts_only(app)
         try:
-            self._server = make_server(
-                address, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler
-            )
+            self._server = make_server(address, port, app, Server, handler_class=_QuietHandler)
         except OSError as error:
             raise ConfigError(
                 f"cannot serve metrics on {address} port {port} (metrics.address, "

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from forecaster.errors import SourceDisconnected, SourceError
+from forecaster.files import special_file
 from forecaster.synthetic import SyntheticScene
 
 __all__ = [
@@ -540,4 +541,8 @@ def open_source(uri: str, *, loop: bool = False) -> FrameSource:
         return FolderSource(path, loop=loop)
     if path.is_file():
         return FileSource(path, loop=loop)
+    special = special_file(path)
+    if special is not None:
+        raise SourceError(f"not a video file or an image folder: {uri} is {special} (a "
+                          f"camera is 0 or /dev/videoN)")
     raise SourceError(f"video file or image folder not found: {uri}")

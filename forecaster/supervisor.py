@@ -212,7 +212,8 @@ class Supervisor:
         elif index == WEB:
             from forecaster.web.process import web_main
 
-            role, target, args = "web", web_main, (self._web_spec, self.control_out, self.stop)
+            role, target = "web", web_main
+            args = (self._web_spec, self.control_out, self.stop, self.health)
         else:
             group = self._groups[index]
             role, target = group.role, capture_group_main
@@ -537,7 +538,14 @@ class Supervisor:
             [ring.latest_seq for ring in self.rings],
             self._running(worker),
             [self._running(child) for child in holders],
+            web_running=(web := self._child("web")) is not None and self._running(web),
         )
+        for stall in [s for s in stalls if s.role == "web"]:
+            # the page is restarted here in any case, never the service for it
+            stalls.remove(stall)
+            if web is not None and not web.killed_because:
+                web.killed_because = f"stalled ({stall.reason})"
+                web.process.kill()
         healthy = not stalls
         if not healthy and self.healthy:
             what = name_some([f"{s.role}: {s.reason}" for s in stalls], NAMES_SHOWN, "; ")

@@ -28,10 +28,12 @@ removed at the end.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from forecaster.endpoints import MAX_PORT
 from forecaster.errors import ForecasterError, UsageError
 
 if TYPE_CHECKING:
@@ -98,15 +101,51 @@ class ClusterTask:
         return self.task_index if self.task_type == "chief" else len(self.chief) + self.task_index
 
 
+#: a host name: dot-separated labels of letters, digits and inner hyphens
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def address_problem(address: object) -> str | None:
+    """What is wrong with a cluster address (``host:port``, ``[v6]:port``); None if right."""
+    if not isinstance(address, str):
+        return f"{_short(address)} is not a \"host:port\" string"
+    host, colon, port = address.rpartition(":")
+    if not colon or not host:
+        return f"{address!r} is not \"host:port\""
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= MAX_PORT:
+        return f"{address!r}: the port must be a number from 1 to {MAX_PORT}, got {port!r}"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{address!r}: {host} is not an IPv6 address"
+        return None
+    if not host.isascii() or not _HOST_NAME.match(host):
+        return (f"{address!r}: the host must be a host name or an IP address "
+                f"(an IPv6 one in brackets), got {host!r}")
+    return None
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_tf_config(text: str) -> ClusterTask:
     """Check ``TF_CONFIG`` (JSON: ``{"cluster": {"worker": ["host:port", ...]}, "task":
     {"type": "worker", "index": 0}}``); UsageError naming what is wrong and the value."""
-    where = f"{TF_CONFIG}={text!r}"
+    where = f"{TF_CONFIG}={_short(text, 200)}"
+    if not text.strip():
+        raise UsageError(f"{TF_CONFIG} is set but empty: unset it to train on this machine's "
+                         f"GPUs, or give the cluster and this worker's task")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise UsageError(f"{TF_CONFIG} is not JSON ({error.msg} at character {error.pos}): "
                          f"{where}") from None
+    except RecursionError:
+        raise UsageError(f"{TF_CONFIG} is nested too deeply to be a cluster: {where}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{TF_CONFIG} must be a JSON object with \"cluster\" and \"task\": "
                          f"{where}")
@@ -121,13 +160,18 @@ def parse_tf_config(text: str) -> ClusterTask:
     addresses: dict[str, tuple[str, ...]] = {}
     for kind in TASK_TYPES:
         listed = cluster.get(kind, [])
-        if not isinstance(listed, list) or not all(
-            isinstance(a, str) and a.rpartition(":")[0] and a.rpartition(":")[2].isdigit()
-            for a in listed
-        ):
+        if not isinstance(listed, list):
             raise UsageError(f"{TF_CONFIG} cluster.{kind} must be a list of \"host:port\" "
-                             f"strings, got {listed!r}")
+                             f"strings, got {_short(listed)}")
+        for address in listed:
+            problem = address_problem(address)
+            if problem is not None:
+                raise UsageError(f"{TF_CONFIG} cluster.{kind}: {problem}")
         addresses[kind] = tuple(listed)
+    everyone = addresses["chief"] + addresses["worker"]
+    if len(set(everyone)) < len(everyone):
+        twice = next(a for a in everyone if everyone.count(a) > 1)
+        raise UsageError(f"{TF_CONFIG} cluster lists {twice!r} more than once: {where}")
     if len(addresses["chief"]) > 1:
         raise UsageError(f"{TF_CONFIG} cluster.chief has {len(addresses['chief'])} addresses; "
                          f"there is at most one chief: {where}")
@@ -139,13 +183,13 @@ def parse_tf_config(text: str) -> ClusterTask:
     kind, index = task["type"], task["index"]
     if kind not in TASK_TYPES:
         raise UsageError(f"{TF_CONFIG} task.type must be one of {', '.join(TASK_TYPES)}, "
-                         f"got {kind!r}")
+                         f"got {_short(kind)}")
     if isinstance(index, bool) or not isinstance(index, int) or not (
         0 <= index < len(addresses[kind])
     ):
         raise UsageError(f"{TF_CONFIG} task.index must be an integer from 0 to "
                          f"{len(addresses[kind]) - 1} (cluster.{kind} has "
-                         f"{len(addresses[kind])} addresses), got {index!r}")
+                         f"{len(addresses[kind])} addresses), got {_short(index)}")
     return ClusterTask(addresses["chief"], addresses["worker"], kind, index)
 
 
@@ -175,16 +219,29 @@ class Distribution:
                 "replicas": self.replicas}
 
 
-def announce_cluster(env: Mapping[str, str] | None = None) -> ClusterTask | None:
-    """Check ``TF_CONFIG`` (UsageError) before TensorFlow loads, and log what this worker
-    is about to wait for; None without ``TF_CONFIG``."""
-    text = (os.environ if env is None else env).get(TF_CONFIG, "").strip()
-    if not text:
+def announce_cluster(env: Mapping[str, str] | None = None, *,
+                     peer_timeout_s: float | None = None,
+                     received: list[int] | None = None) -> ClusterTask | None:
+    """Check ``TF_CONFIG`` (UsageError) before TensorFlow loads, log what this worker is
+    about to wait for, and with ``peer_timeout_s`` wait that long at most for the other
+    workers to listen (:func:`forecaster.model.peers.wait_for_peers`); None without
+    ``TF_CONFIG``. ``received``: see :func:`~forecaster.model.peers.wait_for_peers`."""
+    text = (os.environ if env is None else env).get(TF_CONFIG)
+    if text is None:
         return None
     task = parse_tf_config(text)
-    log.info("%s %d of %d workers: waiting for all of them to start (no time limit): %s",
-             task.task_type, task.task_index, task.num_workers,
-             ", ".join(task.chief + task.workers))
+    everyone = task.chief + task.workers
+    if peer_timeout_s is None:
+        log.info("%s %d of %d workers: waiting for all of them to start (no time limit): %s",
+                 task.task_type, task.task_index, task.num_workers, ", ".join(everyone))
+        return task
+    from forecaster.model.peers import wait_for_peers
+
+    own = everyone[task.rank]
+    wait_for_peers(own, [a for a in everyone if a != own], peer_timeout_s,
+                   f"{task.task_type} {task.task_index} of {task.num_workers} workers: waiting "
+                   f"for all of them to start (at most {peer_timeout_s:g} s): "
+                   f"{', '.join(everyone)}", received)
     return task
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from forecaster.channels import Flag, Outbox, start_child
 from forecaster.errors import ConfigError, ForecasterError
+from forecaster.health import Health
 from forecaster.protocol import Message, encode
 from forecaster.ring import FrameRing
 
@@ -140,8 +141,9 @@ def page_address(address: str, port: int) -> str:
     return f"http://{host}:{port}/"
 
 
-async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
-    """Serve the page until ``stop`` is set; ``ready()`` is called once it listens.
+async def serve(spec: WebSpec, stop: Flag, ready: Any = None, beat: Any = None) -> None:
+    """Serve the page until ``stop`` is set; ``ready()`` is called once it listens, and
+    ``beat()`` at every turn of the event loop's watch (the supervisor's stall rule).
     ConfigError when the address cannot be bound."""
     import zmq
     import zmq.asyncio
@@ -149,7 +151,7 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
 
     from forecaster.endpoints import is_loopback_host
     from forecaster.web.live import LiveCamera, LiveFeed
-    from forecaster.web.server import LivePage, PageSettings
+    from forecaster.web.server import LivePage, PageSettings, ServerLog
 
     rings = [(camera, FrameRing.attach(name)) for camera, name in spec.cameras]
     feed = LiveFeed({camera: LiveCamera(camera, ring) for camera, ring in rings},
@@ -177,7 +179,8 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
         Path(spec.events_dir) if spec.events_dir else None,
         on_viewers,
     )
-    runner = web.AppRunner(page.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(page.app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                           logger=ServerLog(logging.getLogger("aiohttp.server")))
     await runner.setup()
     reader: asyncio.Task[None] | None = None
     try:
@@ -198,6 +201,8 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
                  " (open it with ?token=TOKEN, the token in web.token_file)" if spec.token
                  else "")
         while not stop.is_set():
+            if beat is not None:
+                beat()
             await asyncio.sleep(0.1)
             if reader.done():
                 reader.result()  # the reader's error, if it failed
@@ -211,11 +216,14 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None) -> None:
             ring.close()
 
 
-def web_main(spec: WebSpec, control: Outbox, stop: Flag) -> None:
+def web_main(spec: WebSpec, control: Outbox, stop: Flag, health: Health | None = None) -> None:
     """Entry point of the web process (spawned, and restarted, by the supervisor)."""
     start_child("fc-web", stop, spec.log_level)
     role = "web"
+    beat = health.beat_web if health is not None else None
+    if beat is not None:
+        beat()
     try:
-        asyncio.run(serve(spec, stop, lambda: control.put(("ready", role, 0, ""))))
+        asyncio.run(serve(spec, stop, lambda: control.put(("ready", role, 0, "")), beat))
     except ForecasterError as error:
         control.put(("error", role, error.exit_code, str(error)))

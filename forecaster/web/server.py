@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from forecaster.endpoints import host_header_is_loopback
 from forecaster.protocol import loads_bounded
 from forecaster.web.live import HISTORY_S, LiveFeed
 
@@ -71,15 +72,43 @@ class Viewer:
     events_version: int = -1
 
 
-def is_loopback_name(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header (the scheme in any case)."""
+    scheme, _, value = header.strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def same_origin_path(location: str) -> str:
+    """``location`` (a path and query) with its leading slashes collapsed to one, so that
+    a browser cannot read it as another host's address (``//evil.com/``)."""
+    return "/" + location.lstrip("/\\")
+
+
+class ServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger for the page: a malformed request (a client's error, not
+    the server's) is one warning line, at most one a second; the rest goes through."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self._logged_at = -math.inf
+        self._unlogged = 0
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        if not isinstance(exc_info, HttpProcessingError):
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+            return
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at < 1.0:
+            return
+        more = self._unlogged - 1
+        detail = " ".join(str(exc_info.message or exc_info).split())[:200]
+        self.logger.warning("live page: malformed request (%d %s)%s", exc_info.code, detail,
+                            f" ({more} more since the last line)" if more else "")
+        self._logged_at, self._unlogged = now, 0
 
 
 class LivePage:
@@ -123,9 +152,11 @@ class LivePage:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         settings = self.settings
-        if settings.loopback and not is_loopback_name(request.url.host):
-            return self._refuse(request, 403, f"Host {request.host!r} is not a loopback "
-                                "address (open the page as http://127.0.0.1:PORT/)")
+        host = request.headers.get("Host")
+        if settings.loopback and not host_header_is_loopback(host):
+            what = "no Host header" if host is None else f"Host {host!r} is not a loopback address"
+            return self._refuse(request, 403, f"{what} (open the page as "
+                                "http://127.0.0.1:PORT/)")
         origin = request.headers.get("Origin")
         if request.path == "/feed" and origin is not None and origin not in (
             f"http://{request.host}", f"https://{request.host}"
@@ -133,11 +164,11 @@ class LivePage:
             return self._refuse(request, 403, f"WebSocket from another origin {origin!r}")
         token = settings.token
         if token is None:
-            return await handler(request)
+            return await self._serve(request, handler)
         in_query = request.query.get("token")
-        header = request.headers.get("Authorization", "")
-        given = (in_query or request.cookies.get(TOKEN_COOKIE)
-                 or (header[7:] if header.startswith("Bearer ") else None))
+        # what the client sends on purpose comes first: a stale cookie never wins
+        given = (in_query or bearer_token(request.headers.get("Authorization", ""))
+                 or request.cookies.get(TOKEN_COOKIE))
         if not given:
             return self._refuse(request, 401, "access token required: open the page as "
                                 "/?token=TOKEN (the token is in web.token_file)")
@@ -146,12 +177,21 @@ class LivePage:
         if in_query is not None and request.method == "GET":
             # answer with the cookie and the same address without the token in it
             query = {k: v for k, v in request.query.items() if k != "token"}
-            response = web.Response(status=303,
-                                    headers={"Location": str(request.rel_url.with_query(query))})
+            location = same_origin_path(str(request.rel_url.with_query(query)))
+            response = web.Response(status=303, headers={"Location": location})
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict",
                                 path="/")
             return response
-        return await handler(request)
+        return await self._serve(request, handler)
+
+    async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/static/"):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except (OSError, ValueError) as error:  # aiohttp's files: a name too long
+            why = error.strerror if isinstance(error, OSError) and error.strerror else error
+            return self._refuse(request, 404, f"no file {request.path[:80]!r} ({why})")
 
     # -- pages and files ------------------------------------------------------------------
 
@@ -165,11 +205,19 @@ class LivePage:
         if root is None:
             raise web.HTTPNotFound(text="no recordings folder\n")
         relative = request.match_info["path"]
-        target = (root / relative).resolve()
-        if not target.is_relative_to(root) or any(p.startswith(".") for p in Path(relative).parts):
-            return self._refuse(request, 403, f"{relative!r} is outside the recordings folder")
-        if not target.is_file():
-            raise web.HTTPNotFound(text=f"no recording {relative}\n")
+        try:
+            target = (root / relative).resolve()
+            inside = target.is_relative_to(root) and not any(
+                p.startswith(".") for p in Path(relative).parts)
+            found = inside and target.is_file()
+        except (OSError, ValueError) as error:  # a name too long, a NUL byte
+            why = error.strerror if isinstance(error, OSError) and error.strerror else error
+            return self._refuse(request, 404, f"no recording {relative[:80]!r} ({why})")
+        if not inside:
+            return self._refuse(request, 403, f"{relative[:80]!r} is outside the recordings "
+                                "folder")
+        if not found:
+            raise web.HTTPNotFound(text=f"no recording {relative[:80]}\n")
         return web.FileResponse(target)
 
     # -- the feed -------------------------------------------------------------------------
