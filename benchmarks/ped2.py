@@ -2,6 +2,7 @@
 leave-one-video-out, report the spread over seeds.
 
     python benchmarks/ped2.py [--seeds 0 1 2] [--hold 03 07 11 15] [--data DIR] [--retrain]
+                              [--synthetic N] [--cache DIR]
 
 What the daemon faces is footage it was never tuned on, with more normal frames than
 anomalous ones, in scenes and crowds of every density. So:
@@ -305,7 +306,7 @@ def baselines(pool: Sequence[Video], window: int) -> dict[str, dict[str, np.ndar
 #: the normal training videos held out for each seed (seed s: HOLDS[s % 4])
 HOLDS = (("03", "07", "11", "15"), ("02", "06", "10", "14"), ("01", "05", "09", "13"),
          ("04", "08", "12", "16"))
-#: the candidates named in the README's three rows: the default, the cue alone, the model's
+#: the candidates of the three rows of docs/detection-ped2.md: the default, the cue alone, the model's
 #: term alone (each at the default's error kind and smoothing)
 ROWS = {"default": DEFAULT_FUSED,
         "cue alone": replace(DEFAULT_FUSED, error_weight=0.0, flow_weight=1.0),
@@ -479,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary(over('baselines', k, 'pseudo')):>15} "
               f"{summary(over('baselines', k, 'probe')):>15} "
               f"{synth_table.get('baseline ' + k, float('nan')):>10.3f}")
-    print("\nthe README's rows (paper: mean over seeds, and the 90% interval from resampling "
+    print("\nthe three rows (paper: mean over seeds, and the 90% interval from resampling "
           "the 4 test videos):")
     for row, name in rows.items():
         low = np.mean([info["rows_interval"][row][0] for info in seeds.values()])

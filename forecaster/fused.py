@@ -96,8 +96,9 @@ def _number(value: Any) -> TypeGuard[int | float]:
 
 
 #: the settings ``forecaster train`` calibrates every model with (``scorer.mode = "auto"``
-#: then scores with them): the best candidate of benchmarks/ped2.py on its pool of test and
-#: held-out normal videos over 3 seeds (its leave-one-video-out figure is the README's)
+#: then scores with them): within the spread of the seeds of the best candidates of
+#: benchmarks/ped2.py on Ped2, and better than those on the synthetic scenes
+#: (docs/detection-ped2.md)
 DEFAULT_FUSED = FusedSettings()
 
 
