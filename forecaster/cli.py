@@ -243,7 +243,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.out:
         check_writable_file(Path(args.out), "benchmark report (--out)")
     import_tensorflow_quietly()
-    from forecaster.bench import format_report, run_bench
+    from forecaster.bench.suite import format_report, run_bench
 
     video = Path(args.video) if args.video else None
     if video is not None and not video.exists():

@@ -155,7 +155,7 @@ def test_explicit_runtime_that_is_not_installed_is_a_config_error(
 
 
 def test_bench_times_both_runtimes_on_the_same_weights(lean: LoadedModel) -> None:
-    from forecaster.bench_runtimes import bench_runtimes, format_runtimes
+    from forecaster.bench.runtimes import bench_runtimes, format_runtimes
 
     report = bench_runtimes(4, batches=(1, 4), stepper=lean.runner.stepper)  # type: ignore[attr-defined]
     assert [row["batch"] for row in report["rows"]] == [1, 4]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.bench_daemon import (
+from forecaster.bench.daemon import (
     CALIBRATED_SCENE,
     SCORER_MODE,
     bench_cameras,
@@ -243,7 +243,7 @@ def bench_replay(video: Path, max_frames: int | None = None) -> dict[str, Any]:
     if "fps" in results.get("chunked", {}) and "fps" in results.get("per_frame", {}):
         results["chunked_over_per_frame"] = results["chunked"]["fps"] / results["per_frame"]["fps"]
     results["engine"] = bench_replay_engine(frames)
-    from forecaster.bench_replay import replay_against_decode
+    from forecaster.bench.replay import replay_against_decode
 
     results["against_decode"] = replay_against_decode(video)
     return results
@@ -311,10 +311,10 @@ def run_bench(
             row["step_fraction_of_peak"] = flops / seconds / 1e9 / report["peak_gflops"]
         report["archs"].append(row)
     if archs is None or archs:  # the step by runtime goes with the archs (--skip-archs: not)
-        from forecaster.bench_runtimes import bench_runtimes
+        from forecaster.bench.runtimes import bench_runtimes
 
         report["runtimes"] = bench_runtimes(repeats)
-    from forecaster.bench_scoring import bench_scoring
+    from forecaster.bench.scoring import bench_scoring
 
     report["scoring"] = bench_scoring()
     if video is not None and video.exists():
@@ -324,7 +324,7 @@ def run_bench(
     if overload:
         report["overload"] = bench_overload(daemon_frames)
     if web:
-        from forecaster.bench_web import bench_web
+        from forecaster.bench.web import bench_web
 
         report["web"] = bench_web()
     if cameras:
@@ -333,7 +333,7 @@ def run_bench(
     if soak_ticks:
         report["soak"] = bench_soak(soak_ticks)
     if recording:
-        from forecaster.bench_recording import bench_recording
+        from forecaster.bench.recording import bench_recording
 
         report["recording"] = bench_recording()
     report["memory"] = peak_rss_mb()
@@ -419,11 +419,11 @@ def format_report(report: dict[str, Any]) -> str:
             f"{100 * row.get('step_fraction_of_peak', 0):>7.1f}%"
         )
     if report.get("scoring"):
-        from forecaster.bench_scoring import format_scoring
+        from forecaster.bench.scoring import format_scoring
 
         lines += ["", *format_scoring(report["scoring"])]
     if report.get("runtimes"):
-        from forecaster.bench_runtimes import format_runtimes
+        from forecaster.bench.runtimes import format_runtimes
 
         lines += format_runtimes(report["runtimes"])
     replay = report.get("replay")
@@ -483,7 +483,7 @@ def format_report(report: dict[str, Any]) -> str:
             f"{once['false_events']}, {once['false_flagged']}; {over['probe']['scene']} scene)"
         )
     if report.get("web"):
-        from forecaster.bench_web import format_web
+        from forecaster.bench.web import format_web
 
         lines += format_web(report["web"])
     if report.get("cameras"):
@@ -501,7 +501,7 @@ def format_report(report: dict[str, Any]) -> str:
                 + (f"{slope:+.2f} MB per 100,000 ticks" if slope is not None else "n/a")
             )
     if report.get("recording"):
-        from forecaster.bench_recording import format_recording
+        from forecaster.bench.recording import format_recording
 
         lines += ["", *format_recording(report["recording"])]
     memory = report["memory"]

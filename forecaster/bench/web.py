@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from forecaster.bench_daemon import _children, _cpu_s, _free_port, _scrape
-from forecaster.daemon_process import Daemon, config_text, wait_for
+from forecaster.bench.daemon import _children, _cpu_s, _free_port, _scrape
+from forecaster.bench.daemon_process import Daemon, config_text, wait_for
 
 
 class Viewers:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from forecaster.bench_daemon import percentiles
+from forecaster.bench.daemon import percentiles
 
 if TYPE_CHECKING:
     from forecaster.model.step import Stepper

@@ -1,6 +1,6 @@
 """The benchmarks that run the daemon: paced rates, overload, many cameras, a memory soak.
 
-Each starts ``forecaster run`` through :class:`~forecaster.daemon_process.Daemon` on
+Each starts ``forecaster run`` through :class:`~forecaster.bench.daemon_process.Daemon` on
 synthetic cameras and reads what it publishes and, where it needs the worker's own
 figures, its Prometheus ``/metrics``.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.daemon_process import Daemon, config_text
+from forecaster.bench.daemon_process import Daemon, config_text
 from forecaster.errors import ChildFailed
 
 
