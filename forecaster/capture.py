@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from forecaster.detection.flow import MotionCue
 from forecaster.errors import SourceDisconnected, SourceError
-from forecaster.flow import MotionCue
 from forecaster.health import CameraField, Health
 from forecaster.preprocess import to_gray, to_gray_resized
-from forecaster.recording import RecordingSpec, open_recorder
+from forecaster.recording.recorder import RecordingSpec, open_recorder
 from forecaster.ring import FrameRing
 from forecaster.sources import FrameSource, open_source
 

@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from forecaster.config import load_config
-    from forecaster.recording_dir import check_events_dir
+    from forecaster.recording.recording_dir import check_events_dir
     from forecaster.supervisor import check_sources, resolve_model_path
 
     config = load_config(args.path)
@@ -179,7 +179,7 @@ def _load_config_arg(path: str | None) -> Config:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from forecaster.logs import setup_logging
-    from forecaster.replay import replay_command
+    from forecaster.offline.replay import replay_command
 
     config = _load_config_arg(args.config)
     setup_logging(config.log_level)
@@ -214,8 +214,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from forecaster.evaluate import evaluate_command
     from forecaster.logs import setup_logging
+    from forecaster.offline.evaluate import evaluate_command
 
     config = _load_config_arg(args.config)
     setup_logging(config.log_level)
@@ -237,7 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from forecaster.backend import require_tensorflow
     from forecaster.logs import import_tensorflow_quietly
-    from forecaster.outputs import check_writable_file
+    from forecaster.offline.outputs import check_writable_file
 
     require_tensorflow("forecaster bench")
     if args.out:
@@ -291,8 +291,8 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from forecaster.outputs import cache_dir
-    from forecaster.scorer import SCORER_MODES
+    from forecaster.detection.scorer import SCORER_MODES
+    from forecaster.offline.outputs import cache_dir
 
     cache = cache_dir()  # where default outputs go, named in --help as they are written
     parser = argparse.ArgumentParser(

@@ -363,7 +363,7 @@ class WebConfig(_Section):
 
 
 class RecordingConfig(_Section):
-    """Event clips, snapshots and sidecars (see :mod:`forecaster.recording`)."""
+    """Event clips, snapshots and sidecars (see :mod:`forecaster.recording.recorder`)."""
 
     #: record a clip, a snapshot and a sidecar of each anomaly event
     enabled: bool = True

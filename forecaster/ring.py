@@ -8,7 +8,7 @@ Layout (all little-endian, 8-byte fields):
     header   magic, version, height, width, slots, latest_seq, frames_captured,
              frames_skipped, connected, ended, epoch, writer_pid, frames_rate_limited
     slot[i]  seq (int64), ts (float64), cue (float64: the frame's motion cue, see
-             :mod:`forecaster.flow`; NaN when none is computed), 8 bytes of padding,
+             :mod:`forecaster.detection.flow`; NaN when none is computed), 8 bytes of padding,
              pixels (height*width uint8, padded to 64 bytes)
 
 A slot is written as: seq := -1, pixels, ts, cue, seq := frame seq; then latest_seq. A reader

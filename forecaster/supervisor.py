@@ -39,7 +39,7 @@ from forecaster.capture import CaptureSpec
 from forecaster.capture_group import CaptureGroup, capture_group_main, group_specs
 from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
-from forecaster.engine import check_scorer, model_path
+from forecaster.detection.engine import check_scorer, model_path
 from forecaster.errors import (
     ChildFailed,
     ConfigError,
@@ -48,11 +48,11 @@ from forecaster.errors import (
     UsageError,
     name_some,
 )
-from forecaster.event_board import EventBoard
 from forecaster.health import CameraField, Health, RestartBudget, StallDetector
 from forecaster.notify import SystemdNotifier
-from forecaster.recording import RecordingSpec
-from forecaster.recording_dir import prepare_events_dir
+from forecaster.recording.event_board import EventBoard
+from forecaster.recording.recorder import RecordingSpec
+from forecaster.recording.recording_dir import prepare_events_dir
 from forecaster.ring import FrameRing, ring_name
 from forecaster.sources import open_source
 from forecaster.worker import WorkerSpec, worker_main
@@ -242,8 +242,8 @@ class Supervisor:
             )
             warn_if_readable_by_others(config.publish.curve_secret_key)
         remove_stale_rings()
+        from forecaster.detection.scorer import cue_height
         from forecaster.model.artifact import read_card
-        from forecaster.scorer import cue_height
 
         card = read_card(model_path)
         height, width = config.capture.size or card.size

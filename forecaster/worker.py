@@ -1,13 +1,13 @@
 """Inference worker: one process for all cameras.
 
-:class:`Worker` feeds the process-free :class:`~forecaster.engine.InferenceEngine` (the
+:class:`Worker` feeds the process-free :class:`~forecaster.detection.engine.InferenceEngine` (the
 same one replay and evaluation run) from the cameras' rings: one step per new frame, the
 missed frames in one call when behind (copied out of the ring into the worker's own
 buffer every turn; a fast camera, whose ring spans less than :data:`BACKLOG_S`, runs no
 more of them a turn than keeps the frames arriving meanwhile within about half the ring,
 and may wait beyond the ring for up to :data:`BACKLOG_S`); further behind (the worker
 cannot keep up), a skip to the newest half ring of frames plus
-:data:`~forecaster.engine.SKIP_WARMUP_FRAMES` with the state kept (the frames in between
+:data:`~forecaster.detection.engine.SKIP_WARMUP_FRAMES` with the state kept (the frames in between
 are dropped and counted; those first frames after the gap only bring the state up to date
 and are not scored), so an overloaded worker sheds frames instead of spending its time on
 re-primes; a reset + re-prime from the ring after a reconnect or restart, a gap of more
@@ -38,12 +38,18 @@ import numpy as np
 
 from forecaster.channels import Flag, Outbox, start_child
 from forecaster.config import PublishConfig, ScorerConfig
-from forecaster.engine import SKIP_WARMUP_FRAMES, InferenceEngine, StepResult, load, padded_batch
+from forecaster.detection.engine import (
+    SKIP_WARMUP_FRAMES,
+    InferenceEngine,
+    StepResult,
+    load,
+    padded_batch,
+)
 from forecaster.errors import ForecasterError
-from forecaster.event_board import EventNotes
 from forecaster.health import CameraField, Health
 from forecaster.protocol import Event, Message, Score, Status
-from forecaster.recording import RecordingSpec
+from forecaster.recording.event_board import EventNotes
+from forecaster.recording.recorder import RecordingSpec
 from forecaster.ring import FrameRing, RingStats
 
 #: a camera further behind than this many rings of frames is re-primed; a camera less far

@@ -25,9 +25,9 @@ from forecaster.protocol import (
     parse_topic,
     validate_camera,
 )
-from forecaster.recording import Recorder
-from forecaster.recording_dir import prepare_events_dir
-from forecaster.retention import Retention, list_events
+from forecaster.recording.recorder import Recorder
+from forecaster.recording.recording_dir import prepare_events_dir
+from forecaster.recording.retention import Retention, list_events
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
 from tests.test_recording import decoded_frames
@@ -195,9 +195,9 @@ import resource, signal, sys
 from pathlib import Path
 import numpy as np
 from forecaster.config import RecordingConfig
-from forecaster.recording import Recorder
-from forecaster.recording_dir import prepare_events_dir
-from forecaster.retention import Retention
+from forecaster.recording.recorder import Recorder
+from forecaster.recording.recording_dir import prepare_events_dir
+from forecaster.recording.retention import Retention
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
@@ -249,8 +249,8 @@ import resource, signal, sys
 from pathlib import Path
 import numpy as np
 from forecaster.config import RecordingConfig
-from forecaster.recording import Recorder
-from forecaster.retention import Retention
+from forecaster.recording.recorder import Recorder
+from forecaster.recording.retention import Retention
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))

@@ -26,6 +26,7 @@ from forecaster.client import CurveClient, Subscriber
 from forecaster.config import Config, PublishConfig
 from forecaster.errors import ConfigError
 from forecaster.keys import generate_keypair
+from forecaster.offline.scores_csv import read_scores_csv
 from forecaster.protocol import (
     MAX_HEADER_BYTES,
     MAX_HEADER_DEPTH,
@@ -38,7 +39,6 @@ from forecaster.protocol import (
 )
 from forecaster.publisher import Publisher
 from forecaster.relay_health import MAX_CAMERAS_PER_UPSTREAM
-from forecaster.scores_csv import read_scores_csv
 from tests.conftest import free_port
 from tests.daemon_harness import daemon_env, wait_for
 from tests.test_relay import RelayProcess, _health, _sub
@@ -176,7 +176,7 @@ def test_a_relay_on_an_ipc_socket_locks_it_and_removes_it_at_stop(tmp_path: Path
 def test_replay_publishes_with_the_configs_curve_and_only_to_allowed_subscribers(
     tmp_path: Path,
 ) -> None:
-    from forecaster.replay import replay_command
+    from forecaster.offline.replay import replay_command
 
     keys = tmp_path / "keys"
     server = generate_keypair(keys, "server")

@@ -7,14 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
-from forecaster.datasets import (
+from forecaster.errors import DataError, SourceError
+from forecaster.offline.datasets import (
     DEFAULT_SYNTHETIC_FRAMES,
     VideoRef,
     expand_videos,
     load_labels,
     read_video,
 )
-from forecaster.errors import DataError, SourceError
 from forecaster.synthetic import SyntheticScene
 
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from forecaster.evaluate import METHODS, PROTOCOLS, evaluate_command, minmax
+from forecaster.offline.evaluate import METHODS, PROTOCOLS, evaluate_command, minmax
 from tests.test_replay import cli, make_tiny_model, one_error_line
 
 pytestmark = pytest.mark.timeout(120)

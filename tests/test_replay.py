@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from forecaster.client import Subscriber
-from forecaster.detection_metrics import roc_auc
+from forecaster.offline.detection_metrics import roc_auc
+from forecaster.offline.replay import replay_command
+from forecaster.offline.scores_csv import CSV_COLUMNS, read_scores_csv
 from forecaster.protocol import Event, Forecast, Score, Status
-from forecaster.replay import replay_command
-from forecaster.scores_csv import CSV_COLUMNS, read_scores_csv
 from tests.conftest import free_port
 from tests.daemon_harness import wait_for
 
@@ -56,7 +56,7 @@ def make_tiny_model(path: Path, *, perturb: bool = True, fused: bool = False) ->
         calibration={"log_mse_mean": -7.0, "log_mse_std": 0.5, "frames": 100},
     )
     if fused:
-        from forecaster.fused import FusedSettings
+        from forecaster.detection.fused import FusedSettings
 
         card.calibration["fused"] = {
             **FusedSettings(error="worst", cue_height=48).as_dict(), "height": SIZE,
@@ -394,7 +394,7 @@ def test_live_scores_equal_replay_scores(which: str, request: pytest.FixtureRequ
 
 
 def test_timeline_notes_videos_left_out_and_titles_each_panel(tmp_path: Path) -> None:
-    from forecaster.replay_results import MAX_PANELS, VideoResult, plot_replay, timeline
+    from forecaster.offline.replay_results import MAX_PANELS, VideoResult, plot_replay, timeline
 
     results = [
         VideoResult(name=f"v{i}", camera=f"v{i}", source=f"v{i}", frames=3, seqs=[1, 2],

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from forecaster.config import ScorerConfig
-from forecaster.engine import LoadedModel, load, padded_batch
+from forecaster.detection.engine import LoadedModel, load, padded_batch
 from forecaster.model.artifact import bundled_model_path
 from forecaster.model.lean import CHECK_TICKS, TOLERANCE, LeanStepper, installed
 from forecaster.protocol import Forecast, Score
@@ -263,7 +263,7 @@ def test_openvino_sends_no_telemetry_and_writes_nothing_home(tmp_path: Path) -> 
     home.mkdir()
     code = (
         "import os, sys\n"
-        "from forecaster.engine import load\n"
+        "from forecaster.detection.engine import load\n"
         "from forecaster.model.artifact import bundled_model_path\n"
         "loaded = load(bundled_model_path(), runtime='openvino')\n"
         "assert loaded.runner.runtime == 'OpenVINO', loaded.runner.runtime\n"

@@ -13,7 +13,7 @@ import pytest
 
 from forecaster.client import Subscriber
 from forecaster.config import ScorerConfig
-from forecaster.engine import InferenceEngine
+from forecaster.detection.engine import InferenceEngine
 from forecaster.health import CameraField, Health
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.publisher import Publisher
@@ -550,7 +550,7 @@ class TimedStepper(CountingStepper):
 
 
 def test_split_batch_weighs_padding_against_more_calls() -> None:
-    from forecaster.engine import split_batch
+    from forecaster.detection.engine import split_batch
 
     linear = {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0, 32: 32.0, 64: 64.0}
     assert split_batch(40, linear.get) == [8, 32]  # not 64 rows for 40 cameras
@@ -661,7 +661,7 @@ def test_frames_of_cameras_behind_by_different_counts_batch_step_by_step(
 
 def test_model_path_argument_then_config_then_bundled(tmp_path: Path) -> None:
     from forecaster.config import Config, ModelConfig
-    from forecaster.engine import model_path
+    from forecaster.detection.engine import model_path
     from forecaster.model.artifact import bundled_model_path
 
     configured = Config(model=ModelConfig(path=str(tmp_path / "configured.keras")))
@@ -672,7 +672,7 @@ def test_model_path_argument_then_config_then_bundled(tmp_path: Path) -> None:
 
 
 def test_load_gives_the_engine_the_worker_and_replay_run() -> None:
-    from forecaster.engine import load
+    from forecaster.detection.engine import load
     from forecaster.errors import ModelError
     from forecaster.model.artifact import bundled_model_path
 
@@ -696,9 +696,9 @@ def test_frames_scored_after_a_skip_read_as_normal_footage() -> None:
     frame is flagged, and no score reaches the alarm threshold. Scoring from the second
     frame after each gap (one frame to bring the state up to date), the highest score
     here was 9.5: that prediction still carries the motion of before the gap."""
-    from forecaster.datasets import read_video
-    from forecaster.engine import SKIP_WARMUP_FRAMES, load
+    from forecaster.detection.engine import SKIP_WARMUP_FRAMES, load
     from forecaster.model.artifact import bundled_model_path
+    from forecaster.offline.datasets import read_video
 
     loaded = load(bundled_model_path())
     frames, _ = read_video("synthetic:?anomaly_rate=0&seed=11", loaded.size, 400)

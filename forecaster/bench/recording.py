@@ -27,9 +27,9 @@ import cv2
 from forecaster.capture import Capture, CaptureSpec
 from forecaster.channels import Flag, Outbox, channel_address
 from forecaster.config import RecordingConfig
-from forecaster.event_board import BoardField, EventBoard
 from forecaster.health import CameraField
-from forecaster.recording import RecordingSpec
+from forecaster.recording.event_board import BoardField, EventBoard
+from forecaster.recording.recorder import RecordingSpec
 from forecaster.ring import FrameRing
 from forecaster.synthetic import SyntheticScene
 

@@ -48,11 +48,11 @@ def replay_against_decode(video: Path, rounds: int = 3) -> dict[str, Any]:
     per round, their ratio per round, the medians, and the CPU time per frame of each (all
     threads: on a few cores, what a replay needs beyond decoding shows there)."""
     from forecaster.config import ScorerConfig
-    from forecaster.engine import load
+    from forecaster.detection.engine import load
     from forecaster.model.artifact import bundled_model_path
-    from forecaster.replay import Replayer, ReplayOptions
-    from forecaster.replay_inputs import plan
-    from forecaster.scores_csv import ScoresWriter
+    from forecaster.offline.replay import Replayer, ReplayOptions
+    from forecaster.offline.replay_inputs import plan
+    from forecaster.offline.scores_csv import ScoresWriter
 
     model = load(bundled_model_path())
     (planned,) = plan([str(video)], None)

@@ -64,7 +64,7 @@ def bench_runtimes(
     """p50/p99 per call and per camera-frame of each runtime at each batch size, the ratio
     TensorFlow / lean (p50), and the largest difference from TensorFlow over 10 ticks.
     ``stepper``: the bundled model's TensorFlow stepper, when already loaded."""
-    from forecaster.engine import load
+    from forecaster.detection.engine import load
     from forecaster.model.artifact import bundled_model_path
     from forecaster.model.lean import LEAN, LeanStepper, installed, lean_runner
     from forecaster.model.step import Stepper as TensorFlowStepper

@@ -40,11 +40,11 @@ def _frames(count: int) -> np.ndarray:
 def bench_scoring(frames: int = 200, rounds: int = 5) -> dict[str, Any]:
     """CPU ms per frame of the cue alone and of the default scoring path."""
     from forecaster.config import ScorerConfig
-    from forecaster.engine import load
-    from forecaster.flow import MotionCue
+    from forecaster.detection.engine import load
+    from forecaster.detection.flow import MotionCue
+    from forecaster.detection.scorer import cue_height
     from forecaster.model.artifact import bundled_model_path
     from forecaster.preprocess import to_gray_resized
-    from forecaster.scorer import cue_height
 
     loaded = load(bundled_model_path())
     card = loaded.card

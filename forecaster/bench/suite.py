@@ -198,9 +198,9 @@ def bench_replay_engine(frames: np.ndarray, chunks: tuple[int, ...] = (1, 128)) 
     """Replay's model + scoring on decoded frames (the bundled model, the daemon's scorer):
     frames per second with one model call per ``chunk`` frames, after a warm-up pass."""
     from forecaster.config import ScorerConfig
-    from forecaster.engine import load
+    from forecaster.detection.engine import load
     from forecaster.model.artifact import bundled_model_path
-    from forecaster.replay_feed import RecordingStepper, feed_chunk
+    from forecaster.offline.replay_feed import RecordingStepper, feed_chunk
 
     model = load(bundled_model_path())
     stepper = RecordingStepper(model.runner)

@@ -406,7 +406,7 @@ class LeanStepper:
     def call_ms(self, batch: int) -> float | None:
         """The time one one-frame call at ``batch`` took on the runtime serving it, in the
         timing rounds that chose it (``auto``); None when not timed. The engine splits a
-        turn's cameras into calls by it (:func:`forecaster.engine.split_batch`)."""
+        turn's cameras into calls by it (:func:`forecaster.detection.engine.split_batch`)."""
         times = self.timed.get(batch)
         if times is None:
             return None

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import keras
 import numpy as np
 
-from forecaster.calibration import MSE_FLOOR, PatchSettings, patch_calibration
+from forecaster.detection.calibration import MSE_FLOOR, PatchSettings, patch_calibration
+from forecaster.detection.fused import DEFAULT_FUSED, FusedSettings, fused_calibration
 from forecaster.errors import DataError, UsageError
-from forecaster.fused import DEFAULT_FUSED, FusedSettings, fused_calibration
 from forecaster.model import (
     DEFAULT_ARCH,
     DEFAULT_EPOCHS,
@@ -56,7 +56,7 @@ from forecaster.model.losses import (  # noqa: F401
 )
 from forecaster.model.runners import Runner
 from forecaster.model.step import make_runner
-from forecaster.outputs import check_writable_file, training_dir
+from forecaster.offline.outputs import check_writable_file, training_dir
 from forecaster.preprocess import to_unit
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class Video:
     name: str
     frames: np.ndarray
     labels: np.ndarray | None = None
-    #: each frame's motion cue (:class:`forecaster.flow.MotionCue`), when read with one
+    #: each frame's motion cue (:class:`forecaster.detection.flow.MotionCue`), when read with one
     cues: np.ndarray | None = None
 
     def normal(self) -> np.ndarray:
@@ -92,7 +92,7 @@ def load_videos(
     """Read every video named by ``data`` (paths, data sets, synthetic: strings; with
     ``record_seconds`` also cameras and streams, recorded for that long), with each frame's
     motion cue at ``cue_height`` rows (None: without)."""
-    from forecaster.datasets import expand_videos, read_video_cues
+    from forecaster.offline.datasets import expand_videos, read_video_cues
 
     videos = []
     for ref in expand_videos(list(data), live=record_seconds is not None):
@@ -194,11 +194,11 @@ def calibrate(
     """The scorer's calibration from normal frames with at least ``window`` frames of context.
 
     ``"fused"`` (with ``fused`` settings; the videos' motion cues are needed when its flow
-    term has a weight): :func:`forecaster.fused.fused_calibration` on the same frames.
+    term has a weight): :func:`forecaster.detection.fused.fused_calibration` on the same frames.
 
     Global: mean and spread of ln(mse). ``"patch"``: the statistics of the scorer's patch
-    mode (:func:`forecaster.calibration.patch_calibration`, settings ``patch``, default
-    :class:`~forecaster.calibration.PatchSettings`), measured on the same frames, each
+    mode (:func:`forecaster.detection.calibration.patch_calibration`, settings ``patch``, default
+    :class:`~forecaster.detection.calibration.PatchSettings`), measured on the same frames, each
     video's moving averages starting at its first scored frame as they do live. The motion
     term does not depend on the model: its per-window statistics come from
     ``motion_videos`` when given (best: every normal video at hand, training ones included;
@@ -351,7 +351,7 @@ class TrainSettings:
     VAEs add their KL term). Validation holds out ``val_fraction`` of the videos (or the
     tail of a single video); training stops early when the validation loss has not
     improved for ``patience`` epochs, keeping the best weights. A checkpoint is written
-    after every epoch to ``checkpoint_dir`` (default: :func:`~forecaster.outputs.training_dir`,
+    after every epoch to ``checkpoint_dir`` (default: :func:`~forecaster.offline.outputs.training_dir`,
     ``<cache>/train/<absolute out without .keras>.checkpoints``), TensorBoard logs to
     ``tensorboard`` (default: the same with ``.logs``); ``resume`` continues from
     the checkpoint. ``deterministic``: same seed, same weights (on CPU). ``max_frames``

@@ -6,7 +6,7 @@ The score of frame t compares it with the prediction made from frame t-1. Always
 
 - ``global``: ``(ln(max(mse, 1e-10)) - mu) / sigma``, with ``mu`` and ``sigma`` the mean
   and standard deviation of ``ln(mse)`` on normal frames (the model card's calibration);
-- ``patch``: what happens where (see :mod:`forecaster.calibration`): the frame's
+- ``patch``: what happens where (see :mod:`forecaster.detection.calibration`): the frame's
   statistic adds the whole frame's prediction error and, per window of a few pixels, the
   motion energy (and optionally the prediction error) judged against that window's own
   behaviour on normal footage, the worst windows counting; all smoothed by a causal moving
@@ -15,7 +15,7 @@ The score of frame t compares it with the prediction made from frame t-1. Always
 
 - ``fused``: the prediction error fused with a motion cue (dense optical flow at a size
   above the model's), each smoothed and under one normalisation for the whole frame (see
-  :mod:`forecaster.fused`; ``calibration["fused"]``).
+  :mod:`forecaster.detection.fused`; ``calibration["fused"]``).
 
 ``auto`` (the default) is ``fused`` when the calibration has a ``"fused"`` entry, else
 ``patch`` when it has a ``"patch"`` one, else ``global``. Everything is causal: a frame's
@@ -31,8 +31,8 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from forecaster.calibration import MSE_FLOOR, PatchStatistic, parse_patch_calibration
-from forecaster.fused import FusedStatistic, parse_fused_calibration
+from forecaster.detection.calibration import MSE_FLOOR, PatchStatistic, parse_patch_calibration
+from forecaster.detection.fused import FusedStatistic, parse_fused_calibration
 
 SIGMA_FLOOR = 1e-3
 

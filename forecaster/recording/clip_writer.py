@@ -1,5 +1,5 @@
 """The clip writer: a thread that writes each event's clip, snapshot and sidecar, and
-applies retention (:mod:`forecaster.retention`).
+applies retention (:mod:`forecaster.recording.retention`).
 
 A clip is written under a temporary name and checked complete before it takes its final
 name; the snapshot and sidecar follow, the sidecar last. A write that fails (a full disk)
@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 
 from forecaster.config import RecordingConfig
-from forecaster.retention import MB, Retention
+from forecaster.recording.retention import MB, Retention
 
-log = logging.getLogger("forecaster.recording")
+log = logging.getLogger("forecaster.recording.recorder")
 
 #: frames waiting for the writer thread before new ones are dropped
 QUEUE_FRAMES = 256

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR
+from forecaster.detection.scorer import MSE_FLOOR, SIGMA_FLOOR
 
 #: scored frames a verdict is made on (a minute at 10 fps)
 FIT_FRAMES = 600

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.detection_metrics import roc_auc, undefined_reason
-from forecaster.report import Series, TimelinePanel, plot_timelines
+from forecaster.offline.detection_metrics import roc_auc, undefined_reason
+from forecaster.offline.report import Series, TimelinePanel, plot_timelines
 
 #: videos drawn in timeline.png (one panel each)
 MAX_PANELS = 24
@@ -45,13 +45,13 @@ class VideoResult:
     #: per frame (index = seq), when known
     labels: list[int] | None = None
     events: list[EpisodeRecord] = field(default_factory=list)
-    #: does the model fit this video (:mod:`forecaster.fit`): "ok", "misfit", or
+    #: does the model fit this video (:mod:`forecaster.detection.fit`): "ok", "misfit", or
     #: "checking" when too few frames were scored to tell
     model_fit: str = "checking"
     #: the median score the verdict was made on (NaN: none made)
     model_fit_median: float = math.nan
     #: each scored frame's two fused terms alone, (the model's error, the motion cue)
-    #: (:attr:`forecaster.scorer.Scorer.terms_log`; NaN outside the fused mode)
+    #: (:attr:`forecaster.detection.scorer.Scorer.terms_log`; NaN outside the fused mode)
     terms: list[tuple[float, float]] = field(default_factory=list)
 
     def term_scores(self, column: int) -> np.ndarray:

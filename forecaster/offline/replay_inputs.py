@@ -10,8 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from forecaster.datasets import DEFAULT_SYNTHETIC_FRAMES, VideoRef, expand_videos, load_labels
 from forecaster.errors import DataError
+from forecaster.offline.datasets import (
+    DEFAULT_SYNTHETIC_FRAMES,
+    VideoRef,
+    expand_videos,
+    load_labels,
+)
 from forecaster.protocol import camera_safe
 from forecaster.sources import (
     SYNTHETIC_PREFIX,
@@ -23,7 +28,7 @@ from forecaster.sources import (
     parse_synthetic_uri,
 )
 
-log = logging.getLogger("forecaster.replay")
+log = logging.getLogger("forecaster.offline.replay")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``forecaster replay SOURCE...`` reads each video with the capture code path (the same
 source classes and :func:`~forecaster.preprocess.to_gray_resized`), feeds the frames to
-the same :class:`~forecaster.engine.InferenceEngine` and :class:`~forecaster.scorer.Scorer`
+the same :class:`~forecaster.detection.engine.InferenceEngine` and :class:`~forecaster.detection.scorer.Scorer`
 the daemon runs, and writes what came out:
 
 - ``scores.csv``: one row per scored frame: ``camera, seq, ts, mse, psnr, score, anomaly``
@@ -41,31 +41,31 @@ from typing import Any
 import numpy as np
 
 from forecaster.config import Config, RecordingConfig, ScorerConfig, with_endpoint
-from forecaster.engine import (
+from forecaster.detection.engine import (
     LoadedModel,
     check_model,
     load,
     model_path,
     prediction_to_uint8,
 )
+from forecaster.detection.flow import MotionCue
+from forecaster.detection.scorer import cue_height
 from forecaster.errors import DataError, UsageError
-from forecaster.event_board import EventNotes
-from forecaster.flow import MotionCue
-from forecaster.outputs import fresh_dir, prepare_out_dir
+from forecaster.offline.outputs import fresh_dir, prepare_out_dir
+from forecaster.offline.preview import PreviewWriter
+from forecaster.offline.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed_chunk
+from forecaster.offline.replay_inputs import ReplayVideo, camera_id, label_mismatch, plan
+from forecaster.offline.replay_results import EpisodeRecord, VideoResult, plot_replay, summarize
+from forecaster.offline.scores_csv import ScoresWriter
 from forecaster.preprocess import to_gray, to_gray_resized
-from forecaster.preview import PreviewWriter
 from forecaster.protocol import Event, Forecast, Message, Score, Status
 from forecaster.read_ahead import ReadAhead
-from forecaster.recording import Entry, Recorder
-from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed_chunk
-from forecaster.replay_inputs import ReplayVideo, camera_id, label_mismatch, plan
-from forecaster.replay_results import EpisodeRecord, VideoResult, plot_replay, summarize
-from forecaster.retention import MB, Retention
-from forecaster.scorer import cue_height
-from forecaster.scores_csv import ScoresWriter
+from forecaster.recording.event_board import EventNotes
+from forecaster.recording.recorder import Entry, Recorder
+from forecaster.recording.retention import MB, Retention
 from forecaster.sources import SYNTHETIC_PREFIX, FrameSource, SyntheticSource, open_source
 
-log = logging.getLogger("forecaster.replay")
+log = logging.getLogger("forecaster.offline.replay")
 
 #: frame rate used to pace (``realtime``) and to write previews of sources that state none
 FALLBACK_FPS = 25.0
@@ -85,7 +85,7 @@ class ReplayOptions:
     progress: bool = True
     #: frames per second of sources that state none (image folders): pacing, previews
     fps: float | None = None
-    #: record each event into ``out/events`` (:mod:`forecaster.recording`) with these settings
+    #: record each event into ``out/events`` (:mod:`forecaster.recording.recorder`) with these settings
     clips: RecordingConfig | None = None
 
 
@@ -359,7 +359,7 @@ def replay_command(
     with ``clips`` each event's recordings under ``out/events``).
 
     ``out`` defaults to a fresh folder ``<cache>/replay/<date>-<time>``
-    (:mod:`forecaster.outputs`); an ``out`` holding an earlier replay's results is refused
+    (:mod:`forecaster.offline.outputs`); an ``out`` holding an earlier replay's results is refused
     unless ``force``, which removes them first.
 
     Inputs, labels and the model card are checked before TensorFlow is loaded. With

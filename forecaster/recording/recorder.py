@@ -1,6 +1,6 @@
 """Event recordings: a clip, a snapshot and a sidecar per anomaly event.
 
-Layout, under the recording folder (:func:`forecaster.recording_dir.events_dir`)::
+Layout, under the recording folder (:func:`forecaster.recording.recording_dir.events_dir`)::
 
     <camera>/<YYYYmmdd-HHMMSS>-<start seq>.mp4    the clip (pre-roll, event, post-roll)
     <camera>/<YYYYmmdd-HHMMSS>-<start seq>.jpg    the frame of the event's highest score
@@ -9,20 +9,20 @@ Layout, under the recording folder (:func:`forecaster.recording_dir.events_dir`)
 
 The time in the name is the UTC capture time of the event's first frame, so the worker
 names the files in its ``event`` messages without waiting for the capture process that
-writes them (:func:`forecaster.event_board.event_stem`).
+writes them (:func:`forecaster.recording.event_board.event_stem`).
 
 Who does what in the daemon:
 
 - the worker (it knows the scores) writes each camera's current event on the event board
-  (:mod:`forecaster.event_board`: shared memory, one writer, no lock) and names the
+  (:mod:`forecaster.recording.event_board`: shared memory, one writer, no lock) and names the
   event's files in its ``event`` messages;
 - each capture process keeps its camera's recent frames as JPEGs in a bounded pre-roll
   buffer (:class:`PrerollBuffer`) and reads the board once per frame
   (:class:`CaptureRecorder`); on a new event it hands the pre-roll and every following
   frame to a writer thread (:class:`ClipWriter`: a bounded queue, full = the frame is
-  dropped and counted; :mod:`forecaster.clip_writer`), which writes the clip under a
+  dropped and counted; :mod:`forecaster.recording.clip_writer`), which writes the clip under a
   temporary name and renames it once complete, then the snapshot and the sidecar;
-- the writer thread also applies retention (:mod:`forecaster.retention`: maximum age,
+- the writer thread also applies retention (:mod:`forecaster.recording.retention`: maximum age,
   maximum total size, free-space floor; the oldest events first) at each new event and
   once a minute.
 
@@ -44,13 +44,13 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from forecaster.clip_writer import Clip, ClipWriter, Entry
 from forecaster.config import RecordingConfig
-from forecaster.event_board import EventBoard, event_stem
 from forecaster.protocol import Event, Message, Score
-from forecaster.retention import MB, Retention
+from forecaster.recording.clip_writer import Clip, ClipWriter, Entry
+from forecaster.recording.event_board import EventBoard, event_stem
+from forecaster.recording.retention import MB, Retention
 
-log = logging.getLogger("forecaster.recording")
+log = logging.getLogger("forecaster.recording.recorder")
 
 #: extra seconds of frames the pre-roll buffer keeps beyond ``pre_s``: the worker learns of
 #: an event a little after the capture process wrote its first frame

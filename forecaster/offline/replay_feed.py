@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from forecaster.engine import Floats, InferenceEngine
+from forecaster.detection.engine import Floats, InferenceEngine
 from forecaster.protocol import Message, Score
 
 if TYPE_CHECKING:
     from forecaster.model.runners import Runner
 
-log = logging.getLogger("forecaster.replay")
+log = logging.getLogger("forecaster.offline.replay")
 
 DEFAULT_CHUNK = 128
 
@@ -101,7 +101,7 @@ def score_video(
 ) -> list[Score]:
     """Score all ``frames`` (T, H, W) uint8 of one video (with their motion cues, when the
     scorer uses them); one Score per scored frame. ``terms``: a list that gets each scored
-    frame's two terms alone (:attr:`forecaster.scorer.Scorer.terms_log`)."""
+    frame's two terms alone (:attr:`forecaster.detection.scorer.Scorer.terms_log`)."""
     engine.add_camera(camera).scorer.terms_log = terms
     scores: list[Score] = []
     stamps = np.zeros(len(frames))

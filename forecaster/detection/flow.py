@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from forecaster.calibration import PatchPooler, smooth, top_k_mean
+from forecaster.detection.calibration import PatchPooler, smooth, top_k_mean
 
 #: Farneback parameters: pyramid scale, levels, window size, iterations, poly_n, poly_sigma
 FARNEBACK = (0.5, 3, 15, 3, 5, 1.2)

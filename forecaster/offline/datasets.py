@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from forecaster.detection.flow import MotionCue
 from forecaster.errors import DataError
 from forecaster.files import special_file
-from forecaster.flow import MotionCue
 from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.protocol import camera_safe
 from forecaster.sources import (
@@ -120,7 +120,7 @@ def read_video_cues(
     max_seconds: float | None = None, cue_height: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """All frames of one video as ``(T, H, W) uint8`` at ``size``, its labels or None, and
-    with ``cue_height`` each frame's motion cue (:class:`forecaster.flow.MotionCue`, made
+    with ``cue_height`` each frame's motion cue (:class:`forecaster.detection.flow.MotionCue`, made
     from the full-size frame as the capture process makes it), else None.
 
     Labels come from the source (the synthetic scene); other sources give None. A

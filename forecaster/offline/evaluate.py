@@ -1,7 +1,7 @@
 """Evaluation: frame-level detection quality of a model on a labelled data set.
 
 ``forecaster eval DATA --labels FILE`` scores every video with the daemon's own code
-(:class:`~forecaster.engine.InferenceEngine` + :class:`~forecaster.scorer.Scorer`, frames
+(:class:`~forecaster.detection.engine.InferenceEngine` + :class:`~forecaster.detection.scorer.Scorer`, frames
 fed in chunks with the state carried) and compares the scores with the labels under two
 protocols:
 
@@ -12,7 +12,7 @@ protocols:
 - ``causal``: exactly the calibrated score the daemon publishes for each frame.
 
 Two rows for the model: ``model`` is the score the daemon publishes (the scorer's mode, see
-:mod:`forecaster.scorer`; paper: its per-video min-max), ``model-global`` the whole-frame
+:mod:`forecaster.detection.scorer`; paper: its per-video min-max), ``model-global`` the whole-frame
 error alone (paper: ``1 - `` per-video min-max of PSNR, as Liu et al.; causal: the global
 calibrated score ``(ln mse - mu) / sigma``). With the scorer in global mode the two agree.
 
@@ -20,7 +20,7 @@ Baselines on the same frames and protocols: ``copy-last`` (the prediction is the
 frame; paper: its PSNR min-max normalised; causal: its raw mse), ``frame-diff`` (mean
 absolute difference to the previous frame), ``mog2`` (fraction of foreground pixels of
 OpenCV's MOG2 background subtractor run causally at the model's frame size) and ``flow``
-(dense optical flow, :mod:`forecaster.flow`: the speed of the fastest places of the frame,
+(dense optical flow, :mod:`forecaster.detection.flow`: the speed of the fastest places of the frame,
 no model at all). Baselines have
 no calibration: their causal score is the raw value (a monotone transform would not change
 a per-video AUC, but the micro AUC over all videos does depend on it).
@@ -45,20 +45,20 @@ from typing import Any
 import numpy as np
 
 from forecaster.config import Config
-from forecaster.datasets import expand_videos, load_labels, read_video_cues
-from forecaster.detection_metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
-from forecaster.engine import check_model, load, model_path
+from forecaster.detection.engine import check_model, load, model_path
+from forecaster.detection.flow import flow_scores
+from forecaster.detection.fused import DEFAULT_FUSED, cue_value, smooth_nan
+from forecaster.detection.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height
 from forecaster.errors import DataError
-from forecaster.flow import flow_scores
-from forecaster.fused import DEFAULT_FUSED, cue_value, smooth_nan
-from forecaster.outputs import fresh_dir, prepare_out_dir
+from forecaster.offline.datasets import expand_videos, load_labels, read_video_cues
+from forecaster.offline.detection_metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
+from forecaster.offline.outputs import fresh_dir, prepare_out_dir
+from forecaster.offline.replay_feed import DEFAULT_CHUNK, RecordingStepper, score_video
+from forecaster.offline.replay_inputs import label_mismatch
+from forecaster.offline.replay_results import MAX_PANELS
 from forecaster.preprocess import to_unit
-from forecaster.replay_feed import DEFAULT_CHUNK, RecordingStepper, score_video
-from forecaster.replay_inputs import label_mismatch
-from forecaster.replay_results import MAX_PANELS
-from forecaster.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height
 
-log = logging.getLogger("forecaster.evaluate")
+log = logging.getLogger("forecaster.offline.evaluate")
 
 METHODS = ("model", "model-term", "cue", "model-global", "copy-last", "frame-diff", "mog2",
            "flow")
@@ -245,7 +245,7 @@ def evaluate_command(
     """Evaluate the model on ``data``; print the table, write eval.json and plots to ``out``.
 
     ``out`` defaults to a fresh folder ``<cache>/eval/<model name>-<date>-<time>``
-    (:mod:`forecaster.outputs`); an ``out`` holding an earlier evaluation's results is
+    (:mod:`forecaster.offline.outputs`); an ``out`` holding an earlier evaluation's results is
     refused unless ``force``, which removes them first.
     """
     cfg = config if config is not None else Config()
@@ -381,7 +381,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _plots(out_dir: Path, videos: Sequence[EvalVideo], results: dict[str, Any]) -> None:
-    from forecaster.report import Series, TimelinePanel, plot_roc, plot_timelines
+    from forecaster.offline.report import Series, TimelinePanel, plot_roc, plot_timelines
 
     groups: dict[str, list[tuple[str, np.ndarray, np.ndarray, float]]] = {}
     labels = np.concatenate([v.labels for v in videos])

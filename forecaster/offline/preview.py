@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forecaster.engine import prediction_to_uint8
+from forecaster.detection.engine import prediction_to_uint8
 from forecaster.errors import SourceError
 from forecaster.preprocess import to_unit
 

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from forecaster.config import Config, ScorerConfig
+from forecaster.detection.fit import FitCheck
+from forecaster.detection.scorer import Scorer
 from forecaster.errors import ModelError
-from forecaster.fit import FitCheck
 from forecaster.model.artifact import ModelCard, bundled_model_path, read_card
 from forecaster.preprocess import to_unit
 from forecaster.protocol import Event, Forecast, Message, Score
-from forecaster.scorer import Scorer
 
 if TYPE_CHECKING:
     from forecaster.model.runners import Runner

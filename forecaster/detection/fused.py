@@ -8,7 +8,7 @@ location, so a walker where the training footage rarely had one is no anomaly):
   whole frame's mean squared error (``error = "global"``), or the mean of the ``top_k``
   largest ``ln`` window errors (``"worst"``: ``patch`` x ``patch`` windows ``stride``
   pixels apart, so a small fast object counts however many people walk elsewhere);
-- ``flow``: ``ln(0.001 + cue)``, the frame's motion cue (:class:`forecaster.flow.MotionCue`:
+- ``flow``: ``ln(0.001 + cue)``, the frame's motion cue (:class:`forecaster.detection.flow.MotionCue`:
   the speed of the fastest places, from dense optical flow at ``cue_height`` rows, a size
   above the model's).
 
@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeGuard
 
 import numpy as np
 
-from forecaster.calibration import (
+from forecaster.detection.calibration import (
     MSE_FLOOR,
     STAT_STD_FLOOR,
     PatchPooler,

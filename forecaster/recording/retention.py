@@ -20,7 +20,7 @@ from pathlib import Path
 from forecaster.config import RecordingConfig
 from forecaster.protocol import is_camera_id
 
-log = logging.getLogger("forecaster.recording")
+log = logging.getLogger("forecaster.recording.recorder")
 
 MB = 1024 * 1024
 #: a temporary file untouched this long belongs to a writer that died: retention removes it
@@ -40,7 +40,7 @@ class RecordedEvent:
     temporary: bool
 
 
-#: the names of an event's files, as the recorder writes them (:mod:`forecaster.recording`):
+#: the names of an event's files, as the recorder writes them (:mod:`forecaster.recording.recorder`):
 #: ``<YYYYmmdd-HHMMSS>-<seq>.mp4|.jpg|.json``, and while being written
 #: ``.<stem>.tmp.mp4``, ``.<stem>.jpg.tmp``, ``.<stem>.json.tmp``
 EVENT_FILE = re.compile(r"(?:(?P<stem>\d{8}-\d{6}-\d+)\.(?:mp4|jpg|json)"

@@ -3,7 +3,7 @@
 The worker knows the scores, the capture process has the camera's frames: the worker writes
 each camera's current event (start, end, peak frame) on an :class:`EventBoard`, a few
 float64 values per camera in shared memory created by the supervisor, which the camera's
-capture process reads once per frame to record the event (:mod:`forecaster.recording`).
+capture process reads once per frame to record the event (:mod:`forecaster.recording.recorder`).
 One writer, a sequence counter around each update, readers retry a torn read: no lock, so
 a killed worker leaves nothing blocked. :class:`EventNotes` is the worker's side; it also
 names the event's files in the ``event`` messages (:func:`event_stem`), which the capture
