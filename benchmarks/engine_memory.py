@@ -40,8 +40,8 @@ def main() -> int:
 
     from forecaster.config import ScorerConfig
     from forecaster.detection.engine import load, model_path
-    from forecaster.preprocess import to_gray_resized
-    from forecaster.sources import open_source
+    from forecaster.sources.preprocess import to_gray_resized
+    from forecaster.sources.readers import open_source
 
     model = load(model_path(args.model, None))
     engine = model.engine(ScorerConfig())

@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 
 from forecaster.detection.flow import MotionCue, cue_size  # noqa: E402
 from forecaster.detection.fused import DEFAULT_FUSED  # noqa: E402
-from forecaster.preprocess import to_gray, to_gray_resized  # noqa: E402
-from forecaster.sources import open_source  # noqa: E402
+from forecaster.sources.preprocess import to_gray, to_gray_resized  # noqa: E402
+from forecaster.sources.readers import open_source  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
 

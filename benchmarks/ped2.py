@@ -186,8 +186,8 @@ def read_pseudo(name: str, uri: str, size: tuple[int, int], seed: int, *, speed:
     daemon reads frames: the model's size and the motion cue from the full-size frame."""
     from forecaster.detection.flow import MotionCue
     from forecaster.offline.pseudo_anomaly import pseudo_anomaly
-    from forecaster.preprocess import to_gray, to_gray_resized
-    from forecaster.sources import open_source
+    from forecaster.sources.preprocess import to_gray, to_gray_resized
+    from forecaster.sources.readers import open_source
 
     images = []
     with open_source(uri) as source:

@@ -20,10 +20,10 @@ from typing import Any
 from forecaster.detection.flow import MotionCue
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.health import CameraField, Health
-from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.recording.recorder import RecordingSpec, open_recorder
 from forecaster.ring import FrameRing
-from forecaster.sources import FrameSource, open_source
+from forecaster.sources.preprocess import to_gray, to_gray_resized
+from forecaster.sources.readers import FrameSource, open_source
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ def _positive_int(text: str) -> int:
 
 
 def _size(text: str) -> tuple[int, int]:
-    from forecaster.preprocess import parse_size
+    from forecaster.sources.preprocess import parse_size
 
     try:
         return parse_size(text)

@@ -54,7 +54,7 @@ from forecaster.recording.event_board import EventBoard
 from forecaster.recording.recorder import RecordingSpec
 from forecaster.recording.recording_dir import prepare_events_dir
 from forecaster.ring import FrameRing, ring_name
-from forecaster.sources import open_source
+from forecaster.sources.readers import open_source
 from forecaster.worker import WorkerSpec, worker_main
 
 log = logging.getLogger("forecaster.supervisor")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from forecaster.errors import SourceError, UsageError
-from forecaster.sources import open_source
+from forecaster.sources.readers import open_source
 from tests.conftest import free_port
 from tests.daemon_harness import daemon_env
 from tests.test_web import TOKEN, page_server

@@ -15,7 +15,7 @@ from forecaster.offline.datasets import (
     load_labels,
     read_video,
 )
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.synthetic import SyntheticScene
 
 
 def make_folder(path: Path, count: int, size: tuple[int, int] = (48, 64)) -> Path:

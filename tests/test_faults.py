@@ -26,7 +26,7 @@ from forecaster.health import CameraField, Health
 from forecaster.model.artifact import CARD_MEMBER, bundled_model_path, read_card
 from forecaster.protocol import Forecast, Score, Status
 from forecaster.ring import FrameRing
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.synthetic import SyntheticScene
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, rss_bytes, wait_for
 from tests.mjpeg_server import MJPEGServer

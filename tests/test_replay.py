@@ -97,7 +97,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def write_avi(path: Path, frames: int, seed: int = 6) -> Path:
-    from forecaster.synthetic import SyntheticScene
+    from forecaster.sources.synthetic import SyntheticScene
 
     scene = SyntheticScene(seed=seed, height=72, width=96, anomaly_rate=0.05)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (96, 72))

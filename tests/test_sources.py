@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from forecaster.errors import SourceDisconnected, SourceError
-from forecaster.sources import (
+from forecaster.sources.readers import (
     CameraSource,
     FileSource,
     FolderSource,
@@ -24,7 +24,7 @@ from forecaster.sources import (
     parse_synthetic_uri,
     redact,
 )
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.synthetic import SyntheticScene
 from tests.mjpeg_server import MJPEGServer
 
 
@@ -206,7 +206,7 @@ def test_folder_warns_of_the_first_unreadable_images_then_sums_up(
     for number in range(1, 11):
         (tmp_path / f"{number:02d}.jpg").write_bytes(b"\xff\xd8 broken")
     source = FolderSource(tmp_path, loop=True)
-    with caplog.at_level("WARNING", logger="forecaster.sources"):
+    with caplog.at_level("WARNING", logger="forecaster.sources.readers"):
         frames = read_all(source, limit=3)
     assert len(frames) == 3 and source.skipped == 10
     messages = [record.getMessage() for record in caplog.records]

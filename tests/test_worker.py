@@ -18,7 +18,7 @@ from forecaster.health import CameraField, Health
 from forecaster.protocol import Event, Forecast, Score, Status
 from forecaster.publisher import Publisher
 from forecaster.ring import FrameRing
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.synthetic import SyntheticScene
 from forecaster.worker import Worker, _Feed
 
 pytestmark = pytest.mark.timeout(120)

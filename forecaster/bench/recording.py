@@ -31,7 +31,7 @@ from forecaster.health import CameraField
 from forecaster.recording.event_board import BoardField, EventBoard
 from forecaster.recording.recorder import RecordingSpec
 from forecaster.ring import FrameRing
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.synthetic import SyntheticScene
 
 MODES = ("off", "preroll", "event")
 

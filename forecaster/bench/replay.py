@@ -23,8 +23,8 @@ def decode_rate(video: Path, size: tuple[int, int]) -> tuple[float, float]:
     """Frames per second of decoding ``video``, converting to gray and resizing to ``size``
     (as replay reads it, with nothing else), and the CPU time per frame (ms, all threads
     of the process: OpenCV's decoder runs several)."""
-    from forecaster.preprocess import to_gray_resized
-    from forecaster.sources import open_source
+    from forecaster.sources.preprocess import to_gray_resized
+    from forecaster.sources.readers import open_source
 
     count = 0
     cpu = time.process_time()

@@ -26,7 +26,7 @@ SOURCE_SIZE = (240, 360)
 def _frames(count: int) -> np.ndarray:
     import cv2
 
-    from forecaster.sources import SyntheticSource
+    from forecaster.sources.readers import SyntheticSource
 
     images = []
     with SyntheticSource(f"synthetic:?seed=7&fps=0&frames={count}") as source:
@@ -44,7 +44,7 @@ def bench_scoring(frames: int = 200, rounds: int = 5) -> dict[str, Any]:
     from forecaster.detection.flow import MotionCue
     from forecaster.detection.scorer import cue_height
     from forecaster.model.artifact import bundled_model_path
-    from forecaster.preprocess import to_gray_resized
+    from forecaster.sources.preprocess import to_gray_resized
 
     loaded = load(bundled_model_path())
     card = loaded.card

@@ -180,8 +180,8 @@ def _run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProce
 def _decode(video: Path, size: tuple[int, int], max_frames: int | None) -> tuple[np.ndarray, float]:
     """The video's frames gray and resized as replay reads them, and the seconds per frame
     that reading (decode + resize) took."""
-    from forecaster.preprocess import to_gray_resized
-    from forecaster.sources import open_source
+    from forecaster.sources.preprocess import to_gray_resized
+    from forecaster.sources.readers import open_source
 
     frames = []
     started = time.perf_counter()

@@ -24,8 +24,8 @@ from forecaster.detection.fit import FitCheck
 from forecaster.detection.scorer import Scorer
 from forecaster.errors import ModelError
 from forecaster.model.artifact import ModelCard, bundled_model_path, read_card
-from forecaster.preprocess import to_unit
 from forecaster.protocol import Event, Forecast, Message, Score
+from forecaster.sources.preprocess import to_unit
 
 if TYPE_CHECKING:
     from forecaster.model.runners import Runner

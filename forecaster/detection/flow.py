@@ -90,7 +90,7 @@ class MotionCue:
     def resize(self, image: np.ndarray) -> np.ndarray:
         """``image`` at the size its cue is computed on (no state: a reader thread may call
         it ahead of :meth:`measure`)."""
-        from forecaster.preprocess import to_gray_resized
+        from forecaster.sources.preprocess import to_gray_resized
 
         return to_gray_resized(image, cue_size(int(image.shape[0]), int(image.shape[1]),
                                                self.cue_height))

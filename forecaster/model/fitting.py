@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from forecaster.errors import UsageError
-from forecaster.preprocess import to_unit
+from forecaster.sources.preprocess import to_unit
 
 if TYPE_CHECKING:
     from forecaster.model.distributed import Distribution

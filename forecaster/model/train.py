@@ -57,7 +57,7 @@ from forecaster.model.losses import (  # noqa: F401
 from forecaster.model.runners import Runner
 from forecaster.model.step import make_runner
 from forecaster.offline.outputs import check_writable_file, training_dir
-from forecaster.preprocess import to_unit
+from forecaster.sources.preprocess import to_unit
 
 if TYPE_CHECKING:
     from forecaster.model.distributed import Distribution

@@ -18,10 +18,10 @@ import numpy as np
 
 from forecaster.detection.flow import MotionCue
 from forecaster.errors import DataError
-from forecaster.files import special_file
-from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.protocol import camera_safe
-from forecaster.sources import (
+from forecaster.sources.files import special_file
+from forecaster.sources.preprocess import to_gray, to_gray_resized
+from forecaster.sources.readers import (
     SYNTHETIC_PREFIX,
     FolderSource,
     FrameSource,

@@ -56,7 +56,7 @@ from forecaster.offline.outputs import fresh_dir, prepare_out_dir
 from forecaster.offline.replay_feed import DEFAULT_CHUNK, RecordingStepper, score_video
 from forecaster.offline.replay_inputs import label_mismatch
 from forecaster.offline.replay_results import MAX_PANELS
-from forecaster.preprocess import to_unit
+from forecaster.sources.preprocess import to_unit
 
 log = logging.getLogger("forecaster.offline.evaluate")
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from forecaster.detection.engine import prediction_to_uint8
 from forecaster.errors import SourceError
-from forecaster.preprocess import to_unit
+from forecaster.sources.preprocess import to_unit
 
 PREVIEW_HEIGHT = 256
 PANEL_TITLES = ("actual", "forecast", "error")

@@ -1,7 +1,7 @@
 """Replay: recorded footage through the live pipeline's code, offline.
 
 ``forecaster replay SOURCE...`` reads each video with the capture code path (the same
-source classes and :func:`~forecaster.preprocess.to_gray_resized`), feeds the frames to
+source classes and :func:`~forecaster.sources.preprocess.to_gray_resized`), feeds the frames to
 the same :class:`~forecaster.detection.engine.InferenceEngine` and :class:`~forecaster.detection.scorer.Scorer`
 the daemon runs, and writes what came out:
 
@@ -57,13 +57,13 @@ from forecaster.offline.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed
 from forecaster.offline.replay_inputs import ReplayVideo, camera_id, label_mismatch, plan
 from forecaster.offline.replay_results import EpisodeRecord, VideoResult, plot_replay, summarize
 from forecaster.offline.scores_csv import ScoresWriter
-from forecaster.preprocess import to_gray, to_gray_resized
 from forecaster.protocol import Event, Forecast, Message, Score, Status
-from forecaster.read_ahead import ReadAhead
 from forecaster.recording.event_board import EventNotes
 from forecaster.recording.recorder import Entry, Recorder
 from forecaster.recording.retention import MB, Retention
-from forecaster.sources import SYNTHETIC_PREFIX, FrameSource, SyntheticSource, open_source
+from forecaster.sources.preprocess import to_gray, to_gray_resized
+from forecaster.sources.read_ahead import ReadAhead
+from forecaster.sources.readers import SYNTHETIC_PREFIX, FrameSource, SyntheticSource, open_source
 
 log = logging.getLogger("forecaster.offline.replay")
 

@@ -18,7 +18,7 @@ from forecaster.offline.datasets import (
     load_labels,
 )
 from forecaster.protocol import camera_safe
-from forecaster.sources import (
+from forecaster.sources.readers import (
     SYNTHETIC_PREFIX,
     FileSource,
     FolderSource,

@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 
 from forecaster.errors import SourceDisconnected, SourceError
-from forecaster.files import special_file
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.files import special_file
+from forecaster.sources.synthetic import SyntheticScene
 
 __all__ = [
     "IMAGE_EXTENSIONS",
