@@ -62,8 +62,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from forecaster.config import find_config, with_source
+    from forecaster.daemon.supervisor import run
     from forecaster.logs import setup_logging
-    from forecaster.supervisor import run
 
     config, origin = find_config(args.config)
     if args.source is not None:
@@ -82,8 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from forecaster.config import load_config
+    from forecaster.daemon.supervisor import check_sources, resolve_model_path
     from forecaster.recording.recording_dir import check_events_dir
-    from forecaster.supervisor import check_sources, resolve_model_path
 
     config = load_config(args.path)
     check_sources(config)
@@ -97,7 +97,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from forecaster.watch import watch
+    from forecaster.relay.watch import watch
 
     return watch(args.endpoint, args.camera, seconds=args.seconds)
 
@@ -285,7 +285,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from forecaster.relay import relay_command
+    from forecaster.relay.forwarder import relay_command
 
     return relay_command(args)
 

@@ -140,8 +140,8 @@ def test_the_token_redirect_stays_on_the_same_origin(tmp_path: Path) -> None:
 
 
 def test_metrics_answer_only_loopback_host_headers() -> None:
-    from forecaster.prometheus import MetricsServer
-    from forecaster.ring import FrameRing
+    from forecaster.daemon.prometheus import MetricsServer
+    from forecaster.ipc.ring import FrameRing
     from tests.test_prometheus import FakeDaemon
 
     ring = FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 16, 16, slots=4)
@@ -372,11 +372,11 @@ def test_a_capture_process_beats_while_it_waits_for_the_start(tmp_path: Path) ->
     three times the stall rule: the supervisor's rule sees no stall meanwhile."""
     import multiprocessing as mp
 
-    from forecaster.capture import CaptureSpec
-    from forecaster.capture_group import capture_group_main, group_specs
-    from forecaster.channels import Flag, Inbox, Outbox, channel_address
-    from forecaster.health import Health, StallDetector
-    from forecaster.ring import FrameRing
+    from forecaster.daemon.capture import CaptureSpec
+    from forecaster.daemon.capture_group import capture_group_main, group_specs
+    from forecaster.ipc.channels import Flag, Inbox, Outbox, channel_address
+    from forecaster.ipc.health import Health, StallDetector
+    from forecaster.ipc.ring import FrameRing
 
     ctx = mp.get_context("spawn")
     instance = f"attack{uuid.uuid4().hex[:8]}"
@@ -418,7 +418,7 @@ def test_a_capture_process_beats_while_it_waits_for_the_start(tmp_path: Path) ->
 def test_the_stall_rule_starts_a_captures_clock_when_it_starts_running() -> None:
     """A capture process that was ready, or restarting, long ago is judged from the moment
     it runs, not from a beat before it did."""
-    from forecaster.health import Health, StallDetector
+    from forecaster.ipc.health import Health, StallDetector
 
     health = Health(2)
     detector = StallDetector(["a", "b"], 2.0)
@@ -467,7 +467,7 @@ def test_a_stopped_page_process_is_restarted_as_stalled(tmp_path: Path) -> None:
 
 
 def test_the_stall_rule_judges_the_page_from_when_it_runs() -> None:
-    from forecaster.health import DaemonField, Health, StallDetector
+    from forecaster.ipc.health import DaemonField, Health, StallDetector
 
     health = Health(1)
     detector = StallDetector(["a"], 2.0)

@@ -25,6 +25,7 @@ import zmq
 from forecaster.client import CurveClient, Subscriber
 from forecaster.config import Config, PublishConfig
 from forecaster.errors import ConfigError
+from forecaster.ipc.publisher import Publisher
 from forecaster.keys import generate_keypair
 from forecaster.offline.scores_csv import read_scores_csv
 from forecaster.protocol import (
@@ -37,8 +38,7 @@ from forecaster.protocol import (
     decode,
     encode,
 )
-from forecaster.publisher import Publisher
-from forecaster.relay_health import MAX_CAMERAS_PER_UPSTREAM
+from forecaster.relay.health import MAX_CAMERAS_PER_UPSTREAM
 from tests.conftest import free_port
 from tests.daemon_harness import daemon_env, wait_for
 from tests.test_relay import RelayProcess, _health, _sub
@@ -367,7 +367,7 @@ def test_a_relay_refuses_its_own_bind_as_an_upstream(tmp_path: Path) -> None:
                                  "--allow-insecure"], tmp_path))
         assert f"upstream {upstream} is the relay's own bind {bind}" in line, line
     # a daemon elsewhere on the relay's port is no loop
-    from forecaster.relay import parse_relay_config
+    from forecaster.relay.forwarder import parse_relay_config
 
     config = parse_relay_config({"relay": {
         "bind": f"tcp://*:{port}", "allow_insecure": True,

@@ -30,7 +30,7 @@ def test_children_are_found_by_the_name_they_give_themselves(tmp_path: Path) -> 
     script = textwrap.dedent(
         """
         import multiprocessing, time
-        from forecaster.channels import set_process_name
+        from forecaster.ipc.channels import set_process_name
 
         def child():
             set_process_name("fc-worker")

@@ -176,7 +176,7 @@ def test_chunked_replay_equals_one_frame_per_call(tiny_model: Path, tmp_path: Pa
 
 def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_path: Path) -> None:
     from forecaster.config import Config, ScorerConfig
-    from forecaster.publisher import Publisher
+    from forecaster.ipc.publisher import Publisher
 
     # thresholds every frame exceeds: an episode starts and is still open at the end
     always = Config(scorer=ScorerConfig(threshold_on=-1000.0, threshold_off=-2000.0))
@@ -367,7 +367,7 @@ def test_live_scores_equal_replay_scores(which: str, request: pytest.FixtureRequ
     assert sorted(live) == list(range(10, frames)), "frames were dropped"
     assert live_events == [("start", 11), ("end", frames - 1)]
     from forecaster.config import load_config
-    from forecaster.publisher import Publisher
+    from forecaster.ipc.publisher import Publisher
 
     replay_endpoint = f"ipc://{tmp_path}/replay.sock"
     with Publisher(replay_endpoint, sndhwm=100_000, linger_ms=1000) as publisher, \

@@ -18,9 +18,9 @@ import zmq.auth
 from forecaster.client import CurveClient, Subscriber
 from forecaster.config import parse_config
 from forecaster.errors import ConfigError
+from forecaster.ipc.publisher import CurveServer, Publisher
 from forecaster.keys import generate_keypair
 from forecaster.protocol import Score
-from forecaster.publisher import CurveServer, Publisher
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
 
@@ -270,7 +270,7 @@ def test_refused_subscribers_are_logged_at_debug(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server_ctx, client_ctx = contexts
-    caplog.set_level(logging.DEBUG, logger="forecaster.publisher")
+    caplog.set_level(logging.DEBUG, logger="forecaster.ipc.publisher")
     curve = CurveServer.from_files(str(keys["server_secret"]), str(keys["allowed"]))
     clients = {
         "plain": None,
@@ -289,7 +289,7 @@ def test_refused_subscribers_are_logged_at_debug(
             wait_for(lambda: refused(1), 10, f"a {client} refusal")
             if client == "wrong server key":  # it retries about 10 times a second
                 wait_for(lambda: refused(5), 10, "5 refusals")
-        lines = [r.getMessage() for r in caplog.records if r.name == "forecaster.publisher"
+        lines = [r.getMessage() for r in caplog.records if r.name == "forecaster.ipc.publisher"
                  and r.getMessage().startswith("refused a subscriber")]
         assert lines and all(r.levelno == logging.DEBUG for r in caplog.records
                              if r.getMessage() in lines)

@@ -13,13 +13,13 @@ import pytest
 
 from forecaster.client import Subscriber
 from forecaster.config import ScorerConfig
+from forecaster.daemon.worker import Worker, _Feed
 from forecaster.detection.engine import InferenceEngine
-from forecaster.health import CameraField, Health
+from forecaster.ipc.health import CameraField, Health
+from forecaster.ipc.publisher import Publisher
+from forecaster.ipc.ring import FrameRing
 from forecaster.protocol import Event, Forecast, Score, Status
-from forecaster.publisher import Publisher
-from forecaster.ring import FrameRing
 from forecaster.sources.synthetic import SyntheticScene
-from forecaster.worker import Worker, _Feed
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,7 +167,7 @@ def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
         harness.drain()
         # the same gap once the last re-prime is older than that: the state is stale,
         # re-primed from the ring
-        import forecaster.worker as worker_module
+        import forecaster.daemon.worker as worker_module
 
         monkeypatch.setattr(worker_module, "REPRIME_MIN_INTERVAL_S", 0.0)
         for i in range(90, 138):
@@ -373,7 +373,7 @@ def test_a_restarted_worker_scores_and_counts_each_frame_once(stepper, tmp_path)
 
 
 def test_run_cap_keeps_the_frames_coming_during_a_turn_within_the_ring() -> None:
-    from forecaster.worker import RUN_MARGIN, run_cap
+    from forecaster.daemon.worker import RUN_MARGIN, run_cap
 
     # 1,200 fps against 600 frames/s run: 2 arrive per frame run, 4 with the margin of 2,
     # so 10 / 4 = 2.5 frames a turn, rounded up
@@ -395,7 +395,7 @@ def test_fast_camera_behind_by_more_than_a_ring_runs_every_frame_until_backlog_s
     order (nothing dropped; the predictions of one run over all frames). Only when the
     waiting frames span more than BACKLOG_S (50 ms) are the oldest shed, down to the newest
     8, the state kept, as a skip does."""
-    import forecaster.worker as worker_module
+    import forecaster.daemon.worker as worker_module
 
     assert worker_module.BACKLOG_S == 0.05
     monkeypatch.setattr(worker_module, "run_cap", lambda *args: 3)

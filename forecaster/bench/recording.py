@@ -1,6 +1,6 @@
 """``forecaster bench --recording``: what event recording costs the capture process.
 
-The real :class:`~forecaster.capture.Capture` loop reads a 1280x720 video file (written
+The real :class:`~forecaster.daemon.capture.Capture` loop reads a 1280x720 video file (written
 here from the synthetic scene) into a real ring, three ways, interleaved and repeated:
 
 - ``off``: ``[recording] enabled = false``;
@@ -24,13 +24,13 @@ from typing import Any
 
 import cv2
 
-from forecaster.capture import Capture, CaptureSpec
-from forecaster.channels import Flag, Outbox, channel_address
 from forecaster.config import RecordingConfig
-from forecaster.health import CameraField
+from forecaster.daemon.capture import Capture, CaptureSpec
+from forecaster.ipc.channels import Flag, Outbox, channel_address
+from forecaster.ipc.health import CameraField
+from forecaster.ipc.ring import FrameRing
 from forecaster.recording.event_board import BoardField, EventBoard
 from forecaster.recording.recorder import RecordingSpec
-from forecaster.ring import FrameRing
 from forecaster.sources.synthetic import SyntheticScene
 
 MODES = ("off", "preroll", "event")

@@ -2,7 +2,7 @@
 
 :class:`InferenceEngine` holds each camera's recurrent state and scorer and turns frames
 into protocol messages. The worker process feeds it from the cameras' rings
-(:mod:`forecaster.worker`); replay, eval and bench feed it from files, so offline scores
+(:mod:`forecaster.daemon.worker`); replay, eval and bench feed it from files, so offline scores
 are the live scores. :func:`load` loads a model for it (one way for all of them),
 :func:`model_path` says which model a command uses, and :func:`check_model` whether its
 card can score with the ``[scorer]`` settings (before TensorFlow is imported).

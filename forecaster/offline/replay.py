@@ -228,7 +228,7 @@ class Replayer:
             fps = source.nominal_fps or options.fps or FALLBACK_FPS
             pacer = None
             if options.realtime and not isinstance(source, SyntheticSource):
-                from forecaster.capture import RateLimiter
+                from forecaster.daemon.capture import RateLimiter
 
                 pacer = RateLimiter(fps)
             if options.clips is not None:
@@ -363,7 +363,7 @@ def replay_command(
     unless ``force``, which removes them first.
 
     Inputs, labels and the model card are checked before TensorFlow is loaded. With
-    ``publish`` a :class:`~forecaster.publisher.Publisher` is bound on ``endpoint`` (else the
+    ``publish`` a :class:`~forecaster.ipc.publisher.Publisher` is bound on ``endpoint`` (else the
     config's ``publish.endpoint``) before the model loads, so subscribers started first have
     joined when the first frame is published; ``publisher`` passes one in instead.
     Returns the summary.
@@ -380,7 +380,7 @@ def replay_command(
     own_publisher = None
     if publish and publisher is None:
         # the daemon's [publish] section and rules, CURVE and the loopback rule included
-        from forecaster.publisher import publisher_from_config
+        from forecaster.ipc.publisher import publisher_from_config
 
         if endpoint is not None:
             cfg = with_endpoint(cfg, endpoint)

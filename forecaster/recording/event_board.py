@@ -20,7 +20,7 @@ from multiprocessing.context import BaseContext
 
 import numpy as np
 
-from forecaster.health import SharedDoubles
+from forecaster.ipc.health import SharedDoubles
 from forecaster.protocol import Event, Message, Score
 
 

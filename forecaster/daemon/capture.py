@@ -1,5 +1,5 @@
 """The capture loop of one camera (a capture process runs several, one thread each: see
-:mod:`forecaster.capture_group`).
+:mod:`forecaster.daemon.capture_group`).
 
 Reads the camera's source, turns each frame into the model's gray size, writes it into
 the camera's shared-memory ring and notifies the worker. It never waits for the worker:
@@ -19,9 +19,9 @@ from typing import Any
 
 from forecaster.detection.flow import MotionCue
 from forecaster.errors import SourceDisconnected, SourceError
-from forecaster.health import CameraField, Health
+from forecaster.ipc.health import CameraField, Health
+from forecaster.ipc.ring import FrameRing
 from forecaster.recording.recorder import RecordingSpec, open_recorder
-from forecaster.ring import FrameRing
 from forecaster.sources.preprocess import to_gray, to_gray_resized
 from forecaster.sources.readers import FrameSource, open_source
 
@@ -105,7 +105,7 @@ class Capture:
         self.notify = notify
         self.stop = stop
         self.health = health if health is not None else Health(spec.index + 1)
-        self.log = logging.getLogger(f"forecaster.capture.{spec.camera}")
+        self.log = logging.getLogger(f"forecaster.daemon.capture.{spec.camera}")
         self.limiter = RateLimiter(spec.fps)
         self.cue = None if spec.cue_height is None else MotionCue(spec.cue_height)
         self.backoff = Backoff(spec.reconnect_max_s)

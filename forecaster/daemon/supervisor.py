@@ -1,8 +1,8 @@
 """Supervisor: ``forecaster run``.
 
-Creates each camera's ring and the shared :class:`~forecaster.health.Health` block,
+Creates each camera's ring and the shared :class:`~forecaster.ipc.health.Health` block,
 spawns the capture processes (each runs up to ``capture.cameras_per_process`` cameras, see
-:mod:`forecaster.capture_group`), one worker for all cameras and, with ``[web]``, the live
+:mod:`forecaster.daemon.capture_group`), one worker for all cameras and, with ``[web]``, the live
 page's process (spawn start method), waits until every child reports ready, tells systemd (``READY=1``), then watches
 them until the streams end or SIGTERM/SIGINT asks it to stop:
 
@@ -35,10 +35,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from forecaster.capture import CaptureSpec
-from forecaster.capture_group import CaptureGroup, capture_group_main, group_specs
-from forecaster.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.config import Config
+from forecaster.daemon.capture import CaptureSpec
+from forecaster.daemon.capture_group import CaptureGroup, capture_group_main, group_specs
+from forecaster.daemon.notify import SystemdNotifier
+from forecaster.daemon.worker import WorkerSpec, worker_main
 from forecaster.detection.engine import check_scorer, model_path
 from forecaster.errors import (
     ChildFailed,
@@ -48,16 +49,15 @@ from forecaster.errors import (
     UsageError,
     name_some,
 )
-from forecaster.health import CameraField, Health, RestartBudget, StallDetector
-from forecaster.notify import SystemdNotifier
+from forecaster.ipc.channels import Flag, Inbox, Outbox, channel_address
+from forecaster.ipc.health import CameraField, Health, RestartBudget, StallDetector
+from forecaster.ipc.ring import FrameRing, ring_name
 from forecaster.recording.event_board import EventBoard
 from forecaster.recording.recorder import RecordingSpec
 from forecaster.recording.recording_dir import prepare_events_dir
-from forecaster.ring import FrameRing, ring_name
 from forecaster.sources.readers import open_source
-from forecaster.worker import WorkerSpec, worker_main
 
-log = logging.getLogger("forecaster.supervisor")
+log = logging.getLogger("forecaster.daemon.supervisor")
 STOP_GRACE_S = 4.0
 #: cameras or processes named in one error line before "and N more"
 NAMES_SHOWN = 3
@@ -234,8 +234,8 @@ class Supervisor:
         check_sources(config)  # parse errors before any spawn
         model_path = resolve_model_path(config)
         if config.publish.curve:
+            from forecaster.ipc.publisher import CurveServer
             from forecaster.keys import warn_if_readable_by_others
-            from forecaster.publisher import CurveServer
 
             CurveServer.from_files(
                 config.publish.curve_secret_key, config.publish.curve_allowed_clients
@@ -256,7 +256,7 @@ class Supervisor:
             )
             ring_names.append((camera.id, name))
         if config.metrics.enabled:
-            from forecaster.prometheus import MetricsServer
+            from forecaster.daemon.prometheus import MetricsServer
 
             self.metrics = MetricsServer(config.metrics.address, config.metrics.port, self)
         recording = self._recording(str(model_path))

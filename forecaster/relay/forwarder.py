@@ -11,7 +11,7 @@ the XSUB socket says when each connection comes and goes, a SUB socket per upstr
 that daemon's ``status/`` messages and learns its camera ids (a camera id seen from two
 upstreams is logged as an error). The health is published as ``relay/<n>`` messages
 through the proxy itself (an inproc PUB socket is one more upstream of the XSUB socket),
-and served as Prometheus metrics when asked (:mod:`forecaster.relay_health`).
+and served as Prometheus metrics when asked (:mod:`forecaster.relay.health`).
 
 A relay must not receive its own feed: an upstream that is its own bind is refused, and
 its own ``relay/<n>`` message coming back through a watcher (a loop through other relays)
@@ -46,17 +46,17 @@ from forecaster.config import (
 )
 from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint, reaches
 from forecaster.errors import ConfigError
+from forecaster.ipc.publisher import claim_ipc_path, release_ipc_path
 from forecaster.logs import LimitedLog
 from forecaster.protocol import ProtocolError, decode, loads_bounded
-from forecaster.publisher import claim_ipc_path, release_ipc_path
-from forecaster.relay_health import HEALTH_PREFIX, STATS_FIELDS, Health, health_topic, serve_metrics
+from forecaster.relay.health import HEALTH_PREFIX, STATS_FIELDS, Health, health_topic, serve_metrics
 
 if sys.version_info >= (3, 11):
     pass
 else:  # pragma: no cover - exercised only on 3.10
     pass
 
-log = logging.getLogger("forecaster.relay")
+log = logging.getLogger("forecaster.relay.forwarder")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5560"
 #: the largest relay health message read back (one upstream of MAX_CAMERAS_PER_UPSTREAM ids)
@@ -288,7 +288,7 @@ class Relay:
         self.backend = self._socket(zmq.XPUB)
         self.backend.setsockopt(zmq.SNDHWM, config.sndhwm)
         if config.curve_allowed_clients:
-            from forecaster.publisher import CurveServer, _start_authenticator
+            from forecaster.ipc.publisher import CurveServer, _start_authenticator
 
             assert pair is not None  # the config requires the key pair with the folder
             curve = CurveServer(pair[0], pair[1], config.curve_allowed_clients)

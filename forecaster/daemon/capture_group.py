@@ -1,10 +1,10 @@
 """Capture processes that each run several cameras, one thread per camera.
 
 A capture process holds up to ``capture.cameras_per_process`` cameras (one: a process per
-camera). Each camera runs the :class:`~forecaster.capture.Capture` loop unchanged in its
+camera). Each camera runs the :class:`~forecaster.daemon.capture.Capture` loop unchanged in its
 own thread: OpenCV and the sources release the GIL while they wait for and decode a frame,
 and a camera whose driver call hangs holds up its own thread only. Its heartbeat in the
-:class:`~forecaster.health.Health` block stops, so the supervisor's stall detector sees
+:class:`~forecaster.ipc.health.Health` block stops, so the supervisor's stall detector sees
 that camera; since a thread stuck in a driver call cannot be stopped, the supervisor
 restarts the whole process, and the other cameras of that process reconnect (a new ring
 epoch each, as after any capture restart).
@@ -27,11 +27,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from forecaster.capture import Capture, CaptureSpec
-from forecaster.channels import Flag, Outbox, start_child
+from forecaster.daemon.capture import Capture, CaptureSpec
 from forecaster.errors import ForecasterError
-from forecaster.health import Health
-from forecaster.ring import FrameRing
+from forecaster.ipc.channels import Flag, Outbox, start_child
+from forecaster.ipc.health import Health
+from forecaster.ipc.ring import FrameRing
 
 #: seconds the process waits for its camera threads to stop before it exits without them
 THREAD_STOP_S = 2.0
@@ -99,7 +99,7 @@ class CameraThread:
         self.halt = halt
         self.started = started
         self.changed = changed
-        self.log = logging.getLogger(f"forecaster.capture.{spec.camera}")
+        self.log = logging.getLogger(f"forecaster.daemon.capture.{spec.camera}")
         #: set once the source is open (or failed to open)
         self.opened = threading.Event()
         #: None while it runs; then 0 (stream ended or stopped) or an exit code
@@ -168,7 +168,7 @@ class CaptureProcess:
         self.halt = threading.Event()
         self.started = threading.Event()
         self.changed = threading.Event()
-        self.log = logging.getLogger("forecaster.capture")
+        self.log = logging.getLogger("forecaster.daemon.capture")
         self.cameras = [
             CameraThread(spec, Outbox(wakeup_address), health, self.halt, self.started,
                          self.changed)

@@ -18,7 +18,7 @@ after a reconnect is built from the new frames alone, and starts no earlier than
 model's window before the first frame not counted yet, so it scores no frame twice. Each
 frame counts once, as processed or as dropped.
 
-The worker's progress and counters live in the shared :class:`~forecaster.health.Health`
+The worker's progress and counters live in the shared :class:`~forecaster.ipc.health.Health`
 block: the supervisor watches them (systemd watchdog, metrics), and a restarted worker
 goes on from them (no frame published twice, drop counts kept).
 """
@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.channels import Flag, Outbox, start_child
 from forecaster.config import PublishConfig, ScorerConfig
 from forecaster.detection.engine import (
     SKIP_WARMUP_FRAMES,
@@ -46,11 +45,12 @@ from forecaster.detection.engine import (
     padded_batch,
 )
 from forecaster.errors import ForecasterError
-from forecaster.health import CameraField, Health
+from forecaster.ipc.channels import Flag, Outbox, start_child
+from forecaster.ipc.health import CameraField, Health
+from forecaster.ipc.ring import FrameRing, RingStats
 from forecaster.protocol import Event, Message, Score, Status
 from forecaster.recording.event_board import EventNotes
 from forecaster.recording.recorder import RecordingSpec
-from forecaster.ring import FrameRing, RingStats
 
 #: a camera further behind than this many rings of frames is re-primed; a camera less far
 #: behind skips to its newest frames and keeps its state
@@ -198,7 +198,7 @@ class Worker:
         self.status_interval_s = status_interval_s
         self.throttle_s = throttle_s
         self.health = health if health is not None else Health(len(feeds))
-        self.log = logging.getLogger("forecaster.worker")
+        self.log = logging.getLogger("forecaster.daemon.worker")
         for feed in feeds:
             ring = feed.ring
             feed.frames = np.empty((ring.slots, ring.height, ring.width), dtype=np.uint8)
@@ -661,20 +661,20 @@ def worker_main(
 ) -> None:
     """Entry point of the worker process (spawned, and restarted, by the supervisor)."""
     start_child("fc-worker", stop, spec.log_level)
-    log = logging.getLogger("forecaster.worker")
+    log = logging.getLogger("forecaster.daemon.worker")
     role = "worker"
     rings: list[FrameRing] = []
     publisher: Any = None
     inbox = None
     try:
-        from forecaster.channels import Inbox
+        from forecaster.ipc.channels import Inbox
 
         try:
             inbox = Inbox(wakeup_address)
         except OSError as error:
             raise ForecasterError(f"cannot bind the worker's wake-up socket: {error}") from None
         loaded = load(Path(spec.model_path), expect_size=spec.size, runtime=spec.runtime)
-        from forecaster.publisher import publisher_from_config
+        from forecaster.ipc.publisher import publisher_from_config
 
         stepper = loaded.runner
         engine = loaded.engine(spec.scorer)

@@ -15,9 +15,9 @@ import zmq
 from forecaster.errors import ConfigError
 
 if TYPE_CHECKING:
-    from forecaster.relay import UpstreamConfig
+    from forecaster.relay.forwarder import UpstreamConfig
 
-log = logging.getLogger("forecaster.relay")
+log = logging.getLogger("forecaster.relay.forwarder")
 
 #: the topic prefix of the relay's own health messages
 HEALTH_PREFIX = "relay/"

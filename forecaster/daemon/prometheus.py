@@ -31,8 +31,8 @@ from prometheus_client.registry import Collector
 from forecaster import __version__
 from forecaster.endpoints import host_header_is_loopback, is_loopback_host
 from forecaster.errors import ConfigError
-from forecaster.health import INFERENCE_BUCKETS, MESSAGE_KINDS, CameraField, DaemonField, Health
-from forecaster.ring import FrameRing
+from forecaster.ipc.health import INFERENCE_BUCKETS, MESSAGE_KINDS, CameraField, DaemonField, Health
+from forecaster.ipc.ring import FrameRing
 
 log = logging.getLogger("forecaster.metrics")
 
