@@ -25,9 +25,9 @@ from pydantic import (
 
 from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
-from forecaster.model import frame_size_fits
 from forecaster.protocol import MAX_CAMERA_ID, is_camera_id
 from forecaster.sources.files import special_file
+from forecaster.sources.frame_size import frame_size_fits
 
 if sys.version_info >= (3, 11):
     import tomllib

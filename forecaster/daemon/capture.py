@@ -22,6 +22,7 @@ from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.ipc.health import CameraField, Health
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.recorder import RecordingSpec, open_recorder
+from forecaster.sources.pacing import RateLimiter
 from forecaster.sources.preprocess import to_gray, to_gray_resized
 from forecaster.sources.readers import FrameSource, open_source
 
@@ -44,27 +45,6 @@ class CaptureSpec:
     cue_height: int | None = None
     #: event recordings (None: off)
     recording: RecordingSpec | None = None
-
-
-class RateLimiter:
-    """Admit at most ``fps`` frames per second (0 = all).
-
-    Live sources drop the frames that come too early; files are paced (the caller waits).
-    """
-
-    def __init__(self, fps: float) -> None:
-        self.interval = 1.0 / fps if fps > 0 else 0.0
-        self.next_due = 0.0
-
-    def wait_time(self, now: float) -> float:
-        """Seconds until the next frame is due (<= 0: due now)."""
-        return self.next_due - now if self.interval else 0.0
-
-    def admit(self, now: float) -> None:
-        if self.interval:
-            # Schedule from the due time, not from now, so the average rate is exact;
-            # but never build up a backlog after a stall.
-            self.next_due = max(self.next_due + self.interval, now)
 
 
 class Backoff:

@@ -228,7 +228,7 @@ class Replayer:
             fps = source.nominal_fps or options.fps or FALLBACK_FPS
             pacer = None
             if options.realtime and not isinstance(source, SyntheticSource):
-                from forecaster.daemon.capture import RateLimiter
+                from forecaster.sources.pacing import RateLimiter
 
                 pacer = RateLimiter(fps)
             if options.clips is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from forecaster.model import frame_size_fits
+from forecaster.sources.frame_size import frame_size_fits
 
 Size = tuple[int, int]  # (height, width)
 
