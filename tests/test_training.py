@@ -17,8 +17,9 @@ import pytest
 
 from forecaster.errors import UsageError
 from forecaster.model.artifact import load_model
+from forecaster.model.batches import StatefulGroups, WindowBatches
 from forecaster.model.builders import build_model
-from forecaster.model.fitting import StatefulGroups, StatefulTrainer, WindowBatches
+from forecaster.model.fitting import StatefulTrainer
 from forecaster.model.losses import PixelLoss
 
 pytestmark = pytest.mark.filterwarnings(

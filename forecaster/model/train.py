@@ -35,13 +35,12 @@ from forecaster.model import (
     WEAK_MODEL_RATIO,
 )
 from forecaster.model.artifact import ModelCard, current_versions, save_model
+from forecaster.model.batches import StatefulGroups, WindowBatches
 from forecaster.model.builders import SPECS, build_model, check_size, get_spec
 from forecaster.model.fitting import (
     DEFAULT_RECURRENT_MODE,
     FitOptions,
     Mode,
-    StatefulGroups,
-    WindowBatches,
     fit,
     set_determinism,
 )
