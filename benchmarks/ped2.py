@@ -17,7 +17,7 @@ anomalous ones, in scenes and crowds of every density. So:
    (:mod:`forecaster.offline.pseudo_anomaly`, ``PSEUDO_KINDS``): one crossing the frame a bit
    faster than walkers, one at a walker's speed going a way walkers do not. These
    anomalies come from footage no model or setting saw.
-3. **Training.** For every seed, ``forecaster.model.train.train_command`` with its defaults
+3. **Training.** For every seed, ``forecaster.offline.train.train_command`` with its defaults
    (what ``forecaster train DATA --out M.keras`` runs) on the other training videos. Models
    are cached under ``./cache/ped2/`` (never committed) and reused unless ``--retrain``.
 4. **Candidates.** Every scorer candidate is the daemon's own :class:`~forecaster.detection.scorer.
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging("info")
     import_tensorflow_quietly()
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     train_refs = expand_videos([str(training)])
     uris = {r.name: r.uri for r in train_refs}

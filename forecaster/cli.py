@@ -135,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
         import_tensorflow_quietly(start)
     else:
         import_tensorflow_quietly()
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     settings = TrainSettings(
         arch=args.arch,
@@ -164,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
         print("this worker's part is done; the chief writes the model")
         return 0
     from forecaster.model.artifact import read_card
-    from forecaster.model.train import error_ratio
+    from forecaster.offline.train import error_ratio
 
     ratio = error_ratio(read_card(out).calibration)
     print(f"model written to {out} (its error: {ratio:.2f}x that of repeating the last frame)")

@@ -202,7 +202,7 @@ def _data(count: int, frames: int) -> list[str]:
 def test_every_arch_trains_saves_and_reloads_in_safe_mode(
     tmp_path: Path, arch: str, mode: str, size: tuple[int, int]
 ) -> None:
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     height, width = size
     out = train_command(

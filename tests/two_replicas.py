@@ -34,7 +34,7 @@ from forecaster.model.distributed import (  # noqa: E402
     make_distribution,
 )
 from forecaster.model.losses import PixelLoss  # noqa: E402
-from forecaster.model.train import TrainSettings, train_command  # noqa: E402
+from forecaster.offline.train import TrainSettings, train_command  # noqa: E402
 
 
 def stateful_resets(distribution: Distribution) -> dict[str, list[list[float]]]:

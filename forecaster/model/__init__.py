@@ -1,7 +1,9 @@
-"""The next-frame model: builders, the stateful stepper, the artifact format, training.
+"""The next-frame model: builders, the stateful stepper, the artifact format, the fitting loops.
 
 Importing this package is cheap: TensorFlow and Keras load only when a submodule that
-needs them is imported (``builders``, ``step``, ``train``) or a model is loaded.
+needs them is imported (``builders``, ``step``, ``fitting``) or a model is loaded.
+The ``train`` command, which also calibrates the detection, is
+:mod:`forecaster.offline.train`.
 ``artifact.read_card`` reads a model's card without loading TensorFlow at all.
 """
 

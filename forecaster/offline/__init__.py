@@ -4,6 +4,7 @@
 - :mod:`~forecaster.offline.replay_inputs`, :mod:`~forecaster.offline.replay_feed`,
   :mod:`~forecaster.offline.replay_results`: what a replay reads, how it feeds the engine,
   what it produced per video;
+- :mod:`~forecaster.offline.train`: a model trained on normal footage, then calibrated;
 - :mod:`~forecaster.offline.evaluate`: frame-level detection quality on a labelled data set;
 - :mod:`~forecaster.offline.datasets`: which videos a path names, their frames and labels;
 - :mod:`~forecaster.offline.detection_metrics`, :mod:`~forecaster.offline.report`,
