@@ -270,7 +270,7 @@ def test_refused_subscribers_are_logged_at_debug(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     server_ctx, client_ctx = contexts
-    caplog.set_level(logging.DEBUG, logger="forecaster.ipc.publisher")
+    caplog.set_level(logging.DEBUG, logger="forecaster.publisher")
     curve = CurveServer.from_files(str(keys["server_secret"]), str(keys["allowed"]))
     clients = {
         "plain": None,
@@ -289,7 +289,7 @@ def test_refused_subscribers_are_logged_at_debug(
             wait_for(lambda: refused(1), 10, f"a {client} refusal")
             if client == "wrong server key":  # it retries about 10 times a second
                 wait_for(lambda: refused(5), 10, "5 refusals")
-        lines = [r.getMessage() for r in caplog.records if r.name == "forecaster.ipc.publisher"
+        lines = [r.getMessage() for r in caplog.records if r.name == "forecaster.publisher"
                  and r.getMessage().startswith("refused a subscriber")]
         assert lines and all(r.levelno == logging.DEBUG for r in caplog.records
                              if r.getMessage() in lines)

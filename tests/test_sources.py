@@ -206,7 +206,7 @@ def test_folder_warns_of_the_first_unreadable_images_then_sums_up(
     for number in range(1, 11):
         (tmp_path / f"{number:02d}.jpg").write_bytes(b"\xff\xd8 broken")
     source = FolderSource(tmp_path, loop=True)
-    with caplog.at_level("WARNING", logger="forecaster.sources.readers"):
+    with caplog.at_level("WARNING", logger="forecaster.sources"):
         frames = read_all(source, limit=3)
     assert len(frames) == 3 and source.skipped == 10
     messages = [record.getMessage() for record in caplog.records]

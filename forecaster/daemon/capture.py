@@ -85,7 +85,7 @@ class Capture:
         self.notify = notify
         self.stop = stop
         self.health = health if health is not None else Health(spec.index + 1)
-        self.log = logging.getLogger(f"forecaster.daemon.capture.{spec.camera}")
+        self.log = logging.getLogger(f"forecaster.capture.{spec.camera}")
         self.limiter = RateLimiter(spec.fps)
         self.cue = None if spec.cue_height is None else MotionCue(spec.cue_height)
         self.backoff = Backoff(spec.reconnect_max_s)

@@ -99,7 +99,7 @@ class CameraThread:
         self.halt = halt
         self.started = started
         self.changed = changed
-        self.log = logging.getLogger(f"forecaster.daemon.capture.{spec.camera}")
+        self.log = logging.getLogger(f"forecaster.capture.{spec.camera}")
         #: set once the source is open (or failed to open)
         self.opened = threading.Event()
         #: None while it runs; then 0 (stream ended or stopped) or an exit code
@@ -168,7 +168,7 @@ class CaptureProcess:
         self.halt = threading.Event()
         self.started = threading.Event()
         self.changed = threading.Event()
-        self.log = logging.getLogger("forecaster.daemon.capture")
+        self.log = logging.getLogger("forecaster.capture")
         self.cameras = [
             CameraThread(spec, Outbox(wakeup_address), health, self.halt, self.started,
                          self.changed)

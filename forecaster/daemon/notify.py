@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-log = logging.getLogger("forecaster.daemon.notify")
+log = logging.getLogger("forecaster.notify")
 
 _ENV_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 

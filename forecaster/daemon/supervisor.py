@@ -57,7 +57,7 @@ from forecaster.recording.recorder import RecordingSpec
 from forecaster.recording.recording_dir import prepare_events_dir
 from forecaster.sources.readers import open_source
 
-log = logging.getLogger("forecaster.daemon.supervisor")
+log = logging.getLogger("forecaster.supervisor")
 STOP_GRACE_S = 4.0
 #: cameras or processes named in one error line before "and N more"
 NAMES_SHOWN = 3

@@ -198,7 +198,7 @@ class Worker:
         self.status_interval_s = status_interval_s
         self.throttle_s = throttle_s
         self.health = health if health is not None else Health(len(feeds))
-        self.log = logging.getLogger("forecaster.daemon.worker")
+        self.log = logging.getLogger("forecaster.worker")
         for feed in feeds:
             ring = feed.ring
             feed.frames = np.empty((ring.slots, ring.height, ring.width), dtype=np.uint8)
@@ -661,7 +661,7 @@ def worker_main(
 ) -> None:
     """Entry point of the worker process (spawned, and restarted, by the supervisor)."""
     start_child("fc-worker", stop, spec.log_level)
-    log = logging.getLogger("forecaster.daemon.worker")
+    log = logging.getLogger("forecaster.worker")
     role = "worker"
     rings: list[FrameRing] = []
     publisher: Any = None

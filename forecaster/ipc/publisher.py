@@ -24,7 +24,7 @@ from forecaster.protocol import Message, encode
 if TYPE_CHECKING:
     from forecaster.config import PublishConfig
 
-log = logging.getLogger("forecaster.ipc.publisher")
+log = logging.getLogger("forecaster.publisher")
 
 #: zmq errors that only mean "the socket or context is already closing"
 _CLOSING_ERRNOS = frozenset({zmq.ETERM, zmq.ENOTSOCK, errno.EBADF})
@@ -136,7 +136,7 @@ def _start_authenticator(ctx: zmq.Context, curve: CurveServer) -> Any:
     """A ZAP handler on ``ctx`` that admits the clients whose public key is in the folder."""
     from zmq.auth.thread import ThreadAuthenticator
 
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("forecaster.ipc.publisher.auth"))
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("forecaster.publisher.auth"))
     auth.start()
     auth.configure_curve(domain="*", location=curve.allowed_clients)
     allowed = sorted(Path(curve.allowed_clients).glob("*.key"))

@@ -58,7 +58,7 @@ from forecaster.offline.replay_inputs import label_mismatch
 from forecaster.offline.replay_results import MAX_PANELS
 from forecaster.sources.preprocess import to_unit
 
-log = logging.getLogger("forecaster.offline.evaluate")
+log = logging.getLogger("forecaster.evaluate")
 
 METHODS = ("model", "model-term", "cue", "model-global", "copy-last", "frame-diff", "mog2",
            "flow")

@@ -65,7 +65,7 @@ from forecaster.sources.preprocess import to_gray, to_gray_resized
 from forecaster.sources.read_ahead import ReadAhead
 from forecaster.sources.readers import SYNTHETIC_PREFIX, FrameSource, SyntheticSource, open_source
 
-log = logging.getLogger("forecaster.offline.replay")
+log = logging.getLogger("forecaster.replay")
 
 #: frame rate used to pace (``realtime``) and to write previews of sources that state none
 FALLBACK_FPS = 25.0

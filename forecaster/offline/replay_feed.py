@@ -20,7 +20,7 @@ from forecaster.protocol import Message, Score
 if TYPE_CHECKING:
     from forecaster.model.runners import Runner
 
-log = logging.getLogger("forecaster.offline.replay")
+log = logging.getLogger("forecaster.replay")
 
 DEFAULT_CHUNK = 128
 

@@ -28,7 +28,7 @@ from forecaster.sources.readers import (
     parse_synthetic_uri,
 )
 
-log = logging.getLogger("forecaster.offline.replay")
+log = logging.getLogger("forecaster.replay")
 
 
 @dataclass

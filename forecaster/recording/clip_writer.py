@@ -27,7 +27,7 @@ import numpy as np
 from forecaster.config import RecordingConfig
 from forecaster.recording.retention import MB, Retention
 
-log = logging.getLogger("forecaster.recording.recorder")
+log = logging.getLogger("forecaster.recording")
 
 #: frames waiting for the writer thread before new ones are dropped
 QUEUE_FRAMES = 256

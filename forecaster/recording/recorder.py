@@ -50,7 +50,7 @@ from forecaster.recording.clip_writer import Clip, ClipWriter, Entry
 from forecaster.recording.event_board import EventBoard, event_stem
 from forecaster.recording.retention import MB, Retention
 
-log = logging.getLogger("forecaster.recording.recorder")
+log = logging.getLogger("forecaster.recording")
 
 #: extra seconds of frames the pre-roll buffer keeps beyond ``pre_s``: the worker learns of
 #: an event a little after the capture process wrote its first frame

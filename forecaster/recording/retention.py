@@ -20,7 +20,7 @@ from pathlib import Path
 from forecaster.config import RecordingConfig
 from forecaster.protocol import is_camera_id
 
-log = logging.getLogger("forecaster.recording.recorder")
+log = logging.getLogger("forecaster.recording")
 
 MB = 1024 * 1024
 #: a temporary file untouched this long belongs to a writer that died: retention removes it

@@ -56,7 +56,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on 3.10
     pass
 
-log = logging.getLogger("forecaster.relay.forwarder")
+log = logging.getLogger("forecaster.relay")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5560"
 #: the largest relay health message read back (one upstream of MAX_CAMERAS_PER_UPSTREAM ids)

@@ -17,7 +17,7 @@ from forecaster.errors import ConfigError
 if TYPE_CHECKING:
     from forecaster.relay.forwarder import UpstreamConfig
 
-log = logging.getLogger("forecaster.relay.forwarder")
+log = logging.getLogger("forecaster.relay")
 
 #: the topic prefix of the relay's own health messages
 HEALTH_PREFIX = "relay/"

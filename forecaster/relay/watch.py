@@ -22,7 +22,7 @@ from forecaster.client import Subscriber
 from forecaster.errors import UsageError
 from forecaster.protocol import Event, Message, ProtocolError, Score, Status
 
-log = logging.getLogger("forecaster.relay.watch")
+log = logging.getLogger("forecaster.watch")
 
 WATCH_KINDS = ("score", "event", "status")
 BAR_WIDTH = 10
