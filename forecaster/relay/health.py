@@ -6,18 +6,22 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import zmq
 
 from forecaster.errors import ConfigError
 
-if TYPE_CHECKING:
-    from forecaster.relay.forwarder import UpstreamConfig
-
 log = logging.getLogger("forecaster.relay")
+
+
+class Upstream(Protocol):
+    """What the health needs of an upstream's config: its endpoint."""
+
+    @property
+    def endpoint(self) -> str: ...
 
 #: the topic prefix of the relay's own health messages
 HEALTH_PREFIX = "relay/"
@@ -83,7 +87,7 @@ def _refusal(event: int, value: int) -> str:
 class Health:
     """The health of every upstream; updated by the main thread, read by scrapes."""
 
-    def __init__(self, upstreams: list[UpstreamConfig]) -> None:
+    def __init__(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = [UpstreamHealth(i, u.endpoint) for i, u in enumerate(upstreams)]
         self._by_endpoint = {u.endpoint: u for u in self.upstreams}
         self.lock = threading.Lock()
