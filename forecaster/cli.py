@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from forecaster.config import load_config
-    from forecaster.daemon.supervisor import check_sources, resolve_model_path
+    from forecaster.daemon.preflight import check_sources, resolve_model_path
     from forecaster.recording.recording_dir import check_events_dir
 
     config = load_config(args.path)
