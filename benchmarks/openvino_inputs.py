@@ -23,7 +23,8 @@ if str(ROOT) not in sys.path:
 
 from forecaster.detection.engine import load  # noqa: E402
 from forecaster.model.artifact import bundled_model_path  # noqa: E402
-from forecaster.model.lean import OpenVINOTick, converted_path, installed, lean_runner  # noqa: E402
+from forecaster.model.lean import lean_runner  # noqa: E402
+from forecaster.model.ticks import OpenVINOTick, converted_path, installed  # noqa: E402
 
 
 def main() -> int:

@@ -134,7 +134,7 @@ class ModelConfig(_Section):
     @field_validator("runtime")
     @classmethod
     def _check_runtime(cls, value: str) -> str:
-        from forecaster.model.lean import LEAN, installed
+        from forecaster.model.ticks import LEAN, installed
 
         if value in LEAN and not installed(value):
             package, extra = LEAN[value][1], LEAN[value][3]

@@ -14,7 +14,8 @@ import pytest
 from forecaster.config import ScorerConfig
 from forecaster.detection.engine import LoadedModel, load, padded_batch
 from forecaster.model.artifact import bundled_model_path
-from forecaster.model.lean import CHECK_TICKS, TOLERANCE, LeanStepper, installed
+from forecaster.model.lean import CHECK_TICKS, TOLERANCE, LeanStepper
+from forecaster.model.ticks import installed
 from forecaster.protocol import Forecast, Score
 
 pytestmark = pytest.mark.skipif(
@@ -95,8 +96,9 @@ def test_a_converted_model_that_differs_falls_back_to_tensorflow(
     import keras
 
     from forecaster.model.builders import build_model
-    from forecaster.model.lean import LiteRTTick, converted_path, export_litert, lean_runner
+    from forecaster.model.lean import lean_runner
     from forecaster.model.step import build_step_model
+    from forecaster.model.ticks import LiteRTTick, converted_path, export_litert
 
     monkeypatch.setenv("FORECASTER_RUNTIME_CACHE", str(tmp_path))
     keras.utils.set_random_seed(3)
@@ -182,7 +184,8 @@ def test_auto_serves_each_batch_size_on_the_runtime_that_stepped_it_fastest(
 ) -> None:
     """With ``model.runtime = "auto"`` each batch size, once checked, runs on whichever
     runtime its timing rounds found fastest; either way the ticks equal TensorFlow's."""
-    from forecaster.model.lean import LEAN, lean_runner
+    from forecaster.model.lean import lean_runner
+    from forecaster.model.ticks import LEAN
 
     runner = lean_runner(lean.runner.stepper, bundled_model_path(), "auto", "CPU")  # type: ignore[attr-defined]
     assert isinstance(runner, LeanStepper)

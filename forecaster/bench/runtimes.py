@@ -66,8 +66,9 @@ def bench_runtimes(
     ``stepper``: the bundled model's TensorFlow stepper, when already loaded."""
     from forecaster.detection.engine import load
     from forecaster.model.artifact import bundled_model_path
-    from forecaster.model.lean import LEAN, LeanStepper, installed, lean_runner
+    from forecaster.model.lean import LeanStepper, lean_runner
     from forecaster.model.step import Stepper as TensorFlowStepper
+    from forecaster.model.ticks import LEAN, installed
 
     path = bundled_model_path()
     device = "CPU"
