@@ -274,7 +274,7 @@ class _ScalarLog:
 
 
 class _FitProgress(keras.callbacks.Callback):
-    """Feeds :class:`Progress` from ``model.fit`` and notes when validation starts."""
+    """Feeds :class:`~forecaster.model.batches.Progress` from ``model.fit`` and notes when validation starts."""
 
     def __init__(self, progress: Progress, data: WindowBatches) -> None:
         super().__init__()
