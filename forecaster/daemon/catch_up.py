@@ -178,8 +178,8 @@ class RingReader:
     def _prime_read(self, feed: Feed, stats: RingStats) -> bool:
         """Reset the camera's state and read the frames to rebuild it from into its buffer
         (True: they wait in ``feed.first..feed.last``, all of them ``feed.run``, for a
-        model call, which
-        :meth:`~forecaster.daemon.worker.Worker._primed` completes; cameras re-primed in one turn share that call).
+        model call, which :meth:`~forecaster.daemon.worker.Worker._primed` completes;
+        cameras re-primed in one turn share that call).
 
         Only frames of the ring's current epoch are used; when there is none yet (a
         camera just reconnected), the state stays reset until the first ones arrive.
