@@ -239,6 +239,17 @@ def test_deep_or_huge_headers_are_protocol_errors_not_recursion() -> None:
     assert isinstance(msg, Status) and msg.reason == "[" * 5000 + "\\\"{"
 
 
+def test_a_header_of_unclosed_strings_is_refused_at_once() -> None:
+    """Quotes and backslashes that never close a string, behind a few brackets: the
+    nesting check reads them in one pass (a pattern that retried the string from every
+    later quote took 15 s on this header, and a relay's 1 MiB health message far longer)."""
+    header = (b"[" * (MAX_HEADER_DEPTH + 1) + b'"\\' * MAX_HEADER_BYTES)[:MAX_HEADER_BYTES]
+    started = time.monotonic()
+    with pytest.raises(ProtocolError):
+        decode([b"score/cam0", header])
+    assert time.monotonic() - started < 2.0  # linear: a few ms here
+
+
 def test_a_subscriber_skips_a_deep_header_with_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
