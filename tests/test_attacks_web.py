@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,27 @@ def test_metrics_answer_only_loopback_host_headers() -> None:
         server.close()
         ring.close()
         ring.unlink()
+
+
+def test_relay_metrics_answer_only_loopback_host_headers() -> None:
+    """The relay's metrics name its upstreams: the same Host rule as the daemon's."""
+    from forecaster.relay.health import Health, serve_metrics
+
+    @dataclass
+    class Upstream:
+        endpoint: str
+
+    health = Health([Upstream("tcp://127.0.0.1:9")])
+    server = serve_metrics("127.0.0.1", free_port(), health)
+    try:
+        answer = raw_request(server.port, b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status_of(answer) == 200 and b"forecaster_relay" in answer
+        for host in (b"Host: evil.com\r\n", b""):
+            answer = raw_request(server.port, b"GET /metrics HTTP/1.0\r\n" + host + b"\r\n")
+            assert status_of(answer) == 403, (host, answer[:200])
+            assert b"forecaster_" not in answer
+    finally:
+        server.close()
 
 
 # -- parsing: one line and exit 2, never a traceback -----------------------------------------

@@ -9,17 +9,12 @@ seconds.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import socket
-import threading
 from collections.abc import Iterator
-from socketserver import ThreadingMixIn
-from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -29,10 +24,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from forecaster import __version__
-from forecaster.endpoints import host_header_is_loopback, is_loopback_host
-from forecaster.errors import ConfigError
 from forecaster.ipc.health import INFERENCE_BUCKETS, MESSAGE_KINDS, CameraField, DaemonField, Health
 from forecaster.ipc.ring import FrameRing
+from forecaster.metrics_http import MetricsHTTP
 
 log = logging.getLogger("forecaster.metrics")
 
@@ -136,58 +130,15 @@ class DaemonCollector(Collector):
         yield info
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log: one line per scrape would flood the journal."""
-
-
-def loopback_hosts_only(app: Any) -> Any:
-    """``app`` behind the loopback ``Host`` rule (as the live page's): a web site cannot
-    read the metrics through DNS rebinding."""
-
-    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
-        host = environ.get("HTTP_HOST")
-        if not host_header_is_loopback(host):
-            what = "no Host header" if host is None else f"Host {host!r} is not a loopback address"
-            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
-            return [f"403: {what} (scrape http://127.0.0.1:PORT/metrics)\n".encode()]
-        return app(environ, start_response)
-
-    return guarded
-
-
 class MetricsServer:
     """An HTTP server on ``address:port`` answering Prometheus scrapes in a thread."""
 
     def __init__(self, address: str, port: int, source: MetricsSource) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(DaemonCollector(source))
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-
-        class Server(ThreadingMixIn, WSGIServer):
-            daemon_threads = True
-            address_family = family
-
-        app = make_wsgi_app(registry)
-        if is_loopback_host(address):
-            app = loopback_hosts_only(app)
-        try:
-            self._server = make_server(address, port, app, Server, handler_class=_QuietHandler)
-        except OSError as error:
-            raise ConfigError(
-                f"cannot serve metrics on {address} port {port} (metrics.address, "
-                f"metrics.port): {error.strerror or error}"
-            ) from None
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-            name="metrics-http", daemon=True,
-        )
-        self._thread.start()
+        self._http = MetricsHTTP(address, port, registry, "metrics.address, metrics.port")
+        self.port = self._http.port
         log.info("serving Prometheus metrics on http://%s:%d/metrics", address, self.port)
 
     def close(self) -> None:
-        self._server.shutdown()
-        with contextlib.suppress(OSError):
-            self._server.server_close()
-        self._thread.join(timeout=2)
+        self._http.close()

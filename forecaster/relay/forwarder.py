@@ -451,8 +451,7 @@ class Relay:
 
     def close(self) -> None:
         if self._metrics is not None:
-            self._metrics.shutdown()
-            self._metrics.server_close()
+            self._metrics.close()
             self._metrics = None
         if self._sockets and hasattr(self, "frontend"):
             with contextlib.suppress(zmq.ZMQError):

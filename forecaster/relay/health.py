@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from forecaster.errors import ConfigError
+from forecaster.metrics_http import MetricsHTTP
 
 log = logging.getLogger("forecaster.relay")
 
@@ -157,7 +157,7 @@ class Health:
 
 
 def serve_metrics(address: str, port: int, health: Health) -> Any:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
 
@@ -207,12 +207,8 @@ def serve_metrics(address: str, port: int, health: Health) -> Any:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector())
-    try:
-        server, _thread = start_http_server(port, addr=address, registry=registry)
-    except OSError as error:
-        raise ConfigError(f"cannot serve metrics on {address} port {port} (metrics_port, "
-                          f"metrics_address): {error.strerror or error}") from None
-    log.info("serving Prometheus metrics on http://%s:%d/metrics", address, port)
+    server = MetricsHTTP(address, port, registry, "metrics_address, metrics_port")
+    log.info("serving Prometheus metrics on http://%s:%d/metrics", address, server.port)
     return server
 
 
