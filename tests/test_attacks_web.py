@@ -354,9 +354,26 @@ def test_a_waiting_worker_stops_on_sigint_and_sigterm(tmp_path: Path, signum: in
     assert f"stopped by {signal.Signals(signum).name} while waiting for the other workers" in err
 
 
-def test_a_worker_stuck_in_tensorflows_wait_stops_on_sigterm(tmp_path: Path) -> None:
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("how", ["sigterm", "parent-killed"])
+def test_a_worker_stuck_in_tensorflows_wait_stops_on_sigterm(tmp_path: Path, how: str) -> None:
     """The peer listens but speaks no gRPC: TensorFlow's own wait never ends, and holds
-    the interpreter; SIGTERM still ends the worker within seconds, with one line."""
+    the interpreter; SIGTERM still ends the worker within seconds, with one line. A worker
+    killed outright (SIGKILL, the OOM killer) takes its training child with it."""
     peer = socket.create_server(("127.0.0.1", 0))
     peer_address = f"127.0.0.1:{peer.getsockname()[1]}"
     own = free_port()
@@ -371,6 +388,16 @@ def test_a_worker_stuck_in_tensorflows_wait_stops_on_sigterm(tmp_path: Path) -> 
             except OSError:
                 assert time.monotonic() < deadline, "TensorFlow's server did not start"
                 time.sleep(0.2)
+        if how == "parent-killed":
+            children = _children(process.pid)
+            assert len(children) == 1, children  # the training child, in TensorFlow's wait
+            process.kill()
+            process.wait()
+            deadline = time.monotonic() + 10
+            while _alive(children[0]):
+                assert time.monotonic() < deadline, "the training child outlived its parent"
+                time.sleep(0.1)
+            return
         process.send_signal(signal.SIGTERM)
         began = time.monotonic()
         _, err = process.communicate(timeout=10)
