@@ -344,15 +344,19 @@ class ClipWriter:
         parts.append((sidecar, (json.dumps(self._sidecar(clip), indent=2, allow_nan=False)
                                 + "\n").encode("utf-8")))
         temps = [(_temp_of(path), path) for path, _ in parts]
+        placed: list[Path] = []  # final names given so far: taken back if a later one fails
         try:
             for (part_temp, _), (_, data) in zip(temps, parts, strict=True):
                 part_temp.write_bytes(data)
             if temp is not None:
-                os.replace(temp, final.with_name(f"{final.name}.mp4"))
+                clip_path = final.with_name(f"{final.name}.mp4")
+                os.replace(temp, clip_path)
+                placed.append(clip_path)
             for part_temp, path in temps:
                 os.replace(part_temp, path)
+                placed.append(path)
         except OSError:
-            for path in (self._temp(clip), *(part_temp for part_temp, _ in temps)):
+            for path in (self._temp(clip), *(part_temp for part_temp, _ in temps), *placed):
                 with contextlib.suppress(OSError):
                     path.unlink()
             raise
