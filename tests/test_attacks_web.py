@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,7 +73,10 @@ def test_recordings_with_a_long_or_null_path_segment_are_404_without_a_traceback
                 assert status == 404, (path, status, body)
     assert not tracebacks(caplog)
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
-    assert 1 <= len(refusals) <= 3, [r.getMessage() for r in refusals]  # one a second
+    # at most one line a second, however many requests were refused (18 here)
+    span = max(r.created for r in refusals) - min(r.created for r in refusals) if refusals else 0
+    assert 1 <= len(refusals) <= 2 + span, [r.getMessage() for r in refusals]
+    assert len(refusals) < 18
 
 
 @pytest.mark.parametrize("request_bytes", [
@@ -443,7 +447,7 @@ def test_a_capture_process_beats_while_it_waits_for_the_start(tmp_path: Path) ->
     try:
         kind, *_ = control.get_message(timeout=60)
         assert kind == "ready"
-        stall_s = 1.5
+        stall_s = 5.0  # ten beats: room for a loaded machine's scheduling
         detector = StallDetector([spec.camera for spec in specs], stall_s)
         held_until = time.monotonic() + 3 * stall_s
         while time.monotonic() < held_until:
@@ -493,7 +497,7 @@ def test_a_stopped_page_process_is_restarted_as_stalled(tmp_path: Path) -> None:
     port = free_port()
     config = config_text(endpoint, [("cam0", "synthetic:?fps=10&anomaly_rate=0")],
                          {"web": {"enabled": True, "port": port},
-                          "service": {"stall_timeout_s": 2.0}})
+                          "service": {"stall_timeout_s": 5.0}})
     with Daemon(tmp_path, config) as daemon:
         daemon.wait_log(r"web ready \(pid \d+\)", 180)
         first = daemon.child_pid("web")
@@ -511,7 +515,7 @@ def test_a_stopped_page_process_is_restarted_as_stalled(tmp_path: Path) -> None:
             assert response.status == 200
         assert daemon.stop() == 0
     log = daemon.log()
-    assert log.count("restarting it") == 1, log[-3000:]
+    assert len(re.findall(r"web \(pid \d+\) stalled", log)) == 1, log[-3000:]
     assert "Traceback" not in log
 
 
