@@ -30,8 +30,8 @@ def main() -> int:
     from forecaster.model.artifact import bundled_model_path, load_model
     from forecaster.model.builders import build_model, frame_size
     from forecaster.model.step import Stepper
-    from forecaster.preprocess import to_gray_resized
-    from forecaster.sources import open_source
+    from forecaster.sources.preprocess import to_gray_resized
+    from forecaster.sources.readers import open_source
 
     full, card = load_model(bundled_model_path())
     height, width = frame_size(full)

@@ -3,7 +3,7 @@
     python benchmarks/capture_cpu.py [--cameras N] [--seconds S] [--cue-height ROWS]
 
 Runs N synthetic 64x64 cameras at 10 fps in this process, one thread each, exactly as a
-capture process of the daemon does (:class:`forecaster.capture_group.CaptureProcess`,
+capture process of the daemon does (:class:`forecaster.daemon.capture_group.CaptureProcess`,
 real rings in shared memory; no worker, so the wake-ups go nowhere), for S seconds, and
 prints the frames written, the CPU time the process used (user + system) per frame, and
 its share of one core. ``--cue-height 0`` leaves out the fused scorer's motion cue.
@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from forecaster.capture import CaptureSpec  # noqa: E402
-from forecaster.capture_group import CaptureGroup, CaptureProcess  # noqa: E402
-from forecaster.channels import Flag, Outbox, channel_address  # noqa: E402
-from forecaster.health import Health  # noqa: E402
-from forecaster.ring import FrameRing  # noqa: E402
+from forecaster.daemon.capture import CaptureSpec  # noqa: E402
+from forecaster.daemon.capture_group import CaptureGroup, CaptureProcess  # noqa: E402
+from forecaster.ipc.channels import Flag, Outbox, channel_address  # noqa: E402
+from forecaster.ipc.health import Health  # noqa: E402
+from forecaster.ipc.ring import FrameRing  # noqa: E402
 
 
 def _cpu_s() -> float:

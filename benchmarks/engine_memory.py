@@ -2,7 +2,7 @@
 
     python benchmarks/engine_memory.py [--ticks 120000] [--every 10000] [--model M]
 
-Feeds the daemon's :class:`~forecaster.engine.InferenceEngine` (the bundled model unless
+Feeds the daemon's :class:`~forecaster.detection.engine.InferenceEngine` (the bundled model unless
 ``--model``, the default scorer) one synthetic 64x64 frame per call, as fast as it goes,
 and prints every ``--every`` ticks the process's resident memory (``VmRSS``) and the
 Python heap traced by ``tracemalloc`` (which slows the run by about a third). With
@@ -39,9 +39,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from forecaster.config import ScorerConfig
-    from forecaster.engine import load, model_path
-    from forecaster.preprocess import to_gray_resized
-    from forecaster.sources import open_source
+    from forecaster.detection.engine import load, model_path
+    from forecaster.sources.preprocess import to_gray_resized
+    from forecaster.sources.readers import open_source
 
     model = load(model_path(args.model, None))
     engine = model.engine(ScorerConfig())

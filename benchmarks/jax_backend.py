@@ -31,10 +31,10 @@ KEYS = ("load_s", "first_tick_s", "tick_p50_ms", "chunk_ms_per_frame")
 
 def child(repeats: int) -> dict[str, Any]:
     start = time.perf_counter()
-    from forecaster.engine import load
+    from forecaster.detection.engine import load
     from forecaster.model.artifact import bundled_model_path
-    from forecaster.preprocess import to_gray_resized
-    from forecaster.sources import open_source
+    from forecaster.sources.preprocess import to_gray_resized
+    from forecaster.sources.readers import open_source
 
     loaded = load(bundled_model_path())
     load_s = time.perf_counter() - start

@@ -5,7 +5,7 @@
 For each source (a synthetic scene, a Ped2 video, vtest.avi when ../shared/data is there)
 it decodes the frames once, then times, in alternating rounds on the same decoded frames,
 what capture does per frame without the cue (gray + resize to 64x64) and with it (the same
-plus :class:`forecaster.flow.MotionCue`: resize to the cue size, Farneback flow, windows).
+plus :class:`forecaster.detection.flow.MotionCue`: resize to the cue size, Farneback flow, windows).
 Prints ms per frame, the ratio, and the share of one core at 10 and 25 frames per second.
 """
 
@@ -22,10 +22,10 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from forecaster.flow import MotionCue, cue_size  # noqa: E402
-from forecaster.fused import DEFAULT_FUSED  # noqa: E402
-from forecaster.preprocess import to_gray, to_gray_resized  # noqa: E402
-from forecaster.sources import open_source  # noqa: E402
+from forecaster.detection.flow import MotionCue, cue_size  # noqa: E402
+from forecaster.detection.fused import DEFAULT_FUSED  # noqa: E402
+from forecaster.sources.preprocess import to_gray, to_gray_resized  # noqa: E402
+from forecaster.sources.readers import open_source  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data"
 

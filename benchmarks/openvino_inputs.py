@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from forecaster.engine import load  # noqa: E402
+from forecaster.detection.engine import load  # noqa: E402
 from forecaster.model.artifact import bundled_model_path  # noqa: E402
-from forecaster.model.lean import OpenVINOTick, converted_path, installed, lean_runner  # noqa: E402
+from forecaster.model.lean import lean_runner  # noqa: E402
+from forecaster.model.ticks import OpenVINOTick, converted_path, installed  # noqa: E402
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from forecaster.bench_daemon import (  # noqa: E402
+from forecaster.bench.daemon import (  # noqa: E402
     CALIBRATED_SCENE,
     SCORER_MODE,
     _children,

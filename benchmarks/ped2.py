@@ -15,14 +15,14 @@ anomalous ones, in scenes and crowds of every density. So:
    the false alarms across scenes, not only the anomalies found.
 2. **Pseudo-anomalies.** Each held-out normal video also enters the pool once more with an
    object of its own scene pasted in, crossing the frame a bit faster than walkers, and
-   labelled where it is (:mod:`forecaster.pseudo_anomaly`, ``PSEUDO_KINDS``). These
+   labelled where it is (:mod:`forecaster.offline.pseudo_anomaly`, ``PSEUDO_KINDS``). These
    anomalies come from footage no model or setting saw. Probes of a kind Ped2's labels do
    not have (``PROBE_KINDS``: an object at a walker's speed going a way walkers do not)
    are scored apart, with the held-out normal videos, and not used to choose.
-3. **Training.** For every seed, ``forecaster.model.train.train_command`` with its defaults
+3. **Training.** For every seed, ``forecaster.offline.train.train_command`` with its defaults
    (what ``forecaster train DATA --out M.keras`` runs) on the other training videos. Models
    are cached under ``./cache/ped2/`` (never committed) and reused unless ``--retrain``.
-4. **Candidates.** Every scorer candidate is the daemon's own :class:`~forecaster.scorer.
+4. **Candidates.** Every scorer candidate is the daemon's own :class:`~forecaster.detection.scorer.
    Scorer` run on the model's predictions (made as the daemon makes them: one stateful pass
    per video) and calibrated on the model's own held-out validation videos, as ``train``
    calibrates: the ``global`` and ``patch`` modes as the card has them, and the ``fused``
@@ -64,7 +64,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
-from forecaster.fused import DEFAULT_FUSED, FusedSettings  # noqa: E402
+from forecaster.detection.fused import DEFAULT_FUSED, FusedSettings  # noqa: E402
 
 log = logging.getLogger("forecaster.benchmark")
 
@@ -121,7 +121,7 @@ def scorer_scores(candidate: Candidate, calibration: dict[str, Any], video: Scor
                   ) -> np.ndarray | None:
     """The candidate's causal score of every scored frame; None when the model's card
     cannot serve it (a patch candidate without a per-location calibration)."""
-    from forecaster.scorer import Scorer
+    from forecaster.detection.scorer import Scorer
 
     try:
         scorer = Scorer(calibration, mode=candidate[1])
@@ -137,7 +137,7 @@ def calibrations(card_calibration: dict[str, Any], val: Sequence[Scored],
                  cands: Sequence[Candidate]) -> dict[str, dict[str, Any]]:
     """Each candidate's calibration: the card's (global, patch), fused ones made anew on
     the model's validation videos, as train makes them."""
-    from forecaster.fused import fused_calibration
+    from forecaster.detection.fused import fused_calibration
 
     maps = [np.square(v.predictions - v.actual) for v in val]
     cues = [v.cues for v in val]
@@ -162,7 +162,7 @@ class Video:
 
 
 def read(name: str, uri: str, size: tuple[int, int], labels: np.ndarray | None) -> Video:
-    from forecaster.datasets import read_video_cues
+    from forecaster.offline.datasets import read_video_cues
 
     frames, own, cues = read_video_cues(uri, size, cue_height=DEFAULT_FUSED.cue_height)
     truth = labels if labels is not None else own
@@ -192,10 +192,10 @@ def read_pseudo(name: str, uri: str, size: tuple[int, int], seed: int, *, speed:
                 against: tuple[float, float] | None = None) -> Video:
     """A normal video with a pseudo-anomaly pasted at its full size, then read as the
     daemon reads frames: the model's size and the motion cue from the full-size frame."""
-    from forecaster.flow import MotionCue
-    from forecaster.preprocess import to_gray, to_gray_resized
-    from forecaster.pseudo_anomaly import pseudo_anomaly
-    from forecaster.sources import open_source
+    from forecaster.detection.flow import MotionCue
+    from forecaster.offline.pseudo_anomaly import pseudo_anomaly
+    from forecaster.sources.preprocess import to_gray, to_gray_resized
+    from forecaster.sources.readers import open_source
 
     images = []
     with open_source(uri) as source:
@@ -211,7 +211,7 @@ def read_pseudo(name: str, uri: str, size: tuple[int, int], seed: int, *, speed:
 def score_all(model_path: Path, pool: Sequence[Video], val: Sequence[Video],
               cands: Sequence[Candidate]) -> dict[str, dict[str, np.ndarray]]:
     """{candidate: {video: causal scores}} of one model on the pool."""
-    from forecaster.engine import load
+    from forecaster.detection.engine import load
 
     loaded = load(model_path)
     stepper, card = loaded.runner, loaded.card
@@ -234,8 +234,8 @@ def score_all(model_path: Path, pool: Sequence[Video], val: Sequence[Video],
 
 def micro_auc(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray],
               videos: Sequence[str], paper: bool = False) -> float:
-    from forecaster.detection_metrics import roc_auc
-    from forecaster.evaluate import minmax
+    from forecaster.offline.detection_metrics import roc_auc
+    from forecaster.offline.evaluate import minmax
 
     s = np.concatenate([minmax(scores[v]) if paper else scores[v] for v in videos])
     y = np.concatenate([labels[v] for v in videos])
@@ -246,7 +246,7 @@ def lovo(scored: dict[str, dict[str, np.ndarray]], names: Sequence[str],
          videos: Sequence[str]) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     """Leave one video out on one seed's pool: per video the candidate best on the others
     (causal micro AUC); the picks and the composed scores."""
-    from forecaster.detection_metrics import undefined_reason
+    from forecaster.offline.detection_metrics import undefined_reason
 
     picks, composed = {}, {}
     for video in videos:
@@ -263,7 +263,7 @@ def interval(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray],
              videos: Sequence[str], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
     """A 90% interval of the paper micro AUC over ``videos``, from resampling the videos
     with replacement (each round draws as many videos as there are)."""
-    from forecaster.detection_metrics import undefined_reason
+    from forecaster.offline.detection_metrics import undefined_reason
 
     rng = np.random.default_rng(seed)
     values = []
@@ -286,9 +286,9 @@ BASELINES = ("copy-last", "frame-diff", "mog2", "flow")
 
 
 def baselines(pool: Sequence[Video], window: int) -> dict[str, dict[str, np.ndarray]]:
-    """The eval's baselines (forecaster.evaluate) on the same frames, and their labels."""
-    from forecaster.evaluate import copy_last_mse, frame_diff, mog2_fraction
-    from forecaster.flow import flow_scores
+    """The eval's baselines (forecaster.offline.evaluate) on the same frames, and their labels."""
+    from forecaster.detection.flow import flow_scores
+    from forecaster.offline.evaluate import copy_last_mse, frame_diff, mog2_fraction
 
     out: dict[str, dict[str, np.ndarray]] = {k: {} for k in BASELINES}
     labels = {}
@@ -350,13 +350,13 @@ def main(argv: list[str] | None = None) -> int:
               f"(expected the UCSD Ped2 data set at {args.data}; use --data)", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from forecaster.datasets import expand_videos, load_labels
     from forecaster.logs import import_tensorflow_quietly, setup_logging
     from forecaster.model.artifact import bundled_model_path, read_card
+    from forecaster.offline.datasets import expand_videos, load_labels
 
     setup_logging("info")
     import_tensorflow_quietly()
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     train_refs = expand_videos([str(training)])
     uris = {r.name: r.uri for r in train_refs}

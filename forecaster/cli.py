@@ -52,7 +52,7 @@ def _positive_int(text: str) -> int:
 
 
 def _size(text: str) -> tuple[int, int]:
-    from forecaster.preprocess import parse_size
+    from forecaster.sources.preprocess import parse_size
 
     try:
         return parse_size(text)
@@ -62,8 +62,8 @@ def _size(text: str) -> tuple[int, int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from forecaster.config import find_config, with_source
+    from forecaster.daemon.supervisor import run
     from forecaster.logs import setup_logging
-    from forecaster.supervisor import run
 
     config, origin = find_config(args.config)
     if args.source is not None:
@@ -82,8 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from forecaster.config import load_config
-    from forecaster.recording_dir import check_events_dir
-    from forecaster.supervisor import check_sources, resolve_model_path
+    from forecaster.daemon.preflight import check_sources, resolve_model_path
+    from forecaster.recording.recording_dir import check_events_dir
 
     config = load_config(args.path)
     check_sources(config)
@@ -97,7 +97,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from forecaster.watch import watch
+    from forecaster.relay.watch import watch
 
     return watch(args.endpoint, args.camera, seconds=args.seconds)
 
@@ -135,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
         import_tensorflow_quietly(start)
     else:
         import_tensorflow_quietly()
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     settings = TrainSettings(
         arch=args.arch,
@@ -164,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
         print("this worker's part is done; the chief writes the model")
         return 0
     from forecaster.model.artifact import read_card
-    from forecaster.model.train import error_ratio
+    from forecaster.offline.train import error_ratio
 
     ratio = error_ratio(read_card(out).calibration)
     print(f"model written to {out} (its error: {ratio:.2f}x that of repeating the last frame)")
@@ -179,7 +179,7 @@ def _load_config_arg(path: str | None) -> Config:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from forecaster.logs import setup_logging
-    from forecaster.replay import replay_command
+    from forecaster.offline.replay import replay_command
 
     config = _load_config_arg(args.config)
     setup_logging(config.log_level)
@@ -214,8 +214,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from forecaster.evaluate import evaluate_command
     from forecaster.logs import setup_logging
+    from forecaster.offline.evaluate import evaluate_command
 
     config = _load_config_arg(args.config)
     setup_logging(config.log_level)
@@ -237,13 +237,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from forecaster.backend import require_tensorflow
     from forecaster.logs import import_tensorflow_quietly
-    from forecaster.outputs import check_writable_file
+    from forecaster.offline.outputs import check_writable_file
 
     require_tensorflow("forecaster bench")
     if args.out:
         check_writable_file(Path(args.out), "benchmark report (--out)")
     import_tensorflow_quietly()
-    from forecaster.bench import format_report, run_bench
+    from forecaster.bench.suite import format_report, run_bench
 
     video = Path(args.video) if args.video else None
     if video is not None and not video.exists():
@@ -285,14 +285,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_relay(args: argparse.Namespace) -> int:
-    from forecaster.relay import relay_command
+    from forecaster.relay.forwarder import relay_command
 
     return relay_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from forecaster.outputs import cache_dir
-    from forecaster.scorer import SCORER_MODES
+    from forecaster.detection.scorer import SCORER_MODES
+    from forecaster.offline.outputs import cache_dir
 
     cache = cache_dir()  # where default outputs go, named in --help as they are written
     parser = argparse.ArgumentParser(

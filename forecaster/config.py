@@ -25,9 +25,9 @@ from pydantic import (
 
 from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
-from forecaster.files import special_file
-from forecaster.model import frame_size_fits
 from forecaster.protocol import MAX_CAMERA_ID, is_camera_id
+from forecaster.sources.files import special_file
+from forecaster.sources.frame_size import frame_size_fits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,7 +134,7 @@ class ModelConfig(_Section):
     @field_validator("runtime")
     @classmethod
     def _check_runtime(cls, value: str) -> str:
-        from forecaster.model.lean import LEAN, installed
+        from forecaster.model.ticks import LEAN, installed
 
         if value in LEAN and not installed(value):
             package, extra = LEAN[value][1], LEAN[value][3]
@@ -363,7 +363,7 @@ class WebConfig(_Section):
 
 
 class RecordingConfig(_Section):
-    """Event clips, snapshots and sidecars (see :mod:`forecaster.recording`)."""
+    """Event clips, snapshots and sidecars (see :mod:`forecaster.recording.recorder`)."""
 
     #: record a clip, a snapshot and a sidecar of each anomaly event
     enabled: bool = True

@@ -266,8 +266,10 @@ def encode(msg: Message) -> list[bytes]:
 
 # ---------------------------------------------------------------------------- decode
 
-#: a JSON string (skipped whole) or a bracket (counted)
-_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+#: a JSON string (skipped whole) or a bracket (counted); the closing quote is optional,
+#: so that a string never closed matches to the end at once instead of being tried again
+#: from every later quote (quadratic time on ``"\\"\\"\\...``)
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
 def _depth(data: bytes) -> int:

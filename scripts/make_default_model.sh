@@ -24,7 +24,7 @@ done
 # calibrated again (weights unchanged) on eight other normal scenes, seeds 121-128: two
 # validation scenes give too narrow a picture of how much normal scenes differ
 "$PYTHON" - <<'PY'
-from forecaster.model.train import recalibrate
+from forecaster.offline.train import recalibrate
 
 path = "forecaster/assets/default.keras"
 data = [f"synthetic:?anomaly_rate=0&seed={seed}&frames=500" for seed in range(121, 129)]

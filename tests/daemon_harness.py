@@ -1,5 +1,5 @@
 """A running ``forecaster run`` for tests that act on it while it runs: the package's
-:mod:`forecaster.daemon_process`, with the tests' config defaults (status every 0.5 s)."""
+:mod:`forecaster.bench.daemon_process`, with the tests' config defaults (status every 0.5 s)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from forecaster import daemon_process
-from forecaster.daemon_process import Daemon, daemon_env, wait_for
+from forecaster.bench import daemon_process
+from forecaster.bench.daemon_process import Daemon, daemon_env, wait_for
 
 __all__ = ["Daemon", "config_text", "daemon_env", "rss_bytes", "wait_for"]
 

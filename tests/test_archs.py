@@ -202,7 +202,7 @@ def _data(count: int, frames: int) -> list[str]:
 def test_every_arch_trains_saves_and_reloads_in_safe_mode(
     tmp_path: Path, arch: str, mode: str, size: tuple[int, int]
 ) -> None:
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     height, width = size
     out = train_command(
@@ -238,7 +238,7 @@ def test_load_model_rejects_a_card_of_another_arch(tmp_path: Path) -> None:
 @pytest.mark.parametrize("arch", ["conv3d-vae", "seed-convlstm"])
 def test_inference_engine_runs_every_runner_unchanged_in_any_chunking(arch: str) -> None:
     from forecaster.config import ScorerConfig
-    from forecaster.engine import InferenceEngine
+    from forecaster.detection.engine import InferenceEngine
 
     calibration = {"log_mse_mean": -6.0, "log_mse_std": 0.5, "frames": 100}
     frames = (_frames(1, 16, 32, 32, seed=6)[0, :, :, :, 0] * 255).astype(np.uint8)

@@ -5,6 +5,7 @@ folders, a disk that fills, a stop under load, paths that cannot be folders."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -25,9 +26,9 @@ from forecaster.protocol import (
     parse_topic,
     validate_camera,
 )
-from forecaster.recording import Recorder
-from forecaster.recording_dir import prepare_events_dir
-from forecaster.retention import Retention, list_events
+from forecaster.recording.recorder import Recorder
+from forecaster.recording.recording_dir import prepare_events_dir
+from forecaster.recording.retention import Retention, list_events
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
 from tests.test_recording import decoded_frames
@@ -195,9 +196,9 @@ import resource, signal, sys
 from pathlib import Path
 import numpy as np
 from forecaster.config import RecordingConfig
-from forecaster.recording import Recorder
-from forecaster.recording_dir import prepare_events_dir
-from forecaster.retention import Retention
+from forecaster.recording.recorder import Recorder
+from forecaster.recording.recording_dir import prepare_events_dir
+from forecaster.recording.retention import Retention
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
@@ -249,8 +250,8 @@ import resource, signal, sys
 from pathlib import Path
 import numpy as np
 from forecaster.config import RecordingConfig
-from forecaster.recording import Recorder
-from forecaster.retention import Retention
+from forecaster.recording.recorder import Recorder
+from forecaster.recording.retention import Retention
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
@@ -284,6 +285,36 @@ def test_a_snapshot_that_cannot_be_written_leaves_none_of_the_events_files(
     lines = [line for line in result.stderr.splitlines() if "20270115-080000-5" in line]
     assert len(lines) == 1 and "not recorded" in lines[0] and "too large" in lines[0], lines
     assert not [p for p in folder.rglob("*") if p.is_file()], sorted(folder.rglob("*"))
+
+
+def test_a_sidecar_that_cannot_be_placed_takes_back_the_clip_and_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The clip and the snapshot get their final names before the sidecar; when the
+    sidecar's rename fails (here: a folder holds its name), both are taken back, so no clip
+    stays without its sidecar."""
+    from forecaster.config import RecordingConfig
+    from forecaster.recording.recorder import Recorder
+    from forecaster.recording.retention import Retention
+
+    folder = tmp_path / "events"
+    blocker = folder / "cam0" / "20270115-080000-5.json"
+    (blocker / "inside").mkdir(parents=True)
+    recorder = Recorder("cam0", folder, RecordingConfig(pre_s=0.0, post_s=0.0, min_free_mb=0),
+                        model="m", retention=Retention(folder))
+    with caplog.at_level(logging.WARNING):
+        for seq in range(20):
+            recorder.on_frame(np.full((48, 64, 3), 100 + seq, np.uint8), seq,
+                              1_800_000_000.0 + seq * 0.04)
+            if seq == 5:
+                recorder.start(5, 1_800_000_000.0 + 5 * 0.04, 5.0)
+            if seq == 10:
+                recorder.end(10, 1_800_000_000.0 + 10 * 0.04, 9.0)
+        recorder.close()
+    left = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    assert left == [], left  # neither the clip nor the snapshot, nor a temporary file
+    assert (blocker / "inside").is_dir()  # and what held the name is left alone
+    assert any("20270115-080000-5" in r.getMessage() for r in caplog.records)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,12 +16,13 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from forecaster.errors import SourceError, UsageError
-from forecaster.sources import open_source
+from forecaster.sources.readers import open_source
 from tests.conftest import free_port
 from tests.daemon_harness import daemon_env
 from tests.test_web import TOKEN, page_server
@@ -71,7 +73,10 @@ def test_recordings_with_a_long_or_null_path_segment_are_404_without_a_traceback
                 assert status == 404, (path, status, body)
     assert not tracebacks(caplog)
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
-    assert 1 <= len(refusals) <= 3, [r.getMessage() for r in refusals]  # one a second
+    # at most one line a second, however many requests were refused (18 here)
+    span = max(r.created for r in refusals) - min(r.created for r in refusals) if refusals else 0
+    assert 1 <= len(refusals) <= 2 + span, [r.getMessage() for r in refusals]
+    assert len(refusals) < 18
 
 
 @pytest.mark.parametrize("request_bytes", [
@@ -140,8 +145,8 @@ def test_the_token_redirect_stays_on_the_same_origin(tmp_path: Path) -> None:
 
 
 def test_metrics_answer_only_loopback_host_headers() -> None:
-    from forecaster.prometheus import MetricsServer
-    from forecaster.ring import FrameRing
+    from forecaster.daemon.prometheus import MetricsServer
+    from forecaster.ipc.ring import FrameRing
     from tests.test_prometheus import FakeDaemon
 
     ring = FrameRing.create(f"forecaster_test_{uuid.uuid4().hex[:8]}", 16, 16, slots=4)
@@ -160,6 +165,27 @@ def test_metrics_answer_only_loopback_host_headers() -> None:
         server.close()
         ring.close()
         ring.unlink()
+
+
+def test_relay_metrics_answer_only_loopback_host_headers() -> None:
+    """The relay's metrics name its upstreams: the same Host rule as the daemon's."""
+    from forecaster.relay.health import Health, serve_metrics
+
+    @dataclass
+    class Upstream:
+        endpoint: str
+
+    health = Health([Upstream("tcp://127.0.0.1:9")])
+    server = serve_metrics("127.0.0.1", free_port(), health)
+    try:
+        answer = raw_request(server.port, b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status_of(answer) == 200 and b"forecaster_relay" in answer
+        for host in (b"Host: evil.com\r\n", b""):
+            answer = raw_request(server.port, b"GET /metrics HTTP/1.0\r\n" + host + b"\r\n")
+            assert status_of(answer) == 403, (host, answer[:200])
+            assert b"forecaster_" not in answer
+    finally:
+        server.close()
 
 
 # -- parsing: one line and exit 2, never a traceback -----------------------------------------
@@ -332,9 +358,26 @@ def test_a_waiting_worker_stops_on_sigint_and_sigterm(tmp_path: Path, signum: in
     assert f"stopped by {signal.Signals(signum).name} while waiting for the other workers" in err
 
 
-def test_a_worker_stuck_in_tensorflows_wait_stops_on_sigterm(tmp_path: Path) -> None:
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("how", ["sigterm", "parent-killed"])
+def test_a_worker_stuck_in_tensorflows_wait_stops_on_sigterm(tmp_path: Path, how: str) -> None:
     """The peer listens but speaks no gRPC: TensorFlow's own wait never ends, and holds
-    the interpreter; SIGTERM still ends the worker within seconds, with one line."""
+    the interpreter; SIGTERM still ends the worker within seconds, with one line. A worker
+    killed outright (SIGKILL, the OOM killer) takes its training child with it."""
     peer = socket.create_server(("127.0.0.1", 0))
     peer_address = f"127.0.0.1:{peer.getsockname()[1]}"
     own = free_port()
@@ -349,6 +392,16 @@ def test_a_worker_stuck_in_tensorflows_wait_stops_on_sigterm(tmp_path: Path) -> 
             except OSError:
                 assert time.monotonic() < deadline, "TensorFlow's server did not start"
                 time.sleep(0.2)
+        if how == "parent-killed":
+            children = _children(process.pid)
+            assert len(children) == 1, children  # the training child, in TensorFlow's wait
+            process.kill()
+            process.wait()
+            deadline = time.monotonic() + 10
+            while _alive(children[0]):
+                assert time.monotonic() < deadline, "the training child outlived its parent"
+                time.sleep(0.1)
+            return
         process.send_signal(signal.SIGTERM)
         began = time.monotonic()
         _, err = process.communicate(timeout=10)
@@ -372,11 +425,11 @@ def test_a_capture_process_beats_while_it_waits_for_the_start(tmp_path: Path) ->
     three times the stall rule: the supervisor's rule sees no stall meanwhile."""
     import multiprocessing as mp
 
-    from forecaster.capture import CaptureSpec
-    from forecaster.capture_group import capture_group_main, group_specs
-    from forecaster.channels import Flag, Inbox, Outbox, channel_address
-    from forecaster.health import Health, StallDetector
-    from forecaster.ring import FrameRing
+    from forecaster.daemon.capture import CaptureSpec
+    from forecaster.daemon.capture_group import capture_group_main, group_specs
+    from forecaster.ipc.channels import Flag, Inbox, Outbox, channel_address
+    from forecaster.ipc.health import Health, StallDetector
+    from forecaster.ipc.ring import FrameRing
 
     ctx = mp.get_context("spawn")
     instance = f"attack{uuid.uuid4().hex[:8]}"
@@ -394,7 +447,7 @@ def test_a_capture_process_beats_while_it_waits_for_the_start(tmp_path: Path) ->
     try:
         kind, *_ = control.get_message(timeout=60)
         assert kind == "ready"
-        stall_s = 1.5
+        stall_s = 5.0  # ten beats: room for a loaded machine's scheduling
         detector = StallDetector([spec.camera for spec in specs], stall_s)
         held_until = time.monotonic() + 3 * stall_s
         while time.monotonic() < held_until:
@@ -418,7 +471,7 @@ def test_a_capture_process_beats_while_it_waits_for_the_start(tmp_path: Path) ->
 def test_the_stall_rule_starts_a_captures_clock_when_it_starts_running() -> None:
     """A capture process that was ready, or restarting, long ago is judged from the moment
     it runs, not from a beat before it did."""
-    from forecaster.health import Health, StallDetector
+    from forecaster.ipc.health import Health, StallDetector
 
     health = Health(2)
     detector = StallDetector(["a", "b"], 2.0)
@@ -444,7 +497,7 @@ def test_a_stopped_page_process_is_restarted_as_stalled(tmp_path: Path) -> None:
     port = free_port()
     config = config_text(endpoint, [("cam0", "synthetic:?fps=10&anomaly_rate=0")],
                          {"web": {"enabled": True, "port": port},
-                          "service": {"stall_timeout_s": 2.0}})
+                          "service": {"stall_timeout_s": 5.0}})
     with Daemon(tmp_path, config) as daemon:
         daemon.wait_log(r"web ready \(pid \d+\)", 180)
         first = daemon.child_pid("web")
@@ -462,12 +515,12 @@ def test_a_stopped_page_process_is_restarted_as_stalled(tmp_path: Path) -> None:
             assert response.status == 200
         assert daemon.stop() == 0
     log = daemon.log()
-    assert log.count("restarting it") == 1, log[-3000:]
+    assert len(re.findall(r"web \(pid \d+\) stalled", log)) == 1, log[-3000:]
     assert "Traceback" not in log
 
 
 def test_the_stall_rule_judges_the_page_from_when_it_runs() -> None:
-    from forecaster.health import DaemonField, Health, StallDetector
+    from forecaster.ipc.health import DaemonField, Health, StallDetector
 
     health = Health(1)
     detector = StallDetector(["a"], 2.0)

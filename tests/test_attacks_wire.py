@@ -25,7 +25,9 @@ import zmq
 from forecaster.client import CurveClient, Subscriber
 from forecaster.config import Config, PublishConfig
 from forecaster.errors import ConfigError
+from forecaster.ipc.publisher import Publisher
 from forecaster.keys import generate_keypair
+from forecaster.offline.scores_csv import read_scores_csv
 from forecaster.protocol import (
     MAX_HEADER_BYTES,
     MAX_HEADER_DEPTH,
@@ -36,9 +38,7 @@ from forecaster.protocol import (
     decode,
     encode,
 )
-from forecaster.publisher import Publisher
-from forecaster.relay_health import MAX_CAMERAS_PER_UPSTREAM
-from forecaster.scores_csv import read_scores_csv
+from forecaster.relay.health import MAX_CAMERAS_PER_UPSTREAM
 from tests.conftest import free_port
 from tests.daemon_harness import daemon_env, wait_for
 from tests.test_relay import RelayProcess, _health, _sub
@@ -176,7 +176,7 @@ def test_a_relay_on_an_ipc_socket_locks_it_and_removes_it_at_stop(tmp_path: Path
 def test_replay_publishes_with_the_configs_curve_and_only_to_allowed_subscribers(
     tmp_path: Path,
 ) -> None:
-    from forecaster.replay import replay_command
+    from forecaster.offline.replay import replay_command
 
     keys = tmp_path / "keys"
     server = generate_keypair(keys, "server")
@@ -237,6 +237,17 @@ def test_deep_or_huge_headers_are_protocol_errors_not_recursion() -> None:
                                   reason="[" * 5000 + "\\\"{"))
     msg = decode([topic, header])
     assert isinstance(msg, Status) and msg.reason == "[" * 5000 + "\\\"{"
+
+
+def test_a_header_of_unclosed_strings_is_refused_at_once() -> None:
+    """Quotes and backslashes that never close a string, behind a few brackets: the
+    nesting check reads them in one pass (a pattern that retried the string from every
+    later quote took 15 s on this header, and a relay's 1 MiB health message far longer)."""
+    header = (b"[" * (MAX_HEADER_DEPTH + 1) + b'"\\' * MAX_HEADER_BYTES)[:MAX_HEADER_BYTES]
+    started = time.monotonic()
+    with pytest.raises(ProtocolError):
+        decode([b"score/cam0", header])
+    assert time.monotonic() - started < 2.0  # linear: a few ms here
 
 
 def test_a_subscriber_skips_a_deep_header_with_one_warning(
@@ -367,7 +378,7 @@ def test_a_relay_refuses_its_own_bind_as_an_upstream(tmp_path: Path) -> None:
                                  "--allow-insecure"], tmp_path))
         assert f"upstream {upstream} is the relay's own bind {bind}" in line, line
     # a daemon elsewhere on the relay's port is no loop
-    from forecaster.relay import parse_relay_config
+    from forecaster.relay.forwarder import parse_relay_config
 
     config = parse_relay_config({"relay": {
         "bind": f"tcp://*:{port}", "allow_insecure": True,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from forecaster.bench_daemon import _children, _rss_mb, _slope
+from forecaster.bench.daemon import _children, _rss_mb, _slope
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_children_are_found_by_the_name_they_give_themselves(tmp_path: Path) -> 
     script = textwrap.dedent(
         """
         import multiprocessing, time
-        from forecaster.channels import set_process_name
+        from forecaster.ipc.channels import set_process_name
 
         def child():
             set_process_name("fc-worker")
@@ -102,7 +102,7 @@ def test_replay_against_decode_times_both_scorer_modes_and_decoding(tmp_path: Pa
     import cv2
     import numpy as np
 
-    from forecaster.bench_replay import MODES, replay_against_decode
+    from forecaster.bench.replay import MODES, replay_against_decode
 
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (160, 120))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from forecaster.calibration import (
+from forecaster.detection.calibration import (
     PATCH_STD_FLOOR,
     PatchPooler,
     PatchSettings,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from forecaster.capture import CaptureSpec
-from forecaster.capture_group import group_specs
 from forecaster.client import Subscriber
+from forecaster.daemon.capture import CaptureSpec
+from forecaster.daemon.capture_group import group_specs
 from forecaster.protocol import Score
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, wait_for

@@ -234,7 +234,7 @@ def test_model_of_wrong_size_exit_2(tmp_path: Path) -> None:
 def test_video_file_source_runs_to_the_end(tmp_path: Path) -> None:
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (96, 72))
-    from forecaster.synthetic import SyntheticScene
+    from forecaster.sources.synthetic import SyntheticScene
 
     scene = SyntheticScene(seed=6, height=72, width=96)
     for i in range(30):

@@ -7,15 +7,15 @@ import cv2
 import numpy as np
 import pytest
 
-from forecaster.datasets import (
+from forecaster.errors import DataError, SourceError
+from forecaster.offline.datasets import (
     DEFAULT_SYNTHETIC_FRAMES,
     VideoRef,
     expand_videos,
     load_labels,
     read_video,
 )
-from forecaster.errors import DataError, SourceError
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.synthetic import SyntheticScene
 
 
 def make_folder(path: Path, count: int, size: tuple[int, int] = (48, 64)) -> Path:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from forecaster.detection_metrics import (
+from forecaster.offline.detection_metrics import (
     UndefinedMetricWarning,
     best_f1,
     eer,

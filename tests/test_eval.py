@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from forecaster.evaluate import METHODS, PROTOCOLS, evaluate_command, minmax
+from forecaster.offline.evaluate import METHODS, PROTOCOLS, evaluate_command, minmax
 from tests.test_replay import cli, make_tiny_model, one_error_line
 
 pytestmark = pytest.mark.timeout(120)
@@ -143,7 +143,7 @@ def test_eval_default_out_is_a_new_folder_in_the_user_cache(
 def test_patch_mode_model_and_global_row(dataset, tmp_path: Path) -> None:
     """A model recalibrated per location is scored in patch mode; model-global keeps the
     whole-frame numbers."""
-    from forecaster.model.train import recalibrate
+    from forecaster.offline.train import recalibrate
 
     data, labels_path, model = dataset
     normal = tmp_path / "normal"

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import zmq
 
-from forecaster.capture import Backoff, Capture, CaptureSpec
 from forecaster.client import Subscriber
-from forecaster.health import CameraField, Health
+from forecaster.daemon.capture import Backoff, Capture, CaptureSpec
+from forecaster.ipc.health import CameraField, Health
+from forecaster.ipc.ring import FrameRing
 from forecaster.model.artifact import CARD_MEMBER, bundled_model_path, read_card
 from forecaster.protocol import Forecast, Score, Status
-from forecaster.ring import FrameRing
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.synthetic import SyntheticScene
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, rss_bytes, wait_for
 from tests.mjpeg_server import MJPEGServer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from forecaster.fit import MIN_FIT_FRAMES, FitCheck
+from forecaster.detection.fit import MIN_FIT_FRAMES, FitCheck
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, wait_for
 from tests.test_replay import SIZE, cli, env, make_tiny_model

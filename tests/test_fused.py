@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from forecaster.flow import MotionCue, cue_size, flow_scores
-from forecaster.fused import FusedSettings, fused_calibration, parse_fused_calibration
-from forecaster.scorer import Scorer, cue_height, resolve_mode
+from forecaster.detection.flow import MotionCue, cue_size, flow_scores
+from forecaster.detection.fused import FusedSettings, fused_calibration, parse_fused_calibration
+from forecaster.detection.scorer import Scorer, cue_height, resolve_mode
 
 
 def _videos(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -56,7 +56,7 @@ class Spy(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Spy())
 out, replay = sys.argv[1], sys.argv[2:]
 import numpy as np
-from forecaster.engine import load
+from forecaster.detection.engine import load
 WINDOW_FRAMES = %d
 from forecaster.model.artifact import bundled_model_path
 
@@ -127,7 +127,7 @@ def test_jax_one_frame_step_equals_the_tensorflow_step(
     assert result["device"].endswith("via JAX"), result["device"]
     assert result["tensorflow"] == [], f"the JAX path imported {result['tensorflow']}"
     _tensorflow_here()
-    from forecaster.engine import load
+    from forecaster.detection.engine import load
     from forecaster.model.artifact import bundled_model_path
 
     runner = load(bundled_model_path()).runner

@@ -27,7 +27,7 @@ from forecaster.model.artifact import (
 )
 from forecaster.model.builders import ARCHS, build_model
 from forecaster.model.step import Stepper
-from forecaster.model.train import Video, calibrate, gradient_difference, l1_gdl, split_videos
+from forecaster.offline.train import Video, calibrate, gradient_difference, l1_gdl, split_videos
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -266,7 +266,7 @@ def test_calibration_uses_frames_with_full_context(model_64x80: keras.Model) -> 
 
 
 def test_train_command_writes_a_calibrated_model(tmp_path: Path) -> None:
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     data = [f"synthetic:?anomaly_rate=0&seed={seed}&frames=40" for seed in (7, 8)]
     out = train_command(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from forecaster.errors import UsageError
-from forecaster.outputs import cache_dir, fresh_dir, prepare_out_dir, training_dir
+from forecaster.offline.outputs import cache_dir, fresh_dir, prepare_out_dir, training_dir
 
 
 def test_cache_dir_follows_xdg_cache_home_else_the_home_folder(

@@ -15,9 +15,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from forecaster.config import Config, parse_config
-from forecaster.health import CameraField, Health
-from forecaster.prometheus import MetricsServer
-from forecaster.ring import FrameRing
+from forecaster.daemon.prometheus import MetricsServer
+from forecaster.ipc.health import CameraField, Health
+from forecaster.ipc.ring import FrameRing
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
 

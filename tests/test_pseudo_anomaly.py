@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forecaster.pseudo_anomaly import cut_object, paste_moving_object, pseudo_anomaly
+from forecaster.offline.pseudo_anomaly import cut_object, paste_moving_object, pseudo_anomaly
 
 
 def _walkers(frames: int = 90, rows: int = 120, cols: int = 160) -> np.ndarray:

@@ -19,9 +19,9 @@ import zmq
 
 from forecaster.client import Subscriber, subscriptions
 from forecaster.errors import ConfigError, UsageError
+from forecaster.ipc.publisher import Publisher
 from forecaster.protocol import Event, Forecast, Message, ProtocolError, Score, Status, encode
-from forecaster.publisher import Publisher
-from forecaster.watch import score_bar, watch
+from forecaster.relay.watch import score_bar, watch
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from forecaster.read_ahead import ReadAhead
+from forecaster.sources.read_ahead import ReadAhead
 
 pytestmark = pytest.mark.timeout(30)
 

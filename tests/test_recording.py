@@ -18,11 +18,11 @@ import pytest
 from forecaster.client import Subscriber
 from forecaster.config import Config, RecordingConfig, parse_config
 from forecaster.errors import ConfigError
-from forecaster.event_board import BoardField, EventBoard, EventNotes, event_stem
 from forecaster.protocol import Event, Score, decode, encode
-from forecaster.recording import NoRecorder, Recorder, open_recorder
-from forecaster.recording_dir import events_dir
-from forecaster.retention import Retention, list_events
+from forecaster.recording.event_board import BoardField, EventBoard, EventNotes, event_stem
+from forecaster.recording.recorder import NoRecorder, Recorder, open_recorder
+from forecaster.recording.recording_dir import events_dir
+from forecaster.recording.retention import Retention, list_events
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, wait_for
 
@@ -114,7 +114,7 @@ def test_daemon_records_clip_snapshot_and_sidecar_named_in_event_messages(tmp_pa
 
 @pytest.mark.timeout(120)
 def test_replay_clips_counts_pre_and_post_roll_in_frames(tmp_path: Path) -> None:
-    from forecaster.replay import replay_command
+    from forecaster.offline.replay import replay_command
 
     toml = tmp_path / "config.toml"
     toml.write_text("[recording]\npre_s = 0.4\npost_s = 0.2\nmax_width = 96\n")

@@ -23,9 +23,9 @@ import pytest
 import zmq
 
 from forecaster.client import CurveClient, Subscriber
+from forecaster.ipc.publisher import CurveServer, Publisher
 from forecaster.keys import generate_keypair
 from forecaster.protocol import Forecast, Score, Status, decode, encode
-from forecaster.publisher import CurveServer, Publisher
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from forecaster.client import Subscriber
-from forecaster.detection_metrics import roc_auc
+from forecaster.offline.detection_metrics import roc_auc
+from forecaster.offline.replay import replay_command
+from forecaster.offline.scores_csv import CSV_COLUMNS, read_scores_csv
 from forecaster.protocol import Event, Forecast, Score, Status
-from forecaster.replay import replay_command
-from forecaster.scores_csv import CSV_COLUMNS, read_scores_csv
 from tests.conftest import free_port
 from tests.daemon_harness import wait_for
 
@@ -56,7 +56,7 @@ def make_tiny_model(path: Path, *, perturb: bool = True, fused: bool = False) ->
         calibration={"log_mse_mean": -7.0, "log_mse_std": 0.5, "frames": 100},
     )
     if fused:
-        from forecaster.fused import FusedSettings
+        from forecaster.detection.fused import FusedSettings
 
         card.calibration["fused"] = {
             **FusedSettings(error="worst", cue_height=48).as_dict(), "height": SIZE,
@@ -97,7 +97,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def write_avi(path: Path, frames: int, seed: int = 6) -> Path:
-    from forecaster.synthetic import SyntheticScene
+    from forecaster.sources.synthetic import SyntheticScene
 
     scene = SyntheticScene(seed=seed, height=72, width=96, anomaly_rate=0.05)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (96, 72))
@@ -176,7 +176,7 @@ def test_chunked_replay_equals_one_frame_per_call(tiny_model: Path, tmp_path: Pa
 
 def test_publish_sends_every_frame_and_ends_with_status(tiny_model: Path, tmp_path: Path) -> None:
     from forecaster.config import Config, ScorerConfig
-    from forecaster.publisher import Publisher
+    from forecaster.ipc.publisher import Publisher
 
     # thresholds every frame exceeds: an episode starts and is still open at the end
     always = Config(scorer=ScorerConfig(threshold_on=-1000.0, threshold_off=-2000.0))
@@ -367,7 +367,7 @@ def test_live_scores_equal_replay_scores(which: str, request: pytest.FixtureRequ
     assert sorted(live) == list(range(10, frames)), "frames were dropped"
     assert live_events == [("start", 11), ("end", frames - 1)]
     from forecaster.config import load_config
-    from forecaster.publisher import Publisher
+    from forecaster.ipc.publisher import Publisher
 
     replay_endpoint = f"ipc://{tmp_path}/replay.sock"
     with Publisher(replay_endpoint, sndhwm=100_000, linger_ms=1000) as publisher, \
@@ -394,7 +394,7 @@ def test_live_scores_equal_replay_scores(which: str, request: pytest.FixtureRequ
 
 
 def test_timeline_notes_videos_left_out_and_titles_each_panel(tmp_path: Path) -> None:
-    from forecaster.replay_results import MAX_PANELS, VideoResult, plot_replay, timeline
+    from forecaster.offline.replay_results import MAX_PANELS, VideoResult, plot_replay, timeline
 
     results = [
         VideoResult(name=f"v{i}", camera=f"v{i}", source=f"v{i}", frames=3, seqs=[1, 2],

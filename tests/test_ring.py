@@ -6,7 +6,7 @@ import uuid
 import numpy as np
 import pytest
 
-from forecaster.ring import FrameRing, RingError
+from forecaster.ipc.ring import FrameRing, RingError
 
 
 @pytest.fixture

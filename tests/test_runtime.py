@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from forecaster.config import ScorerConfig
-from forecaster.engine import LoadedModel, load, padded_batch
+from forecaster.detection.engine import LoadedModel, load, padded_batch
 from forecaster.model.artifact import bundled_model_path
-from forecaster.model.lean import CHECK_TICKS, TOLERANCE, LeanStepper, installed
+from forecaster.model.lean import CHECK_TICKS, TOLERANCE, LeanStepper
+from forecaster.model.ticks import installed
 from forecaster.protocol import Forecast, Score
 
 pytestmark = pytest.mark.skipif(
@@ -95,8 +96,9 @@ def test_a_converted_model_that_differs_falls_back_to_tensorflow(
     import keras
 
     from forecaster.model.builders import build_model
-    from forecaster.model.lean import LiteRTTick, converted_path, export_litert, lean_runner
+    from forecaster.model.lean import lean_runner
     from forecaster.model.step import build_step_model
+    from forecaster.model.ticks import LiteRTTick, converted_path, export_litert
 
     monkeypatch.setenv("FORECASTER_RUNTIME_CACHE", str(tmp_path))
     keras.utils.set_random_seed(3)
@@ -155,7 +157,7 @@ def test_explicit_runtime_that_is_not_installed_is_a_config_error(
 
 
 def test_bench_times_both_runtimes_on_the_same_weights(lean: LoadedModel) -> None:
-    from forecaster.bench_runtimes import bench_runtimes, format_runtimes
+    from forecaster.bench.runtimes import bench_runtimes, format_runtimes
 
     report = bench_runtimes(4, batches=(1, 4), stepper=lean.runner.stepper)  # type: ignore[attr-defined]
     assert [row["batch"] for row in report["rows"]] == [1, 4]
@@ -182,7 +184,8 @@ def test_auto_serves_each_batch_size_on_the_runtime_that_stepped_it_fastest(
 ) -> None:
     """With ``model.runtime = "auto"`` each batch size, once checked, runs on whichever
     runtime its timing rounds found fastest; either way the ticks equal TensorFlow's."""
-    from forecaster.model.lean import LEAN, lean_runner
+    from forecaster.model.lean import lean_runner
+    from forecaster.model.ticks import LEAN
 
     runner = lean_runner(lean.runner.stepper, bundled_model_path(), "auto", "CPU")  # type: ignore[attr-defined]
     assert isinstance(runner, LeanStepper)
@@ -263,7 +266,7 @@ def test_openvino_sends_no_telemetry_and_writes_nothing_home(tmp_path: Path) -> 
     home.mkdir()
     code = (
         "import os, sys\n"
-        "from forecaster.engine import load\n"
+        "from forecaster.detection.engine import load\n"
         "from forecaster.model.artifact import bundled_model_path\n"
         "loaded = load(bundled_model_path(), runtime='openvino')\n"
         "assert loaded.runner.runtime == 'OpenVINO', loaded.runner.runtime\n"

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from forecaster.calibration import PatchSettings
-from forecaster.scorer import Scorer, ScoreResult, frame_errors
+from forecaster.detection.calibration import PatchSettings
+from forecaster.detection.scorer import Scorer, ScoreResult, frame_errors
 from tests.test_calibration import calibrate_footage, normal_footage
 
 pytestmark = pytest.mark.timeout(30)

@@ -18,9 +18,9 @@ import zmq.auth
 from forecaster.client import CurveClient, Subscriber
 from forecaster.config import parse_config
 from forecaster.errors import ConfigError
+from forecaster.ipc.publisher import CurveServer, Publisher
 from forecaster.keys import generate_keypair
 from forecaster.protocol import Score
-from forecaster.publisher import CurveServer, Publisher
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
 

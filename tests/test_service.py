@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from forecaster.client import Subscriber
-from forecaster.health import CameraField, DaemonField, Health, RestartBudget, StallDetector
-from forecaster.notify import SystemdNotifier
+from forecaster.daemon.notify import SystemdNotifier
+from forecaster.ipc.health import CameraField, DaemonField, Health, RestartBudget, StallDetector
 from forecaster.protocol import Score
 from tests.conftest import free_port
 from tests.daemon_harness import Daemon, config_text, wait_for

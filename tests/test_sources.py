@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from forecaster.errors import SourceDisconnected, SourceError
-from forecaster.sources import (
+from forecaster.sources.readers import (
     CameraSource,
     FileSource,
     FolderSource,
@@ -24,7 +24,7 @@ from forecaster.sources import (
     parse_synthetic_uri,
     redact,
 )
-from forecaster.synthetic import SyntheticScene
+from forecaster.sources.synthetic import SyntheticScene
 from tests.mjpeg_server import MJPEGServer
 
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from forecaster.synthetic import (
+from forecaster.sources.synthetic import (
     BLOCK,
     GAP,
     MAX_EPISODE,

@@ -17,8 +17,9 @@ import pytest
 
 from forecaster.errors import UsageError
 from forecaster.model.artifact import load_model
+from forecaster.model.batches import StatefulGroups, WindowBatches
 from forecaster.model.builders import build_model
-from forecaster.model.fitting import StatefulGroups, StatefulTrainer, WindowBatches
+from forecaster.model.fitting import StatefulTrainer
 from forecaster.model.losses import PixelLoss
 
 pytestmark = pytest.mark.filterwarnings(
@@ -120,7 +121,7 @@ def test_stateful_training_resets_the_state_exactly_when_a_new_group_starts() ->
 
 def test_stateful_mode_needs_a_recurrent_arch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from forecaster.cli import main
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     with pytest.raises(UsageError, match="recurrent"):
         train_command(_data(2), tmp_path / "m.keras",
@@ -136,7 +137,7 @@ def test_stateful_mode_needs_a_recurrent_arch(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_same_seed_same_weights_in_stateful_mode(tmp_path: Path) -> None:
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     paths = [
         train_command(_data(3), tmp_path / f"run{i}.keras",
@@ -152,7 +153,7 @@ def test_same_seed_same_weights_in_stateful_mode(tmp_path: Path) -> None:
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, user_cache: Path) -> None:
-    from forecaster.model.train import TrainSettings, train_command
+    from forecaster.offline.train import TrainSettings, train_command
 
     common = TrainSettings(arch="convlstm-ae", mode="window", size=(32, 32), batch_size=4,
                            clip=8, seed=1, patience=5, progress=False)

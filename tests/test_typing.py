@@ -37,7 +37,7 @@ def test_checker_reports_a_wrong_call(tmp_path: Path) -> None:
     """The same settings do catch an error (the check above is not vacuous)."""
     wrong = tmp_path / "wrong.py"
     wrong.write_text(
-        "from forecaster.engine import padded_batch\n"
+        "from forecaster.detection.engine import padded_batch\n"
         "padded_batch('four')\n"
     )
     result = _mypy(str(wrong))

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 import zmq
 
-from forecaster.channels import Flag
 from forecaster.config import Config, parse_config
 from forecaster.errors import ConfigError
+from forecaster.ipc.channels import Flag
+from forecaster.ipc.ring import FrameRing
 from forecaster.protocol import Forecast, Score, encode
-from forecaster.ring import FrameRing
 from forecaster.web.live import EventLog
 from forecaster.web.process import WebSpec, serve
 from tests.conftest import free_port
@@ -306,7 +306,7 @@ def test_token_is_required_and_recordings_are_served_read_only(tmp_path: Path) -
 def test_a_disabled_page_starts_no_process_and_no_feed(tmp_path: Path) -> None:
     """The supervisor's plan with [web] enabled = false: no web process, no feed socket,
     no runtime folder (the children are not spawned here: that needs TensorFlow)."""
-    from forecaster.supervisor import WEB, Supervisor
+    from forecaster.daemon.supervisor import WEB, Supervisor
 
     class Planner(Supervisor):
         def _start_child(self, index: int) -> None:

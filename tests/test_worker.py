@@ -13,13 +13,13 @@ import pytest
 
 from forecaster.client import Subscriber
 from forecaster.config import ScorerConfig
-from forecaster.engine import InferenceEngine
-from forecaster.health import CameraField, Health
+from forecaster.daemon.worker import Feed, Worker
+from forecaster.detection.engine import InferenceEngine
+from forecaster.ipc.health import CameraField, Health
+from forecaster.ipc.publisher import Publisher
+from forecaster.ipc.ring import FrameRing
 from forecaster.protocol import Event, Forecast, Score, Status
-from forecaster.publisher import Publisher
-from forecaster.ring import FrameRing
-from forecaster.synthetic import SyntheticScene
-from forecaster.worker import Worker, _Feed
+from forecaster.sources.synthetic import SyntheticScene
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,7 +66,7 @@ class Harness:
         self.publisher = Publisher(endpoint, sndhwm=10000, linger_ms=0)
         self.sub = Subscriber(endpoint)
         self.engine = InferenceEngine(stepper, calibration, ScorerConfig(), window=10)
-        self.feed = _Feed(camera="cam0", ring=ring)
+        self.feed = Feed(camera="cam0", ring=ring)
         self.stop = mp.get_context("spawn").Event()
         self.worker = Worker(self.engine, [self.feed], self.publisher, queue.Queue(), self.stop,
                              60.0, health=health)
@@ -167,9 +167,9 @@ def test_behind_by_more_than_a_ring_skips_ahead_and_keeps_the_state(
         harness.drain()
         # the same gap once the last re-prime is older than that: the state is stale,
         # re-primed from the ring
-        import forecaster.worker as worker_module
+        import forecaster.daemon.catch_up as catch_up
 
-        monkeypatch.setattr(worker_module, "REPRIME_MIN_INTERVAL_S", 0.0)
+        monkeypatch.setattr(catch_up, "REPRIME_MIN_INTERVAL_S", 0.0)
         for i in range(90, 138):
             ring.write(frames[i - 48], float(i))
         harness.worker.service(harness.feed)
@@ -270,7 +270,7 @@ def test_frames_count_once_when_a_step_by_step_turn_or_a_re_prime_read_fails(
     try:
         poisoned = NaNOnCall(stepper, prefers_ticks=True)
         engine = InferenceEngine(poisoned, CALIBRATION, ScorerConfig(), window=10)
-        feeds = [_Feed(camera=f"cam{i}", ring=r) for i, r in enumerate(rings)]
+        feeds = [Feed(camera=f"cam{i}", ring=r) for i, r in enumerate(rings)]
         worker = Worker(engine, feeds, publisher, queue.Queue(),
                         mp.get_context("spawn").Event(), 60.0)
         frames = scene_frames(60)
@@ -373,7 +373,7 @@ def test_a_restarted_worker_scores_and_counts_each_frame_once(stepper, tmp_path)
 
 
 def test_run_cap_keeps_the_frames_coming_during_a_turn_within_the_ring() -> None:
-    from forecaster.worker import RUN_MARGIN, run_cap
+    from forecaster.daemon.catch_up import RUN_MARGIN, run_cap
 
     # 1,200 fps against 600 frames/s run: 2 arrive per frame run, 4 with the margin of 2,
     # so 10 / 4 = 2.5 frames a turn, rounded up
@@ -395,10 +395,10 @@ def test_fast_camera_behind_by_more_than_a_ring_runs_every_frame_until_backlog_s
     order (nothing dropped; the predictions of one run over all frames). Only when the
     waiting frames span more than BACKLOG_S (50 ms) are the oldest shed, down to the newest
     8, the state kept, as a skip does."""
-    import forecaster.worker as worker_module
+    import forecaster.daemon.catch_up as catch_up
 
-    assert worker_module.BACKLOG_S == 0.05
-    monkeypatch.setattr(worker_module, "run_cap", lambda *args: 3)
+    assert catch_up.BACKLOG_S == 0.05
+    monkeypatch.setattr(catch_up, "run_cap", lambda *args: 3)
     frames = scene_frames(163)
     harness = Harness(stepper, ring, tmp_path)
     feed = harness.feed
@@ -437,7 +437,7 @@ def test_fast_camera_behind_by_more_than_a_ring_runs_every_frame_until_backlog_s
         # a backlog of 28 frames (122..149), then 13 frames at once, the ring lapped: a
         # skip to the newest 8 (155..162), not a re-prime: the frames lost (150..152) are
         # no gap of more than 4 rings, however many waited in the buffer before them
-        monkeypatch.setattr(worker_module, "REPRIME_MIN_INTERVAL_S", 0.0)
+        monkeypatch.setattr(catch_up, "REPRIME_MIN_INTERVAL_S", 0.0)
         for first in range(110, 150, 10):
             turn(first, first + 9)
         assert (feed.first, feed.last) == (122, 149)
@@ -503,7 +503,7 @@ def test_cameras_with_new_frames_share_one_batched_call(stepper, tmp_path) -> No
     ]
     publisher = Publisher(f"ipc://{tmp_path}/b.sock", sndhwm=10000, linger_ms=0)
     try:
-        feeds = [_Feed(camera=f"cam{i}", ring=ring) for i, ring in enumerate(rings)]
+        feeds = [Feed(camera=f"cam{i}", ring=ring) for i, ring in enumerate(rings)]
         stop = mp.get_context("spawn").Event()
         worker = Worker(engine, feeds, publisher, queue.Queue(), stop, 60.0)
         scenes = [SyntheticScene(seed=20 + i, height=32, width=32) for i in range(3)]
@@ -550,7 +550,7 @@ class TimedStepper(CountingStepper):
 
 
 def test_split_batch_weighs_padding_against_more_calls() -> None:
-    from forecaster.engine import split_batch
+    from forecaster.detection.engine import split_batch
 
     linear = {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0, 32: 32.0, 64: 64.0}
     assert split_batch(40, linear.get) == [8, 32]  # not 64 rows for 40 cameras
@@ -620,7 +620,7 @@ def test_frames_of_cameras_behind_by_different_counts_batch_step_by_step(
 
         publisher.send = keep  # type: ignore[method-assign]
         try:
-            feeds = [_Feed(camera=f"cam{i}", ring=ring) for i, ring in enumerate(rings)]
+            feeds = [Feed(camera=f"cam{i}", ring=ring) for i, ring in enumerate(rings)]
             worker = Worker(engine, feeds, publisher, queue.Queue(),
                             mp.get_context("spawn").Event(), 60.0)
             scenes = [SyntheticScene(seed=30 + i, height=32, width=32) for i in range(3)]
@@ -661,7 +661,7 @@ def test_frames_of_cameras_behind_by_different_counts_batch_step_by_step(
 
 def test_model_path_argument_then_config_then_bundled(tmp_path: Path) -> None:
     from forecaster.config import Config, ModelConfig
-    from forecaster.engine import model_path
+    from forecaster.detection.engine import model_path
     from forecaster.model.artifact import bundled_model_path
 
     configured = Config(model=ModelConfig(path=str(tmp_path / "configured.keras")))
@@ -672,7 +672,7 @@ def test_model_path_argument_then_config_then_bundled(tmp_path: Path) -> None:
 
 
 def test_load_gives_the_engine_the_worker_and_replay_run() -> None:
-    from forecaster.engine import load
+    from forecaster.detection.engine import load
     from forecaster.errors import ModelError
     from forecaster.model.artifact import bundled_model_path
 
@@ -696,9 +696,9 @@ def test_frames_scored_after_a_skip_read_as_normal_footage() -> None:
     frame is flagged, and no score reaches the alarm threshold. Scoring from the second
     frame after each gap (one frame to bring the state up to date), the highest score
     here was 9.5: that prediction still carries the motion of before the gap."""
-    from forecaster.datasets import read_video
-    from forecaster.engine import SKIP_WARMUP_FRAMES, load
+    from forecaster.detection.engine import SKIP_WARMUP_FRAMES, load
     from forecaster.model.artifact import bundled_model_path
+    from forecaster.offline.datasets import read_video
 
     loaded = load(bundled_model_path())
     frames, _ = read_video("synthetic:?anomaly_rate=0&seed=11", loaded.size, 400)

@@ -26,15 +26,15 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from forecaster.model.batches import StatefulGroups  # noqa: E402
 from forecaster.model.builders import build_model  # noqa: E402
 from forecaster.model.distributed import (  # noqa: E402
     DistributedTrainer,
     Distribution,
     make_distribution,
 )
-from forecaster.model.fitting import StatefulGroups  # noqa: E402
 from forecaster.model.losses import PixelLoss  # noqa: E402
-from forecaster.model.train import TrainSettings, train_command  # noqa: E402
+from forecaster.offline.train import TrainSettings, train_command  # noqa: E402
 
 
 def stateful_resets(distribution: Distribution) -> dict[str, list[list[float]]]:

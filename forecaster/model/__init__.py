@@ -1,11 +1,15 @@
-"""The next-frame model: builders, the stateful stepper, the artifact format, training.
+"""The next-frame model: builders, the stateful stepper, the artifact format, the fitting loops.
 
 Importing this package is cheap: TensorFlow and Keras load only when a submodule that
-needs them is imported (``builders``, ``step``, ``train``) or a model is loaded.
+needs them is imported (``builders``, ``step``, ``fitting``) or a model is loaded.
+The ``train`` command, which also calibrates the detection, is
+:mod:`forecaster.offline.train`.
 ``artifact.read_card`` reads a model's card without loading TensorFlow at all.
 """
 
 from __future__ import annotations
+
+from forecaster.sources.frame_size import MIN_FRAME_SIDE, frame_size_fits
 
 #: the architectures of :data:`forecaster.model.builders.SPECS`, by name (here, so that the
 #: command line lists them without importing Keras)
@@ -16,8 +20,6 @@ ARCH_NAMES: tuple[str, ...] = (
 LOSS_NAMES: tuple[str, ...] = ("mse", "l1+gdl")
 #: window: shuffled clips; stateful: whole videos in consecutive chunks, state carried
 TRAINING_MODES: tuple[str, ...] = ("window", "stateful")
-#: a frame side must be at least this, and divisible by 4 (the encoder halves it twice)
-MIN_FRAME_SIDE = 16
 
 DEFAULT_ARCH = "convlstm-ae"
 DEFAULT_WINDOW = 10
@@ -34,13 +36,6 @@ DEFAULT_PATIENCE = 10
 #: a model whose error on held-out normal frames is above this fraction of the error of
 #: repeating the last frame has learned next to nothing: ``train`` warns
 WEAK_MODEL_RATIO = 0.9
-
-
-
-def frame_size_fits(height: int, width: int) -> bool:
-    """Whether the models take ``height`` x ``width`` frames (the one rule for config,
-    command line and builders)."""
-    return min(height, width) >= MIN_FRAME_SIDE and height % 4 == 0 and width % 4 == 0
 
 
 __all__ = ["ARCH_NAMES", "DEFAULT_ARCH", "DEFAULT_EPOCHS", "DEFAULT_LEARNING_RATE",

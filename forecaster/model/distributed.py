@@ -491,7 +491,7 @@ def distributed_epochs(
     (``options.mode``: window or stateful), and the training frames per epoch."""
     import time
 
-    from forecaster.model.fitting import StatefulGroups, WindowBatches, _Progress
+    from forecaster.model.batches import Progress, StatefulGroups, WindowBatches
 
     stateful = options.mode == "stateful"
     if stateful:
@@ -506,7 +506,7 @@ def distributed_epochs(
 
     def run_epoch(epoch: int) -> dict[str, float]:
         steps = train.num_chunks if stateful else len(train)
-        progress = _Progress(options.progress and distribution.is_chief, epoch, options.epochs,
+        progress = Progress(options.progress and distribution.is_chief, epoch, options.epochs,
                              steps)
         began = time.perf_counter()
         if stateful:

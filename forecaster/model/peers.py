@@ -13,6 +13,7 @@ signal handler runs during it. Two guards come first:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -29,6 +30,9 @@ log = logging.getLogger("forecaster.train")
 
 #: seconds between two rounds of connection tries
 POLL_S = 0.5
+#: how long the listener stays open after every peer answered (a peer tries every
+#: POLL_S, and a connection attempt takes at most 1 s)
+LINGER_S = 2 * POLL_S + 1.0
 #: the signals that stop a worker
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -138,6 +142,12 @@ def _wait(own: str, peers: Sequence[str], timeout_s: float, received: list[int])
                 else:
                     pending[address] = why
             if not pending:
+                # a peer that started before this one may not have tried this one's port
+                # yet: it tries every POLL_S, so the listener stays open a little longer
+                linger_until = time.monotonic() + LINGER_S
+                while not received and time.monotonic() < linger_until:
+                    _drain(listener)
+                    time.sleep(0.05)
                 return
             if time.monotonic() >= deadline:
                 missing = [f"{a} ({why})" for a, why in pending.items()]
@@ -155,10 +165,12 @@ def run_stoppable(body: Callable[[], int], what: str, received: list[int]) -> in
     line and 128 + the signal. Fork before TensorFlow loads."""
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: run, and never return into the caller's stack
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with(parent)
         code = 1
         try:
             code = body()
@@ -182,6 +194,17 @@ def run_stoppable(body: Callable[[], int], what: str, received: list[int]) -> in
         os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     raise Stopped(received[0], what)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` dies, even by SIGKILL
+    (``PR_SET_PDEATHSIG``, Linux), so a training child stuck in TensorFlow's wait for its
+    peers never outlives the command; a parent already gone ends it at once."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: no prctl
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _code(status: int) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from forecaster.ipc.ring import FrameRing
 from forecaster.protocol import (
     Forecast,
     ProtocolError,
@@ -33,7 +34,6 @@ from forecaster.protocol import (
     loads_bounded,
     parse_topic,
 )
-from forecaster.ring import FrameRing
 
 log = logging.getLogger("forecaster.web")
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forecaster.channels import Flag, Outbox, start_child
 from forecaster.errors import ConfigError, ForecasterError
-from forecaster.health import Health
+from forecaster.ipc.channels import Flag, Outbox, start_child
+from forecaster.ipc.health import Health
+from forecaster.ipc.ring import FrameRing
 from forecaster.protocol import Message, encode
-from forecaster.ring import FrameRing
 
 log = logging.getLogger("forecaster.web")
 
@@ -94,7 +94,7 @@ class Tee:
 def feed_publisher(endpoint: str) -> Any:
     """The worker's PUB socket of the web feed (no linger: the page can lose the last
     messages at a stop)."""
-    from forecaster.publisher import Publisher
+    from forecaster.ipc.publisher import Publisher
 
     return Publisher(endpoint, sndhwm=FEED_SNDHWM, linger_ms=0)
 

@@ -1,0 +1,333 @@
+"""Event recordings: a clip, a snapshot and a sidecar per anomaly event.
+
+Layout, under the recording folder (:func:`forecaster.recording.recording_dir.events_dir`)::
+
+    <camera>/<YYYYmmdd-HHMMSS>-<start seq>.mp4    the clip (pre-roll, event, post-roll)
+    <camera>/<YYYYmmdd-HHMMSS>-<start seq>.jpg    the frame of the event's highest score
+    <camera>/<YYYYmmdd-HHMMSS>-<start seq>.json   the sidecar, written last: the event is
+                                                  complete once it exists
+
+The time in the name is the UTC capture time of the event's first frame, so the worker
+names the files in its ``event`` messages without waiting for the capture process that
+writes them (:func:`forecaster.recording.event_board.event_stem`).
+
+Who does what in the daemon:
+
+- the worker (it knows the scores) writes each camera's current event on the event board
+  (:mod:`forecaster.recording.event_board`: shared memory, one writer, no lock) and names the
+  event's files in its ``event`` messages;
+- each capture process keeps its camera's recent frames as JPEGs in a bounded pre-roll
+  buffer (:class:`PrerollBuffer`) and reads the board once per frame
+  (:class:`CaptureRecorder`); on a new event it hands the pre-roll and every following
+  frame to a writer thread (:class:`ClipWriter`: a bounded queue, full = the frame is
+  dropped and counted; :mod:`forecaster.recording.clip_writer`), which writes the clip under a
+  temporary name and renames it once complete, then the snapshot and the sidecar;
+- the writer thread also applies retention (:mod:`forecaster.recording.retention`: maximum age,
+  maximum total size, free-space floor; the oldest events first) at each new event and
+  once a minute.
+
+``forecaster replay --clips`` drives the same :class:`Recorder` from the scores it computes,
+with the pre- and post-roll counted in frames at the source's frame rate.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from forecaster.config import RecordingConfig
+from forecaster.protocol import Event, Message, Score
+from forecaster.recording.clip_writer import Clip, ClipWriter, Entry
+from forecaster.recording.event_board import EventBoard, event_stem
+from forecaster.recording.retention import MB, Retention
+
+log = logging.getLogger("forecaster.recording")
+
+#: extra seconds of frames the pre-roll buffer keeps beyond ``pre_s``: the worker learns of
+#: an event a little after the capture process wrote its first frame
+LAG_S = 2.0
+#: seconds the capture process waits at the end of its stream for the worker to end an
+#: event still open
+END_WAIT_S = 10.0
+#: frame rate of a clip whose source rate cannot be measured
+FALLBACK_FPS = 25.0
+
+
+# ---------------------------------------------------------------------------- frames
+
+
+def scaled(image: np.ndarray, max_width: int) -> np.ndarray:
+    """``image`` scaled down (aspect kept) to at most ``max_width`` pixels wide."""
+    height, width = image.shape[:2]
+    if width <= max_width:
+        return image
+    new_height = max(1, round(height * max_width / width))
+    return cv2.resize(image, (max_width, new_height), interpolation=cv2.INTER_AREA)
+
+
+class PrerollBuffer:
+    """The latest frames as JPEGs, bounded by a time span and by bytes (oldest dropped)."""
+
+    def __init__(self, span_s: float, max_bytes: int) -> None:
+        self.span_s = span_s
+        self.max_bytes = max_bytes
+        self.entries: collections.deque[Entry] = collections.deque()
+        self.bytes = 0
+
+    def append(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        self.bytes += len(entry.jpeg)
+        entries = self.entries
+        while len(entries) > 1 and (self.bytes > self.max_bytes
+                                    or entries[0].pos < entry.pos - self.span_s):
+            self.bytes -= len(entries.popleft().jpeg)
+
+    def since(self, pos: float) -> list[Entry]:
+        return [entry for entry in self.entries if entry.pos >= pos]
+
+    def find(self, seq: int) -> Entry | None:
+        for entry in reversed(self.entries):
+            if entry.seq == seq:
+                return entry
+            if entry.seq < seq:
+                break
+        return None
+
+    def frame_rate(self) -> float | None:
+        """Frames per second over the buffer (None with fewer than 2 frames)."""
+        if len(self.entries) < 2:
+            return None
+        span = self.entries[-1].ts - self.entries[0].ts
+        return (len(self.entries) - 1) / span if span > 0 else None
+
+
+# --------------------------------------------------------------------------- recorder
+
+
+class Recorder:
+    """Turns frames and event notices into clips (one camera).
+
+    Per frame: :meth:`encode` (JPEG at most ``max_width`` wide) and :meth:`add` (into the
+    pre-roll buffer, and into the open clip). :meth:`start`, :meth:`peak` and :meth:`end`
+    tell it about the event; they may come a few frames late (the frames in between are in
+    the buffer). ``fps`` given: pre- and post-roll are counted in frames at that rate
+    (replay), else in seconds of capture time (the daemon).
+    """
+
+    def __init__(self, camera: str, folder: Path, settings: RecordingConfig, *, model: str,
+                 fps: float | None = None, retention: Retention | None = None,
+                 lag_s: float = LAG_S) -> None:
+        self.camera = camera
+        self.folder = folder
+        self.settings = settings
+        self.fps = fps
+        if fps:
+            self.pre_span = round(settings.pre_s * fps) / fps
+            self.post_span = round(settings.post_s * fps) / fps
+        else:
+            self.pre_span, self.post_span = settings.pre_s, settings.post_s
+        self.buffer = PrerollBuffer(self.pre_span + lag_s, int(settings.preroll_max_mb * MB))
+        self.writer = ClipWriter(folder, retention, model, settings, block=bool(fps))
+        self.clip: Clip | None = None
+        self._params = [int(cv2.IMWRITE_JPEG_QUALITY), settings.jpeg_quality]
+        self._eps = 1e-6
+
+    def _pos(self, seq: int, ts: float) -> float:
+        return seq / self.fps if self.fps else ts
+
+    def encode(self, image: np.ndarray, seq: int, ts: float) -> Entry:
+        ok, data = cv2.imencode(".jpg", scaled(image, self.settings.max_width), self._params)
+        return Entry(seq, ts, self._pos(seq, ts), data.tobytes() if ok else b"")
+
+    def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
+        self.add(self.encode(image, seq, ts))
+
+    def add_scored(self, entry: Entry, messages: Iterable[Message]) -> None:
+        """A frame and the messages about it, in order (replay: nothing is late)."""
+        self.add(entry)
+        score = math.nan
+        for message in messages:
+            if isinstance(message, Score):
+                score = message.score
+                clip = self.clip
+                if (clip is not None and clip.end_seq is None and math.isfinite(score)
+                        and not score <= clip.peak_score):
+                    self.peak(message.seq, score)
+            elif isinstance(message, Event):
+                if message.state == "start":
+                    self.start(message.seq, message.ts, score)
+                else:
+                    self.end(message.seq, message.ts, message.peak_score)
+
+    def add(self, entry: Entry) -> None:
+        self.buffer.append(entry)
+        clip = self.clip
+        if clip is None:
+            return
+        if clip.end_pos is not None and entry.pos > clip.end_pos + self.post_span + self._eps:
+            self._finish()
+            return
+        if entry.pos - clip.start_pos > self.settings.max_clip_s:
+            clip.truncated = True
+            self._finish()
+            return
+        self._push(clip, entry)
+
+    def _push(self, clip: Clip, entry: Entry) -> None:
+        if entry.seq == clip.peak_seq:
+            clip.snapshot = entry
+        self.writer.put("frame", clip, entry)
+
+    def start(self, seq: int, ts: float, score: float = math.nan) -> None:
+        """An event started at frame ``seq`` (captured at ``ts``) with score ``score``."""
+        if self.clip is not None:
+            self._finish()
+        pos = self._pos(seq, ts)
+        fps = self.fps or self.buffer.frame_rate() or FALLBACK_FPS
+        clip = Clip(camera=self.camera, stem=event_stem(self.camera, seq, ts), start_seq=seq,
+                    start_ts=ts, start_pos=pos, fps=min(max(fps, 1.0), 240.0),
+                    peak_seq=seq, peak_score=score)
+        self.clip = clip
+        self.writer.put("open", clip)
+        for entry in self.buffer.since(pos - self.pre_span - self._eps):
+            self._push(clip, entry)
+
+    def peak(self, seq: int, score: float) -> None:
+        """The event's highest score so far is ``score``, at frame ``seq``."""
+        clip = self.clip
+        if clip is None or clip.end_seq is not None:
+            return
+        clip.peak_seq, clip.peak_score = seq, score
+        entry = self.buffer.find(seq)
+        if entry is not None:
+            clip.snapshot = entry
+
+    def end(self, seq: int, ts: float, peak_score: float) -> None:
+        """The event ended at frame ``seq``."""
+        clip = self.clip
+        if clip is None:
+            return
+        clip.end_seq, clip.end_ts, clip.end_peak = seq, ts, peak_score
+        clip.end_pos = self._pos(seq, ts)
+        newest = self.buffer.entries[-1].pos if self.buffer.entries else -math.inf
+        if newest >= clip.end_pos + self.post_span - self._eps:
+            self._finish()
+
+    def _finish(self) -> None:
+        clip = self.clip
+        if clip is None:
+            return
+        self.clip = None
+        if clip.end_seq is None:
+            clip.interrupted = not clip.truncated
+            last = self.buffer.entries[-1] if self.buffer.entries else None
+            if last is not None:
+                clip.end_seq, clip.end_ts = last.seq, last.ts
+        if clip.snapshot is None:
+            clip.snapshot = self.buffer.find(clip.start_seq)
+        self.writer.put("close", clip)
+
+    def close(self, timeout: float | None = None, stop: Any = None) -> None:
+        """Finish the open clip (as it is) and wait for the writer, which cuts the frames
+        still queued shortly after ``stop`` is set (:meth:`ClipWriter.close`)."""
+        self._finish()
+        self.writer.close(timeout, stop)
+
+
+# ---------------------------------------------------------------------- capture side
+
+
+class FrameRecorder(Protocol):
+    def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None: ...
+
+    def close(self, stop: Any = None, caught_up: Callable[[], bool] | None = None) -> None: ...
+
+
+class NoRecorder:
+    """``[recording] enabled = false``: nothing is kept, nothing is written."""
+
+    def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
+        return
+
+    def close(self, stop: Any = None, caught_up: Callable[[], bool] | None = None) -> None:
+        return
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSpec:
+    """What a capture process and the worker need to record; picklable (spawn)."""
+
+    config: RecordingConfig
+    folder: str
+    board: EventBoard
+    model: str = ""
+
+
+class CaptureRecorder:
+    """The capture process's recorder: reads its camera's row of the board once per frame."""
+
+    def __init__(self, spec: RecordingSpec, camera: str, index: int) -> None:
+        self.board = spec.board
+        self.index = index
+        folder = Path(spec.folder)
+        self.recorder = Recorder(camera, folder, spec.config, model=spec.model,
+                                 retention=Retention.from_config(folder, spec.config))
+        self.recorder.writer.start()  # retention from the start, not only after an event
+        entry = self.board.read(index)
+        #: the board's event this process follows (events before it started are not its own)
+        self.event_id = entry.event_id if entry is not None else 0
+        self.ended = True
+        self.peak_seq = -1
+
+    def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
+        recorder = self.recorder
+        recorder.add(recorder.encode(image, seq, ts))
+        self.poll()
+
+    def poll(self) -> None:
+        entry = self.board.read(self.index)
+        if entry is None:
+            return
+        recorder = self.recorder
+        if entry.event_id != self.event_id:
+            self.event_id = entry.event_id
+            self.ended = False
+            self.peak_seq = entry.peak_seq
+            recorder.start(entry.start_seq, entry.start_ts, entry.peak_score)
+        if self.ended:
+            return
+        if entry.peak_seq != self.peak_seq:
+            self.peak_seq = entry.peak_seq
+            recorder.peak(entry.peak_seq, entry.peak_score)
+        if entry.end_seq >= 0:
+            self.ended = True
+            recorder.end(entry.end_seq, entry.end_ts, entry.end_peak)
+
+    def close(self, stop: Any = None, caught_up: Callable[[], bool] | None = None) -> None:
+        """At the end of the stream (not when stopping): wait, at most ``END_WAIT_S``, until
+        the worker has scored every frame (``caught_up``) and ended an event still open, so
+        that events of the last frames are recorded too; then finish the clip and wait for
+        the writer (shortly, once ``stop`` is set: the frames still queued are cut)."""
+        deadline = time.monotonic() + END_WAIT_S
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            self.poll()
+            if (caught_up is None or caught_up()) and (self.recorder.clip is None or self.ended):
+                break
+            time.sleep(0.02)
+        self.recorder.close(stop=stop)
+
+
+def open_recorder(spec: RecordingSpec | None, camera: str, index: int) -> FrameRecorder:
+    """The capture process's recorder: :class:`NoRecorder` when recording is off."""
+    if spec is None or not spec.config.enabled:
+        return NoRecorder()
+    return CaptureRecorder(spec, camera, index)
