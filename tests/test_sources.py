@@ -280,6 +280,23 @@ def test_video_file_loops(tmp_path: Path) -> None:
     np.testing.assert_array_equal(frames[23], frames[3])
 
 
+def test_a_looped_source_marks_the_frame_it_restarts_with_as_a_cut(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for number in range(4):
+        cv2.imwrite(str(folder / f"{number}.png"), np.full((20, 20), number, np.uint8))
+    (folder / "4.jpg").write_bytes(b"\xff\xd8 broken")  # the folder ends in a bad image
+    write_avi(tmp_path / "clip.avi", 4)
+    for source in (FolderSource(folder, loop=True), FileSource(tmp_path / "clip.avi", loop=True),
+                   open_source("synthetic:?fps=0&frames=4", loop=True)):
+        with source:
+            cuts = [index for index in range(10) if source.read().cut]
+        assert cuts == [4, 8], source
+    with FolderSource(folder) as source:  # without loop: no cut, an end
+        frames = [source.read() for _ in range(5)]
+    assert [frame.cut for frame in frames[:4]] == [False] * 4 and frames[4] is None
+
+
 def test_truncated_video_is_a_source_error_naming_the_file(tmp_path: Path) -> None:
     whole = tmp_path / "whole.avi"
     write_avi(whole, 30)

@@ -68,6 +68,9 @@ class SourceFrame:
     image: np.ndarray  #: uint8, (h, w) gray or (h, w, 3) BGR
     ts: float  #: UNIX seconds when captured (time.time())
     label: int | None = None  #: ground truth 0/1 where known (synthetic)
+    #: the first frame after a looped source went back to its start: it does not follow
+    #: the frame before it
+    cut: bool = False
 
 
 class FrameSource(abc.ABC):
@@ -244,7 +247,8 @@ class FileSource(FrameSource):
     """A video file read with OpenCV's FFmpeg backend until the last decodable frame.
 
     The header's frame count is never used. ``open()`` decodes the first frame so that an
-    unreadable or truncated file fails there. ``loop=True`` restarts at the end.
+    unreadable or truncated file fails there. ``loop=True`` restarts at the end; the first
+    frame again comes with ``cut`` set.
     """
 
     def __init__(self, path: str | Path, *, loop: bool = False) -> None:
@@ -290,7 +294,7 @@ class FileSource(FrameSource):
             return None
         self._capture.release()
         self._capture, image = self._start()
-        return SourceFrame(image, time.time())
+        return SourceFrame(image, time.time(), cut=True)
 
     def close(self) -> None:
         self._pending = None
@@ -306,7 +310,7 @@ class FolderSource(FrameSource):
     converts and resizes each on its own to the model's frame size. An unreadable image is
     skipped and counted in ``skipped`` (once per file); the first ``WARN_SKIPPED`` are
     logged one by one, the rest in one summary at the end of the folder. ``loop=True``
-    restarts at the end.
+    restarts at the end; the first image again comes with ``cut`` set.
     """
 
     #: unreadable images logged one line each; later ones are summed up in one line
@@ -373,10 +377,11 @@ class FolderSource(FrameSource):
             pending, self._pending = self._pending, None
             return SourceFrame(pending, time.time())
         image = self._scan(len(self.files))
-        if image is None and self.loop:
+        cut = image is None and self.loop
+        if cut:
             self._next = 0
             image = self._scan(len(self.files))
-        return None if image is None else SourceFrame(image, time.time())
+        return None if image is None else SourceFrame(image, time.time(), cut=cut)
 
     def close(self) -> None:
         self._pending = None
@@ -468,7 +473,8 @@ class SyntheticSource(FrameSource):
 
     With ``fps > 0`` reads are paced on a monotonic schedule like a camera (a late reader gets
     the next frame at once and the schedule restarts from then, with no burst); ``fps=0`` is
-    unpaced. ``frames=N`` ends after N frames (``loop=True`` restarts at frame 0).
+    unpaced. ``frames=N`` ends after N frames (``loop=True`` restarts at frame 0, which
+    then comes with ``cut`` set).
     """
 
     def __init__(self, uri: str = SYNTHETIC_PREFIX, *, loop: bool = False) -> None:
@@ -491,7 +497,8 @@ class SyntheticSource(FrameSource):
         if self.scene is None:
             raise self._not_open()
         frames = self.params.frames
-        if frames is not None and self.index >= frames:
+        cut = frames is not None and self.index >= frames
+        if cut:
             if not self.loop:
                 return None
             self.index = 0
@@ -505,7 +512,7 @@ class SyntheticSource(FrameSource):
             self._due += period
         i = self.index
         self.index += 1
-        return SourceFrame(self.scene.frame(i), time.time(), self.scene.label(i))
+        return SourceFrame(self.scene.frame(i), time.time(), self.scene.label(i), cut)
 
     def close(self) -> None:
         self.scene = None
