@@ -4,9 +4,10 @@
 Reads the camera's source, turns each frame into the model's gray size, writes it into
 the camera's shared-memory ring and notifies the worker. It never waits for the worker:
 a wake-up the worker cannot take is simply dropped (the worker reads the ring's latest
-seq). Live sources that drop out are reopened with capped exponential backoff; the first
-frame after a reconnect, or after this process was restarted, starts a new ring epoch, so
-the worker rebuilds the camera's state from the new frames only.
+seq). Live sources that drop out are reopened with capped exponential backoff. The first
+frame after a reconnect, after a looped source went back to its start, or after this
+process was restarted, starts a new ring epoch, so the worker rebuilds the camera's state
+from the new frames only.
 """
 
 from __future__ import annotations
@@ -211,6 +212,10 @@ class Capture:
                     self._reconnected = False
                     self.backoff.reset()
                     if self.cue is not None:  # no motion across the outage
+                        self.cue.reset()
+                if frame.cut:  # a looped source restarted: as after a reconnect
+                    self._new_epoch()
+                    if self.cue is not None:
                         self.cue.reset()
                 now = time.monotonic()
                 if live and self.limiter.wait_time(now) > 0:

@@ -13,10 +13,10 @@ Further behind (the worker cannot keep up), a skip to the newest half ring of fr
 :data:`~forecaster.detection.engine.SKIP_WARMUP_FRAMES` with the state kept (the frames
 in between are dropped and counted; those first frames after the gap only bring the state
 up to date and are not scored), so an overloaded worker sheds frames instead of spending
-its time on re-primes. A reset + re-prime from the ring after a reconnect or restart, a
-gap of more than 4 rings (when the camera was not re-primed in the last minute: an
-overloaded worker re-priming every camera every turn would never score again), or when
-the model returns non-finite values. A re-prime uses only frames of the ring's current
+its time on re-primes. A reset + re-prime from the ring after a reconnect, a restart or a
+looped source's wrap (each starts a new ring epoch), a gap of more than 4 rings (when the
+camera was not re-primed in the last minute: an overloaded worker re-priming every camera
+every turn would never score again), or when the model returns non-finite values. A re-prime uses only frames of the ring's current
 epoch, so the state after a reconnect is built from the new frames alone, and starts no
 earlier than the model's window before the first frame not counted yet, so it scores no
 frame twice.
