@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint
+from forecaster.endpoints import check_bind_endpoint, is_loopback_host, parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.protocol import MAX_CAMERA_ID, is_camera_id
 from forecaster.sources.files import special_file
@@ -166,17 +166,7 @@ class PublishConfig(_Section):
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
-        endpoint = parse_endpoint(value)
-        if endpoint.transport == "tcp" and not endpoint.port:
-            raise ValueError(
-                "endpoint needs a fixed port from 1 to 65535, for subscribers to find it "
-                "(port 0 or * would pick a random one)"
-            )
-        if endpoint.transport == "ipc" and not endpoint.abstract:
-            problem = ipc_path_problem(endpoint.address)
-            if problem is not None:
-                raise ValueError(problem)
-        return value
+        return check_bind_endpoint(value, "endpoint")
 
     @field_validator("curve_secret_key")
     @classmethod

@@ -115,6 +115,21 @@ def parse_endpoint(endpoint: str) -> Endpoint:
     return Endpoint("tcp", host, _port(port))
 
 
+def check_bind_endpoint(value: str, key: str) -> str:
+    """``value`` if it can be bound for subscribers to find: a tcp endpoint with a fixed
+    port, an ipc path where nothing but a socket is; ValueError naming ``key`` otherwise
+    (run's ``publish.endpoint`` and the relay's ``bind`` share the rule)."""
+    endpoint = parse_endpoint(value)
+    if endpoint.transport == "tcp" and not endpoint.port:
+        raise ValueError(f"{key} needs a fixed port from 1 to 65535, for subscribers to find "
+                         f"it (port 0 or * would pick a random one)")
+    if endpoint.transport == "ipc" and not endpoint.abstract:
+        problem = ipc_path_problem(endpoint.address)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
 def ipc_path_problem(path: str) -> str | None:
     """Why binding the ``ipc://`` socket file ``path`` would harm what is there, or None.
 

@@ -44,7 +44,7 @@ from forecaster.config import (
     check_ip_address,
     read_toml,
 )
-from forecaster.endpoints import ipc_path_problem, is_loopback_host, parse_endpoint, reaches
+from forecaster.endpoints import check_bind_endpoint, is_loopback_host, parse_endpoint, reaches
 from forecaster.errors import ConfigError
 from forecaster.ipc.publisher import claim_ipc_path, release_ipc_path
 from forecaster.logs import LimitedLog
@@ -130,15 +130,7 @@ class RelayConfig(_Section):
     @field_validator("bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
-        endpoint = parse_endpoint(value)
-        if endpoint.transport == "tcp" and not endpoint.port:
-            raise ValueError("bind needs a fixed port from 1 to 65535, for subscribers to "
-                             "find it")
-        if endpoint.transport == "ipc" and not endpoint.abstract:
-            problem = ipc_path_problem(endpoint.address)
-            if problem is not None:
-                raise ValueError(problem)
-        return value
+        return check_bind_endpoint(value, "bind")
 
     @field_validator("curve_secret_key")
     @classmethod
