@@ -192,6 +192,8 @@ class FusedStatistic:
         self._averages: dict[str, float] = {}
         #: the two standardised terms of the last frame, (error, flow); NaN: not measured
         self.last_terms: tuple[float, float] = (math.nan, math.nan)
+        #: measure both terms whatever their weights (set while the terms are logged)
+        self.all_terms = False
 
     def reset(self) -> None:
         self._averages.clear()
@@ -213,11 +215,14 @@ class FusedStatistic:
         if squared_errors.shape != (cal.height, cal.width):
             raise ValueError(f"frames of shape {squared_errors.shape} scored with a fused "
                              f"calibration made for {cal.height}x{cal.width} frames")
-        # both terms are measured whatever their weights, so that each can be reported
-        # alone (forecaster eval's model-term and cue rows)
-        error = (self._average("error", float(self._error(squared_errors)))
-                 - cal.error_mean) / cal.error_std
-        flow = (self._average("flow", cue_value(cue)) - cal.flow_mean) / cal.flow_std
+        # a term of weight 0 is measured only when each term is to be reported alone
+        # (forecaster eval's model-term and cue rows): the daemon's frames skip it
+        error = flow = math.nan
+        if settings.error_weight > 0 or self.all_terms:
+            error = (self._average("error", float(self._error(squared_errors)))
+                     - cal.error_mean) / cal.error_std
+        if settings.flow_weight > 0 or self.all_terms:
+            flow = (self._average("flow", cue_value(cue)) - cal.flow_mean) / cal.flow_std
         self.last_terms = (error, flow)
         total = 0.0
         if settings.error_weight > 0:

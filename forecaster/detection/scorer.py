@@ -204,10 +204,21 @@ class Scorer:
         self._var = sigma * sigma
         self._sigma = max(sigma, SIGMA_FLOOR)
         self._buffer: np.ndarray | None = None
-        #: when a list: each scored frame's two fused terms alone, (the model's error, the
-        #: motion cue), each standardised on normal frames; (NaN, NaN) in the other modes
-        self.terms_log: list[tuple[float, float]] | None = None
+        self._terms_log: list[tuple[float, float]] | None = None  # see terms_log
         self.reset()
+
+    @property
+    def terms_log(self) -> list[tuple[float, float]] | None:
+        """When a list: each scored frame's two fused terms alone, (the model's error, the
+        motion cue), each standardised on normal frames; (NaN, NaN) in the other modes.
+        Setting one makes the fused statistic measure a term of weight 0 too."""
+        return self._terms_log
+
+    @terms_log.setter
+    def terms_log(self, log: list[tuple[float, float]] | None) -> None:
+        self._terms_log = log
+        if isinstance(self._statistic, FusedStatistic):
+            self._statistic.all_terms = log is not None
 
     @property
     def mu(self) -> float:
@@ -274,17 +285,17 @@ class Scorer:
         mse = _mse(predicted, actual, buffer)  # leaves the squared errors in buffer
         if self._statistic is None:
             result = self.score_mse(mse)
-            if self.terms_log is not None:
-                self.terms_log.append((math.nan, math.nan))
+            if self._terms_log is not None:
+                self._terms_log.append((math.nan, math.nan))
             return result
         if predicted.ndim != 2:
             raise ValueError(f"{self.mode} mode scores (H, W) frames, got shape "
                              f"{predicted.shape}")
         result = self._judge(mse, self._statistic(buffer, actual, cue))
-        if self.terms_log is not None:
+        if self._terms_log is not None:
             terms = (self._statistic.last_terms if isinstance(self._statistic, FusedStatistic)
                      else (math.nan, math.nan))
-            self.terms_log.append(terms)
+            self._terms_log.append(terms)
         return result
 
     def _judge(self, mse: float, statistic: float) -> ScoreResult:
