@@ -5,8 +5,8 @@
 - ``default``: what the daemon does per frame with the bundled model and the default
   scorer: the cue, the model's one-frame step and the score.
 
-Frames are the synthetic scene at Ped2's frame size (360x240), converted to the model's size
-as the capture process converts them. Each path runs ``rounds`` times, alternating, and
+Frames are the synthetic scene made at Ped2's frame size (360x240), converted to the model's
+size as the capture process converts them. Each path runs ``rounds`` times, alternating, and
 every figure is CPU time (all threads of this process) per frame, the median of the rounds.
 """
 
@@ -24,16 +24,15 @@ SOURCE_SIZE = (240, 360)
 
 
 def _frames(count: int) -> np.ndarray:
-    import cv2
-
+    from forecaster.sources.preprocess import to_gray
     from forecaster.sources.readers import SyntheticSource
 
+    rows, cols = SOURCE_SIZE
+    uri = f"synthetic:?seed=7&fps=0&frames={count}&width={cols}&height={rows}"
     images = []
-    with SyntheticSource(f"synthetic:?seed=7&fps=0&frames={count}") as source:
+    with SyntheticSource(uri) as source:
         while (frame := source.read()) is not None:
-            gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY) if frame.image.ndim == 3 \
-                else frame.image
-            images.append(cv2.resize(gray, SOURCE_SIZE[::-1], interpolation=cv2.INTER_LINEAR))
+            images.append(to_gray(frame.image))
     return np.stack(images)
 
 
