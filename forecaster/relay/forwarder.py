@@ -39,8 +39,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from forecaster.config import (
     INT32_MAX,
     Float,
+    Section,
     _format_error,
-    _Section,
     check_ip_address,
     read_toml,
 )
@@ -75,7 +75,7 @@ def _check_key_file(value: str, loader: str) -> str:
     return value
 
 
-class UpstreamConfig(_Section):
+class UpstreamConfig(Section):
     """One daemon: its PUB endpoint and, for CURVE, its public key file."""
 
     #: the daemon's publish.endpoint, as this machine reaches it (tcp://edge1:5556)
@@ -101,7 +101,7 @@ class UpstreamConfig(_Section):
         return bool(self.server_key)
 
 
-class RelayConfig(_Section):
+class RelayConfig(Section):
     """The ``[relay]`` section; the command line fills the same fields."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -193,7 +193,7 @@ class RelayConfig(_Section):
         return self
 
 
-class _RelayFile(_Section):
+class _RelayFile(Section):
     relay: RelayConfig
 
 

@@ -7,23 +7,22 @@ bundled model). Unknown keys and wrong types are rejected with the key path and 
 
 from __future__ import annotations
 
-import ipaddress
 import reprlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from forecaster.endpoints import check_bind_endpoint, is_loopback_host, parse_endpoint
+from forecaster.config.base import INT32_MAX, Float, Section, check_ip_address, check_path
+from forecaster.config.outputs import (
+    MIN_TOKEN_CHARS,
+    MetricsConfig,
+    RecordingConfig,
+    WebConfig,
+    read_token,
+)
+from forecaster.endpoints import check_bind_endpoint, parse_endpoint
 from forecaster.errors import ConfigError
 from forecaster.protocol import MAX_CAMERA_ID, is_camera_id
 from forecaster.sources.files import special_file
@@ -36,24 +35,37 @@ else:  # pragma: no cover - exercised only on 3.10
 
 DEFAULT_LOOKUP = (Path("config.toml"), Path("/etc/forecaster/config.toml"))
 
+__all__ = [
+    "DEFAULT_LOOKUP",
+    "INT32_MAX",
+    "MIN_TOKEN_CHARS",
+    "CameraConfig",
+    "CaptureConfig",
+    "Config",
+    "Float",
+    "MetricsConfig",
+    "ModelConfig",
+    "PublishConfig",
+    "RecordingConfig",
+    "ScorerConfig",
+    "Section",
+    "ServiceConfig",
+    "WebConfig",
+    "WorkerConfig",
+    "check_ip_address",
+    "check_path",
+    "find_config",
+    "load_config",
+    "parse_config",
+    "read_token",
+    "read_toml",
+    "tomllib",
+    "with_endpoint",
+    "with_source",
+]
 
-def _int_to_float(value: Any) -> Any:
-    """TOML ``5`` where a float is expected is 5.0 (strict mode would reject it); a bool
-    stays a bool, and is rejected."""
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
-
-#: a float setting that also accepts a whole number; never NaN or infinite
-Float = Annotated[float, BeforeValidator(_int_to_float), Field(allow_inf_nan=False)]
-#: the largest value a libzmq int option (sndhwm, linger) takes
-INT32_MAX = 2**31 - 1
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class CameraConfig(_Section):
+class CameraConfig(Section):
     """One camera: an id (used in topics) and a source string."""
 
     id: str = "cam0"
@@ -72,28 +84,8 @@ class CameraConfig(_Section):
         return value
 
 
-def check_path(value: str) -> str:
-    """``value`` when it can name a file or folder: no NUL, and a ``~user`` that exists;
-    ValueError otherwise."""
-    if "\0" in value:
-        raise ValueError("a path cannot hold a NUL character")
-    try:
-        Path(value).expanduser()
-    except RuntimeError:
-        raise ValueError(f"{value.split('/', 1)[0]}: no such user (or no home folder)") from None
-    return value
 
-
-def check_ip_address(key: str, value: str) -> str:
-    """``value`` when it is an IP address; ValueError naming ``key`` otherwise."""
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{key} must be an IP address, e.g. 127.0.0.1 or ::1") from None
-    return value
-
-
-class CaptureConfig(_Section):
+class CaptureConfig(Section):
     #: frame size (height, width) fed to the model; must match the model's input;
     #: None (not set): the model's own size, from its card
     size: tuple[int, int] | None = None
@@ -122,7 +114,7 @@ class CaptureConfig(_Section):
         return value
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     #: path to a .keras model made by `forecaster train`; empty = the bundled model
     path: str = ""
     #: what runs the worker's one-frame step: "tensorflow", "litert" (LiteRT, the extra
@@ -146,7 +138,7 @@ class ModelConfig(_Section):
         return value
 
 
-class PublishConfig(_Section):
+class PublishConfig(Section):
     #: ZeroMQ PUB endpoint: tcp://HOST:PORT (PORT 1-65535) or ipc:///path
     endpoint: str = "tcp://127.0.0.1:5556"
     #: send high-water mark (messages queued per subscriber before dropping)
@@ -206,7 +198,7 @@ class PublishConfig(_Section):
         return self
 
 
-class ScorerConfig(_Section):
+class ScorerConfig(Section):
     #: how the calibrated score is made: "fused" (the prediction error fused with a motion
     #: cue; needs calibration.fused in the model card), "patch" (each window's error against
     #: that window's normal error; needs calibration.patch), "global" (the whole frame's
@@ -234,7 +226,7 @@ class ScorerConfig(_Section):
         return self
 
 
-class WorkerConfig(_Section):
+class WorkerConfig(Section):
     #: seconds the daemon waits for capture and worker to report ready
     startup_timeout_s: Annotated[Float, Field(gt=0, le=3600)] = 120.0
     #: seconds added to startup_timeout_s per camera (all processes start at once)
@@ -246,7 +238,7 @@ class WorkerConfig(_Section):
     batch_wait_ms: Annotated[Float, Field(ge=0, le=1000)] = 0.0
 
 
-class ServiceConfig(_Section):
+class ServiceConfig(Section):
     #: crashed capture or worker processes restarted within restart_window_s; one more
     #: and the daemon exits with code 1 (systemd then restarts the whole service)
     max_restarts: Annotated[int, Field(ge=0)] = 5
@@ -259,133 +251,8 @@ class ServiceConfig(_Section):
     progress_log_s: Annotated[Float, Field(ge=0, le=86_400)] = 60.0
 
 
-class MetricsConfig(_Section):
-    #: serve Prometheus metrics over HTTP
-    enabled: bool = False
-    #: address to listen on (an IP address; keep it loopback unless the network is trusted)
-    address: str = "127.0.0.1"
-    #: TCP port to listen on
-    port: Annotated[int, Field(ge=1, le=65535)] = 9108
-    #: accept a non-loopback address (the metrics have no authentication: a trusted
-    #: network only)
-    allow_insecure: bool = False
 
-    @field_validator("address")
-    @classmethod
-    def _check_address(cls, value: str) -> str:
-        return check_ip_address("address", value)
-
-    @model_validator(mode="after")
-    def _check_security(self) -> MetricsConfig:
-        if self.enabled and not self.allow_insecure and not is_loopback_host(self.address):
-            raise ValueError(
-                f"metrics.address = {self.address!r} is not a loopback address, and the "
-                f"metrics have no authentication: use 127.0.0.1 or ::1, or set "
-                f"metrics.allow_insecure = true on a trusted network"
-            )
-        return self
-
-
-#: shortest access token accepted from ``web.token_file`` (characters)
-MIN_TOKEN_CHARS = 16
-
-
-def read_token(path: str) -> str:
-    """The access token in ``path`` (surrounding white space removed); ValueError naming the
-    file when it cannot be read or is too short."""
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ValueError(f"token file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read token file {path}: {error}") from None
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise ValueError(
-            f"token file {path} must hold one token of at least {MIN_TOKEN_CHARS} characters "
-            f"without spaces (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe())' "
-            f"> {path}`)"
-        )
-    return token
-
-
-class WebConfig(_Section):
-    #: serve the live page (``forecaster run``)
-    enabled: bool = True
-    #: address to listen on (an IP address; keep it loopback unless the network is trusted)
-    address: str = "127.0.0.1"
-    #: TCP port to listen on
-    port: Annotated[int, Field(ge=1, le=65535)] = 8088
-    #: accept a non-loopback address (plain HTTP: a trusted network only); needs token_file
-    allow_insecure: bool = False
-    #: a file holding the access token the page asks for; "" = none (loopback only)
-    token_file: str = ""
-    #: images (actual, forecast, error) sent per second per camera and viewer, at most
-    image_fps: Annotated[Float, Field(gt=0, le=15)] = 5.0
-
-    @field_validator("address")
-    @classmethod
-    def _check_address(cls, value: str) -> str:
-        return check_ip_address("address", value)
-
-    @field_validator("token_file")
-    @classmethod
-    def _check_token_file(cls, value: str) -> str:
-        if value:
-            read_token(value)
-        return value
-
-    @model_validator(mode="after")
-    def _check_security(self) -> WebConfig:
-        if not self.enabled or is_loopback_host(self.address):
-            return self
-        if not self.allow_insecure:
-            raise ValueError(
-                f"web.address = {self.address!r} is not a loopback address: use 127.0.0.1 or "
-                f"::1 (and an SSH tunnel), or set web.allow_insecure = true and "
-                f"web.token_file on a trusted network"
-            )
-        if not self.token_file:
-            raise ValueError(
-                f"web.address = {self.address!r} is not a loopback address: set "
-                f"web.token_file to a file holding an access token"
-            )
-        return self
-
-
-class RecordingConfig(_Section):
-    """Event clips, snapshots and sidecars (see :mod:`forecaster.recording.recorder`)."""
-
-    #: record a clip, a snapshot and a sidecar of each anomaly event
-    enabled: bool = True
-    #: folder of the recordings; "" = $STATE_DIRECTORY/events under systemd, else ./events
-    dir: str = ""
-    #: seconds of video before the event's first frame
-    pre_s: Annotated[Float, Field(ge=0, le=60)] = 5.0
-    #: seconds of video after the event's last frame
-    post_s: Annotated[Float, Field(ge=0, le=60)] = 2.0
-    #: clips and snapshots are scaled down to at most this width (pixels)
-    max_width: Annotated[int, Field(ge=16, le=7680)] = 640
-    #: JPEG quality of the pre-roll frames and snapshots (1-100)
-    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
-    #: memory bound of each camera's pre-roll buffer (MB of JPEG frames)
-    preroll_max_mb: Annotated[Float, Field(gt=0, le=4096)] = 32.0
-    #: a clip is closed after this many seconds even if its event goes on
-    max_clip_s: Annotated[Float, Field(gt=0, le=86_400)] = 600.0
-    #: events older than this many days are deleted
-    max_age_days: Annotated[Float, Field(gt=0, le=36_500)] = 30.0
-    #: the recordings take at most this many MB; the oldest events go first
-    max_total_mb: Annotated[Float, Field(gt=0)] = 10_240.0
-    #: keep at least this many MB free on the recordings' file system (deleting the oldest
-    #: events; an event is not recorded when that is not enough)
-    min_free_mb: Annotated[Float, Field(ge=0)] = 1024.0
-
-    @field_validator("dir")
-    @classmethod
-    def _check_dir(cls, value: str) -> str:
-        return check_path(value)
-
-
-class Config(_Section):
+class Config(Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     capture: CaptureConfig = CaptureConfig()
     model: ModelConfig = ModelConfig()
@@ -486,7 +353,7 @@ def with_source(config: Config, source: str) -> Config:
     return config.model_copy(update={"cameras": [camera]})
 
 
-class _PublishSection(_Section):
+class _PublishSection(Section):
     publish: PublishConfig
 
 
