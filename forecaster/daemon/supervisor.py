@@ -245,7 +245,8 @@ class Supervisor:
         read-only); return the worker's feed endpoint for it."""
 
         from forecaster.config import read_token
-        from forecaster.web.process import WebSpec, check_port, make_runtime_dir
+        from forecaster.ipc.feed import make_runtime_dir
+        from forecaster.web.process import WebSpec, check_port
 
         web = self.config.web
         check_port(web.address, web.port)

@@ -396,7 +396,7 @@ def worker_main(
         publish = spec.publish
         publisher = publisher_from_config(publish)
         if spec.feed_endpoint:
-            from forecaster.web.process import Tee, feed_publisher
+            from forecaster.ipc.feed import Tee, feed_publisher
 
             publisher = Tee(publisher, feed_publisher(spec.feed_endpoint))
         worker = Worker(

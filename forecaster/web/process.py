@@ -1,102 +1,26 @@
-"""The live page's process (``fc-web``), started and restarted by the supervisor, and the
-worker's side of its feed.
+"""The live page's process (``fc-web``), started and restarted by the supervisor.
 
 The page lives in its own process so that a slow browser, a slow encode or a crash of the
-server never slows the worker. The worker publishes each message a second time, through
-:class:`Tee`, on an ``ipc://`` socket in a private runtime folder (mode 0700, made by the
-supervisor): the web process reads the worker's messages there whatever the public
-endpoint is (CURVE-protected, remote, ipc), and nobody else can connect. A PUB socket
-filters by subscription on the worker's side, so the forecasts' pixels cross only while
-somebody watches; a web process that falls behind loses messages (a small send queue),
-never slows the worker.
+server never slows the worker. It reads the worker's private feed
+(:mod:`forecaster.ipc.feed`). It subscribes to forecasts only while somebody watches, so
+their pixels cross only then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from forecaster.errors import ConfigError, ForecasterError
 from forecaster.ipc.channels import Flag, Outbox, start_child
+from forecaster.ipc.feed import FEED_SNDHWM
 from forecaster.ipc.health import Health
 from forecaster.ipc.ring import FrameRing
-from forecaster.protocol import Message, encode
 
 log = logging.getLogger("forecaster.web")
-
-#: messages queued for the web process before the worker drops them
-FEED_SNDHWM = 1000
-#: the feed's runtime folder is ``forecaster-web-<supervisor pid>-<random>``
-RUNTIME_PREFIX = "forecaster-web-"
-
-
-def make_runtime_dir(parent: str | None) -> str:
-    """A private folder (mode 0700) for the feed's socket in ``parent`` (None: the temporary
-    folder), named after this process; those left by supervisors that were killed (their
-    pid is gone) are removed first."""
-    remove_stale_runtime_dirs(Path(parent or tempfile.gettempdir()))
-    return tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=parent)
-
-
-def remove_stale_runtime_dirs(parent: Path) -> None:
-    """Remove this user's runtime folders in ``parent`` whose supervisor is gone."""
-    for entry in parent.glob(f"{RUNTIME_PREFIX}*-*"):
-        pid_text = entry.name[len(RUNTIME_PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit():
-            continue
-        try:
-            info = entry.lstat()
-        except OSError:
-            continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-            continue  # still running (or a process that took its pid)
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        log.info("removed %s, left by a daemon that was killed", entry)
-
-
-class Tee:
-    """The worker's publisher plus the web feed's: each message encoded once, sent on
-    both; the public publisher's result is the one that counts."""
-
-    def __init__(self, public: Any, feed: Any) -> None:
-        self.public = public
-        self.feed = feed
-
-    def send(self, message: Message) -> bool:
-        parts = encode(message)
-        self.feed.send_parts(parts)
-        return bool(self.public.send_parts(parts))
-
-    def log_refusals(self) -> int:
-        return int(self.public.log_refusals())
-
-    def close(self) -> None:
-        try:
-            self.public.close()
-        finally:
-            self.feed.close()
-
-
-def feed_publisher(endpoint: str) -> Any:
-    """The worker's PUB socket of the web feed (no linger: the page can lose the last
-    messages at a stop)."""
-    from forecaster.ipc.publisher import Publisher
-
-    return Publisher(endpoint, sndhwm=FEED_SNDHWM, linger_ms=0)
 
 
 @dataclass(frozen=True, slots=True)
