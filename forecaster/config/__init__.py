@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from forecaster.config.base import INT32_MAX, Float, Section, check_ip_address, check_path
+from forecaster.config.mqtt import MqttConfig
 from forecaster.config.outputs import (
     MIN_TOKEN_CHARS,
     MetricsConfig,
@@ -45,6 +46,7 @@ __all__ = [
     "Float",
     "MetricsConfig",
     "ModelConfig",
+    "MqttConfig",
     "PublishConfig",
     "RecordingConfig",
     "ScorerConfig",
@@ -263,6 +265,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     web: WebConfig = WebConfig()
     recording: RecordingConfig = RecordingConfig()
+    mqtt: MqttConfig = MqttConfig()
     cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1)
 
     @model_validator(mode="after")
@@ -291,7 +294,11 @@ def _format_error(error: ValidationError, origin: str) -> str:
             message = "unknown key (remove it or check the spelling)"
         if item["type"] == "missing":
             message = "required key is missing"
-        shown = f" (got {_SHORT.repr(item['input'])})" if item["type"] != "missing" else ""
+        secret = item["loc"][-1:] == ("password",)  # never shown
+        if secret:
+            message = "not accepted: write the password in a file and set password_file"
+        shown = ("" if item["type"] == "missing" or secret
+                 else f" (got {_SHORT.repr(item['input'])})")
         lines.append(f"{origin}: {path}: {message}{shown}")
     return "; ".join(lines)
 

@@ -24,7 +24,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from forecaster import __version__
-from forecaster.ipc.health import INFERENCE_BUCKETS, MESSAGE_KINDS, CameraField, DaemonField, Health
+from forecaster.ipc.health import (
+    INFERENCE_BUCKETS,
+    MESSAGE_KINDS,
+    CameraField,
+    DaemonField,
+    Health,
+    MqttLink,
+)
 from forecaster.ipc.ring import FrameRing
 from forecaster.metrics_http import MetricsHTTP
 
@@ -124,10 +131,36 @@ class DaemonCollector(Collector):
             "1 while frames flow through every process (the systemd watchdog rule).",
             value=1.0 if src.healthy else 0.0,
         )
+        yield from self._mqtt(health)
         info = GaugeMetricFamily("forecaster_build_info", "Version of forecaster.",
                                  labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info
+
+
+    @staticmethod
+    def _mqtt(health: Health) -> Iterator[Metric]:
+        """The MQTT bridge's link and counters, with ``[mqtt]`` on."""
+        link = health.mqtt_link()
+        if link == MqttLink.OFF:
+            return
+        state = GaugeMetricFamily(
+            "forecaster_mqtt_link",
+            "1 for the MQTT link's state: up (connected), down (connecting or the broker "
+            "is away) or refused (the broker refused the login).", labels=["state"],
+        )
+        for each in (MqttLink.UP, MqttLink.DOWN, MqttLink.REFUSED):
+            state.add_metric([each.name.lower()], 1.0 if link == each else 0.0)
+        yield state
+        yield CounterMetricFamily(
+            "forecaster_mqtt_messages_published", "Messages handed to the MQTT broker.",
+            value=health.get_global(DaemonField.MQTT_PUBLISHED),
+        )
+        yield CounterMetricFamily(
+            "forecaster_mqtt_events_dropped",
+            "Events dropped while the MQTT broker was away (the oldest first).",
+            value=health.get_global(DaemonField.MQTT_DROPPED),
+        )
 
 
 class MetricsServer:

@@ -52,7 +52,14 @@ from forecaster.errors import (
     name_some,
 )
 from forecaster.ipc.channels import Flag, Inbox, Outbox, channel_address
-from forecaster.ipc.health import CameraField, Health, RestartBudget, StallDetector
+from forecaster.ipc.health import (
+    CameraField,
+    DaemonField,
+    Health,
+    MqttLink,
+    RestartBudget,
+    StallDetector,
+)
 from forecaster.ipc.ring import FrameRing, ring_name
 from forecaster.recording.event_board import EventBoard
 from forecaster.recording.recorder import RecordingSpec
@@ -62,6 +69,9 @@ log = logging.getLogger("forecaster.supervisor")
 STOP_GRACE_S = 4.0
 WORKER = -1  # Child.index of the worker
 WEB = -2  # Child.index of the live page's process
+MQTT = -3  # Child.index of the MQTT bridge's process
+#: children that are restarted, but never worth stopping the detector for
+SIDE_ROLES = {WEB: "the live page", MQTT: "the MQTT bridge"}
 
 
 @dataclass(slots=True)
@@ -117,7 +127,8 @@ class Supervisor:
         self._worker_spec: WorkerSpec | None = None
         self._capture_specs: list[CaptureSpec] = []
         self._web_spec: Any = None
-        #: private runtime folder (0700) of the live page's feed socket
+        self._mqtt_spec: Any = None
+        #: private runtime folder (0700) of the worker's private feed socket
         self._web_dir: str | None = None
         self._groups: list[CaptureGroup] = []
         self._signalled = False
@@ -147,6 +158,11 @@ class Supervisor:
 
             role, target = "web", web_main
             args = (self._web_spec, self.control_out, self.stop, self.health)
+        elif index == MQTT:
+            from forecaster.mqtt.process import mqtt_main
+
+            role, target = "mqtt", mqtt_main
+            args = (self._mqtt_spec, self.control_out, self.stop, self.health)
         else:
             group = self._groups[index]
             role, target = group.role, capture_group_main
@@ -193,8 +209,15 @@ class Supervisor:
 
             self.metrics = MetricsServer(config.metrics.address, config.metrics.port, self)
         recording = self._recording(str(model_path))
-        feed_endpoint = (self._web_feed(ring_names, recording.folder if recording else None)
-                         if config.web.enabled else "")
+        events = recording.folder if recording else None
+        feed_endpoint = self._feed() if config.web.enabled or config.mqtt.enabled else ""
+        if config.web.enabled:
+            self._web_page(ring_names, feed_endpoint, events)
+        if config.mqtt.enabled:
+            from forecaster.mqtt.process import mqtt_spec
+
+            self._mqtt_spec = mqtt_spec(config, feed_endpoint, events)
+            self.health.values[DaemonField.MQTT_LINK] = MqttLink.DOWN  # until it connects
         self._worker_spec = WorkerSpec(
             cameras=tuple(ring_names),
             model_path=str(model_path),
@@ -237,15 +260,27 @@ class Supervisor:
             self._start_child(index)
         if self._web_spec is not None:
             self._start_child(WEB)
+        if self._mqtt_spec is not None:
+            self._start_child(MQTT)
         self._await_ready(startup_timeout_s(config))
         self.go.set()
 
-    def _web_feed(self, ring_names: list[tuple[str, str]], events: str | None) -> str:
-        """Prepare the live page's process (``events``: the recordings' folder, served
-        read-only); return the worker's feed endpoint for it."""
-
-        from forecaster.config import read_token
+    def _feed(self) -> str:
+        """The worker's private feed endpoint, in a private runtime folder (mode 0700:
+        nobody else can connect): systemd's RuntimeDirectory=, else the user's runtime
+        folder, else /tmp."""
         from forecaster.ipc.feed import make_runtime_dir
+
+        runtime = (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+                   or os.environ.get("XDG_RUNTIME_DIR"))
+        self._web_dir = make_runtime_dir(runtime if runtime and Path(runtime).is_dir() else None)
+        return f"ipc://{self._web_dir}/feed.sock"
+
+    def _web_page(self, ring_names: list[tuple[str, str]], endpoint: str,
+                  events: str | None) -> None:
+        """Prepare the live page's process (``events``: the recordings' folder, served
+        read-only)."""
+        from forecaster.config import read_token
         from forecaster.web.process import WebSpec, check_port
 
         web = self.config.web
@@ -256,19 +291,13 @@ class Supervisor:
                 token = read_token(web.token_file)
             except ValueError as error:
                 raise ConfigError(f"web.token_file: {error}") from None
-        # systemd's RuntimeDirectory=, else the user's runtime folder, else /tmp
-        runtime = (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-                   or os.environ.get("XDG_RUNTIME_DIR"))
-        # mode 0700: nobody else can connect to the feed
-        self._web_dir = make_runtime_dir(runtime if runtime and Path(runtime).is_dir() else None)
-        endpoint = f"ipc://{self._web_dir}/feed.sock"
         self._web_spec = WebSpec(
             cameras=tuple(ring_names), feed_endpoint=endpoint, address=web.address,
             port=web.port, threshold_on=self.config.scorer.threshold_on,
             threshold_off=self.config.scorer.threshold_off, image_fps=web.image_fps,
             token=token, events_dir=events, log_level=self.config.log_level,
         )
-        return endpoint
+
     def _recording(self, model: str) -> RecordingSpec | None:
         """The recording folder (created) and the event board; None when not recording."""
         if not self.config.recording.enabled:
@@ -400,6 +429,8 @@ class Supervisor:
             score = self.health.get(index, CameraField.LAST_SCORE)
             shown = f"{score:.2f}" if math.isfinite(score) else "-"
             parts.append(f"{camera} {fps:.1f} fps, score {shown}")
+        if self.health.mqtt_link() in (MqttLink.DOWN, MqttLink.REFUSED):
+            parts.append(f"MQTT {self.health.mqtt_link().name.lower()}")
         text = "; ".join(parts)
         return text if self.healthy else f"STALLED; {text}"
 
@@ -433,9 +464,9 @@ class Supervisor:
     def _restart(self, child: Child, why: str) -> None:
         service = self.config.service
         if not self.budget.allow():
-            if child.index == WEB:  # the page is not worth stopping the detector for
-                log.error("web (pid %s) %s; restart budget spent: the live page is off "
-                          "until the daemon restarts", child.process.pid, why)
+            if child.index in SIDE_ROLES:
+                log.error("%s (pid %s) %s; restart budget spent: %s is off until the daemon "
+                          "restarts", child.role, child.process.pid, why, SIDE_ROLES[child.index])
                 child.finished = True
                 return
             raise ChildFailed(
@@ -473,13 +504,15 @@ class Supervisor:
             self._running(worker),
             [self._running(child) for child in holders],
             web_running=(web := self._child("web")) is not None and self._running(web),
+            mqtt_running=(mqtt := self._child("mqtt")) is not None and self._running(mqtt),
         )
-        for stall in [s for s in stalls if s.role == "web"]:
-            # the page is restarted here in any case, never the service for it
+        for stall in [s for s in stalls if s.role in ("web", "mqtt")]:
+            # the page and the bridge are restarted here in any case, never the service
             stalls.remove(stall)
-            if web is not None and not web.killed_because:
-                web.killed_because = f"stalled ({stall.reason})"
-                web.process.kill()
+            side = web if stall.role == "web" else mqtt
+            if side is not None and not side.killed_because:
+                side.killed_because = f"stalled ({stall.reason})"
+                side.process.kill()
         healthy = not stalls
         if not healthy and self.healthy:
             what = name_some([f"{s.role}: {s.reason}" for s in stalls], NAMES_SHOWN, "; ")

@@ -38,9 +38,22 @@ class DaemonField(IntEnum):
     WEB_BEAT = 3  # time.monotonic() of the live page's event loop's last turn (web writes)
     MESSAGES = 4  # + index in MESSAGE_KINDS: messages published per kind
     BUCKETS = MESSAGES + len(MESSAGE_KINDS)  # + bucket index (len(INFERENCE_BUCKETS) = +Inf)
+    MQTT_LINK = BUCKETS + len(INFERENCE_BUCKETS) + 1  # a MqttLink value (the bridge writes)
+    MQTT_BEAT = MQTT_LINK + 1  # time.monotonic() of the MQTT bridge loop's last turn
+    MQTT_PUBLISHED = MQTT_LINK + 2  # messages handed to the MQTT broker
+    MQTT_DROPPED = MQTT_LINK + 3  # events dropped while the broker was away (oldest first)
 
 
-GLOBAL_FIELDS = int(DaemonField.BUCKETS) + len(INFERENCE_BUCKETS) + 1
+GLOBAL_FIELDS = int(DaemonField.MQTT_DROPPED) + 1
+
+
+class MqttLink(IntEnum):
+    """The MQTT bridge's link to its broker."""
+
+    OFF = 0  # no [mqtt], or the bridge is not running
+    DOWN = 1  # connecting, or the broker is away: retrying with backoff
+    UP = 2  # connected
+    REFUSED = 3  # the broker refused the login (credentials, not authorised); retrying
 
 
 class CameraField(IntEnum):
@@ -124,6 +137,12 @@ class Health(SharedDoubles):
     def beat_web(self) -> None:
         self.values[DaemonField.WEB_BEAT] = time.monotonic()
 
+    def beat_mqtt(self) -> None:
+        self.values[DaemonField.MQTT_BEAT] = time.monotonic()
+
+    def mqtt_link(self) -> MqttLink:
+        return MqttLink(int(self.values[DaemonField.MQTT_LINK]))
+
     def count_message(self, kind: str, sent: bool = True) -> None:
         if sent:
             self.values[DaemonField.MESSAGES + MESSAGE_KINDS.index(kind)] += 1
@@ -160,8 +179,8 @@ class StallDetector:
 
     - the worker is stalled when its loop has not turned for ``stall_s``, or when frames
       have waited in a ring for ``stall_s`` while the worker fed none of that camera's;
-    - the live page's process is stalled when its event loop has not turned for
-      ``stall_s``, counted from its last beat or from when it started running;
+    - the live page's process and the MQTT bridge are stalled when their loop has not
+      turned for ``stall_s``, counted from its last beat or from when it started running;
     - a camera's capture is stalled when its loop has not turned for ``stall_s`` (each
       camera's loop beats on its own, also when a process runs several), counted from
       its last beat or from when it started running, whichever is later. A capture
@@ -179,7 +198,8 @@ class StallDetector:
         self._since = [0.0] * len(cameras)
         #: when each camera's capture was last seen start running (None: not running)
         self._running_since: list[float | None] = [None] * len(cameras)
-        self._web_since: float | None = None
+        #: when the live page's and the MQTT bridge's processes were last seen start running
+        self._side_since: dict[str, float | None] = {"web": None, "mqtt": None}
 
     def check(
         self,
@@ -189,6 +209,7 @@ class StallDetector:
         captures_running: list[bool],
         now: float | None = None,
         web_running: bool = False,
+        mqtt_running: bool = False,
     ) -> list[Stall]:
         now = time.monotonic() if now is None else now
         stalls: list[Stall] = []
@@ -215,14 +236,18 @@ class StallDetector:
             if age > self.stall_s:
                 stalls.append(Stall(f"capture:{camera}",
                                     f"its loop has not turned for {age:.0f} s", index))
-        if not web_running:
-            self._web_since = None
-        else:
-            if self._web_since is None:
-                self._web_since = now
-            age = now - max(health.get_global(DaemonField.WEB_BEAT), self._web_since)
+        beats = {"web": DaemonField.WEB_BEAT, "mqtt": DaemonField.MQTT_BEAT}
+        for role, running in (("web", web_running), ("mqtt", mqtt_running)):
+            if not running:
+                self._side_since[role] = None
+                continue
+            began = self._side_since[role]
+            if began is None:
+                began = self._side_since[role] = now
+            age = now - max(health.get_global(beats[role]), began)
             if age > self.stall_s:
-                stalls.append(Stall("web", f"its event loop has not turned for {age:.0f} s"))
+                loop = "event loop" if role == "web" else "loop"
+                stalls.append(Stall(role, f"its {loop} has not turned for {age:.0f} s"))
         return stalls
 
 
