@@ -3,6 +3,8 @@ that records what it receives."""
 
 from __future__ import annotations
 
+import getpass
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +19,16 @@ from forecaster.bench.daemon_process import wait_for
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None)
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+
+
+def mosquitto_version() -> str:
+    """The broker's version, e.g. ``2.0.11`` ("" when unknown)."""
+    if MOSQUITTO is None:
+        return ""
+    result = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, timeout=10,
+                            check=False)
+    found = re.search(r"mosquitto version (\S+)", result.stdout + result.stderr)
+    return found.group(1) if found else ""
 
 
 def free_port() -> int:
@@ -36,8 +48,9 @@ class Broker:
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.log = folder / "mosquitto.log"
+        # as root, mosquitto would switch to its own user, who cannot write the log here
         lines = [f"listener {self.port} 127.0.0.1", "persistence false",
-                 f"log_dest file {self.log}", "log_type all"]
+                 f"user {getpass.getuser()}", f"log_dest file {self.log}", "log_type all"]
         if users:
             passwd = folder / "passwd"
             passwd.write_text("")

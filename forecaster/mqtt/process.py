@@ -125,7 +125,9 @@ class Link:
         client.will_set(availability(spec.bridge, False).topic, b"offline", spec.bridge.qos,
                         retain=True)
         client.reconnect_delay_set(BACKOFF_MIN_S, BACKOFF_MAX_S)
-        client.max_queued_messages_set(spec.queue_events)
+        # paho's own queue, for a broker that hangs while the link still looks up; room
+        # for the burst at each connect (discovery, states) and the queued events
+        client.max_queued_messages_set(spec.queue_events + 5 * len(spec.cameras) + 10)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
