@@ -180,9 +180,9 @@ def test_the_broker_away_at_start_then_killed_and_restarted(tmp_path: Path) -> N
                 # the states came again: the broker kept nothing
                 assert second.payloads("forecaster/available")[-1] == b"online"
                 assert second.payloads("forecaster/cam0/anomaly")
+            assert daemon.stop() == 0
         finally:
             broker.kill()
-        assert daemon.stop() == 0
     log = daemon.log()
     assert log.count("cannot reach the MQTT broker") == 1, log
     assert log.count("lost the MQTT broker") == 1, log

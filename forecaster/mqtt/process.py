@@ -221,6 +221,7 @@ class Runner:
         self.published = 0
         self.refused = 0  # publications paho's queue refused
         self._connects = 0
+        self._dropped_said = 0
         self._synced = (0, 0)  # (published, dropped) added to the health block so far
         self._sweep_until: float | None = None
 
@@ -240,9 +241,11 @@ class Runner:
         sweep for discovery configs of cameras gone from the config."""
         settings = self.spec.bridge
         queued = self.queue.take()
-        if queued or self.queue.dropped:
-            log.info("sending %d event(s) queued while the MQTT broker was away (%d older "
-                     "one(s) dropped in all)", len(queued), self.queue.dropped)
+        if queued:
+            dropped = self.queue.dropped - self._dropped_said
+            self._dropped_said = self.queue.dropped
+            log.info("sending %d event(s) queued while the MQTT broker was away%s", len(queued),
+                     f" ({dropped} older one(s) dropped: mqtt.queue_events)" if dropped else "")
         self.deliver([availability(settings, True), *discovery(settings, self.spec.cameras),
                       *self.bridge.retained.values(), *queued])
         with self.link._lock:
