@@ -8,7 +8,9 @@ import itertools
 import json
 import logging
 import multiprocessing as mp
+import os
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -181,13 +183,20 @@ def test_the_broker_away_at_start_then_killed_and_restarted(tmp_path: Path) -> N
                 # the states came again: the broker kept nothing
                 assert second.payloads("forecaster/available")[-1] == b"online"
                 assert second.payloads("forecaster/cam0/anomaly")
+                # the bridge's process killed: the supervisor starts it again
+                os.kill(daemon.child_pid("mqtt"), signal.SIGKILL)
+                daemon.wait_log(r"mqtt \(pid \d+\) was killed by SIGKILL; restarting it", 30)
+                daemon.wait_log(r"mqtt ready again", 60)
+                wait_for(lambda: daemon.log().count("connected to the MQTT broker") == 3, 30,
+                         "the new bridge connected")
+                assert daemon.proc.poll() is None
             assert daemon.stop() == 0
         finally:
             broker.kill()
     log = daemon.log()
     assert log.count("cannot reach the MQTT broker") == 1, log
     assert log.count("lost the MQTT broker") == 1, log
-    assert len(re.findall(r"connected to the MQTT broker", log)) == 2, log
+    assert log.count("connected to the MQTT broker") == 3, log
     assert "Traceback" not in log
 
 
@@ -376,3 +385,18 @@ def test_mqtt_settings_are_checked_at_load(tmp_path: Path) -> None:
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         parse_config({"mqtt": {"password_file": str(empty)}})
+
+
+def test_the_stall_rule_judges_the_bridge_from_when_it_runs() -> None:
+    from forecaster.ipc.health import StallDetector
+
+    health = Health(1)
+    detector = StallDetector(["a"], 2.0)
+    now = time.monotonic()
+    health.beat_capture(0)
+    assert not detector.check(health, [-1], False, [False], now=now + 10, mqtt_running=True)
+    health.values[DaemonField.MQTT_BEAT] = now + 11
+    assert not detector.check(health, [-1], False, [False], now=now + 12.5, mqtt_running=True)
+    stalls = detector.check(health, [-1], False, [False], now=now + 13.5, mqtt_running=True)
+    assert [(s.role, s.reason) for s in stalls] == [("mqtt", "its loop has not turned for 2 s")]
+    assert not detector.check(health, [-1], False, [False], now=now + 20, mqtt_running=False)
