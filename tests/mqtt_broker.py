@@ -39,10 +39,11 @@ def free_port() -> int:
 
 class Broker:
     """mosquitto on 127.0.0.1:``port`` with its config in ``folder``; ``users`` (name ->
-    password) and ``acl`` (the ACL file's text) turn anonymous access off."""
+    password) and ``acl`` (the ACL file's text) turn anonymous access off; ``tls`` (``ca``,
+    ``cert``, ``key`` files) makes the listener TLS, asking for client certificates."""
 
     def __init__(self, folder: Path, users: dict[str, str] | None = None,
-                 acl: str | None = None) -> None:
+                 acl: str | None = None, tls: dict[str, Path] | None = None) -> None:
         assert MOSQUITTO is not None
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -51,6 +52,9 @@ class Broker:
         # as root, mosquitto would switch to its own user, who cannot write the log here
         lines = [f"listener {self.port} 127.0.0.1", "persistence false",
                  f"user {getpass.getuser()}", f"log_dest file {self.log}", "log_type all"]
+        if tls:  # the listener's: a CA, the broker's certificate and key; clients show theirs
+            lines[1:1] = [f"cafile {tls['ca']}", f"certfile {tls['cert']}",
+                          f"keyfile {tls['key']}", "require_certificate true"]
         if users:
             passwd = folder / "passwd"
             passwd.write_text("")
@@ -158,3 +162,24 @@ class Listener:
 
     def __exit__(self, *_: Any) -> None:
         self.close()
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a certificate for 127.0.0.1 and a client certificate, signed by it (openssl)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key_options = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True,
+                       timeout=60)
+
+    run("req", "-x509", *key_options, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=forecaster test CA")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, extra in (("server", ["-extfile", "san.ext"]), ("client", [])):
+        run("req", *key_options, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *extra)
+    return {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key",
+            "client_cert": folder / "client.pem", "client_key": folder / "client.key"}

@@ -10,6 +10,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -36,6 +37,7 @@ from tests.mqtt_broker import (
     Broker,
     Listener,
     free_port,
+    make_certificates,
     mosquitto_version,
 )
 
@@ -341,6 +343,34 @@ def test_the_broker_acl_keeps_the_daemons_topics_from_other_users(
         assert guest.granted
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@pytest.mark.timeout(60)
+def test_tls_with_a_ca_and_a_client_certificate(tmp_path: Path, feed: Feed) -> None:
+    files = make_certificates(tmp_path / "tls")
+    with Broker(tmp_path / "broker", tls=files) as broker:
+        running = Running({"port": broker.port, "tls": True, "ca_file": str(files["ca"]),
+                           "cert_file": str(files["client_cert"]),
+                           "key_file": str(files["client_key"])}, feed)
+        try:
+            feed.wait_subscribed()
+            wait_for(lambda: running.link() == MqttLink.UP, 20, "the link over TLS")
+            feed.send(start(3))
+            wait_for(lambda: running.health.get_global(DaemonField.MQTT_PUBLISHED) >= 6, 10,
+                     "online, discovery and the event")
+        finally:
+            running.stop()
+        # a client that trusts another CA never gets as far as the login
+        other = make_certificates(tmp_path / "other")
+        running = Running({"port": broker.port, "tls": True, "ca_file": str(other["ca"])},
+                          feed)
+        try:
+            time.sleep(2.5)  # two attempts
+            assert running.link() == MqttLink.DOWN
+            assert running.health.get_global(DaemonField.MQTT_PUBLISHED) == 0
+        finally:
+            running.stop()
+
+
 @pytest.mark.timeout(60)
 def test_events_while_the_broker_is_away_are_bounded_oldest_dropped(
         tmp_path: Path, feed: Feed) -> None:
@@ -377,6 +407,8 @@ def test_mqtt_settings_are_checked_at_load(tmp_path: Path) -> None:
         ({"qos": 3}, "mqtt.qos"),
         ({"device_class": "smoke"}, "mqtt.device_class"),
         ({"page_url": "ftp://x"}, "mqtt.page_url: must start with http://"),
+        ({"ca_file": str(tmp_path / "absent.pem")}, "mqtt.ca_file: file not found"),
+        ({"key_file": __file__}, "mqtt.key_file is set without mqtt.cert_file"),
         ({"enabled": True, "tls": True, "ca_file": __file__}, "the TLS files"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(expected)):
@@ -400,3 +432,36 @@ def test_the_stall_rule_judges_the_bridge_from_when_it_runs() -> None:
     stalls = detector.check(health, [-1], False, [False], now=now + 13.5, mqtt_running=True)
     assert [(s.role, s.reason) for s in stalls] == [("mqtt", "its loop has not turned for 2 s")]
     assert not detector.check(health, [-1], False, [False], now=now + 20, mqtt_running=False)
+
+
+def test_the_bridge_alone_gets_the_private_feed(tmp_path: Path) -> None:
+    """The supervisor's plan with [mqtt] on and the page off: the bridge's process, and
+    the worker's private feed in a folder only this user can enter (the children are not
+    spawned here: that needs TensorFlow)."""
+    from forecaster.daemon.supervisor import MQTT, WEB, Supervisor
+
+    class Planner(Supervisor):
+        planned: list[int]
+
+        def _start_child(self, index: int) -> None:
+            self.planned.append(index)
+
+        def _await_ready(self, timeout_s: float) -> None:
+            return None
+
+    planner = Planner(parse_config({"web": {"enabled": False}, "recording": {"enabled": False},
+                                    "mqtt": {"enabled": True, "port": free_port()}}))
+    planner.planned = []
+    try:
+        planner.start()
+        assert MQTT in planner.planned and WEB not in planner.planned
+        assert planner._worker_spec is not None and planner._mqtt_spec is not None
+        feed = planner._worker_spec.feed_endpoint
+        assert feed == planner._mqtt_spec.feed_endpoint
+        folder = Path(feed.removeprefix("ipc://")).parent
+        assert folder.is_dir() and folder.stat().st_mode & 0o077 == 0
+        assert planner.health.mqtt_link() == MqttLink.DOWN  # until the bridge connects
+        assert planner._mqtt_spec.bridge.page_url is None  # no page: no links
+    finally:
+        planner.shutdown(grace_s=0.1)
+    assert not folder.exists()

@@ -163,8 +163,9 @@ class Link:
 
     def _on_connect_fail(self, _client: Any, _userdata: Any) -> None:
         if self.state != MqttLink.REFUSED:
+            tls = " over TLS (check mqtt.ca_file if its certificate fails)" if self.spec.tls else ""
             self._say(MqttLink.DOWN, logging.WARNING,
-                      f"cannot reach the MQTT broker at {self.where}: retrying with backoff "
+                      f"cannot reach the MQTT broker at {self.where}{tls}: retrying with backoff "
                       f"({BACKOFF_MIN_S} s to {BACKOFF_MAX_S} s); events wait in a queue "
                       f"of {self.spec.queue_events} (mqtt.queue_events)")
 
