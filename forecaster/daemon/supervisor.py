@@ -2,9 +2,10 @@
 
 Creates each camera's ring and the shared :class:`~forecaster.ipc.health.Health` block,
 spawns the capture processes (each runs up to ``capture.cameras_per_process`` cameras, see
-:mod:`forecaster.daemon.capture_group`), one worker for all cameras and, with ``[web]``, the live
-page's process (spawn start method), waits until every child reports ready, tells systemd (``READY=1``), then watches
-them until the streams end or SIGTERM/SIGINT asks it to stop:
+:mod:`forecaster.daemon.capture_group`), one worker for all cameras, the live page's process
+(``[web]``) and the MQTT bridge's (``[mqtt]``), all with the spawn start method; waits until
+every child reports ready, tells systemd (``READY=1``), then watches them until the streams
+end or SIGTERM/SIGINT asks it to stop:
 
 - a child that dies is restarted: rings and counters live here, so the worker re-primes
   from the rings and the captures never stop for a worker restart. At most
