@@ -18,11 +18,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from forecaster.detection.flow import MotionCue
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.ipc.health import CameraField, Health
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.recorder import RecordingSpec, open_recorder
+from forecaster.sources.latest import LatestFrameReader
 from forecaster.sources.pacing import RateLimiter
 from forecaster.sources.preprocess import to_gray, to_gray_resized
 from forecaster.sources.readers import FrameSource, open_source
@@ -46,6 +49,8 @@ class CaptureSpec:
     cue_height: int | None = None
     #: event recordings (None: off)
     recording: RecordingSpec | None = None
+    #: the camera's lower-resolution stream that the model and the cue see (None: ``source``)
+    detect_source: str | None = None
 
 
 class Backoff:
@@ -94,8 +99,12 @@ class Capture:
         self._skipped_seen = 0
         self._down: str | None = None
         self._reconnected = False
-        self.source: FrameSource = open_source(spec.source, loop=spec.loop)
+        self.source: FrameSource = open_source(spec.detect_source or spec.source, loop=spec.loop)
         self.recorder = open_recorder(spec.recording, spec.camera, spec.index)
+        #: with a detection stream, the main source, read for the recordings only
+        self.main = None if spec.detect_source is None or spec.recording is None else (
+            LatestFrameReader(spec.source, name=f"main:{spec.camera}", loop=spec.loop,
+                              fps=spec.fps, reconnect_max_s=spec.reconnect_max_s))
 
     def beat(self) -> None:
         self.health.beat_capture(self.spec.index)
@@ -123,10 +132,14 @@ class Capture:
                 raise
             self._down = str(error)
             self.log.warning("source not reachable at start-up: %s; retrying", error)
+            if self.main is not None:
+                self.main.open()
             return
         if stats.latest_seq >= 0 and not self.source.live and not self.spec.loop:
             self._resume(stats.frames_captured)
         self.ring.set_connected(True)
+        if self.main is not None:
+            self.main.open()
 
     def _resume(self, frames: int) -> None:
         for _ in range(frames):
@@ -228,13 +241,20 @@ class Capture:
                 seq = self.ring.write(image, frame.ts, cue)
                 self.frames += 1
                 self._signal()
-                self.recorder.on_frame(frame.image, seq, frame.ts)
+                picture: np.ndarray | None = frame.image
+                if self.main is not None:  # clips from the main source, at its own size
+                    main = self.main.latest()
+                    picture = None if main is None else main.image
+                if picture is not None:
+                    self.recorder.on_frame(picture, seq, frame.ts)
                 skipped = self.source.skipped
                 if skipped != self._skipped_seen:
                     self.ring.count_skipped(skipped - self._skipped_seen)
                     self._skipped_seen = skipped
         finally:
             self.source.close()
+            if self.main is not None:
+                self.main.close()
         self.ring.set_ended()
         self._signal()
         self.recorder.close(self.stop, self._worker_caught_up)
