@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from forecaster.config import Config, RecordingConfig, parse_config
 from forecaster.errors import ConfigError
 from forecaster.protocol import Event, Score, decode, encode
 from forecaster.recording.event_board import BoardField, EventBoard, EventNotes, event_stem
+from forecaster.recording.h264 import encoder_problem, faststart, open_video, top_level_boxes
 from forecaster.recording.recorder import NoRecorder, Recorder, open_recorder
 from forecaster.recording.recording_dir import events_dir
 from forecaster.recording.retention import Retention, list_events
@@ -43,12 +45,67 @@ def check_event_files(folder: Path, sidecar: dict) -> None:
     """The clip and snapshot a sidecar names exist and decode; the clip has its frames."""
     clip = folder / sidecar["clip"]
     assert decoded_frames(clip) == sidecar["frames"] > 0
+    assert_browser_mp4(clip, sidecar)
     assert sidecar["frames"] == sidecar["last_seq"] - sidecar["first_seq"] + 1 - sidecar[
         "frames_dropped"]
     snapshot = cv2.imread(str(folder / sidecar["snapshot"]))
     assert snapshot is not None and snapshot.shape[1] <= 640
     assert sidecar["first_seq"] <= sidecar["start_seq"] <= sidecar["end_seq"] <= sidecar["last_seq"]
     assert sidecar["start_seq"] <= sidecar["peak_seq"] <= sidecar["end_seq"]
+
+
+def assert_browser_mp4(clip: Path, sidecar: dict) -> None:
+    """The clip is H.264 (``avc1``) in MP4 with its index before its frames, at the
+    sidecar's size, frame count and frame rate."""
+    assert sidecar["codec"] == "avc1"
+    assert faststart(clip), top_level_boxes(clip)
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.codec_tag == "avc1"
+        assert (stream.codec_context.width, stream.codec_context.height) == (
+            sidecar["width"], sidecar["height"])
+        assert stream.frames == sidecar["frames"]
+        duration = float(stream.duration * stream.time_base)
+        assert duration == pytest.approx(sidecar["frames"] / sidecar["fps"], rel=0.02)
+
+
+def test_h264_clip_is_avc1_with_its_index_first_at_an_even_size(tmp_path: Path) -> None:
+    assert encoder_problem() == ""
+    path = tmp_path / "clip.mp4"
+    writer = open_video(path, 12.5, (121, 91))  # odd sides: rounded down to even
+    assert writer.codec == "avc1" and writer.size == (120, 90)
+    for image in frames(30):
+        writer.write(cv2.resize(image, writer.size))
+    writer.close()
+    boxes = top_level_boxes(path)
+    assert boxes is not None and boxes[:2] == [b"ftyp", b"moov"] and b"mdat" in boxes
+    assert_browser_mp4(path, {"codec": "avc1", "width": 120, "height": 90, "frames": 30,
+                              "fps": 12.5})
+    assert decoded_frames(path) == 30
+
+
+def test_without_pyav_clips_fall_back_to_mp4v_with_one_log_line(tmp_path: Path) -> None:
+    code = f"""
+import logging, sys
+sys.modules["av"] = None  # PyAV not installed
+import numpy as np
+from pathlib import Path
+from forecaster.recording.h264 import open_video
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+for name in ("a.mp4", "b.mp4"):
+    writer = open_video(Path({str(tmp_path)!r}) / name, 10.0, (64, 48))
+    for _ in range(5):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.close()
+print("codec", writer.codec)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr
+    assert "codec mp4v" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "mp4v" in warnings[0] and "PyAV" in warnings[0], done.stderr
+    assert decoded_frames(tmp_path / "b.mp4") == 5
 
 
 @pytest.mark.timeout(150)

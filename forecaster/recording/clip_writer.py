@@ -1,7 +1,8 @@
 """The clip writer: a thread that writes each event's clip, snapshot and sidecar, and
 applies retention (:mod:`forecaster.recording.retention`).
 
-A clip is written under a temporary name and checked complete before it takes its final
+A clip is H.264 in MP4 with its index first (:mod:`forecaster.recording.h264`), so a browser
+plays it. It is written under a temporary name and checked complete before it takes its final
 name; the snapshot and sidecar follow, the sidecar last. A write that fails (a full disk)
 discards the event's files. At a stop, frames still queued after a short bound are cut.
 """
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from forecaster.config import RecordingConfig
+from forecaster.recording.h264 import VideoWriter, open_video, top_level_boxes
 from forecaster.recording.retention import MB, Retention
 
 log = logging.getLogger("forecaster.recording")
@@ -38,7 +40,6 @@ FREE_CHECK_S = 1.0
 #: a file system with less free space than this is full: the clip being written is
 #: abandoned, whatever ``min_free_mb`` says
 FULL_DISK_BYTES = 256 * 1024
-FOURCC = "mp4v"
 #: seconds the writer goes on writing queued frames once a stop is asked; the frames still
 #: queued then are cut (counted in the sidecar's ``frames_cut``), and each open clip is
 #: closed and finished, within the capture process's time to stop
@@ -86,6 +87,7 @@ class Clip:
     #: set by the writer thread
     skipped: str = ""
     size: tuple[int, int] | None = None
+    codec: str | None = None
 
 
 @dataclass(slots=True)
@@ -193,7 +195,7 @@ class ClipWriter:
     # -- thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        writer: cv2.VideoWriter | None = None
+        writer: VideoWriter | None = None
         try:
             self._sweep()
         except Exception:
@@ -243,8 +245,8 @@ class ClipWriter:
         camera, name = clip.stem.split("/", 1)
         return self.folder / camera / f".{name}.tmp.mp4"
 
-    def _handle(self, command: _Command, writer: cv2.VideoWriter | None
-                ) -> cv2.VideoWriter | None:
+    def _handle(self, command: _Command, writer: VideoWriter | None
+                ) -> VideoWriter | None:
         clip = command.clip
         if command.kind == "open":
             self._active.add(clip.stem)
@@ -264,22 +266,23 @@ class ClipWriter:
         self._finish(clip, writer)
         return None
 
-    def _write_frame(self, clip: Clip, entry: Entry, writer: cv2.VideoWriter | None
-                     ) -> cv2.VideoWriter | None:
+    def _write_frame(self, clip: Clip, entry: Entry, writer: VideoWriter | None
+                     ) -> VideoWriter | None:
         image = cv2.imdecode(np.frombuffer(entry.jpeg, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             return writer
         if writer is None:
             height, width = image.shape[:2]
-            clip.size = (width, height)
             temp = self._temp(clip)
             temp.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(temp), cv2.VideoWriter.fourcc(*FOURCC), clip.fps,
-                                     (width, height))
-            if not writer.isOpened():
+            try:
+                writer = open_video(temp, clip.fps, (width, height))
+            except OSError as error:
                 clip.skipped = "writer"
-                log.warning("camera %s: cannot write clip %s", clip.camera, temp)
+                log.warning("camera %s: cannot write clip %s: %s", clip.camera, temp, error)
+                self._discard(clip, None)
                 return None
+            clip.size, clip.codec = writer.size, writer.codec
         if clip.size is not None and (image.shape[1], image.shape[0]) != clip.size:
             image = cv2.resize(image, clip.size, interpolation=cv2.INTER_AREA)
         writer.write(image)
@@ -310,14 +313,13 @@ class ClipWriter:
                     f"{self.folder}")
         return ""
 
-    def _discard(self, clip: Clip, writer: cv2.VideoWriter | None) -> None:
+    def _discard(self, clip: Clip, writer: VideoWriter | None) -> None:
         if writer is not None:
-            with contextlib.suppress(cv2.error):
-                writer.release()
+            writer.abort()
         with contextlib.suppress(OSError):
             self._temp(clip).unlink()
 
-    def _finish(self, clip: Clip, writer: cv2.VideoWriter | None) -> None:
+    def _finish(self, clip: Clip, writer: VideoWriter | None) -> None:
         """Close the clip; once it is complete, give it, the snapshot and the sidecar their
         names (the sidecar last). A write that fails leaves none of the event's files. An
         event whose every frame was cut at a stop keeps its snapshot and sidecar."""
@@ -329,7 +331,7 @@ class ClipWriter:
                 return
             temp = None
         else:
-            writer.release()
+            writer.close()
             if not mp4_complete(self._temp(clip)):  # the encoder could not write it all
                 self._discard(clip, None)
                 log.warning("camera %s: event %s not recorded: its clip could not be written "
@@ -394,6 +396,7 @@ class ClipWriter:
             "last_seq": clip.last_seq,
             "last_ts": number(clip.last_ts),
             "fps": round(clip.fps, 3),
+            "codec": clip.codec if clip.frames else None,
             "width": clip.size[0] if clip.size else None,
             "height": clip.size[1] if clip.size else None,
             "pre_s": self.settings.pre_s,
@@ -412,24 +415,5 @@ def _temp_of(path: Path) -> Path:
 def mp4_complete(path: Path) -> bool:
     """Is ``path`` a whole MP4 file: top-level boxes that fill it exactly, a ``moov`` (the
     index, written last) among them? A write cut short by a full disk leaves it out."""
-    try:
-        with path.open("rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            offset, seen = 0, set()
-            while offset < size:
-                file.seek(offset)
-                header = file.read(16)
-                if len(header) < 8:
-                    return False
-                length = int.from_bytes(header[:4], "big")
-                if length == 1 and len(header) == 16:
-                    length = int.from_bytes(header[8:16], "big")
-                elif length == 0:
-                    length = size - offset
-                if length < 8 or offset + length > size:
-                    return False
-                seen.add(header[4:8])
-                offset += length
-    except OSError:
-        return False
-    return b"moov" in seen and b"mdat" in seen
+    boxes = top_level_boxes(path)
+    return boxes is not None and b"moov" in boxes and b"mdat" in boxes
