@@ -246,7 +246,7 @@ class Supervisor:
                 reconnect_max_s=config.capture.reconnect_max_s,
                 log_level=config.log_level,
                 cue_height=cue_rows,
-                recording=recording,
+                recording=recording, picture_width=config.recording.max_width,
             )
             for index, (camera, (_, name)) in enumerate(
                 zip(config.cameras, ring_names, strict=True)

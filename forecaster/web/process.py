@@ -136,6 +136,8 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None, beat: Any = None) 
         await runner.cleanup()
         sub.close(linger=0)
         context.term()
+        for camera in feed.cameras.values():
+            camera.picture.close()
         for _, ring in rings:
             ring.close()
 
