@@ -298,6 +298,7 @@ class Supervisor:
             port=web.port, threshold_on=self.config.scorer.threshold_on,
             threshold_off=self.config.scorer.threshold_off, image_fps=web.image_fps,
             token=token, events_dir=events, log_level=self.config.log_level,
+            names=tuple((c.id, c.name) for c in self.config.cameras if c.name),
         )
 
     def _recording(self, model: str) -> RecordingSpec | None:
