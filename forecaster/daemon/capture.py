@@ -23,6 +23,7 @@ import numpy as np
 from forecaster.detection.flow import MotionCue
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.ipc.health import CameraField, Health
+from forecaster.ipc.picture import PictureSlot
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.recorder import RecordingSpec, open_recorder
 from forecaster.sources.latest import LatestFrameReader
@@ -51,6 +52,8 @@ class CaptureSpec:
     recording: RecordingSpec | None = None
     #: the camera's lower-resolution stream that the model and the cue see (None: ``source``)
     detect_source: str | None = None
+    #: the live page's picture of the camera is at most this wide (``recording.max_width``)
+    picture_width: int = 640
 
 
 class Backoff:
@@ -105,6 +108,8 @@ class Capture:
         self.main = None if spec.detect_source is None or spec.recording is None else (
             LatestFrameReader(spec.source, name=f"main:{spec.camera}", loop=spec.loop,
                               fps=spec.fps, reconnect_max_s=spec.reconnect_max_s))
+        #: the source frame for the live page, written only while a page is open
+        self.picture = PictureSlot(ring)
 
     def beat(self) -> None:
         self.health.beat_capture(self.spec.index)
@@ -247,6 +252,8 @@ class Capture:
                     picture = None if main is None else main.image
                 if picture is not None:
                     self.recorder.on_frame(picture, seq, frame.ts)
+                    self.picture.offer(picture, seq, frame.ts, spec.picture_width,
+                                       now=time.time())
                 skipped = self.source.skipped
                 if skipped != self._skipped_seen:
                     self.ring.count_skipped(skipped - self._skipped_seen)
@@ -255,6 +262,7 @@ class Capture:
             self.source.close()
             if self.main is not None:
                 self.main.close()
+            self.picture.close()
         self.ring.set_ended()
         self._signal()
         self.recorder.close(self.stop, self._worker_caught_up)
