@@ -41,6 +41,7 @@ from forecaster.protocol import (
     loads_bounded,
     parse_topic,
 )
+from forecaster.recording.event_index import EventIndex
 
 log = logging.getLogger("forecaster.web")
 
@@ -280,6 +281,9 @@ class EventLog:
 
     def __init__(self, events_dir: Path | None) -> None:
         self.events_dir = events_dir
+        #: the event index: each card's clip state ('recording', 'ready', 'interrupted',
+        #: 'none'); an event whose files were not written loses its clip and snapshot
+        self.index = EventIndex(events_dir) if events_dir is not None else None
         self.items: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         #: bumped on every change, for viewers to know when to send the list again
         self.version = 0
@@ -296,7 +300,7 @@ class EventLog:
             open_one = {"id": self._next_id, "camera": camera, "start_seq": seq,
                         "start_ts": ts, "end_seq": None, "end_ts": None, "peak": None,
                         "clip": None, "snapshot": None, "clip_ready": False,
-                        "snapshot_ready": False}
+                        "snapshot_ready": False, "clip_state": None}
             self._next_id += 1
             self.items.append(open_one)
         if state == "end":
@@ -319,8 +323,30 @@ class EventLog:
                 if item[key] and not item[ready] and _complete(self.events_dir, item[key]):
                     item[ready] = True
                     changed = True
+        changed = self._index_states() or changed
         if changed:
             self.version += 1
+        return changed
+
+    def _index_states(self) -> bool:
+        """Take each unsettled card's clip state from the index; True when any changed."""
+        index = self.index
+        stems = {item["clip"].rsplit(".", 1)[0]: item for item in self.items
+                 if item["clip"] and item["clip_state"] not in ("ready", "interrupted", "none")}
+        if index is None or not stems:
+            return False
+        states = index.quietly("read clip states", index.states, list(stems)) or {}
+        changed = False
+        for stem, state in states.items():
+            item = stems[stem]
+            if state == item["clip_state"]:
+                continue
+            item["clip_state"] = state
+            changed = True
+            if state in ("interrupted", "none") and not item["clip_ready"]:
+                item["clip"] = None  # no clip will come
+                if not item["snapshot_ready"]:
+                    item["snapshot"] = None
         return changed
 
     def listing(self) -> list[dict[str, Any]]:

@@ -8,6 +8,9 @@ that drops it from the address bar), as the cookie, or as ``Authorization: Beare
 the WebSocket must come from the page's own origin. Refusals are 401 (no token) or 403,
 and logged (at most one line a second).
 
+The JSON API (``/api/...``: the cameras and the event index) is
+:mod:`forecaster.web.api`, behind the same rules.
+
 The feed (``/feed``, one WebSocket per open page) carries JSON text messages (``hello``,
 ``scores``, ``state``, ``events``) and binary image messages (see
 :func:`~forecaster.web.live.panels_message` and :func:`~forecaster.web.live.tile_message`).
@@ -36,6 +39,7 @@ from aiohttp import WSMsgType, web
 
 from forecaster.endpoints import host_header_is_loopback
 from forecaster.protocol import loads_bounded
+from forecaster.web.api import EventsApi
 from forecaster.web.live import HISTORY_S, LiveFeed
 
 log = logging.getLogger("forecaster.web")
@@ -134,7 +138,8 @@ class LivePage:
 
     def __init__(self, feed: LiveFeed, settings: PageSettings,
                  events_dir: Path | None = None,
-                 on_viewers: Callable[[int], None] | None = None) -> None:
+                 on_viewers: Callable[[int], None] | None = None,
+                 names: dict[str, str] | None = None) -> None:
         self.feed = feed
         self.settings = settings
         self.events_dir = events_dir.resolve() if events_dir is not None else None
@@ -151,6 +156,7 @@ class LivePage:
         app.router.add_get("/feed", self._feed)
         app.router.add_get("/events/{path:.+}", self._recording)
         app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+        EventsApi(self.events_dir, list(feed.cameras), names).add_routes(app)
         app.on_startup.append(self._start_background)
         app.on_shutdown.append(self._close_viewers)
         self.app = app
