@@ -18,6 +18,8 @@ from tests.test_web_browser import _browser, _wait
 OUTPUT = ROOT / "test-output"
 ALARMING = ("gate", "yard")
 QUIET = tuple(f"quiet{i}" for i in range(7))
+#: display names ([[cameras]] name); the others show their id
+NAMES = {"gate": "Front gate"}
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -26,7 +28,7 @@ TILES = """
 return Array.from(document.querySelectorAll('#grid .tile')).map((t) => {
   const r = t.getBoundingClientRect();
   const img = t.querySelector('img.frame');
-  return {camera: t.dataset.camera, alarm: t.classList.contains('alarm'),
+  return {camera: t.dataset.camera, name: t.querySelector('.name').textContent, alarm: t.classList.contains('alarm'),
           unacked: t.classList.contains('unacked'), stale: t.classList.contains('stale'),
           note: t.querySelector('.stale-note').textContent,
           badge: t.querySelector('.source').textContent,
@@ -46,8 +48,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Dae
     driver = _browser()
     folder = tmp_path_factory.mktemp("console-daemon")
     port = free_port()
-    cameras = [(name, f"synthetic:?fps=10&width=320&height=180&anomaly_rate=0.15&seed={i + 3}")
-               for i, name in enumerate(ALARMING)]
+    cameras: list[Any] = [
+        (name, f"synthetic:?fps=10&width=320&height=180&anomaly_rate=0.15&seed={i + 3}",
+         {"name": NAMES[name]} if name in NAMES else {}) for i, name in enumerate(ALARMING)]
     cameras += [(name, f"synthetic:?fps=4&width=320&height=180&anomaly_rate=0&seed={i + 10}")
                 for i, name in enumerate(QUIET)]
     config = config_text(f"tcp://127.0.0.1:{free_port()}", cameras,
@@ -68,7 +71,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Dae
 def test_alarming_cameras_come_first_marked_and_acknowledging_clears_the_bar(
     console: tuple[Any, Daemon, str],
 ) -> None:
-    driver, daemon, url = console
+    driver, daemon, _url = console
     OUTPUT.mkdir(exist_ok=True)
 
     def marked(tiles: list[dict[str, Any]]) -> set[str]:
@@ -82,6 +85,8 @@ def test_alarming_cameras_come_first_marked_and_acknowledging_clears_the_bar(
                   "every tile showing its camera's own 320-pixel picture")
     assert {t["camera"] for t in tiles[:2]} == set(ALARMING), [t["camera"] for t in tiles]
     assert marked(tiles) == set(ALARMING), tiles
+    assert {t["camera"]: t["name"] for t in tiles}["gate"] == "Front gate"
+    assert {t["camera"]: t["name"] for t in tiles}["yard"] == "yard"
     # nine cameras on a 1400x1000 screen, all live
     for tile in tiles:
         assert tile["right"] <= 1400 and tile["bottom"] <= 1000, tile
@@ -109,7 +114,7 @@ def test_alarming_cameras_come_first_marked_and_acknowledging_clears_the_bar(
         "return !d.hidden && d.dataset.seq && Number(d.querySelector('canvas.chart').dataset.drawn) > 5"
         " && Array.from(d.querySelectorAll('img.panel')).every((i) => i.naturalWidth > 0)"),
         30, "the detail view's panels and chart")
-    assert driver.find_element("css selector", "#detail .name").text == ALARMING[0]
+    assert driver.find_element("css selector", "#detail .name").text == "Front gate"
     driver.find_element("css selector", "#detail .close").click()
     _wait(driver, lambda d: d.execute_script("return document.getElementById('detail').hidden"),
           5, "the detail view to close")

@@ -142,7 +142,7 @@ function onEvents(msg) {
         a.textContent = "clip";
         a.setAttribute("download", "");
         p.appendChild(a);
-      } else if (connected) {
+      } else if (connected && (e.clip_state === "recording" || !e.clip_state)) {
         p.className = "muted";
         p.textContent = "clip: recording…";
       }
