@@ -23,6 +23,7 @@ from forecaster.ipc.channels import Flag
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.event_index import EventIndex
 from forecaster.web.api import parse_time
+from forecaster.web.live import EventLog
 from forecaster.web.process import WebSpec, serve
 from tests.conftest import free_port
 
@@ -149,6 +150,9 @@ def test_events_page_filter_and_fields(tmp_path: Path) -> None:
         # the recording itself is served where clip_url says
         status, _ = server.call("GET", newest["clip_url"])
         assert status == 200
+        # the index itself is not a recording
+        for name in ("events.db", "events.db-wal", "events.db-shm"):
+            assert server.call("GET", f"/events/{name}")[0] == 404
         status, answer = server.call("GET", f"/api/events/{newest['id']}")
         assert status == 200 and answer["event"]["id"] == newest["id"]
         assert server.call("GET", "/api/events/99999")[0] == 404
@@ -252,3 +256,31 @@ def test_camera_name_in_the_config() -> None:
     with pytest.raises(ConfigError, match=r"cameras\.0\.name: camera name must be at most 80 "
                                           r"printable characters \(got 'a\\nb'\)"):
         parse_config({"cameras": [{"id": "cam0", "name": "a\nb"}]})
+
+
+def test_live_cards_take_their_clip_state_from_the_index(tmp_path: Path) -> None:
+    index = EventIndex(tmp_path)
+    log = EventLog(tmp_path)
+    for seq, stem in ((5, "cam0/20010909-014640-5"), (50, "cam0/20010909-014650-50")):
+        for state in ("start", "end"):
+            log.add("cam0", {"state": state, "seq": seq + (state == "end"), "ts": 1e9,
+                             "clip": f"{stem}.mp4", "snapshot": f"{stem}.jpg"})
+    skipped, recording = log.listing()[1], log.listing()[0]
+    assert skipped["clip_state"] is None and skipped["clip"]
+    index.opened("cam0", "cam0/20010909-014640-5", 5, 1e9)
+    index.opened("cam0", "cam0/20010909-014650-50", 50, 1e9)
+    assert log.refresh()
+    assert [item["clip_state"] for item in log.listing()] == ["recording", "recording"]
+    # one was not recorded (free space), the other is finished
+    index.finished("cam0/20010909-014640-5", {"camera": "cam0"}, "none")
+    (tmp_path / "cam0").mkdir()
+    for suffix in (".mp4", ".jpg", ".json"):
+        (tmp_path / f"cam0/20010909-014650-50{suffix}").write_bytes(b"x")
+    index.finished("cam0/20010909-014650-50", {"camera": "cam0", "clip": recording["clip"],
+                                               "snapshot": recording["snapshot"]}, "ready")
+    assert log.refresh()
+    newest, oldest = log.listing()
+    assert (newest["clip_state"], newest["clip_ready"], newest["clip"]) == (
+        "ready", True, recording["clip"])
+    assert (oldest["clip_state"], oldest["clip"], oldest["snapshot"]) == ("none", None, None)
+    assert not log.refresh()  # settled: nothing more to ask

@@ -118,7 +118,8 @@ function onEvents(msg) {
     const li = document.createElement("li");
     li.className = "event" + (e.end_seq === null ? "" : " closed");
     li.dataset.camera = e.camera;
-    const duration = e.end_ts ? `${(e.end_ts - e.start_ts).toFixed(1)} s` : "ongoing";
+    const duration = e.end_ts ? `${(e.end_ts - e.start_ts).toFixed(1)} s` :
+      connected ? "ongoing" : "open when the feed stopped";
     const title = document.createElement("div");
     title.innerHTML = "<strong></strong> ";
     title.firstChild.textContent = cameraName(e.camera);
@@ -141,7 +142,7 @@ function onEvents(msg) {
         a.textContent = "clip";
         a.setAttribute("download", "");
         p.appendChild(a);
-      } else if (connected) {
+      } else if (connected && (e.clip_state === "recording" || !e.clip_state)) {
         p.className = "muted";
         p.textContent = "clip: recording…";
       }
@@ -209,9 +210,10 @@ function placeOverlay(cam) {
                                      width: `${w}px`, height: `${h}px` });
 }
 
+// the box of the anomalous region, while the camera's episode is open and its feed live
 function placeBox(cam) {
   const s = cam.state;
-  const b = s && s.box;
+  const b = s && s.anomaly && connected && !cam.tile.classList.contains("stale") && s.box;
   cam.box.hidden = !b;
   cam.tile.dataset.box = b ? b.join(",") : "";
   if (!b) return;
@@ -287,6 +289,7 @@ function refreshTiles() {
     badge.textContent = source === "stale" ? "no feed" : source;
     badge.className = "source badge " + source;
     tile.dataset.state = stale ? "stale" : source;
+    placeBox(cam);
   }
   arrange();
   updateBar();
@@ -504,9 +507,11 @@ function connect() {
     else if (msg.type === "events") onEvents(msg);
   };
   socket.onclose = () => {
+    const was = connected;
     connected = false;
     badge.textContent = "disconnected: retrying…";
     badge.className = "badge off";
+    if (was) onEvents({ events: liveEvents });
     refreshTiles();
     setTimeout(connect, 1000);
   };
