@@ -123,6 +123,9 @@ class Score:
     score: float
     anomaly: bool
     latency_ms: float
+    #: where the error was largest, ``(x0, y0, x1, y1)`` in model-frame pixels (``x1`` and
+    #: ``y1`` excluded), on frames scoring at or above ``threshold_off``; else None
+    box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,8 @@ def encode(msg: Message) -> list[bytes]:
         header["score"] = _enc_float("score", msg.score)
         header["anomaly"] = _enc_bool("anomaly", msg.anomaly)
         header["latency_ms"] = _enc_float("latency_ms", msg.latency_ms)
+        if msg.box is not None:
+            header["box"] = _enc_box(msg.box)
     elif isinstance(msg, Event):
         if msg.state not in EVENT_STATES:
             raise ProtocolError(f"field 'state' must be 'start' or 'end', got {msg.state!r}")
@@ -366,8 +371,25 @@ def _dec_forecast(camera: str, h: Mapping[str, Any], payload: Buffer | None) -> 
     )
 
 
+def _box_ok(box: Any) -> bool:
+    return (isinstance(box, (list, tuple)) and len(box) == 4
+            and all(type(v) is int and 0 <= v <= 1 << 16 for v in box)
+            and box[0] < box[2] and box[1] < box[3])
+
+
+def _enc_box(box: Any) -> list[int]:
+    if not _box_ok(box):
+        raise ProtocolError(f"field 'box' must be [x0, y0, x1, y1] integers with x0 < x1 and "
+                            f"y0 < y1, got {box!r}")
+    return [int(v) for v in box]
+
+
 def _dec_score(camera: str, h: Mapping[str, Any], payload: Buffer | None) -> Score:
     kind = "score"
+    box = h.get("box")
+    if box is not None and not _box_ok(box):
+        raise ProtocolError(f"score header field 'box' must be [x0, y0, x1, y1] integers, "
+                            f"got {box!r}")
     return Score(
         camera=camera,
         seq=_dec_int(h, kind, "seq"),
@@ -377,6 +399,7 @@ def _dec_score(camera: str, h: Mapping[str, Any], payload: Buffer | None) -> Sco
         score=_dec_float(h, kind, "score"),
         anomaly=_dec_bool(h, kind, "anomaly"),
         latency_ms=_dec_float(h, kind, "latency_ms"),
+        box=tuple(box) if box is not None else None,
     )
 
 

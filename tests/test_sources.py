@@ -265,10 +265,41 @@ def test_video_file_reads_back_every_frame(tmp_path: Path) -> None:
     assert isinstance(source, FileSource) and not source.live
     frames = read_all(source)
     assert len(frames) == 30
-    assert frames[0].shape == (120, 160, 3) and frames[0].dtype == np.uint8
+    assert source.backend == "pyav"  # decoded straight to its luma plane: gray
+    assert frames[0].shape == (120, 160) and frames[0].dtype == np.uint8
     assert source.nominal_fps == pytest.approx(25.0)
     # MJPG is lossy but close
-    assert np.abs(frames[7].astype(int) - written[7].astype(int)).mean() < 4
+    gray = cv2.cvtColor(written[7], cv2.COLOR_BGR2GRAY)
+    assert np.abs(frames[7].astype(int) - gray.astype(int)).mean() < 4
+
+
+def test_the_luma_plane_is_within_a_few_grey_levels_of_opencvs_gray(data_dir: Path) -> None:
+    """H.264 at 720p: the luma plane as decoded, against OpenCV's BGR then BGR-to-gray."""
+    path = str(data_dir / "vtest.avi")
+    with open_source(path) as source:
+        assert isinstance(source, FileSource) and source.backend == "pyav"
+        frames = [source.read() for _ in range(30)]
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    for index, frame in enumerate(frames):
+        ok, image = capture.read()
+        assert ok and frame is not None
+        assert frame.image.shape == (720, 1280)
+        expected = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        assert np.abs(frame.image.astype(int) - expected.astype(int)).max() <= 3, index
+    capture.release()
+    # each frame carries its position in the file, the first frame again after a loop
+    positions = [frame.pos_s for frame in frames if frame is not None]
+    assert positions[0] is not None and np.all(np.diff(positions) > 0)
+
+
+def test_a_video_pyav_cannot_open_is_read_by_opencv(tmp_path: Path) -> None:
+    path = tmp_path / "clip.avi"
+    written = write_avi(path, 5)
+    source = FileSource(path)
+    source.backend = "opencv"  # as a source PyAV cannot open is read
+    frames = read_all(source)
+    assert len(frames) == 5 and frames[0].shape == (120, 160, 3)
+    assert np.abs(frames[2].astype(int) - written[2].astype(int)).mean() < 4
 
 
 def test_video_file_loops(tmp_path: Path) -> None:
@@ -278,6 +309,9 @@ def test_video_file_loops(tmp_path: Path) -> None:
     assert len(frames) == 25
     np.testing.assert_array_equal(frames[10], frames[0])
     np.testing.assert_array_equal(frames[23], frames[3])
+    with open_source(str(path), loop=True) as source:  # the position starts again too
+        positions = [source.read().pos_s for _ in range(12)]  # type: ignore[union-attr]
+    assert positions[10] == positions[0] and positions[11] == positions[1] != positions[0]
 
 
 def test_a_looped_source_marks_the_frame_it_restarts_with_as_a_cut(tmp_path: Path) -> None:
@@ -385,11 +419,11 @@ def test_stream_reads_mjpeg_over_http_and_reports_the_drop() -> None:
         source.open_timeout_s = 5.0
         source.open()
         frames = [source.read() for _ in range(10)]
-        assert all(f is not None and f.image.shape == (120, 160, 3) for f in frames)
+        assert all(f is not None and f.image.shape == (120, 160) for f in frames)
         assert all(f is not None and f.label is None for f in frames)
         # the first frame decodes to the scene's frame 0 (JPEG-lossy)
         expected = SyntheticScene(seed=0, anomaly_rate=0.0).frame(0)
-        first = cv2.cvtColor(frames[0].image, cv2.COLOR_BGR2GRAY)  # type: ignore[union-attr]
+        first = frames[0].image  # type: ignore[union-attr]
         assert np.abs(first.astype(int) - expected.astype(int)).mean() < 4
 
         server.stop()
@@ -442,3 +476,22 @@ def test_silent_stream_fails_to_open_within_the_open_timeout() -> None:
         with pytest.raises(SourceDisconnected):
             source.open()
         assert time.monotonic() - start < 5.0
+
+
+# -- preprocessing -------------------------------------------------------------------------
+
+
+def test_a_shrink_in_two_steps_is_within_a_grey_level_of_one_area_resize() -> None:
+    from forecaster.sources.preprocess import to_gray_resized
+
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (720, 1280), dtype=np.uint8), (9, 9), 3)
+    for size in ((64, 64), (48, 80), (120, 160)):
+        one_step = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
+        resized = to_gray_resized(image, size)
+        assert resized.shape == size
+        assert np.abs(resized.astype(int) - one_step.astype(int)).max() <= 1, size
+    # no whole factor on either axis (Ped2's 360x240): the very same pixels
+    small = image[:240, :360]
+    np.testing.assert_array_equal(to_gray_resized(small, (64, 64)),
+                                  cv2.resize(small, (64, 64), interpolation=cv2.INTER_AREA))

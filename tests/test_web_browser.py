@@ -25,8 +25,8 @@ pytestmark = pytest.mark.timeout(150)
 
 #: a fingerprint of each of a camera's three images, as the browser shows them
 PANEL_PRINTS = """
-const card = document.querySelector('.camera');
-if (!card || !card.dataset.seq) return null;
+const card = document.querySelector('#detail');
+if (!card || card.hidden || !card.dataset.seq) return null;
 return Array.from(card.querySelectorAll('img.panel')).map((img) => {
   if (!img.complete || !img.naturalWidth) return null;
   const canvas = document.createElement('canvas');
@@ -92,7 +92,7 @@ def page(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         daemon.wait_log(r"live page on http://127\.0\.0\.1:\d+/", timeout=60)
         daemon.wait_log(r"worker ready", timeout=120)
         url = f"http://127.0.0.1:{port}/"
-        driver.get(url)
+        driver.get(url + "#camera=cam0")  # the detail view: frame, forecast, error, chart
         yield driver, url
         assert "Traceback" not in daemon.log()
 
@@ -117,9 +117,9 @@ def test_images_change_chart_draws_and_events_appear(page: tuple[Any, str]) -> N
         "const e = document.querySelector('#events li.event'); return e && e.textContent"),
         60, "an anomaly event on the page")
     assert "cam0" in text and "peak" in text
-    state = driver.find_element("css selector", ".camera .health").text
+    state = driver.find_element("css selector", "#detail .health").text
     assert "fps" in state and "dropped" in state and "state resets" in state
-    assert driver.find_element("css selector", ".camera .source").text == "live"
+    assert driver.find_element("css selector", "#detail .source").text == "live"
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SCREENSHOT))
 

@@ -34,6 +34,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
+#: the longest display name of a camera
+MAX_CAMERA_NAME = 80
 DEFAULT_LOOKUP = (Path("config.toml"), Path("/etc/forecaster/config.toml"))
 
 __all__ = [
@@ -76,6 +78,8 @@ class CameraConfig(Section):
     """One camera: an id (used in topics) and a source string."""
 
     id: str = "cam0"
+    #: the name the live page shows (the id stays the key); "" = the id
+    name: str = ""
     source: str = DEFAULT_SOURCE
     #: rate limit in frames per second; 0 = no limit
     fps: Annotated[Float, Field(ge=0, le=1000)] = 0.0
@@ -90,6 +94,14 @@ class CameraConfig(Section):
                              f"and not '.' or '..' alone")
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        value = value.strip()
+        if len(value) > MAX_CAMERA_NAME or not value.isprintable():
+            raise ValueError(f"camera name must be at most {MAX_CAMERA_NAME} printable "
+                             f"characters")
+        return value
 
 
 class CaptureConfig(Section):

@@ -21,6 +21,7 @@ from typing import Any
 from forecaster.detection.flow import MotionCue
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.ipc.health import CameraField, Health
+from forecaster.ipc.picture import PictureSlot
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.recorder import RecordingSpec, open_recorder
 from forecaster.sources.pacing import RateLimiter
@@ -46,6 +47,8 @@ class CaptureSpec:
     cue_height: int | None = None
     #: event recordings (None: off)
     recording: RecordingSpec | None = None
+    #: the live page's picture of the camera is at most this wide (``recording.max_width``)
+    picture_width: int = 640
 
 
 class Backoff:
@@ -96,6 +99,8 @@ class Capture:
         self._reconnected = False
         self.source: FrameSource = open_source(spec.source, loop=spec.loop)
         self.recorder = open_recorder(spec.recording, spec.camera, spec.index)
+        #: the source frame for the live page, written only while a page is open
+        self.picture = PictureSlot(ring)
 
     def beat(self) -> None:
         self.health.beat_capture(self.spec.index)
@@ -229,12 +234,14 @@ class Capture:
                 self.frames += 1
                 self._signal()
                 self.recorder.on_frame(frame.image, seq, frame.ts)
+                self.picture.offer(frame.image, seq, frame.ts, spec.picture_width, now=time.time())
                 skipped = self.source.skipped
                 if skipped != self._skipped_seen:
                     self.ring.count_skipped(skipped - self._skipped_seen)
                     self._skipped_seen = skipped
         finally:
             self.source.close()
+            self.picture.close()
         self.ring.set_ended()
         self._signal()
         self.recorder.close(self.stop, self._worker_caught_up)

@@ -63,6 +63,7 @@ from forecaster.ipc.health import (
 )
 from forecaster.ipc.ring import FrameRing, ring_name
 from forecaster.recording.event_board import EventBoard
+from forecaster.recording.event_index import reconcile_at_start
 from forecaster.recording.recorder import RecordingSpec
 from forecaster.recording.recording_dir import prepare_events_dir
 
@@ -246,7 +247,7 @@ class Supervisor:
                 reconnect_max_s=config.capture.reconnect_max_s,
                 log_level=config.log_level,
                 cue_height=cue_rows,
-                recording=recording,
+                recording=recording, picture_width=config.recording.max_width,
             )
             for index, (camera, (_, name)) in enumerate(
                 zip(config.cameras, ring_names, strict=True)
@@ -298,6 +299,7 @@ class Supervisor:
             port=web.port, threshold_on=self.config.scorer.threshold_on,
             threshold_off=self.config.scorer.threshold_off, image_fps=web.image_fps,
             token=token, events_dir=events, log_level=self.config.log_level,
+            names=tuple((c.id, c.name) for c in self.config.cameras if c.name),
         )
 
     def _recording(self, model: str) -> RecordingSpec | None:
@@ -305,6 +307,7 @@ class Supervisor:
         if not self.config.recording.enabled:
             return None
         folder = prepare_events_dir(self.config)
+        reconcile_at_start(folder)
         log.info("recording events to %s", folder)
         board = EventBoard(len(self.config.cameras), self.ctx)
         return RecordingSpec(self.config.recording, str(folder), board, model)

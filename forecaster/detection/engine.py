@@ -365,6 +365,7 @@ class InferenceEngine:
                         score=scored.score,
                         anomaly=scored.anomaly,
                         latency_ms=(now - ts) * 1000.0,
+                        box=scored.box,
                     )
                 )
                 if scored.event is not None:

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 import numpy as np
 
 from forecaster.detection.calibration import MSE_FLOOR, PatchStatistic, parse_patch_calibration
 from forecaster.detection.fused import FusedStatistic, parse_fused_calibration
+from forecaster.detection.region import BoxFinder
 
 SIGMA_FLOOR = 1e-3
 
@@ -54,6 +55,9 @@ class ScoreResult:
     anomaly: bool
     event: EventKind | None
     peak_score: float
+    #: where the error was largest, (x0, y0, x1, y1) in frame pixels, on frames scoring at
+    #: or above ``threshold_off`` (see :mod:`forecaster.detection.region`); else None
+    box: tuple[int, int, int, int] | None = None
 
 
 def _check_pair(predicted: np.ndarray, actual: np.ndarray) -> None:
@@ -212,6 +216,7 @@ class Scorer:
         self._var = sigma * sigma
         self._sigma = max(sigma, SIGMA_FLOOR)
         self._buffer: np.ndarray | None = None
+        self._boxes = BoxFinder()
         self._terms_log: list[tuple[float, float]] | None = None  # see terms_log
         self.reset()
 
@@ -297,6 +302,8 @@ class Scorer:
         mse = _mse(predicted, actual, buffer)  # leaves the squared errors in buffer
         if self._statistic is None:
             result = self.score_mse(mse, ts)
+            if result.score >= self.threshold_off and predicted.ndim == 2:
+                result = replace(result, box=self._boxes(buffer))
             if self._terms_log is not None:
                 self._terms_log.append((math.nan, math.nan))
             return result
@@ -304,6 +311,8 @@ class Scorer:
             raise ValueError(f"{self.mode} mode scores (H, W) frames, got shape "
                              f"{predicted.shape}")
         result = self._judge(mse, self._statistic(buffer, actual, cue), ts)
+        if result.score >= self.threshold_off:
+            result = replace(result, box=self._boxes(buffer))
         if self._terms_log is not None:
             terms = (self._statistic.last_terms if isinstance(self._statistic, FusedStatistic)
                      else (math.nan, math.nan))

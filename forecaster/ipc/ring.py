@@ -6,10 +6,13 @@ capture and worker restarts, so a restarted worker re-primes its state from it.
 
 Layout (all little-endian, 8-byte fields):
     header   magic, version, height, width, slots, latest_seq, frames_captured,
-             frames_skipped, connected, ended, epoch, writer_pid, frames_rate_limited
+             frames_skipped, connected, ended, epoch, writer_pid, frames_rate_limited,
+             picture_bytes, picture_wanted_until_ms, picture_interval_ms
     slot[i]  seq (int64), ts (float64), cue (float64: the frame's motion cue, see
              :mod:`forecaster.detection.flow`; NaN when none is computed), 8 bytes of padding,
              pixels (height*width uint8, padded to 64 bytes)
+    picture  the camera's picture for the live page (:mod:`forecaster.ipc.picture`):
+             ``picture_bytes`` bytes after the last slot, untouched while no page is open
 
 A slot is written as: seq := -1, pixels, ts, cue, seq := frame seq; then latest_seq. A reader
 copies a slot and checks its seq before and after the copy, so a frame overwritten during
@@ -28,7 +31,7 @@ import numpy as np
 from forecaster.errors import ForecasterError
 
 MAGIC = 0x46524E47  # "FRNG"
-VERSION = 2
+VERSION = 3
 _HEADER_FIELDS = (
     "magic",
     "version",
@@ -43,10 +46,18 @@ _HEADER_FIELDS = (
     "epoch",
     "writer_pid",
     "frames_rate_limited",
+    "picture_bytes",
+    "picture_wanted_until_ms",
+    "picture_interval_ms",
 )
 _H = {name: index for index, name in enumerate(_HEADER_FIELDS)}
+#: index of each header field in :attr:`FrameRing.header`
+HEADER_FIELD = _H
 HEADER_BYTES = 128  # room for 16 int64 fields
 SLOT_META_BYTES = 32
+#: room for the live page's picture of the camera (a JPEG; pages of shared memory are
+#: allocated only once written, so a camera that nobody watches costs none of it)
+PICTURE_BYTES = 2 * 1024 * 1024
 
 
 def ring_name(instance: str, camera: str) -> str:
@@ -87,7 +98,10 @@ class FrameRing:
         self.height = int(self.header[_H["height"]])
         self.width = int(self.header[_H["width"]])
         self.slots = int(self.header[_H["slots"]])
-        expected = HEADER_BYTES + self.slots * _slot_bytes(self.height, self.width)
+        #: where the picture area starts, and its size (see :mod:`forecaster.ipc.picture`)
+        self.picture_offset = HEADER_BYTES + self.slots * _slot_bytes(self.height, self.width)
+        self.picture_bytes = int(self.header[_H["picture_bytes"]])
+        expected = self.picture_offset + self.picture_bytes
         if shm.size < expected:
             shm.close()
             raise RingError(f"shared memory {shm.name} is {shm.size} bytes, expected {expected}")
@@ -113,9 +127,10 @@ class FrameRing:
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, height: int, width: int, slots: int = 10) -> FrameRing:
+    def create(cls, name: str, height: int, width: int, slots: int = 10,
+               picture_bytes: int = PICTURE_BYTES) -> FrameRing:
         """Create (or replace a stale) ring; the caller owns it and must :meth:`unlink`."""
-        size = HEADER_BYTES + slots * _slot_bytes(height, width)
+        size = HEADER_BYTES + slots * _slot_bytes(height, width) + picture_bytes
         try:
             shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         except FileExistsError:
@@ -128,6 +143,7 @@ class FrameRing:
         header[_H["height"]] = height
         header[_H["width"]] = width
         header[_H["slots"]] = slots
+        header[_H["picture_bytes"]] = picture_bytes
         header[_H["latest_seq"]] = -1
         header[_H["version"]] = VERSION
         header[_H["magic"]] = MAGIC
@@ -155,6 +171,13 @@ class FrameRing:
     @property
     def name(self) -> str:
         return self._shm.name
+
+    @property
+    def buffer(self) -> memoryview:
+        """The whole shared memory (for :mod:`forecaster.ipc.picture`)."""
+        buf = self._shm.buf
+        assert buf is not None
+        return buf
 
     def close(self) -> None:
         """Release this process's mapping (views into it must be gone)."""
@@ -213,6 +236,16 @@ class FrameRing:
     @property
     def latest_seq(self) -> int:
         return int(self.header[_H["latest_seq"]])
+
+    def latest_ts(self) -> float | None:
+        """Capture time of the newest frame (None before the first, or when it is being
+        overwritten at this moment)."""
+        seq = self.latest_seq
+        if seq < 0:
+            return None
+        slot = seq % self.slots
+        ts = float(self._ts[slot][0])
+        return ts if self._meta[slot][0] == seq else None
 
     def stats(self) -> RingStats:
         h = self.header

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from forecaster.config import RecordingConfig
+from forecaster.recording.event_index import EventIndex, read_sidecar, sidecar_state
 from forecaster.recording.h264 import VideoWriter, open_video, top_level_boxes
 from forecaster.recording.retention import MB, Retention
 
@@ -106,8 +107,10 @@ class ClipWriter:
 
     def __init__(self, folder: Path, retention: Retention | None, model: str,
                  settings: RecordingConfig, max_frames: int = QUEUE_FRAMES,
-                 block: bool = False) -> None:
+                 block: bool = False, index: EventIndex | None = None) -> None:
         self.folder = folder
+        #: the event index: a row per event, from its start to its files
+        self.index = index
         #: wait for room instead of dropping (replay: nothing is real-time)
         self.block = block
         self.retention = retention
@@ -234,6 +237,8 @@ class ClipWriter:
                 command.clip.skipped = "error"
                 self._discard(command.clip, writer)
                 writer = None
+                if command.kind == "close":
+                    self._indexed(command.clip)
 
     def _sweep(self) -> bool:
         self._last_sweep = time.monotonic()
@@ -250,6 +255,9 @@ class ClipWriter:
         clip = command.clip
         if command.kind == "open":
             self._active.add(clip.stem)
+            if self.index is not None:
+                self.index.quietly("add an event", self.index.opened, clip.camera, clip.stem,
+                                   clip.start_seq, clip.start_ts, clip.peak_score)
             if not self._sweep():
                 clip.skipped = "free space"
                 log.warning("camera %s: event %s not recorded: less than min_free_mb = %g MB "
@@ -259,12 +267,29 @@ class ClipWriter:
         if clip.skipped:
             if command.kind == "close":
                 self._active.discard(clip.stem)
+                self._indexed(clip)
             return writer
         if command.kind == "frame":
             assert command.entry is not None
             return self._write_frame(clip, command.entry, writer)
         self._finish(clip, writer)
+        self._indexed(clip)
         return None
+
+    def _indexed(self, clip: Clip) -> None:
+        """The event's row as its files are now: from its sidecar, or 'none' without one."""
+        index = self.index
+        if index is None:
+            return
+        sidecar = self.folder / f"{clip.stem}.json"
+        record = read_sidecar(sidecar) if sidecar.is_file() else None
+        if record is not None:
+            index.quietly("update an event", index.finished, clip.stem, record,
+                          sidecar_state(record))
+            return
+        known = {"camera": clip.camera, "start_seq": clip.start_seq, "start_ts": clip.start_ts,
+                 "end_seq": clip.end_seq, "end_ts": clip.end_ts, "peak_score": clip.peak_score}
+        index.quietly("update an event", index.finished, clip.stem, known, "none")
 
     def _write_frame(self, clip: Clip, entry: Entry, writer: VideoWriter | None
                      ) -> VideoWriter | None:
@@ -388,6 +413,7 @@ class ClipWriter:
             "end_time": utc(clip.end_ts),
             "peak_score": number(peak),
             "peak_seq": clip.snapshot.seq if clip.snapshot is not None else None,
+            "peak_ts": number(clip.snapshot.ts) if clip.snapshot is not None else None,
             "model": self.model,
             "clip": f"{clip.stem}.mp4" if clip.frames else None,
             "snapshot": f"{clip.stem}.jpg" if clip.snapshot is not None else None,

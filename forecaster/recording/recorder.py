@@ -48,6 +48,7 @@ from forecaster.config import RecordingConfig
 from forecaster.protocol import Event, Message, Score
 from forecaster.recording.clip_writer import Clip, ClipWriter, Entry
 from forecaster.recording.event_board import EventBoard, event_stem
+from forecaster.recording.event_index import EventIndex, reconcile
 from forecaster.recording.retention import MB, Retention
 
 log = logging.getLogger("forecaster.recording")
@@ -125,7 +126,7 @@ class Recorder:
 
     def __init__(self, camera: str, folder: Path, settings: RecordingConfig, *, model: str,
                  fps: float | None = None, retention: Retention | None = None,
-                 lag_s: float = LAG_S) -> None:
+                 lag_s: float = LAG_S, index: EventIndex | None = None) -> None:
         self.camera = camera
         self.folder = folder
         self.settings = settings
@@ -136,7 +137,8 @@ class Recorder:
         else:
             self.pre_span, self.post_span = settings.pre_s, settings.post_s
         self.buffer = PrerollBuffer(self.pre_span + lag_s, int(settings.preroll_max_mb * MB))
-        self.writer = ClipWriter(folder, retention, model, settings, block=bool(fps))
+        self.writer = ClipWriter(folder, retention, model, settings, block=bool(fps),
+                                 index=index)
         self.clip: Clip | None = None
         self._params = [int(cv2.IMWRITE_JPEG_QUALITY), settings.jpeg_quality]
         self._eps = 1e-6
@@ -279,8 +281,13 @@ class CaptureRecorder:
         self.board = spec.board
         self.index = index
         folder = Path(spec.folder)
+        # no writer of this camera runs yet (a capture restarted after a crash): its events
+        # left unfinished are settled before new ones start
+        events = EventIndex(folder)
+        events.quietly("reconcile", reconcile, folder, events, [camera])
         self.recorder = Recorder(camera, folder, spec.config, model=spec.model,
-                                 retention=Retention.from_config(folder, spec.config))
+                                 retention=Retention.from_config(folder, spec.config, events),
+                                 index=events)
         self.recorder.writer.start()  # retention from the start, not only after an event
         entry = self.board.read(index)
         #: the board's event this process follows (events before it started are not its own)

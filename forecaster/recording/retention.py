@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from forecaster.config import RecordingConfig
 from forecaster.protocol import is_camera_id
@@ -25,6 +26,16 @@ log = logging.getLogger("forecaster.recording")
 MB = 1024 * 1024
 #: a temporary file untouched this long belongs to a writer that died: retention removes it
 STALE_TEMP_S = 3600.0
+
+
+class IndexRows(Protocol):
+    """What retention needs of the event index (:mod:`forecaster.recording.event_index`)."""
+
+    def quietly(self, what: str, call: Any, *args: Any) -> Any: ...
+
+    def forget(self, stems: Iterable[str]) -> int: ...
+
+    def prune(self, before_ts: float) -> int: ...
 
 
 @dataclass(slots=True)
@@ -111,17 +122,21 @@ class Retention:
     (a writer that died) are."""
 
     def __init__(self, folder: Path, *, max_age_s: float | None = None,
-                 max_total_bytes: float | None = None, min_free_bytes: float = 0.0) -> None:
+                 max_total_bytes: float | None = None, min_free_bytes: float = 0.0,
+                 index: IndexRows | None = None) -> None:
         self.folder = folder
+        #: the event index: its rows go with their files
+        self.index = index
         self.max_age_s = max_age_s
         self.max_total_bytes = max_total_bytes
         self.min_free_bytes = min_free_bytes
 
     @classmethod
-    def from_config(cls, folder: Path, config: RecordingConfig) -> Retention:
+    def from_config(cls, folder: Path, config: RecordingConfig,
+                    index: IndexRows | None = None) -> Retention:
         return cls(folder, max_age_s=config.max_age_days * 86_400.0,
                    max_total_bytes=config.max_total_mb * MB,
-                   min_free_bytes=config.min_free_mb * MB)
+                   min_free_bytes=config.min_free_mb * MB, index=index)
 
     def free_bytes(self) -> int:
         path = self.folder
@@ -155,16 +170,22 @@ class Retention:
         while events and free < self.min_free_bytes:
             self._delete(events.pop(0), deleted, "under min_free_mb free")
             free = self.free_bytes()
+        if self.index is not None:
+            index = self.index
+            if deleted:
+                index.quietly("delete the rows of deleted events", index.forget, deleted)
+            if self.max_age_s is not None:
+                index.quietly("delete old rows", index.prune, now - self.max_age_s)
         return SweepResult(deleted, free, free >= self.min_free_bytes)
 
     def _delete(self, event: RecordedEvent, deleted: list[str], why: str) -> None:
         for path in event.files:
-            _unlink_in(path)
+            unlink_in(path)
         deleted.append(event.key)
         log.info("recording retention: deleted event %s (%s)", event.key, why)
 
 
-def _unlink_in(path: Path) -> None:
+def unlink_in(path: Path) -> None:
     """Delete the file ``path`` by its name in its folder, opened without following a
     symbolic link: a camera folder swapped for a link since the listing is not entered."""
     try:

@@ -36,8 +36,23 @@ def to_gray_resized(image: np.ndarray, size: Size) -> np.ndarray:
     if image.shape == (height, width):
         return np.ascontiguousarray(image)
     shrinking = image.shape[0] >= height and image.shape[1] >= width
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+    if not shrinking:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return _shrink(image, height, width)
+
+
+def _shrink(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area averaging to ``height`` x ``width``. OpenCV's area resize is fast only where both
+    factors are whole numbers: an axis with a whole factor (1280 -> 64) is shrunk first, on
+    its own, then the other (720 -> 64) on the smaller image. Area averaging is separable,
+    so the two steps give the one step's pixels, but for the first step's rounding (at most
+    one grey level). A frame with no whole factor (Ped2's 360x240 to 64x64) takes one step."""
+    rows, cols = image.shape[:2]
+    if cols % width == 0 and rows % height and cols > width:
+        image = cv2.resize(image, (width, rows), interpolation=cv2.INTER_AREA)
+    elif rows % height == 0 and cols % width and rows > height:
+        image = cv2.resize(image, (cols, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

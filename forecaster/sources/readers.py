@@ -31,6 +31,7 @@ import numpy as np
 
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.sources.files import special_file
+from forecaster.sources.luma import BACKENDS, Decoder, open_decoder
 from forecaster.sources.synthetic import SyntheticScene
 
 __all__ = [
@@ -71,6 +72,8 @@ class SourceFrame:
     #: the first frame after a looped source went back to its start: it does not follow
     #: the frame before it
     cut: bool = False
+    #: seconds from the start of the file or stream, where the source knows it
+    pos_s: float | None = None
 
 
 class FrameSource(abc.ABC):
@@ -189,7 +192,8 @@ class CameraSource(FrameSource):
 
 
 class StreamSource(FrameSource):
-    """A network stream (``rtsp://``, ``http(s)://`` MJPEG, ...) through OpenCV's FFmpeg backend.
+    """A network stream (``rtsp://``, ``http(s)://`` MJPEG, ...), decoded by PyAV to its luma
+    plane (:mod:`forecaster.sources.luma`), or by OpenCV where PyAV cannot open it.
 
     Connecting gives up after ``open_timeout_s`` and a read after ``read_timeout_s``; both
     raise :class:`SourceDisconnected` (a stream that is down now may come back).
@@ -205,58 +209,63 @@ class StreamSource(FrameSource):
                               f"read={read_timeout_s} for {redact(uri)}")
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
-        self._capture: cv2.VideoCapture | None = None
+        self._decoder: Decoder | None = None
+        #: the backend that opened the stream last (a reconnect tries it first)
+        self.backend: str | None = None
 
     def open(self) -> None:
         self.close()
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(self.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(self.read_timeout_s * 1000),
-        ]
-        capture = cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
-        if not capture.isOpened():
-            capture.release()
+        try:
+            decoder = open_decoder(self.uri, timeout_s=(self.open_timeout_s, self.read_timeout_s),
+                                   backend=self.backend)
+        except ValueError:
             raise SourceDisconnected(
                 f"cannot connect to stream {redact(self.uri)}: refused, not a video stream "
-                f"or no answer within {self.open_timeout_s:g} s")
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        self.nominal_fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else None
-        self._capture = capture
+                f"or no answer within {self.open_timeout_s:g} s") from None
+        self.nominal_fps = decoder.nominal_fps
+        self.backend = decoder.backend
+        self._decoder = decoder
 
     def read(self) -> SourceFrame | None:
-        if self._capture is None:
+        if self._decoder is None:
             raise self._not_open()
-        ok, image = self._capture.read()
-        if not ok or image is None:
+        try:
+            decoded = self._decoder.read()
+        except Exception:  # PyAV raises on a reset connection or a read timeout
+            decoded = None
+        if decoded is None:
             self.close()
             raise SourceDisconnected(
                 f"stream {redact(self.uri)} stopped delivering frames (closed, or nothing "
                 f"within {self.read_timeout_s:g} s)")
-        return SourceFrame(image, time.time())
+        return SourceFrame(decoded[0], time.time(), pos_s=decoded[1])
 
     def close(self) -> None:
-        if self._capture is not None:
-            self._capture.release()
-            self._capture = None
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
 
 
 # -- files and folders ---------------------------------------------------------------------
 
 
 class FileSource(FrameSource):
-    """A video file read with OpenCV's FFmpeg backend until the last decodable frame.
+    """A video file, decoded by PyAV to its luma plane (:mod:`forecaster.sources.luma`), or by
+    OpenCV where PyAV cannot open it, until the last decodable frame.
 
     The header's frame count is never used. ``open()`` decodes the first frame so that an
     unreadable or truncated file fails there. ``loop=True`` restarts at the end; the first
-    frame again comes with ``cut`` set.
+    frame again comes with ``cut`` set. Each frame carries its position in the file.
     """
 
     def __init__(self, path: str | Path, *, loop: bool = False) -> None:
         super().__init__(str(path))
         self.path = Path(path)
         self.loop = loop
-        self._capture: cv2.VideoCapture | None = None
-        self._pending: np.ndarray | None = None
+        self._decoder: Decoder | None = None
+        self._pending: tuple[np.ndarray, float | None] | None = None
+        #: the backend that opened the file
+        self.backend: str | None = None
 
     def open(self) -> None:
         self.close()
@@ -264,43 +273,55 @@ class FileSource(FrameSource):
             raise SourceError(f"video file not found: {self.path}")
         if not self.path.is_file():
             raise SourceError(f"not a video file: {self.path}")
-        self._capture, self._pending = self._start()
-        fps = self._capture.get(cv2.CAP_PROP_FPS)
-        self.nominal_fps = float(fps) if fps and math.isfinite(fps) and 0 < fps < 1000 else None
+        self._decoder, self._pending = self._start()
+        self.nominal_fps = self._decoder.nominal_fps
 
-    def _start(self) -> tuple[cv2.VideoCapture, np.ndarray]:
-        capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
-        if not capture.isOpened():
-            capture.release()
+    def _start(self) -> tuple[Decoder, tuple[np.ndarray, float | None]]:
+        opened = False
+        for backend in [self.backend] if self.backend else list(BACKENDS):
+            try:
+                decoder = open_decoder(str(self.path), backend=backend)
+            except ValueError:
+                continue
+            opened = True
+            first = self._read(decoder)
+            if first is not None:
+                self.backend = backend
+                return decoder, first
+            decoder.close()  # PyAV found no frame: OpenCV may still decode one
+        if not opened:
             raise SourceError(f"cannot open video file (not a video, unsupported or corrupt): "
                               f"{self.path}")
-        ok, first = capture.read()
-        if not ok or first is None:
-            capture.release()
-            raise SourceError(f"video file has no decodable frame (truncated or corrupt): "
-                              f"{self.path}")
-        return capture, first
+        raise SourceError(f"video file has no decodable frame (truncated or corrupt): "
+                          f"{self.path}")
+
+    @staticmethod
+    def _read(decoder: Decoder) -> tuple[np.ndarray, float | None] | None:
+        try:
+            return decoder.read()
+        except Exception:  # PyAV raises where a file is cut short or corrupt: its end
+            return None
 
     def read(self) -> SourceFrame | None:
-        if self._capture is None:
+        if self._decoder is None:
             raise self._not_open()
         if self._pending is not None:
-            pending, self._pending = self._pending, None
-            return SourceFrame(pending, time.time())
-        ok, image = self._capture.read()
-        if ok and image is not None:
-            return SourceFrame(image, time.time())
+            (image, pos), self._pending = self._pending, None
+            return SourceFrame(image, time.time(), pos_s=pos)
+        decoded = self._read(self._decoder)
+        if decoded is not None:
+            return SourceFrame(decoded[0], time.time(), pos_s=decoded[1])
         if not self.loop:
             return None
-        self._capture.release()
-        self._capture, image = self._start()
-        return SourceFrame(image, time.time(), cut=True)
+        self._decoder.close()
+        self._decoder, (image, pos) = self._start()
+        return SourceFrame(image, time.time(), cut=True, pos_s=pos)
 
     def close(self) -> None:
         self._pending = None
-        if self._capture is not None:
-            self._capture.release()
-            self._capture = None
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
 
 
 class FolderSource(FrameSource):

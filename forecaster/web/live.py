@@ -8,6 +8,12 @@ least one viewer is connected. The actual frames come from the cameras' shared-m
 rings, read by seq; the error is ``|actual - forecast made for that frame|``. Images are
 enlarged and JPEG-encoded here, at most ``image_fps`` times a second per camera whatever
 the number of viewers, and only while there are viewers.
+
+Each camera's tile shows the camera's own picture: the capture process writes it as a JPEG
+into the ring's picture area (:mod:`forecaster.ipc.picture`) only while this process asks
+for it (a page is open), and it is sent on as it is, with the error heat map at the
+model's size (the browser lays it over the picture). The three enlarged panels (frame,
+forecast, error) are made only for the cameras a viewer has open in the detail view.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from forecaster.ipc.picture import PictureSlot
 from forecaster.ipc.ring import FrameRing
 from forecaster.protocol import (
     Forecast,
@@ -34,6 +41,7 @@ from forecaster.protocol import (
     loads_bounded,
     parse_topic,
 )
+from forecaster.recording.event_index import EventIndex
 
 log = logging.getLogger("forecaster.web")
 
@@ -87,14 +95,39 @@ def _jpeg(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def render_panels(camera: str, seq: int, ts: float, actual: np.ndarray,
-                  forecast: np.ndarray) -> Panels:
-    """Enlarge and encode the actual frame, its forecast and their error as a heat map."""
+def heat_map(actual: np.ndarray, forecast: np.ndarray) -> np.ndarray:
+    """|actual - forecast|, amplified and colour-mapped (BGR)."""
     error = np.abs(actual.astype(np.int16) - forecast.astype(np.int16)).astype(np.float32)
     heat = np.clip(error * ERROR_GAIN, 0, 255).astype(np.uint8)
-    heat = cv2.applyColorMap(heat, cv2.COLORMAP_INFERNO)
+    return cv2.applyColorMap(heat, cv2.COLORMAP_INFERNO)
+
+
+def render_panels(camera: str, seq: int, ts: float, actual: np.ndarray,
+                  forecast: np.ndarray, heat: np.ndarray | None = None) -> Panels:
+    """Enlarge and encode the actual frame, its forecast and their error as a heat map."""
+    heat = heat_map(actual, forecast) if heat is None else heat
     jpegs = (_jpeg(_enlarge(actual)), _jpeg(_enlarge(forecast)), _jpeg(_enlarge(heat)))
     return Panels(camera, seq, ts, jpegs, panels_message(camera, seq, ts, jpegs))
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """One camera's tile images: the picture (the source frame, or the model's frame
+    until the capture process has written one) and the heat map (the model's size)."""
+
+    camera: str
+    seq: int
+    message: bytes
+
+
+def tile_message(camera: str, seq: int, ts: float, picture: bytes, heat: bytes,
+                 source: bool, heat_seq: int) -> bytes:
+    """As :func:`panels_message`, with ``"kind": "tile"``: the picture then the heat map
+    (size 0: none yet). ``ack`` is what the viewer sends back once it has shown them."""
+    header = json.dumps({"kind": "tile", "camera": camera, "seq": seq, "ts": ts,
+                         "heat_seq": heat_seq, "source": source, "ack": f"tile/{camera}",
+                         "sizes": [len(picture), len(heat)]}).encode()
+    return struct.pack(">I", len(header)) + header + picture + heat
 
 
 class LiveCamera:
@@ -111,6 +144,13 @@ class LiveCamera:
         self.status: Status | None = None
         self.forecasts: OrderedDict[int, np.ndarray] = OrderedDict()
         self.panels: Panels | None = None
+        self.tile: Tile | None = None
+        self.picture = PictureSlot(ring)
+        #: seq and JPEG of the newest heat map, and of the model's frame it was made for
+        self._heat: tuple[int, bytes, bytes] | None = None
+        self._picture_seq = -1
+        self._picture: tuple[int, float, bytes] | None = None
+        self._tile_key = (-1, -1)
         self._frame = np.empty((1, ring.height, ring.width), np.uint8)
         self._stamp = np.empty((1,), np.float64)
 
@@ -135,10 +175,11 @@ class LiveCamera:
         while len(self.forecasts) > FORECASTS_KEPT:
             self.forecasts.popitem(last=False)
 
-    def render(self) -> Panels | None:
+    def render(self, panels: bool = True) -> Panels | None:
         """New images when a forecast newer than the last shown has its frame in the
-        ring (the newest such), else None."""
-        shown = self.panels.seq if self.panels is not None else -1
+        ring (the newest such), else None. The heat map is made for the tile either way;
+        the enlarged panels only with ``panels``."""
+        shown = self._heat[0] if self._heat is not None else -1
         latest = self.ring.latest_seq
         for target in sorted(self.forecasts, reverse=True):
             if target <= shown:
@@ -146,14 +187,49 @@ class LiveCamera:
             if target > latest:
                 continue
             if self.ring.read(target, target, self._frame, self._stamp):
+                actual, forecast = self._frame[0], self.forecasts[target]
+                heat = heat_map(actual, forecast)
+                self._heat = (target, _jpeg(heat), _jpeg(actual))
+                if not panels:
+                    return None
                 self.panels = render_panels(self.camera, target, float(self._stamp[0]),
-                                            self._frame[0], self.forecasts[target])
+                                            actual, forecast, heat)
                 return self.panels
         return None
+
+    def want_pictures(self, interval_s: float) -> None:
+        """Ask the capture process for the camera's picture (renewed while anybody
+        watches; it stops by itself a few seconds after the last renewal)."""
+        self.picture.want(interval_s)
+
+    def render_tile(self) -> Tile | None:
+        """The tile's new message when its picture or its heat map changed, else None."""
+        picture = self.picture.read(self._picture_seq)
+        if picture is not None:
+            self._picture_seq = picture.seq
+            self._picture = (picture.seq, picture.ts, picture.jpeg)
+        heat = self._heat
+        heat_seq = heat[0] if heat is not None else -1
+        key = (self._picture_seq, heat_seq)
+        if key == self._tile_key:
+            return None
+        if self._picture is not None:
+            seq, ts, jpeg = self._picture
+            source = True
+        elif heat is not None:  # no picture yet: the model's frame
+            seq, ts, jpeg, source = heat[0], 0.0, heat[2], False
+        else:
+            return None
+        self._tile_key = key
+        message = tile_message(self.camera, seq, ts, jpeg, heat[1] if heat else b"", source,
+                               heat_seq)
+        self.tile = Tile(self.camera, max(seq, heat_seq), message)
+        return self.tile
 
     def state(self) -> dict[str, Any]:
         """Health for the page: the ring's own counters and the worker's last status."""
         stats = self.ring.stats()
+        last_frame = self.ring.latest_ts()
         status = self.status
         score = self.last_score
         if stats.ended:
@@ -174,6 +250,9 @@ class LiveCamera:
             "score": _finite(score.score) if score else None,
             "anomaly": score.anomaly if score else False,
             "seq": score.seq if score else None,
+            "box": list(score.box) if score is not None and score.box else None,
+            "frame_size": [self.ring.width, self.ring.height],
+            "last_frame_ts": last_frame,
         }
 
 
@@ -202,6 +281,9 @@ class EventLog:
 
     def __init__(self, events_dir: Path | None) -> None:
         self.events_dir = events_dir
+        #: the event index: each card's clip state ('recording', 'ready', 'interrupted',
+        #: 'none'); an event whose files were not written loses its clip and snapshot
+        self.index = EventIndex(events_dir) if events_dir is not None else None
         self.items: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         #: bumped on every change, for viewers to know when to send the list again
         self.version = 0
@@ -218,7 +300,7 @@ class EventLog:
             open_one = {"id": self._next_id, "camera": camera, "start_seq": seq,
                         "start_ts": ts, "end_seq": None, "end_ts": None, "peak": None,
                         "clip": None, "snapshot": None, "clip_ready": False,
-                        "snapshot_ready": False}
+                        "snapshot_ready": False, "clip_state": None}
             self._next_id += 1
             self.items.append(open_one)
         if state == "end":
@@ -241,8 +323,30 @@ class EventLog:
                 if item[key] and not item[ready] and _complete(self.events_dir, item[key]):
                     item[ready] = True
                     changed = True
+        changed = self._index_states() or changed
         if changed:
             self.version += 1
+        return changed
+
+    def _index_states(self) -> bool:
+        """Take each unsettled card's clip state from the index; True when any changed."""
+        index = self.index
+        stems = {item["clip"].rsplit(".", 1)[0]: item for item in self.items
+                 if item["clip"] and item["clip_state"] not in ("ready", "interrupted", "none")}
+        if index is None or not stems:
+            return False
+        states = index.quietly("read clip states", index.states, list(stems)) or {}
+        changed = False
+        for stem, state in states.items():
+            item = stems[stem]
+            if state == item["clip_state"]:
+                continue
+            item["clip_state"] = state
+            changed = True
+            if state in ("interrupted", "none") and not item["clip_ready"]:
+                item["clip"] = None  # no clip will come
+                if not item["snapshot_ready"]:
+                    item["snapshot"] = None
         return changed
 
     def listing(self) -> list[dict[str, Any]]:

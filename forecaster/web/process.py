@@ -37,6 +37,8 @@ class WebSpec:
     token: str | None = None
     events_dir: str | None = None
     log_level: str = "info"
+    #: (camera id, display name) of the cameras with a name
+    names: tuple[tuple[str, str], ...] = ()
 
 
 def bind_error(address: str, port: int, error: OSError) -> ConfigError:
@@ -102,6 +104,7 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None, beat: Any = None) 
                      loopback=is_loopback_host(spec.address)),
         Path(spec.events_dir) if spec.events_dir else None,
         on_viewers,
+        dict(spec.names),
     )
     runner = web.AppRunner(page.app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                            logger=ServerLog(logging.getLogger("aiohttp.server")))
@@ -136,6 +139,8 @@ async def serve(spec: WebSpec, stop: Flag, ready: Any = None, beat: Any = None) 
         await runner.cleanup()
         sub.close(linger=0)
         context.term()
+        for camera in feed.cameras.values():
+            camera.picture.close()
         for _, ring in rings:
             ring.close()
 

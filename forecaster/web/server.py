@@ -8,11 +8,18 @@ that drops it from the address bar), as the cookie, or as ``Authorization: Beare
 the WebSocket must come from the page's own origin. Refusals are 401 (no token) or 403,
 and logged (at most one line a second).
 
+The JSON API (``/api/...``: the cameras and the event index) is
+:mod:`forecaster.web.api`, behind the same rules.
+
 The feed (``/feed``, one WebSocket per open page) carries JSON text messages (``hello``,
 ``scores``, ``state``, ``events``) and binary image messages (see
-:func:`~forecaster.web.live.panels_message`). A viewer is sent a camera's next images
-only after it acknowledged the previous ones, so a slow browser gets the newest images
-when it is ready and never a queue.
+:func:`~forecaster.web.live.panels_message` and :func:`~forecaster.web.live.tile_message`).
+A viewer is sent a camera's next images only after it acknowledged the previous ones, so a
+slow browser gets the newest images when it is ready and never a queue.
+
+What a viewer is sent depends on what it says it shows (``{"view": {"tiles": true,
+"detail": "cam0"}}``, the page's script): the tiles of every camera, and the panels of the
+camera open in the detail view. A client that never says gets the panels of every camera.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from aiohttp import WSMsgType, web
 
 from forecaster.endpoints import host_header_is_loopback
 from forecaster.protocol import loads_bounded
+from forecaster.web.api import EventsApi
 from forecaster.web.live import HISTORY_S, LiveFeed
 
 log = logging.getLogger("forecaster.web")
@@ -70,6 +78,20 @@ class Viewer:
     waiting: dict[str, float] = field(default_factory=dict)
     state: list[dict[str, Any]] | None = None
     events_version: int = -1
+    #: shows the tiles (the page); None: has not said (a script: the panels of each camera)
+    tiles: bool | None = None
+    #: the camera open in the detail view
+    detail: str | None = None
+
+    def wants_panels(self, camera: str) -> bool:
+        return self.tiles is None or self.detail == camera
+
+    def view(self, message: Any) -> None:
+        """Take a viewer's ``{"tiles": bool, "detail": camera or null}``."""
+        if isinstance(message, dict):
+            self.tiles = bool(message.get("tiles"))
+            detail = message.get("detail")
+            self.detail = detail if isinstance(detail, str) else None
 
 
 def bearer_token(header: str) -> str | None:
@@ -116,7 +138,8 @@ class LivePage:
 
     def __init__(self, feed: LiveFeed, settings: PageSettings,
                  events_dir: Path | None = None,
-                 on_viewers: Callable[[int], None] | None = None) -> None:
+                 on_viewers: Callable[[int], None] | None = None,
+                 names: dict[str, str] | None = None) -> None:
         self.feed = feed
         self.settings = settings
         self.events_dir = events_dir.resolve() if events_dir is not None else None
@@ -129,9 +152,11 @@ class LivePage:
         self._refused_unlogged = 0
         app = web.Application(middlewares=[self._guard])
         app.router.add_get("/", self._index)
+        app.router.add_get("/favicon.ico", self._favicon)
         app.router.add_get("/feed", self._feed)
         app.router.add_get("/events/{path:.+}", self._recording)
         app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+        EventsApi(self.events_dir, list(feed.cameras), names).add_routes(app)
         app.on_startup.append(self._start_background)
         app.on_shutdown.append(self._close_viewers)
         self.app = app
@@ -199,6 +224,11 @@ class LivePage:
         return web.FileResponse(STATIC_DIR / "index.html",
                                 headers={"Cache-Control": "no-cache"})
 
+    async def _favicon(self, _request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "favicon.svg",
+                                headers={"Content-Type": "image/svg+xml",
+                                         "Cache-Control": "max-age=86400"})
+
     async def _recording(self, request: web.Request) -> web.StreamResponse:
         """A file of the recordings folder, read-only; nothing outside it."""
         root = self.events_dir
@@ -234,9 +264,15 @@ class LivePage:
         period = 1.0 / self.settings.image_fps
         while self.viewers:
             began = time.monotonic()
-            for camera in self.feed.cameras.values():
-                if camera.render() is not None:
+            tiles = any(viewer.tiles for viewer in self.viewers)
+            for name, camera in self.feed.cameras.items():
+                if tiles:
+                    camera.want_pictures(period)
+                panels = any(viewer.wants_panels(name) for viewer in self.viewers)
+                if camera.render(panels) is not None:
                     self.images_encoded += 3
+                if tiles:
+                    camera.render_tile()
             await asyncio.sleep(max(0.0, period - (time.monotonic() - began)))
 
     async def _feed(self, request: web.Request) -> web.StreamResponse:
@@ -252,8 +288,11 @@ class LivePage:
                     continue
                 with contextlib.suppress(ValueError, TypeError, AttributeError):
                     # ProtocolError is a ValueError: too deep or not JSON, ignored
-                    ack = loads_bounded(message.data, "a viewer's message").get("ack")
-                    viewer.waiting.pop(str(ack), None)
+                    said = loads_bounded(message.data, "a viewer's message")
+                    if "view" in said:
+                        viewer.view(said["view"])
+                        self._viewers_changed()
+                    viewer.waiting.pop(str(said.get("ack")), None)
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
@@ -282,12 +321,22 @@ class LivePage:
             state = [camera.state() for camera in self.feed.cameras.values()]
             if state != viewer.state:
                 viewer.state = state
-                await ws.send_json({"type": "state", "cameras": state})
+                await ws.send_json({"type": "state", "cameras": state, "now": time.time()})
             events = self.feed.events
             if events.version != viewer.events_version:
                 viewer.events_version = events.version
                 await ws.send_json({"type": "events", "events": events.listing()})
             for name, camera in self.feed.cameras.items():
+                tile = camera.tile
+                key = f"tile/{name}"
+                sent_at = viewer.waiting.get(key)
+                if (viewer.tiles and tile is not None and viewer.shown.get(key) != tile.seq
+                        and (sent_at is None or now - sent_at >= ACK_TIMEOUT_S)):
+                    viewer.shown[key] = tile.seq
+                    viewer.waiting[key] = now
+                    await ws.send_bytes(tile.message)
+                if not viewer.wants_panels(name):
+                    continue
                 panels = camera.panels
                 sent_at = viewer.waiting.get(name)
                 if sent_at is not None and now - sent_at < ACK_TIMEOUT_S:

@@ -1,0 +1,137 @@
+"""What each stage of a real camera's frame costs in CPU: decode, gray, resize, cue, clip, model.
+
+    python benchmarks/camera_stages.py [--video vtest.avi] [--frames 200] [--rounds 3]
+
+Reads the first ``--frames`` frames of the video (by default ``../shared/data/vtest.avi``,
+1280x720 H.264) and times each stage the daemon runs per frame, in CPU time of this
+process (all threads), per frame, the median of ``--rounds`` alternating rounds:
+
+- decoding: OpenCV's FFmpeg into BGR, then BGR-to-gray (the reader before), against PyAV's
+  luma plane (the reader now), with one decoder thread and with FFmpeg's own threads;
+- the resize to the model's 64x64: one area step against the two steps it takes now;
+- the motion cue at 120 rows (resize included), the pre-roll's JPEG at 640 pixels wide
+  (recording on), and the model's one-frame step with the default scorer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _opencv_gray(path: str, count: int) -> Callable[[], None]:
+    import cv2
+
+    def run() -> None:
+        capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+        for _ in range(count):
+            _, image = capture.read()
+            cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        capture.release()
+
+    return run
+
+
+def _pyav_luma(path: str, count: int, threads: bool) -> Callable[[], None]:
+    from forecaster.sources.luma import LumaDecoder
+
+    def run() -> None:
+        decoder = LumaDecoder(path)
+        if threads:  # FFmpeg's own frame threads, as many as it likes
+            decoder.stream.thread_type = "AUTO"
+            decoder.stream.codec_context.thread_count = 0
+        for _ in range(count):
+            decoder.read()
+        decoder.close()
+
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", default=str(ROOT.parent / "shared" / "data" / "vtest.avi"))
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if not Path(args.video).is_file():
+        parser.error(f"video not found: {args.video}")
+
+    import cv2
+
+    from forecaster.config import ScorerConfig
+    from forecaster.detection.engine import load
+    from forecaster.detection.flow import MotionCue
+    from forecaster.logs import import_tensorflow_quietly
+    from forecaster.model.artifact import bundled_model_path
+    from forecaster.recording.recorder import scaled
+    from forecaster.sources.luma import LumaDecoder
+    from forecaster.sources.preprocess import to_gray_resized
+
+    import_tensorflow_quietly()
+    decoder = LumaDecoder(args.video)
+    grays = []
+    while len(grays) < args.frames and (item := decoder.read()) is not None:
+        grays.append(np.array(item[0]))
+    decoder.close()
+    count = len(grays)
+    loaded = load(bundled_model_path())
+    small = [to_gray_resized(g, loaded.card.size) for g in grays]
+
+    def resize_one_step() -> None:
+        for gray in grays:
+            cv2.resize(gray, (64, 64), interpolation=cv2.INTER_AREA)
+
+    def resize_two_steps() -> None:
+        for gray in grays:
+            to_gray_resized(gray, (64, 64))
+
+    def cue() -> None:
+        motion = MotionCue(120)
+        for gray in grays:
+            motion(gray)
+
+    def jpeg() -> None:
+        for gray in grays:
+            cv2.imencode(".jpg", scaled(gray, 640), [cv2.IMWRITE_JPEG_QUALITY, 80])
+
+    def model() -> None:
+        engine = loaded.engine(ScorerConfig())
+        engine.add_camera("bench")
+        for t, frame in enumerate(small):
+            engine.process("bench", frame[None], [t], [float(t)], np.asarray([0.0]))
+
+    model()  # compile the step
+    stages: dict[str, Callable[[], None]] = {
+        "decode + gray, OpenCV (BGR, then gray)": _opencv_gray(args.video, count),
+        "decode to the luma plane, PyAV, 1 thread": _pyav_luma(args.video, count, False),
+        "decode to the luma plane, PyAV, FFmpeg's threads": _pyav_luma(args.video, count, True),
+        "resize to 64x64, one area step": resize_one_step,
+        "resize to 64x64, two steps (now)": resize_two_steps,
+        "motion cue at 120 rows": cue,
+        "pre-roll JPEG, gray, 640 wide": jpeg,
+        "model step + score (default scorer)": model,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in stages}
+    for _ in range(args.rounds):
+        for name, run in stages.items():
+            began = time.process_time()
+            run()
+            samples[name].append((time.process_time() - began) * 1000.0 / count)
+    print(f"{Path(args.video).name}, {grays[0].shape[1]}x{grays[0].shape[0]}, {count} frames, "
+          f"CPU ms per frame (median of {args.rounds} alternating rounds):")
+    for name, values in samples.items():
+        print(f"  {name:<50}{np.median(values):>7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Decoding video files and network streams: to the luma plane with PyAV, else with OpenCV.
+
+Most cameras and files carry YUV video. Its first plane, the luma (Y), is the gray frame
+the model and the motion cue need, so PyAV hands it over as decoded: a view of the
+decoder's plane with its line stride, with no colour conversion (limited-range luma, the
+usual, goes through a 256-entry table to the full range). It differs from OpenCV's
+decode-to-BGR then BGR-to-gray by a few grey levels at most (the two round differently),
+at about two thirds of the CPU per frame. A frame in a
+format without a luma plane (RGB, palette, more than 8 bits) is converted to gray by
+FFmpeg's swscale instead.
+
+Where PyAV cannot open a source, :func:`open_decoder` falls back to OpenCV's FFmpeg
+backend, which decodes to BGR.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+log = logging.getLogger("forecaster.sources")
+
+#: pixel formats whose first plane is 8-bit luma
+LUMA_FORMATS = frozenset({
+    "yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p",
+    "yuvj440p", "yuv411p", "yuv410p", "nv12", "nv21", "nv16", "gray", "yuva420p",
+})
+
+
+class Decoder(Protocol):
+    """An open video: ``read()`` gives (image, position in seconds) until None at the end."""
+
+    backend: str
+    nominal_fps: float | None
+
+    def read(self) -> tuple[np.ndarray, float | None] | None: ...
+
+    def close(self) -> None: ...
+
+
+#: limited-range luma (16-235, video's usual "TV" range) to the full range of a gray image
+#: (0-255), as OpenCV's decode to BGR then BGR-to-gray gives it
+TV_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+#: ``color_range`` of a frame whose values use the full range (AVCOL_RANGE_JPEG)
+FULL_RANGE = 2
+
+
+def luma(frame: Any) -> np.ndarray:
+    """The gray image of a decoded PyAV frame: its luma plane where it has one (stretched to
+    the full range where it uses the limited one), else FFmpeg's conversion to gray."""
+    name = frame.format.name
+    if name not in LUMA_FORMATS:
+        return frame.to_ndarray(format="gray")
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    image = rows[:, :plane.width]
+    if name == "gray" or name.startswith("yuvj") or frame.color_range == FULL_RANGE:
+        return image
+    return cv2.LUT(image, TV_TO_FULL)
+
+
+def _fps(value: float | None) -> float | None:
+    return float(value) if value and math.isfinite(value) and 0 < value < 1000 else None
+
+
+class LumaDecoder:
+    """A video file or stream decoded by PyAV, one decoder thread, to gray frames."""
+
+    backend = "pyav"
+
+    def __init__(self, uri: str, *, timeout_s: tuple[float, float] | None = None,
+                 options: dict[str, str] | None = None) -> None:
+        import av
+
+        self._av = av
+        self.container = av.open(uri, timeout=timeout_s, options=options or {})
+        try:
+            if not self.container.streams.video:
+                raise ValueError("no video stream")
+            stream = self.container.streams.video[0]
+            # one thread a camera: with many cameras the cores are shared already, and a
+            # decoder's own threads add CPU per frame
+            stream.thread_type = "NONE"
+            stream.codec_context.thread_count = 1
+            self.stream = stream
+            rate = stream.average_rate or stream.guessed_rate
+            self.nominal_fps = _fps(float(rate)) if rate else None
+            self._frames = self._decode()
+            self._index = 0
+        except BaseException:
+            self.container.close()
+            raise
+
+    def _decode(self) -> Any:
+        av = self._av
+        for packet in self.container.demux(self.stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                continue  # a damaged packet: the next keyframe decodes again
+            yield from frames
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        """The next frame and its position: its index at the nominal frame rate (containers
+        such as AVI give B-frames no usable time of their own), else the frame's time."""
+        frame = next(self._frames, None)
+        if frame is None:
+            return None
+        index, self._index = self._index, self._index + 1
+        return luma(frame), index / self.nominal_fps if self.nominal_fps else frame.time
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class OpenCvDecoder:
+    """A video file or stream decoded by OpenCV's FFmpeg backend, to BGR frames."""
+
+    backend = "opencv"
+
+    def __init__(self, uri: str, *, timeout_s: tuple[float, float] | None = None) -> None:
+        params = [] if timeout_s is None else [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(timeout_s[0] * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(timeout_s[1] * 1000),
+        ]
+        self.capture = cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
+        if not self.capture.isOpened():
+            self.capture.release()
+            raise ValueError("OpenCV cannot open it")
+        self.nominal_fps = _fps(self.capture.get(cv2.CAP_PROP_FPS))
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        ok, image = self.capture.read()
+        if not ok or image is None:
+            return None
+        pos = self.capture.get(cv2.CAP_PROP_POS_MSEC)
+        return image, (pos / 1000.0 if math.isfinite(pos) else None)
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+#: the backends in the order they are tried
+BACKENDS = ("pyav", "opencv")
+
+
+def open_decoder(uri: str, *, timeout_s: tuple[float, float] | None = None,
+                 backend: str | None = None) -> Decoder:
+    """``uri`` opened by ``backend`` (one of :data:`BACKENDS`; None: PyAV, else OpenCV);
+    ValueError when none can open it."""
+    reasons = []
+    if backend in (None, "pyav"):
+        try:
+            options = {"rtsp_transport": "tcp"} if uri.lower().startswith("rtsp") else None
+            return LumaDecoder(uri, timeout_s=timeout_s, options=options)
+        except Exception as error:  # any FFmpeg error: OpenCV may still read it
+            reasons.append(f"PyAV: {type(error).__name__}")
+            log.debug("PyAV cannot open a source (%s)", type(error).__name__)
+    if backend in (None, "opencv"):
+        try:
+            return OpenCvDecoder(uri, timeout_s=timeout_s)
+        except ValueError as error:
+            reasons.append(str(error))
+    raise ValueError("; ".join(reasons))

@@ -1,0 +1,254 @@
+"""The JSON API of the events and cameras over a real HTTP server (the live page's process,
+in a thread), a real event index and real files; the camera's display name in the config."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import multiprocessing as mp
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forecaster.config import parse_config
+from forecaster.errors import ConfigError
+from forecaster.ipc.channels import Flag
+from forecaster.ipc.ring import FrameRing
+from forecaster.recording.event_index import EventIndex
+from forecaster.web.api import parse_time
+from forecaster.web.process import WebSpec, serve
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.timeout(60)
+TOKEN = "s3cret-token-for-the-events-api"
+
+
+@dataclass
+class Server:
+    port: int
+    token: str | None = None
+
+    def call(self, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        sent = dict(headers or {})
+        if self.token:
+            sent.setdefault("Authorization", f"Bearer {self.token}")
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        try:
+            connection.request(method, path, body=data, headers=sent)
+            response = connection.getresponse()
+            raw = response.read()
+        finally:
+            connection.close()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw.decode(errors="replace")
+
+    def get(self, path: str) -> Any:
+        status, answer = self.call("GET", path)
+        assert status == 200, answer
+        return answer
+
+
+@contextmanager
+def api_server(tmp_path: Path, events_dir: Path | None, token: str | None = None,
+               names: tuple[tuple[str, str], ...] = (("cam0", "Front door"),)
+               ) -> Iterator[Server]:
+    rings = [FrameRing.create(f"forecaster_apitest_{uuid.uuid4().hex[:8]}", 64, 64, slots=4)
+             for _ in range(2)]
+    port = free_port()
+    spec = WebSpec(cameras=(("cam0", rings[0].name), ("cam1", rings[1].name)),
+                   feed_endpoint=f"ipc://{tmp_path}/feed.sock", address="127.0.0.1", port=port,
+                   threshold_on=3.0, threshold_off=2.0, token=token,
+                   events_dir=str(events_dir) if events_dir else None, names=names)
+    stop = Flag(mp.get_context("spawn"))
+    ready = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(serve(spec, stop, ready.set))
+        except BaseException as error:
+            errors.append(error)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="api-server", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(20), "the page server did not start"
+        assert not errors, errors
+        yield Server(port, token)
+    finally:
+        stop.set()
+        thread.join(10)
+        for ring in rings:
+            ring.close()
+            ring.unlink()
+    assert not errors, errors
+
+
+def fill(folder: Path, count: int = 7) -> EventIndex:
+    """``count`` finished events, alternating cam1/cam0, a second apart from 1e9 s; the
+    last with a clip and a snapshot on disk."""
+    index = EventIndex(folder)
+    for n in range(count):
+        camera = "cam1" if n % 2 else "cam0"
+        stem = f"{camera}/20010909-014{n}00-{n}"
+        record = {"camera": camera, "start_ts": 1e9 + n, "end_ts": 1e9 + n + 0.5,
+                  "start_seq": 10 * n, "end_seq": 10 * n + 5, "peak_score": 4.0 + n,
+                  "peak_seq": 10 * n + 2, "peak_ts": 1e9 + n + 0.2,
+                  "first_ts": 1e9 + n - 1, "last_ts": 1e9 + n + 1}
+        if n == count - 1:
+            (folder / camera).mkdir(parents=True, exist_ok=True)
+            for suffix in (".mp4", ".jpg", ".json"):
+                (folder / f"{stem}{suffix}").write_bytes(b"x")
+            record |= {"clip": f"{stem}.mp4", "snapshot": f"{stem}.jpg"}
+        index.finished(stem, record, "ready" if n == count - 1 else "none")
+    return index
+
+
+def test_events_page_filter_and_fields(tmp_path: Path) -> None:
+    fill(tmp_path)
+    with api_server(tmp_path, tmp_path) as server:
+        first = server.get("/api/events?limit=3")
+        assert [e["start_ts"] for e in first["events"]] == [1e9 + 6, 1e9 + 5, 1e9 + 4]
+        newest = first["events"][0]
+        assert newest["camera"] == "cam0" and newest["name"] == "Front door"
+        assert newest["clip_url"] == "/events/cam0/20010909-014600-6.mp4"
+        assert newest["snapshot_url"] == "/events/cam0/20010909-014600-6.jpg"
+        assert newest["sidecar_url"] == "/events/cam0/20010909-014600-6.json"
+        assert (newest["clip_state"], newest["peak"], newest["peak_ts"]) == ("ready", 10.0,
+                                                                             1e9 + 6.2)
+        assert (newest["clip_start_ts"], newest["clip_end_ts"]) == (1e9 + 5, 1e9 + 7)
+        assert newest["acked_by"] is None and newest["dismissed"] is False
+        assert first["events"][1]["name"] == "cam1"  # no name: the id
+        assert first["events"][1]["clip_url"] is None
+        assert first["tz"]
+        # paging backwards until the end
+        seen = [e["id"] for e in first["events"]]
+        before = first["next_before"]
+        while before is not None:
+            page = server.get(f"/api/events?limit=3&before={before}")
+            seen += [e["id"] for e in page["events"]]
+            before = page["next_before"]
+        assert len(seen) == len(set(seen)) == 7
+        # a camera, a date range (numbers, or ISO 8601 dates with a time zone)
+        page = server.get("/api/events?camera=cam1&since=1000000002&until=1000000005")
+        assert [e["start_ts"] for e in page["events"]] == [1e9 + 3]
+        page = server.get("/api/events?since=2001-09-09T01:46:44Z&until=2001-09-09T01:46:46%2B00:00")
+        assert [e["start_ts"] for e in page["events"]] == [1e9 + 5, 1e9 + 4]
+        # the recording itself is served where clip_url says
+        status, _ = server.call("GET", newest["clip_url"])
+        assert status == 200
+        status, answer = server.call("GET", f"/api/events/{newest['id']}")
+        assert status == 200 and answer["event"]["id"] == newest["id"]
+        assert server.call("GET", "/api/events/99999")[0] == 404
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("limit=0", "limit: must be 1-500 (got 0)"),
+    ("limit=x", "limit: not a whole number ('x')"),
+    ("since=yesterday", "since: not a time"),
+    ("camera=../x", "camera: not a camera id ('../x')"),
+    ("include_dismissed=maybe", "include_dismissed: must be 0 or 1"),
+    ("colour=red", "unknown parameter 'colour'"),
+])
+def test_bad_parameters_are_a_400_naming_them(tmp_path: Path, query: str, expected: str) -> None:
+    with api_server(tmp_path, tmp_path) as server:
+        status, answer = server.call("GET", f"/api/events?{query}")
+    assert status == 400 and expected in answer["error"], answer
+
+
+def test_ack_and_dismiss_one_event_or_a_camera(tmp_path: Path) -> None:
+    fill(tmp_path)
+    with api_server(tmp_path, tmp_path) as server:
+        cameras = server.get("/api/cameras")
+        assert cameras["unacked_total"] == 7 and cameras["tz"]
+        assert cameras["cameras"] == [
+            {"id": "cam0", "name": "Front door", "unacked": 4, "last_event_ts": 1e9 + 6},
+            {"id": "cam1", "name": "cam1", "unacked": 3, "last_event_ts": 1e9 + 5}]
+        newest = server.get("/api/events")["events"][0]
+        status, answer = server.call("POST", f"/api/events/{newest['id']}/ack", {"by": "ann"})
+        assert status == 200 and answer["changed"] == 1
+        assert answer["event"]["acked_by"] == "ann" and answer["event"]["acked_at"] > 0
+        assert server.get("/api/cameras")["unacked_total"] == 6
+        # without a body: the default name; acknowledged twice: the first stays
+        status, answer = server.call("POST", f"/api/events/{newest['id']}/ack")
+        assert status == 200 and answer["changed"] == 0 and answer["event"]["acked_by"] == "ann"
+        # all of a camera
+        status, answer = server.call("POST", "/api/events/ack?camera=cam1", {"by": "bob"})
+        assert status == 200 and answer == {"changed": 3, "camera": "cam1"}
+        assert [c["unacked"] for c in server.get("/api/cameras")["cameras"]] == [3, 0]
+        # dismissed: acknowledged, and out of the listing unless asked for
+        status, answer = server.call("POST", "/api/events/dismiss?camera=cam0")
+        assert status == 200 and answer["changed"] == 4
+        assert {e["camera"] for e in server.get("/api/events")["events"]} == {"cam1"}
+        every = server.get("/api/events?include_dismissed=1")["events"]
+        assert len(every) == 7 and every[0]["dismissed"] is True
+        assert every[0]["acked_by"] == "ann" and every[2]["acked_by"] == "operator"
+        assert server.get("/api/cameras")["unacked_total"] == 0
+        status, answer = server.call("POST", f"/api/events/{every[1]['id']}/dismiss")
+        assert status == 200 and answer["event"]["dismissed"] is True
+        # bad requests
+        assert server.call("POST", "/api/events/99999/ack")[0] == 404
+        status, answer = server.call("POST", "/api/events/ack")
+        assert status == 400 and "camera: required" in answer["error"]
+        status, answer = server.call("POST", "/api/events/ack?camera=cam0", b"{nope")
+        assert status == 400 and "body: not JSON" in answer["error"]
+        status, answer = server.call("POST", "/api/events/ack?camera=cam0", {"by": "x" * 65})
+        assert status == 400 and "by: 1-64 printable characters" in answer["error"]
+        status, answer = server.call("POST", "/api/events/ack?camera=cam0", b"x" * 5000)
+        assert status == 400 and "more than 4096 bytes" in answer["error"]
+
+
+def test_access_rules_hold_for_the_api(tmp_path: Path) -> None:
+    fill(tmp_path)
+    with api_server(tmp_path, tmp_path, token=TOKEN) as server:
+        assert server.get("/api/cameras")["unacked_total"] == 7  # Bearer token
+        anonymous = Server(server.port)
+        assert anonymous.call("GET", "/api/events")[0] == 401
+        assert anonymous.call("POST", "/api/events/ack?camera=cam0")[0] == 401
+        assert anonymous.call("GET", "/api/events", headers={
+            "Authorization": "Bearer wrong-token-wrong-token"})[0] == 403
+        # a loopback page answers only loopback Host names (DNS rebinding)
+        status, _ = server.call("GET", "/api/cameras", headers={"Host": "evil.example:80"})
+        assert status == 403
+        # a POST from another site, through a visitor's browser
+        status, _ = server.call("POST", "/api/events/ack?camera=cam0",
+                                headers={"Origin": "http://evil.example"})
+        assert status == 403
+        origin = f"http://127.0.0.1:{server.port}"
+        status, answer = server.call("POST", "/api/events/ack?camera=cam0",
+                                     headers={"Origin": origin})
+        assert status == 200 and answer["changed"] == 4
+
+
+def test_without_recordings_the_api_is_a_404(tmp_path: Path) -> None:
+    with api_server(tmp_path, None) as server:
+        status, answer = server.call("GET", "/api/cameras")
+        assert status == 404 and "recording is off" in answer["error"]
+        assert server.call("GET", "/api/events")[0] == 404
+
+
+def test_parse_time_takes_numbers_and_iso_dates() -> None:
+    assert parse_time("since", "1000000000.5") == 1000000000.5
+    assert parse_time("since", "2001-09-09T01:46:40Z") == 1e9
+    assert parse_time("since", "2001-09-09 03:46:40+02:00") == 1e9
+
+
+def test_camera_name_in_the_config() -> None:
+    config = parse_config({"cameras": [{"id": "cam0", "name": " Front door "},
+                                       {"id": "cam1"}]})
+    assert [c.name for c in config.cameras] == ["Front door", ""]
+    with pytest.raises(ConfigError, match=r"cameras\.0\.name: camera name must be at most 80 "
+                                          r"printable characters \(got 'a\\nb'\)"):
+        parse_config({"cameras": [{"id": "cam0", "name": "a\nb"}]})

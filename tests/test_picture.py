@@ -1,0 +1,99 @@
+"""The live page's picture of a camera (shared memory at the end of its ring) and the box
+around the anomalous region (score messages)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from forecaster.detection.region import error_box
+from forecaster.detection.scorer import Scorer
+from forecaster.ipc.picture import WANTED_S, PictureSlot
+from forecaster.ipc.ring import FrameRing
+from forecaster.protocol import ProtocolError, Score, decode, encode
+
+
+@pytest.fixture
+def ring() -> Iterator[FrameRing]:
+    ring = FrameRing.create(f"forecaster_pictest_{uuid.uuid4().hex[:8]}", 64, 64, slots=4)
+    try:
+        yield ring
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_the_capture_side_writes_pictures_only_while_a_page_asks(ring: FrameRing) -> None:
+    capture = PictureSlot(ring)
+    web = PictureSlot(FrameRing.attach(ring.name))
+    image = np.zeros((360, 1280, 3), np.uint8)
+    cv2.rectangle(image, (600, 100), (700, 200), (0, 0, 255), -1)
+    assert not capture.offer(image, 0, 1.0, 640, now=1000.0)  # nobody asked
+    assert web.read() is None
+    web.want(0.2, now=1000.0)
+    assert capture.offer(image, 1, 2.0, 640, now=1000.0)
+    assert not capture.offer(image, 2, 2.1, 640, now=1000.1)  # within the interval
+    picture = web.read()
+    assert picture is not None and (picture.seq, picture.ts) == (1, 2.0)
+    decoded = cv2.imdecode(np.frombuffer(picture.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (180, 640, 3)  # scaled to recording.max_width, aspect kept
+    assert decoded[75, 325, 2] > 200 and decoded[75, 325, 0] < 60
+    assert web.read(newer_than=1) is None  # nothing newer
+    assert capture.offer(image, 3, 2.2, 640, now=1000.2)
+    assert web.read(newer_than=1).seq == 3  # type: ignore[union-attr]
+    # the request lapses by itself when the page stops renewing it (a web process gone)
+    assert not capture.offer(image, 4, 2.3, 640, now=1000.0 + WANTED_S + 0.1)
+    web.close()
+    capture.close()
+
+
+def test_a_picture_being_written_is_never_read_torn(ring: FrameRing) -> None:
+    slot = PictureSlot(ring)
+    assert slot.write(b"\xff\xd8 first", 5, 1.0)
+    slot._meta[0] += 1  # a writer in the middle of its write
+    assert slot.read() is None
+    slot._meta[0] += 1
+    assert slot.read().jpeg == b"\xff\xd8 first"  # type: ignore[union-attr]
+    assert not slot.write(b"x" * (slot.capacity + 1), 6, 2.0)  # too big: refused whole
+    assert slot.read().seq == 5  # type: ignore[union-attr]
+    slot.close()
+
+
+def test_the_box_surrounds_the_windows_of_largest_error() -> None:
+    squared = np.full((64, 64), 1e-4, np.float32)
+    squared[40:50, 8:20] = 0.2
+    x0, y0, x1, y1 = error_box(squared)  # type: ignore[misc]
+    assert x0 <= 8 and y0 <= 40 and x1 >= 20 and y1 >= 50
+    assert x1 - x0 <= 24 and y1 - y0 <= 24  # around the blob, not the frame
+    assert error_box(np.zeros((64, 64), np.float32)) is None
+
+
+def test_scores_carry_the_box_only_at_or_above_threshold_off() -> None:
+    scorer = Scorer({"log_mse_mean": -8.0, "log_mse_std": 0.5}, mode="global")
+    calm = np.full((64, 64), 0.5, np.float32)
+    assert scorer.score(calm, calm + 0.001).box is None
+    wrong = calm.copy()
+    wrong[10:20, 30:40] = 1.0
+    result = scorer.score(calm, wrong)
+    assert result.score >= scorer.threshold_off
+    x0, y0, x1, y1 = result.box  # type: ignore[misc]
+    assert x0 <= 30 and y0 <= 10 and x1 >= 40 and y1 >= 20
+
+
+def test_the_box_crosses_the_wire_as_an_additive_field() -> None:
+    score = Score("cam0", 7, 1.0, 0.01, 20.0, 4.0, True, 3.0, box=(8, 40, 24, 52))
+    parts = encode(score)
+    assert json.loads(parts[1])["box"] == [8, 40, 24, 52]
+    assert decode(parts) == score
+    plain = encode(Score("cam0", 8, 1.0, 0.01, 20.0, 0.0, False, 3.0))
+    assert b"box" not in plain[1]  # absent when there is none: old readers see no change
+    with pytest.raises(ProtocolError, match="box"):
+        encode(Score("cam0", 9, 1.0, 0.01, 20.0, 4.0, True, 3.0, box=(5, 5, 5, 9)))
+    bad = json.dumps({**json.loads(parts[1]), "box": [8, 40, "x", 52]}).encode()
+    with pytest.raises(ProtocolError, match="box"):
+        decode([parts[0], bad])
