@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from forecaster import __version__
-from forecaster.errors import ForecasterError, name_some
+from forecaster.errors import ForecasterError, UsageError, name_some
 from forecaster.model import (
     ARCH_NAMES,
     DEFAULT_ARCH,
@@ -250,6 +250,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from forecaster.errors import SourceError
 
         raise SourceError(f"benchmark video not found: {video}")
+    if args.rtsp and not (video and args.cameras):
+        raise UsageError("--rtsp needs --cameras N and --video FILE")
     report = run_bench(
         archs=[] if args.skip_archs else (args.arch or None),
         size=args.size,
@@ -260,6 +262,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         daemon_scene=args.daemon_scene,
         cameras=args.cameras or None,
         camera_seconds=args.camera_seconds,
+        camera_fps=args.fps,
+        rtsp=args.rtsp,
         cameras_per_process=args.cameras_per_process,
         soak_ticks=args.soak_ticks,
         scorer_mode=args.scorer_mode,
@@ -431,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--arch", action="append", help="architecture (repeatable; default all)")
     bench.add_argument("--size", type=_size, default=(64, 64), metavar="HxW")
     bench.add_argument("--repeats", type=_positive_int, default=300)
-    bench.add_argument("--video", help="video for the replay throughput (e.g. vtest.avi)")
+    bench.add_argument("--video", help="video for the replay throughput (e.g. vtest.avi); with "
+                       "--cameras, the video each camera plays instead (looped, paced at --fps)")
     bench.add_argument("--daemon-fps", type=_positive_float, action="append", metavar="FPS",
                        help="run the whole daemon on a synthetic source paced at FPS (repeatable)")
     bench.add_argument("--daemon-frames", type=_positive_int, default=2000)
@@ -440,9 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "64x64 (cheapest), or at its own 160x120, the footage the bundled "
                        "model was calibrated on, whose false alarms the rows then count")
     bench.add_argument("--cameras", type=_positive_int, action="append", metavar="N",
-                       help="run N synthetic cameras at 10 fps in one worker (repeatable)")
-    bench.add_argument("--camera-seconds", type=_positive_float, default=30.0,
+                       help="run N synthetic cameras at 10 fps in one worker (repeatable); "
+                       "with --video, N cameras of that video, default scorer, recording on")
+    bench.add_argument("--camera-seconds", "--seconds", type=_positive_float, default=30.0,
                        help="seconds measured per --cameras run")
+    bench.add_argument("--fps", type=_positive_float, default=10.0,
+                       help="frames per second of each camera of --cameras with --video")
+    bench.add_argument("--rtsp", action="store_true",
+                       help="with --cameras and --video: each camera reads the video from an "
+                       "RTSP server (GStreamer's) started for the run")
     bench.add_argument("--cameras-per-process", type=_positive_int, metavar="N",
                        help="capture.cameras_per_process of the --cameras runs (default: the "
                        "config's default)")

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from forecaster.config import parse_config
+from forecaster.config import RecordingConfig, parse_config
 from forecaster.errors import ConfigError
 from forecaster.ipc.channels import Flag
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.event_index import EventIndex
+from forecaster.recording.recorder import Recorder
 from forecaster.web.api import parse_time
+from forecaster.web.live import EventLog
 from forecaster.web.process import WebSpec, serve
 from tests.conftest import free_port
 
@@ -149,6 +152,9 @@ def test_events_page_filter_and_fields(tmp_path: Path) -> None:
         # the recording itself is served where clip_url says
         status, _ = server.call("GET", newest["clip_url"])
         assert status == 200
+        # the index itself is not a recording
+        for name in ("events.db", "events.db-wal", "events.db-shm"):
+            assert server.call("GET", f"/events/{name}")[0] == 404
         status, answer = server.call("GET", f"/api/events/{newest['id']}")
         assert status == 200 and answer["event"]["id"] == newest["id"]
         assert server.call("GET", "/api/events/99999")[0] == 404
@@ -252,3 +258,55 @@ def test_camera_name_in_the_config() -> None:
     with pytest.raises(ConfigError, match=r"cameras\.0\.name: camera name must be at most 80 "
                                           r"printable characters \(got 'a\\nb'\)"):
         parse_config({"cameras": [{"id": "cam0", "name": "a\nb"}]})
+
+
+def test_live_cards_take_their_clip_state_from_the_index(tmp_path: Path) -> None:
+    index = EventIndex(tmp_path)
+    log = EventLog(tmp_path)
+    for seq, stem in ((5, "cam0/20010909-014640-5"), (50, "cam0/20010909-014650-50")):
+        for state in ("start", "end"):
+            log.add("cam0", {"state": state, "seq": seq + (state == "end"), "ts": 1e9,
+                             "clip": f"{stem}.mp4", "snapshot": f"{stem}.jpg"})
+    skipped, recording = log.listing()[1], log.listing()[0]
+    assert skipped["clip_state"] is None and skipped["clip"]
+    index.opened("cam0", "cam0/20010909-014640-5", 5, 1e9)
+    index.opened("cam0", "cam0/20010909-014650-50", 50, 1e9)
+    assert log.refresh()
+    assert [item["clip_state"] for item in log.listing()] == ["recording", "recording"]
+    # one was not recorded (free space), the other is finished
+    index.finished("cam0/20010909-014640-5", {"camera": "cam0"}, "none")
+    (tmp_path / "cam0").mkdir()
+    for suffix in (".mp4", ".jpg", ".json"):
+        (tmp_path / f"cam0/20010909-014650-50{suffix}").write_bytes(b"x")
+    index.finished("cam0/20010909-014650-50", {"camera": "cam0", "clip": recording["clip"],
+                                               "snapshot": recording["snapshot"]}, "ready")
+    assert log.refresh()
+    newest, oldest = log.listing()
+    assert (newest["clip_state"], newest["clip_ready"], newest["clip"]) == (
+        "ready", True, recording["clip"])
+    assert (oldest["clip_state"], oldest["clip"], oldest["snapshot"]) == ("none", None, None)
+    assert not log.refresh()  # settled: nothing more to ask
+
+
+def test_a_broken_index_is_a_503_and_recordings_go_on(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "events.db").write_bytes(b"this is not a database" * 100)
+    with api_server(tmp_path, tmp_path) as server:
+        status, answer = server.call("GET", "/api/events")
+        assert status == 503 and "the event index cannot be used" in answer["error"]
+        assert server.call("POST", "/api/events/ack?camera=cam0")[0] == 503
+    assert "cannot be used" in caplog.text and "Traceback" not in caplog.text
+    # the recorder writes its files all the same, and says once why the index is not kept
+    index = EventIndex(tmp_path)
+    recorder = Recorder("cam", tmp_path, RecordingConfig(pre_s=0.1, post_s=0.1, max_width=64),
+                        model="m", index=index)
+    rng = np.random.default_rng(0)
+    for seq in range(20):
+        recorder.on_frame(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), seq, seq * 0.04)
+        if seq == 5:
+            recorder.start(5, 5 * 0.04, 4.0)
+        if seq == 10:
+            recorder.end(8, 8 * 0.04, 5.0)
+    recorder.close()
+    assert len(list(tmp_path.glob("cam/*.json"))) == 1
+    assert caplog.text.count("event index") >= 1 and "the recordings go on" in caplog.text

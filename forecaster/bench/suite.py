@@ -287,6 +287,8 @@ def run_bench(
     daemon_scene: str = "64x64",
     cameras: list[int] | None = None,
     camera_seconds: float = 30.0,
+    camera_fps: float = 10.0,
+    rtsp: bool = False,
     cameras_per_process: int | None = None,
     soak_ticks: int | None = None,
     scorer_mode: str = "auto",
@@ -317,7 +319,7 @@ def run_bench(
     from forecaster.bench.scoring import bench_scoring
 
     report["scoring"] = bench_scoring()
-    if video is not None and video.exists():
+    if video is not None and video.exists() and not cameras:
         report["replay"] = bench_replay(video)
     if daemon_rates:
         report["daemon"] = bench_daemon(daemon_rates, daemon_frames, daemon_scene)
@@ -327,7 +329,12 @@ def run_bench(
         from forecaster.bench.web import bench_web
 
         report["web"] = bench_web()
-    if cameras:
+    if cameras and video is not None:  # real cameras: each one plays the video
+        from forecaster.bench.cameras import bench_video_cameras
+
+        report["video_cameras"] = bench_video_cameras(cameras, video, fps=camera_fps,
+                                                      seconds=camera_seconds, rtsp=rtsp)
+    elif cameras:
         report["cameras"] = bench_cameras(cameras, seconds=camera_seconds,
                                           per_process=cameras_per_process)
     if soak_ticks:
@@ -488,6 +495,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines += format_web(report["web"])
     if report.get("cameras"):
         lines += ["", *format_cameras(report["cameras"])]
+    if report.get("video_cameras"):
+        from forecaster.bench.cameras import format_video_cameras
+
+        lines += ["", *format_video_cameras(report["video_cameras"])]
     soak = report.get("soak")
     if soak:
         lines += ["", f"soak: {soak['ticks_processed']:.0f} ticks at {soak['source_fps']:g} fps "

@@ -80,6 +80,10 @@ class CameraConfig(Section):
     fps: Annotated[Float, Field(ge=0, le=1000)] = 0.0
     #: video files and image folders start again at the end instead of ending the stream
     loop: bool = False
+    #: a lower-resolution stream of the same camera (an IP camera's substream): the model
+    #: and the motion cue run on it, clips record from ``source`` at its own size;
+    #: "" = none (everything from ``source``)
+    detect_source: str = ""
 
     @field_validator("id")
     @classmethod
@@ -109,6 +113,9 @@ class CaptureConfig(Section):
     reconnect_max_s: Annotated[Float, Field(gt=0, le=3600)] = 30.0
     #: cameras one capture process runs, one thread each (1 = a process per camera)
     cameras_per_process: Annotated[int, Field(ge=1, le=256)] = 16
+    #: niceness added to the capture processes (0-19): above 0, the worker comes first
+    #: when the cores are short, and every camera keeps a fair share of what is left
+    nice: Annotated[int, Field(ge=0, le=19)] = 10
 
     @field_validator("size", mode="before")
     @classmethod

@@ -18,12 +18,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from forecaster.detection.flow import MotionCue
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.ipc.health import CameraField, Health
 from forecaster.ipc.picture import PictureSlot
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.recorder import RecordingSpec, open_recorder
+from forecaster.sources.latest import LatestFrameReader
 from forecaster.sources.pacing import RateLimiter
 from forecaster.sources.preprocess import to_gray, to_gray_resized
 from forecaster.sources.readers import FrameSource, open_source
@@ -47,6 +50,8 @@ class CaptureSpec:
     cue_height: int | None = None
     #: event recordings (None: off)
     recording: RecordingSpec | None = None
+    #: the camera's lower-resolution stream that the model and the cue see (None: ``source``)
+    detect_source: str | None = None
     #: the live page's picture of the camera is at most this wide (``recording.max_width``)
     picture_width: int = 640
 
@@ -97,8 +102,12 @@ class Capture:
         self._skipped_seen = 0
         self._down: str | None = None
         self._reconnected = False
-        self.source: FrameSource = open_source(spec.source, loop=spec.loop)
+        self.source: FrameSource = open_source(spec.detect_source or spec.source, loop=spec.loop)
         self.recorder = open_recorder(spec.recording, spec.camera, spec.index)
+        #: with a detection stream, the main source, read for the recordings only
+        self.main = None if spec.detect_source is None or spec.recording is None else (
+            LatestFrameReader(spec.source, name=f"main:{spec.camera}", loop=spec.loop,
+                              fps=spec.fps, reconnect_max_s=spec.reconnect_max_s))
         #: the source frame for the live page, written only while a page is open
         self.picture = PictureSlot(ring)
 
@@ -128,10 +137,14 @@ class Capture:
                 raise
             self._down = str(error)
             self.log.warning("source not reachable at start-up: %s; retrying", error)
+            if self.main is not None:
+                self.main.open()
             return
         if stats.latest_seq >= 0 and not self.source.live and not self.spec.loop:
             self._resume(stats.frames_captured)
         self.ring.set_connected(True)
+        if self.main is not None:
+            self.main.open()
 
     def _resume(self, frames: int) -> None:
         for _ in range(frames):
@@ -233,14 +246,22 @@ class Capture:
                 seq = self.ring.write(image, frame.ts, cue)
                 self.frames += 1
                 self._signal()
-                self.recorder.on_frame(frame.image, seq, frame.ts)
-                self.picture.offer(frame.image, seq, frame.ts, spec.picture_width, now=time.time())
+                picture: np.ndarray | None = frame.image
+                if self.main is not None:  # clips from the main source, at its own size
+                    main = self.main.latest()
+                    picture = None if main is None else main.image
+                if picture is not None:
+                    self.recorder.on_frame(picture, seq, frame.ts)
+                    self.picture.offer(picture, seq, frame.ts, spec.picture_width,
+                                       now=time.time())
                 skipped = self.source.skipped
                 if skipped != self._skipped_seen:
                     self.ring.count_skipped(skipped - self._skipped_seen)
                     self._skipped_seen = skipped
         finally:
             self.source.close()
+            if self.main is not None:
+                self.main.close()
             self.picture.close()
         self.ring.set_ended()
         self._signal()

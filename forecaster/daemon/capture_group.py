@@ -47,6 +47,8 @@ class CaptureGroup:
 
     specs: tuple[CaptureSpec, ...]
     log_level: str = "info"
+    #: added to the process's niceness (``capture.nice``): the worker comes first
+    nice: int = 0
 
     def __post_init__(self) -> None:
         if not self.specs:
@@ -69,7 +71,8 @@ class CaptureGroup:
         return tuple(spec.index for spec in self.specs)
 
 
-def group_specs(specs: Sequence[CaptureSpec], per_process: int, log_level: str) -> list[CaptureGroup]:
+def group_specs(specs: Sequence[CaptureSpec], per_process: int, log_level: str,
+                nice: int = 0) -> list[CaptureGroup]:
     """``specs`` (in camera order) in groups of at most ``per_process`` cameras, the groups
     as even in size as that many processes allow (20 cameras by 16: 10 and 10)."""
     if per_process < 1:
@@ -81,7 +84,7 @@ def group_specs(specs: Sequence[CaptureSpec], per_process: int, log_level: str) 
     start = 0
     for number in range(groups):
         size = base + (1 if number < extra else 0)
-        result.append(CaptureGroup(tuple(specs[start:start + size]), log_level))
+        result.append(CaptureGroup(tuple(specs[start:start + size]), log_level, nice))
         start += size
     return result
 
@@ -246,6 +249,10 @@ def capture_group_main(group: CaptureGroup, wakeup_address: str, control: Outbox
     (every process ready) before the cameras read frames.
     """
     start_child(f"fc-cap:{group.label}", stop, group.log_level)
+    if group.nice:
+        # below the worker: when the cores are short, the worker still scores what the
+        # cameras captured, and the cameras share what is left alike
+        os.nice(group.nice)
     code = CaptureProcess(group, wakeup_address, control, stop, go, health).run()
     if code:
         raise SystemExit(code)

@@ -49,6 +49,11 @@ def check_sources(config: Config) -> None:
     for camera in config.cameras:
         try:
             open_source(camera.source, loop=camera.loop)
+            if camera.detect_source:
+                try:
+                    open_source(camera.detect_source, loop=camera.loop)
+                except UsageError as detect_problem:
+                    raise type(detect_problem)(f"detect_source: {detect_problem}") from None
         except UsageError as problem:
             failed.append((camera.id, problem))
     if not failed:

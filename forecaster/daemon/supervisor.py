@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from forecaster.config import Config
+from forecaster.daemon.capacity import CapacityWatch
 from forecaster.daemon.capture import CaptureSpec
 from forecaster.daemon.capture_group import CaptureGroup, capture_group_main, group_specs
 from forecaster.daemon.notify import SystemdNotifier
@@ -238,6 +239,7 @@ class Supervisor:
                 camera=camera.id,
                 index=index,
                 source=camera.source,
+                detect_source=camera.detect_source or None,
                 ring=name,
                 size=(height, width),
                 fps=camera.fps,
@@ -252,9 +254,8 @@ class Supervisor:
                 zip(config.cameras, ring_names, strict=True)
             )
         ]
-        self._groups = group_specs(
-            self._capture_specs, config.capture.cameras_per_process, config.log_level
-        )
+        self._groups = group_specs(self._capture_specs, config.capture.cameras_per_process,
+                                   config.log_level, nice=config.capture.nice)
         self.systemd.status("starting: loading the model")
         # start() of a spawned process does not wait for it: all of them start at once
         self._start_child(WORKER)
@@ -365,9 +366,10 @@ class Supervisor:
         self.systemd.ready(self._status_text(0.0))
         last_ping = time.monotonic()
         self.systemd.watchdog()
-        last_status = last_progress = time.monotonic()
+        last_status = last_progress = now = time.monotonic()
         processed = self._processed()
         progress = self._progress_counts()
+        capacity = CapacityWatch([c.fps for c in self.config.cameras], self.rings, self.health, now)
         while not self.stop.is_set():
             self._drain_control(wait_s=0.1)
             if self._hangups:
@@ -379,6 +381,7 @@ class Supervisor:
                 return code
             self._check_health()
             now = time.monotonic()
+            capacity.check(now)
             if ping_every is not None and self.healthy and now - last_ping >= ping_every:
                 self.systemd.watchdog()
                 last_ping = now

@@ -239,7 +239,8 @@ class LivePage:
             target = (root / relative).resolve()
             inside = target.is_relative_to(root) and not any(
                 p.startswith(".") for p in Path(relative).parts)
-            found = inside and target.is_file()
+            # the event index is read through the API, never as a file
+            found = inside and target.is_file() and target.parent != root
         except (OSError, ValueError) as error:  # a name too long, a NUL byte
             why = error.strerror if isinstance(error, OSError) and error.strerror else error
             return self._refuse(request, 404, f"no recording {relative[:80]!r} ({why})")
