@@ -410,7 +410,7 @@ def worker_main(
             health=health,
             model_name=spec.model_path,
             notes=None if spec.recording is None else EventNotes(
-                [camera for camera, _ in spec.cameras], spec.recording.board),
+                [camera for camera, _ in spec.cameras], spec.recording.board, spec.size),
             batch_wait_s=spec.batch_wait_ms / 1000.0,
         )
         # compile before declaring readiness, so the first frames are not late: one frame
