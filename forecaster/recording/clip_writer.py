@@ -394,7 +394,8 @@ class ClipWriter:
                     path.unlink()
             raise
         self.written.append(sidecar)
-        log.info("camera %s: recorded event %s (%d frames%s)", clip.camera, clip.stem,
+        # one line per clip at debug level only: at info, the progress line counts events
+        log.debug("camera %s: recorded event %s (%d frames%s)", clip.camera, clip.stem,
                  clip.frames, f", {clip.cut} cut at the stop" if clip.cut else "")
 
     def _sidecar(self, clip: Clip) -> dict[str, Any]:
