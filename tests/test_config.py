@@ -59,6 +59,8 @@ def test_every_default_key_is_documented_in_example() -> None:
         ({"worker": {"throttle_ms": 1e300}}, "worker.throttle_ms"),
         ({"worker": {"startup_timeout_s": float("inf")}}, "worker.startup_timeout_s"),
         ({"service": {"stall_timeout_s": 1e300}}, "service.stall_timeout_s"),
+        ({"scorer": {"merge_gap_s": -1}}, "scorer.merge_gap_s: Input should be greater than or equal to 0"),
+        ({"scorer": {"merge_gap_s": "3s"}}, "scorer.merge_gap_s"),
     ],
 )
 def test_bad_values_name_the_key_and_value(data: dict, expected: str) -> None:

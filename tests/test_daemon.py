@@ -248,15 +248,24 @@ def test_video_file_source_runs_to_the_end(tmp_path: Path) -> None:
 
 
 
-def test_a_looped_folder_starts_the_state_again_at_each_wrap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_looped_source_starts_the_state_again_at_each_wrap(tmp_path: Path, kind: str) -> None:
     # 30 frames of a normal scene: its objects jump back at the wrap from frame 29 to 0,
     # which a state carried across it scores as an anomaly (6.5; the frames of the loop
     # score under 1.2)
     folder = tmp_path / "loop"
     folder.mkdir()
     scene = SyntheticScene(seed=7, height=72, width=96, anomaly_rate=0.0)
-    for i in range(30):
-        cv2.imwrite(str(folder / f"{i:02d}.png"), scene.frame(i))
+    if kind == "folder":
+        for i in range(30):
+            cv2.imwrite(str(folder / f"{i:02d}.png"), scene.frame(i))
+    else:  # a video file (MJPG: every frame decodes as written)
+        video = folder / "loop.avi"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (96, 72))
+        for i in range(30):
+            writer.write(cv2.cvtColor(scene.frame(i), cv2.COLOR_GRAY2BGR))
+        writer.release()
+        folder = video
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     config = tmp_path / "config.toml"
     # a ring of 64 frames: a busy machine's hiccup is caught up, not skipped

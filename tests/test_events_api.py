@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from forecaster.config import parse_config
+from forecaster.config import RecordingConfig, parse_config
 from forecaster.errors import ConfigError
 from forecaster.ipc.channels import Flag
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.event_index import EventIndex
+from forecaster.recording.recorder import Recorder
 from forecaster.web.api import parse_time
 from forecaster.web.live import EventLog
 from forecaster.web.process import WebSpec, serve
@@ -284,3 +286,27 @@ def test_live_cards_take_their_clip_state_from_the_index(tmp_path: Path) -> None
         "ready", True, recording["clip"])
     assert (oldest["clip_state"], oldest["clip"], oldest["snapshot"]) == ("none", None, None)
     assert not log.refresh()  # settled: nothing more to ask
+
+
+def test_a_broken_index_is_a_503_and_recordings_go_on(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "events.db").write_bytes(b"this is not a database" * 100)
+    with api_server(tmp_path, tmp_path) as server:
+        status, answer = server.call("GET", "/api/events")
+        assert status == 503 and "the event index cannot be used" in answer["error"]
+        assert server.call("POST", "/api/events/ack?camera=cam0")[0] == 503
+    assert "cannot be used" in caplog.text and "Traceback" not in caplog.text
+    # the recorder writes its files all the same, and says once why the index is not kept
+    index = EventIndex(tmp_path)
+    recorder = Recorder("cam", tmp_path, RecordingConfig(pre_s=0.1, post_s=0.1, max_width=64),
+                        model="m", index=index)
+    rng = np.random.default_rng(0)
+    for seq in range(20):
+        recorder.on_frame(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), seq, seq * 0.04)
+        if seq == 5:
+            recorder.start(5, 5 * 0.04, 4.0)
+        if seq == 10:
+            recorder.end(8, 8 * 0.04, 5.0)
+    recorder.close()
+    assert len(list(tmp_path.glob("cam/*.json"))) == 1
+    assert caplog.text.count("event index") >= 1 and "the recordings go on" in caplog.text

@@ -67,6 +67,17 @@ def _summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+def test_the_misfit_remedy_suggests_minutes_only_for_a_live_source() -> None:
+    from forecaster.detection.fit import train_hint
+
+    assert train_hint("rtsp://u:secret@cam/s") == (
+        "forecaster train rtsp://u:***@cam/s --minutes N --out MODEL.keras")
+    assert train_hint("/dev/video0").endswith("--minutes N --out MODEL.keras")
+    assert train_hint("clips/door.mp4") == "forecaster train clips/door.mp4 --out MODEL.keras"
+    assert "--minutes" not in train_hint("synthetic:?seed=2")
+    assert "FILE_OR_FOLDER --out" in train_hint("")
+
+
 def test_replay_flags_the_bundled_model_on_real_footage(data_dir: Path, tmp_path: Path) -> None:
     result = cli(["replay", str(data_dir / "vtest.avi"), "--out", str(tmp_path / "o")], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -74,7 +85,10 @@ def test_replay_flags_the_bundled_model_on_real_footage(data_dir: Path, tmp_path
     assert video["model_fit"] == "misfit" and video["model_fit_median"] > 2.0
     assert _summary(tmp_path / "o")["total"]["misfit_videos"] == ["vtest"]
     lines = [line for line in result.stderr.splitlines() if "does not fit" in line]
-    assert len(lines) == 1 and "WARNING" in lines[0] and "forecaster train" in lines[0]
+    assert len(lines) == 1 and "WARNING" in lines[0]
+    # a file is read whole: --minutes (which records a live source) is not suggested
+    assert f"forecaster train {data_dir / 'vtest.avi'} --out MODEL.keras" in lines[0]
+    assert "--minutes" not in lines[0]
 
 
 def test_replay_of_a_normal_synthetic_scene_fits_the_bundled_model(tmp_path: Path) -> None:
@@ -106,6 +120,8 @@ def test_daemon_warns_once_and_says_so_in_status_on_footage_it_does_not_fit(
     assert {s.model_fit for s in statuses[:-1]} <= {"checking"}
     lines = [line for line in daemon.log().splitlines() if "does not fit" in line]
     assert len(lines) == 1 and "camera hall" in lines[0] and "WARNING" in lines[0]
+    assert f"forecaster train {data_dir / 'vtest.avi'} --out" in lines[0], lines[0]
+    assert "--minutes" not in lines[0]
     assert "Traceback" not in daemon.log()
 
 

@@ -1,21 +1,25 @@
 """The live page's picture of a camera (shared memory at the end of its ring) and the box
-around the anomalous region (score messages)."""
+around the anomalous region (score messages, snapshots)."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from forecaster.config import RecordingConfig
 from forecaster.detection.region import error_box
 from forecaster.detection.scorer import Scorer
 from forecaster.ipc.picture import WANTED_S, PictureSlot
 from forecaster.ipc.ring import FrameRing
-from forecaster.protocol import ProtocolError, Score, decode, encode
+from forecaster.protocol import Event, ProtocolError, Score, decode, encode
+from forecaster.recording.event_board import EventBoard, EventNotes
+from forecaster.recording.recorder import Recorder
 
 
 @pytest.fixture
@@ -97,3 +101,40 @@ def test_the_box_crosses_the_wire_as_an_additive_field() -> None:
     bad = json.dumps({**json.loads(parts[1]), "box": [8, 40, "x", 52]}).encode()
     with pytest.raises(ProtocolError, match="box"):
         decode([parts[0], bad])
+
+
+def test_the_snapshot_is_boxed_where_the_peak_frame_was_anomalous(tmp_path: Path) -> None:
+    """The worker puts the peak frame's box on the event board (fractions of the model's
+    frame); the capture's recorder draws it on the snapshot and names it in the sidecar."""
+    board = EventBoard(1)
+    notes = EventNotes(["cam"], board, size=(64, 64))
+    notes.note(Score("cam", 24, 1.0, 0.01, 20.0, 3.5, False, 3.0, box=(0, 0, 8, 8)))
+    notes.note(Event("cam", 24, 1.0, "start", 3.5))
+    assert board.read(0).peak_box == (0.0, 0.0, 0.125, 0.125)  # type: ignore[union-attr]
+    notes.note(Score("cam", 26, 1.1, 0.01, 20.0, 9.0, True, 3.0, box=(32, 16, 48, 40)))
+    entry = board.read(0)
+    assert entry is not None and entry.peak_seq == 26
+    assert entry.peak_box == (0.5, 0.25, 0.75, 0.625)
+
+    settings = RecordingConfig(pre_s=0.2, post_s=0.1, max_width=320)
+    recorder = Recorder("cam", tmp_path, settings, model="m.keras")
+    gray = np.full((180, 320, 3), 128, np.uint8)
+    for seq in range(40):
+        recorder.on_frame(gray, seq, 1000.0 + seq * 0.04)
+        if seq == 24:
+            recorder.start(24, 1000.0 + 24 * 0.04, 3.5, board.read(0).peak_box)  # type: ignore[union-attr]
+            recorder.peak(26, 9.0, entry.peak_box)
+        if seq == 30:
+            recorder.end(30, 1000.0 + 30 * 0.04, 9.0)
+    recorder.close()
+    (sidecar_path,) = tmp_path.glob("cam/*.json")
+    sidecar = json.loads(sidecar_path.read_text())
+    assert sidecar["peak_seq"] == 26
+    assert sidecar["box"] == [160, 45, 240, 112]  # in the snapshot's pixels
+    snapshot = cv2.imread(str(tmp_path / sidecar["snapshot"]))
+    assert snapshot.shape == (180, 320, 3)
+    red = (snapshot[:, :, 2].astype(int) - snapshot[:, :, 1]) > 80
+    # red along the box's left and top edges; none inside it nor away from it
+    assert red[50:105, 156:165].any(axis=1).mean() > 0.9, red[50:105, 156:165]
+    assert red[41:50, 170:230].any(axis=0).mean() > 0.9
+    assert not red[60:100, 170:230].any() and not red[:35].any()

@@ -136,6 +136,13 @@ def test_replay_writes_scores_summary_and_timeline(tiny_model: Path, tmp_path: P
         assert set(event) == {"start_seq", "end_seq", "peak_score"}
     png = (out / "timeline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    import av
+
+    from forecaster.recording.h264 import faststart
+
+    assert faststart(out / "synthetic-1.mp4")  # H.264 with its index first: a browser plays it
+    with av.open(str(out / "synthetic-1.mp4")) as container:
+        assert container.streams.video[0].codec_context.codec_tag == "avc1"
     preview = cv2.VideoCapture(str(out / "synthetic-1.mp4"))
     shown, marked = 0, []
     while True:
@@ -425,3 +432,57 @@ def test_replay_with_labels_reports_the_model_term_and_the_cue_alone(
     summary = replay_command([CLIP], out=tmp_path / "global", model=str(tiny_model), chunk=64,
                              progress=False)
     assert summary["total"]["auc_model_term"] is None and summary["total"]["auc_cue"] is None
+
+
+def write_mp4_with_creation_time(path: Path, frames: int, fps: int, created: str) -> None:
+    """An H.264 MP4 of the synthetic scene (anomalies often) whose container names the time
+    its recording began, as a camera writes it."""
+    import av
+
+    from forecaster.sources.synthetic import SyntheticScene
+
+    scene = SyntheticScene(seed=1, anomaly_rate=0.2)
+    with av.open(str(path), "w", format="mp4") as container:
+        container.metadata["creation_time"] = created
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(
+                cv2.cvtColor(scene.frame(i), cv2.COLOR_GRAY2BGR), format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.mark.timeout(180)
+def test_replay_times_are_the_position_in_the_video_or_the_files_own_time(
+        tmp_path: Path) -> None:
+    from forecaster.config import load_config
+    from forecaster.offline.replay_time import parse_time
+
+    toml = tmp_path / "config.toml"
+    toml.write_text("[recording]\npre_s = 0.2\npost_s = 0.2\n")
+    video = tmp_path / "cam.mp4"
+    write_mp4_with_creation_time(video, 100, 10, "2024-05-01T12:00:00.000000Z")
+    origin = parse_time("2024-05-01T12:00:00Z")
+    assert origin == 1714564800.0
+    cases = [(video, origin, 10.0, "file"),
+             # no time of its own, no nominal rate: positions at --fps from 0
+             ("synthetic:?seed=1&anomaly_rate=0.2&frames=100&fps=0", 0.0, 20.0, "position")]
+    for index, (source, start, fps, time_from) in enumerate(cases):
+        out = tmp_path / f"out{index}"
+        summary = replay_command([str(source)], out=out, config=load_config(toml), clips=True,
+                                 fps=fps, progress=False)
+        assert summary["videos"][0]["time_from"] == time_from
+        rows = read_scores_csv(out / "scores.csv")
+        assert rows and all(r["ts"] == pytest.approx(start + r["seq"] / fps, abs=1e-6)
+                            for r in rows)
+        sidecars = [json.loads(p.read_text()) for p in (out / "events").glob("*/*.json")]
+        assert sidecars, "no event recorded"
+        day = time.strftime("%Y%m%d", time.gmtime(start))
+        for sidecar in sidecars:
+            assert sidecar["start_ts"] == pytest.approx(start + sidecar["start_seq"] / fps)
+            assert sidecar["end_ts"] == pytest.approx(start + sidecar["end_seq"] / fps)
+            stem = time.strftime("%Y%m%d-%H%M%S", time.gmtime(sidecar["start_ts"]))
+            assert sidecar["clip"].split("/")[1].startswith(f"{stem}-{sidecar['start_seq']}.")
+            assert stem.startswith(day)

@@ -104,6 +104,43 @@ def test_hysteresis_events_at_exact_frames() -> None:
     assert scorer.anomaly is True and scorer.peak_score == pytest.approx(9.0)
 
 
+def _timed(scorer: Scorer, scores: list[float]) -> list[ScoreResult]:
+    """Frame i at time i seconds."""
+    return [scorer.score_mse(math.exp(s), ts=float(i)) for i, s in enumerate(scores)]
+
+
+def test_merge_gap_merges_events_closer_than_it() -> None:
+    settings = {"threshold_on": 3.0, "threshold_off": 2.0, "min_on_frames": 2,
+                "min_off_frames": 3}
+    # settled at 10 (time 10 s), started again at 13: within a gap of 3.5 s, one event
+    merged = _timed(Scorer(UNIT, merge_gap_s=3.5, **settings), SCORES)
+    events = [(i, r.event, r.peak_score) for i, r in enumerate(merged) if r.event is not None]
+    assert events == [(4, "start", pytest.approx(4.0))]
+    assert [i for i, r in enumerate(merged) if r.anomaly] == list(range(4, 16))
+    assert merged[15].peak_score == pytest.approx(9.0)
+    # a gap of 1.5 s: the event ends at 12 (1.5 s after it settled; its score there, 3.1,
+    # already counts towards the next start) and the next one starts at 13, as with no gap
+    apart = _timed(Scorer(UNIT, merge_gap_s=1.5, **settings), SCORES)
+    events = [(i, r.event, r.peak_score) for i, r in enumerate(apart) if r.event is not None]
+    assert events == [(4, "start", pytest.approx(4.0)), (12, "end", pytest.approx(6.0)),
+                      (13, "start", pytest.approx(3.3))]
+    assert [i for i, r in enumerate(apart) if r.anomaly] == [*range(4, 12), 13, 14, 15]
+    # no gap, or frames without a time: the events of test_hysteresis_events_at_exact_frames
+    for scorer, results in ((Scorer(UNIT, **settings), None),
+                            (Scorer(UNIT, merge_gap_s=3.5, **settings), _run)):
+        got = results(scorer, SCORES) if results else _timed(scorer, SCORES)
+        assert [(i, r.event) for i, r in enumerate(got) if r.event] == [
+            (4, "start"), (10, "end"), (13, "start")]
+
+
+def test_merge_gap_ends_an_event_whose_clock_went_back_after_a_whole_gap() -> None:
+    scorer = Scorer(UNIT, min_on_frames=1, min_off_frames=1, merge_gap_s=2.0)
+    times = [100.0, 101.0, 50.0, 51.0, 52.0]  # settled at 101, the clock steps back to 50
+    results = [scorer.score_mse(math.exp(s), ts=t) for s, t in zip([5, 0, 0, 0, 0], times,
+                                                                   strict=True)]
+    assert [r.event for r in results] == ["start", None, None, None, "end"]
+
+
 def test_single_frame_thresholds_and_boundaries() -> None:
     # min frames 1: on at the first score >= on, off at the first score < off
     scorer = Scorer(
@@ -209,6 +246,8 @@ def test_score_reuses_buffer_and_checks_shapes() -> None:
         ({"min_off_frames": 2.5}, "min_off_frames must be an integer >= 1, got 2.5"),
         ({"adapt_rate": -0.1}, r"adapt_rate must be in \[0, 1\), got -0.1"),
         ({"adapt_rate": 1.0}, "adapt_rate must be in"),
+        ({"merge_gap_s": -1.0}, "merge_gap_s must be a finite number >= 0, got -1.0"),
+        ({"merge_gap_s": math.inf}, "merge_gap_s must be a finite number"),
     ],
 )
 def test_argument_validation(kwargs: dict[str, Any], match: str) -> None:

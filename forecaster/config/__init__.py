@@ -69,13 +69,18 @@ __all__ = [
 ]
 
 
+#: the camera of a config without ``[[cameras]]``: the built-in scene with about one
+#: injected anomaly a minute (the scene's own default, 0.01, gives about ten)
+DEFAULT_SOURCE = "synthetic:?anomaly_rate=0.0007"
+
+
 class CameraConfig(Section):
     """One camera: an id (used in topics) and a source string."""
 
     id: str = "cam0"
     #: the name the live page shows (the id stays the key); "" = the id
     name: str = ""
-    source: str = "synthetic:"
+    source: str = DEFAULT_SOURCE
     #: rate limit in frames per second; 0 = no limit
     fps: Annotated[Float, Field(ge=0, le=1000)] = 0.0
     #: video files and image folders start again at the end instead of ending the stream
@@ -235,6 +240,9 @@ class ScorerConfig(Section):
     min_off_frames: Annotated[int, Field(ge=1)] = 5
     #: rate of online adaptation of the calibration to the scene (0 = fixed)
     adapt_rate: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+    #: seconds an event that has settled (min_off_frames under threshold_off) stays open
+    #: for a new start: events closer than this merge into one (0 = never merged)
+    merge_gap_s: Annotated[Float, Field(ge=0, le=3600)] = 3.0
 
 
     @model_validator(mode="after")

@@ -79,6 +79,8 @@ class Feed:
 
     camera: str
     ring: FrameRing
+    #: the camera's source string (for the misfit warning's remedy; "": not known)
+    source: str = ""
     epoch: int = 0
     #: frames skipped because the worker was behind (this process)
     dropped: int = 0

@@ -223,6 +223,7 @@ class Supervisor:
             self.health.values[DaemonField.MQTT_LINK] = MqttLink.DOWN  # until it connects
         self._worker_spec = WorkerSpec(
             cameras=tuple(ring_names),
+            sources=tuple(camera.source for camera in config.cameras),
             model_path=str(model_path),
             runtime=config.model.runtime,
             size=(height, width),

@@ -57,6 +57,8 @@ class WorkerSpec:
     #: event recordings (None: off): the board the captures read, the files' names
     recording: RecordingSpec | None = None
     batch_wait_ms: float = 0.0
+    #: each camera's source string, in the order of ``cameras`` (the misfit warning's hint)
+    sources: tuple[str, ...] = ()
 
 
 class Worker(RingReader):
@@ -122,7 +124,8 @@ class Worker(RingReader):
         """Log the camera's model-fit verdict, just made: a warning for a misfit."""
         fit = self.engine.cameras[feed.camera].fit
         if fit.verdict == "misfit":
-            self.log.warning("%s", fit.message(f"camera {feed.camera}", self.model_name))
+            self.log.warning("%s", fit.message(f"camera {feed.camera}", self.model_name,
+                                               feed.source))
         else:
             self.log.info("camera %s: the model fits (median score of the first %d scored "
                           "frames %.2f)", feed.camera, fit.decided_on, fit.median)
@@ -389,10 +392,11 @@ def worker_main(
         stepper = loaded.runner
         engine = loaded.engine(spec.scorer)
         feeds = []
-        for camera, name in spec.cameras:
+        for index, (camera, name) in enumerate(spec.cameras):
             ring = FrameRing.attach(name)
             rings.append(ring)
-            feeds.append(Feed(camera=camera, ring=ring))
+            source = spec.sources[index] if index < len(spec.sources) else ""
+            feeds.append(Feed(camera=camera, ring=ring, source=source))
         publish = spec.publish
         publisher = publisher_from_config(publish)
         if spec.feed_endpoint:
@@ -410,7 +414,7 @@ def worker_main(
             health=health,
             model_name=spec.model_path,
             notes=None if spec.recording is None else EventNotes(
-                [camera for camera, _ in spec.cameras], spec.recording.board),
+                [camera for camera, _ in spec.cameras], spec.recording.board, spec.size),
             batch_wait_s=spec.batch_wait_ms / 1000.0,
         )
         # compile before declaring readiness, so the first frames are not late: one frame

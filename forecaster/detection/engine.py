@@ -53,6 +53,7 @@ def make_scorer(calibration: Mapping[str, Any], config: ScorerConfig) -> Scorer:
         min_on_frames=config.min_on_frames,
         min_off_frames=config.min_off_frames,
         adapt_rate=config.adapt_rate,
+        merge_gap_s=config.merge_gap_s,
     )
 
 
@@ -351,7 +352,7 @@ class InferenceEngine:
             ts = float(stamps[index])
             if cam.prediction is not None and cam.context >= self.window:
                 cue = math.nan if cues is None else float(cues[index])
-                scored = cam.scorer.score(cam.prediction, actual[index], cue)
+                scored = cam.scorer.score(cam.prediction, actual[index], cue, ts)
                 if cam.fit.add(scored.mse):
                     result.fit_decided = True
                 result.messages.append(

@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from forecaster.detection.scorer import MSE_FLOOR, SIGMA_FLOOR
+from forecaster.sources.readers import is_live_source, redact
 
 #: scored frames a verdict is made on (a minute at 10 fps)
 FIT_FRAMES = 600
@@ -72,14 +73,26 @@ class FitCheck:
         self._scores = []
         return True
 
-    def message(self, where: str, model: str) -> str:
-        """The warning for a misfit (one line); ``where``: "camera cam0", "video v1"."""
+    def message(self, where: str, model: str, source: str = "") -> str:
+        """The warning for a misfit (one line); ``where``: "camera cam0", "video v1";
+        ``source``: the camera's source string ("": not known), for the remedy's command."""
         return (
             f"{where}: model {model} does not fit this camera: over its first "
             f"{self.decided_on} scored frames the median prediction error is "
             f"{self.median:.1f} standard deviations above the model's normal error, at or "
             f"above threshold_off ({self.threshold_off:g}), so most frames look anomalous "
             f"(unless the footage is anomalous throughout). Train "
-            f"a model on normal footage of this camera (forecaster train SOURCE --minutes N "
-            f"--out MODEL.keras) and set [model] path"
+            f"a model on normal footage of this camera ({train_hint(source)}) and set "
+            f"[model] path"
         )
+
+
+def train_hint(source: str) -> str:
+    """The command that trains a model on ``source``'s footage: ``--minutes`` records a
+    live camera or stream; a file or folder is read whole."""
+    if not source:
+        return ("forecaster train FILE_OR_FOLDER --out MODEL.keras; for a live camera or "
+                "stream, forecaster train SOURCE --minutes N --out MODEL.keras")
+    if is_live_source(source):
+        return f"forecaster train {redact(source)} --minutes N --out MODEL.keras"
+    return f"forecaster train {source} --out MODEL.keras"

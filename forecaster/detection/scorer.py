@@ -142,8 +142,11 @@ class Scorer:
 
     The anomaly flag turns on once the score is ``>= threshold_on`` for ``min_on_frames``
     consecutive frames (event "start") and off once it is ``< threshold_off`` for
-    ``min_off_frames`` consecutive frames (event "end"). A NaN score leaves both counts
-    and the flag unchanged. With ``adapt_rate > 0`` the calibration follows the scene:
+    ``min_off_frames`` consecutive frames and then stays so for ``merge_gap_s`` seconds of
+    the frames' time (event "end"): an episode that starts again within that gap goes on
+    as the same one (events closer than ``merge_gap_s`` merge), and the flag stays on
+    meanwhile. Frames scored without a time (``ts`` NaN) merge nothing. A NaN score leaves
+    both counts and the flag unchanged. With ``adapt_rate > 0`` the calibration follows the scene:
     after each frame that is neither flagged anomalous nor at or above ``threshold_on``,
     ``mu`` and the variance of the statistic move by an exponential moving update.
     """
@@ -158,6 +161,7 @@ class Scorer:
         min_on_frames: int = 2,
         min_off_frames: int = 5,
         adapt_rate: float = 0.0,
+        merge_gap_s: float = 0.0,
     ) -> None:
         self.mode = resolve_mode(mode, calibration)
         #: the statistic of the patch and fused modes (None: global, ln(mse))
@@ -199,11 +203,15 @@ class Scorer:
             or not 0.0 <= adapt_rate < 1.0
         ):
             raise ValueError(f"adapt_rate must be in [0, 1), got {adapt_rate!r}")
+        if (isinstance(merge_gap_s, bool) or not isinstance(merge_gap_s, (int, float))
+                or not 0.0 <= merge_gap_s < math.inf):
+            raise ValueError(f"merge_gap_s must be a finite number >= 0, got {merge_gap_s!r}")
         self.threshold_on = float(threshold_on)
         self.threshold_off = float(threshold_off)
         self.min_on_frames = min_on_frames
         self.min_off_frames = min_off_frames
         self.adapt_rate = float(adapt_rate)
+        self.merge_gap_s = float(merge_gap_s)
         self._mu = mu
         self._var = sigma * sigma
         self._sigma = max(sigma, SIGMA_FLOOR)
@@ -263,10 +271,13 @@ class Scorer:
         self._off_count = 0
         self._run_peak = -math.inf
         self._peak = -math.inf
+        #: time of the frame the open episode settled at (off for min_off_frames), while it
+        #: waits merge_gap_s for a new start; None when it has not settled
+        self._settled_ts: float | None = None
         if self._statistic is not None:
             self._statistic.reset()
 
-    def score_mse(self, mse: float) -> ScoreResult:
+    def score_mse(self, mse: float, ts: float = math.nan) -> ScoreResult:
         """Score a frame whose mean squared error is already known (global mode only)."""
         if self.mode != "global":
             raise ValueError(
@@ -274,14 +285,15 @@ class Scorer:
                 f"score(predicted, actual)"
             )
         log_mse = math.log(max(mse, MSE_FLOOR)) if not math.isnan(mse) else math.nan
-        return self._judge(mse, log_mse)
+        return self._judge(mse, log_mse, ts)
 
-    def score(self, predicted: np.ndarray, actual: np.ndarray, cue: float = math.nan
-              ) -> ScoreResult:
+    def score(self, predicted: np.ndarray, actual: np.ndarray, cue: float = math.nan,
+              ts: float = math.nan) -> ScoreResult:
         """Score ``actual`` (frame t) against ``predicted`` (made from frame t-1).
 
         Both are float arrays in [0, 1] of the same shape, normally float32 (H, W); ``cue``
-        is frame t's motion cue (fused mode; NaN: none).
+        is frame t's motion cue (fused mode; NaN: none); ``ts`` its time in seconds (for
+        ``merge_gap_s``; NaN: none).
         """
         _check_pair(predicted, actual)
         buffer = self._buffer
@@ -289,7 +301,7 @@ class Scorer:
             buffer = self._buffer = np.empty(predicted.shape, dtype=np.float32)
         mse = _mse(predicted, actual, buffer)  # leaves the squared errors in buffer
         if self._statistic is None:
-            result = self.score_mse(mse)
+            result = self.score_mse(mse, ts)
             if result.score >= self.threshold_off and predicted.ndim == 2:
                 result = replace(result, box=self._boxes(buffer))
             if self._terms_log is not None:
@@ -298,7 +310,7 @@ class Scorer:
         if predicted.ndim != 2:
             raise ValueError(f"{self.mode} mode scores (H, W) frames, got shape "
                              f"{predicted.shape}")
-        result = self._judge(mse, self._statistic(buffer, actual, cue))
+        result = self._judge(mse, self._statistic(buffer, actual, cue), ts)
         if result.score >= self.threshold_off:
             result = replace(result, box=self._boxes(buffer))
         if self._terms_log is not None:
@@ -307,7 +319,7 @@ class Scorer:
             self._terms_log.append(terms)
         return result
 
-    def _judge(self, mse: float, statistic: float) -> ScoreResult:
+    def _judge(self, mse: float, statistic: float, ts: float = math.nan) -> ScoreResult:
         psnr = psnr_from_mse(mse)
         score = (statistic - self._mu) / self._sigma
         event: EventKind | None = None
@@ -323,22 +335,58 @@ class Scorer:
             elif not math.isnan(score):
                 self._on_count = 0
                 self._run_peak = -math.inf
+        elif self._settled_ts is not None:
+            event = self._settled(score, ts)
         else:
             if score > self._peak:
                 self._peak = score
             if score < self.threshold_off:
                 self._off_count += 1
                 if self._off_count >= self.min_off_frames:
-                    self._anomaly = False
-                    self._on_count = 0
-                    self._run_peak = -math.inf
-                    event = "end"
+                    if self.merge_gap_s > 0.0 and math.isfinite(ts):
+                        self._settled_ts = ts  # ends unless it starts again within the gap
+                        self._on_count = 0
+                        self._run_peak = -math.inf
+                    else:
+                        event = self._end()
             elif not math.isnan(score):
                 self._off_count = 0
         peak = self._peak if self._anomaly or event == "end" else math.nan
         if self.adapt_rate > 0.0 and not self._anomaly and score < self.threshold_on:
             self._adapt(statistic)
         return ScoreResult(mse, psnr, score, self._anomaly, event, peak)
+
+    def _end(self) -> EventKind:
+        self._anomaly = False
+        self._settled_ts = None
+        self._on_count = 0
+        self._run_peak = -math.inf
+        return "end"
+
+    def _settled(self, score: float, ts: float) -> EventKind | None:
+        """A frame of an episode that settled: a new start within ``merge_gap_s`` goes on
+        with the episode; the gap passed without one ends it (a run over ``threshold_on``
+        under way goes on counting towards the next start)."""
+        if score >= self.threshold_on:
+            self._on_count += 1
+            self._run_peak = max(self._run_peak, score)
+            if self._on_count >= self.min_on_frames:  # it starts again: the same episode
+                self._peak = max(self._peak, self._run_peak)
+                self._settled_ts = None
+                self._off_count = 0
+                return None
+        elif not math.isnan(score):
+            self._on_count = 0
+            self._run_peak = -math.inf
+        settled = self._settled_ts
+        assert settled is not None
+        if ts < settled:  # the clock went back: the gap counts from here
+            self._settled_ts = ts
+        elif not ts - settled < self.merge_gap_s:  # NaN ts too: nothing to wait for
+            self._anomaly = False
+            self._settled_ts = None
+            return "end"
+        return None
 
     def _adapt(self, statistic: float) -> None:
         rate = self.adapt_rate

@@ -34,7 +34,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from forecaster.offline.preview import PreviewWriter
 from forecaster.offline.replay_feed import DEFAULT_CHUNK, RecordingStepper, feed_chunk
 from forecaster.offline.replay_inputs import ReplayVideo, camera_id, label_mismatch, plan
 from forecaster.offline.replay_results import EpisodeRecord, VideoResult, plot_replay, summarize
+from forecaster.offline.replay_time import VideoClock
 from forecaster.offline.scores_csv import ScoresWriter
 from forecaster.protocol import Event, Forecast, Message, Score, Status
 from forecaster.recording.event_board import EventNotes
@@ -94,10 +95,12 @@ READ_AHEAD_FRAMES = 64
 
 #: a frame as replay's reader makes it: gray at the model size, capture time, the frame at
 #: the motion cue's size (None: no cue), label, the source frame's height and width, the
-#: source frame itself (None unless it is recorded)
+#: source frame itself (None unless it is recorded), its position in the file (None: not
+#: known)
 _Read = tuple[np.ndarray, float, "np.ndarray | None", "int | None", tuple[int, int],
-              "np.ndarray | None"]
-_Frame = tuple[np.ndarray, float, float, "int | None", tuple[int, int], "np.ndarray | None"]
+              "np.ndarray | None", "float | None"]
+_Frame = tuple[np.ndarray, float, float, "int | None", tuple[int, int], "np.ndarray | None",
+               "float | None"]
 
 
 def _read(source: FrameSource, size: tuple[int, int], cue: MotionCue | None,
@@ -110,16 +113,16 @@ def _read(source: FrameSource, size: tuple[int, int], cue: MotionCue | None,
         small = None if cue is None else cue.resize(gray)
         shape = (int(gray.shape[0]), int(gray.shape[1]))
         yield (to_gray_resized(gray, size), frame.ts, small, frame.label, shape,
-               frame.image if keep else None)
+               frame.image if keep else None, frame.pos_s)
 
 
 def _frames(reads: Iterable[_Read], cue: MotionCue | None) -> Iterator[_Frame]:
     """(gray frame at the model size, capture time, motion cue, label, the source frame's
-    height and width, the source frame or None) until the end of the source; the cue as the
-    capture process makes it (NaN without ``cue``)."""
-    for image, ts, small, label, shape, raw in reads:
+    height and width, the source frame or None, its position or None) until the end of the
+    source; the cue as the capture process makes it (NaN without ``cue``)."""
+    for image, ts, small, label, shape, raw, pos in reads:
         value = math.nan if cue is None or small is None else cue.measure(small, shape)
-        yield image, ts, value, label, shape, raw
+        yield image, ts, value, label, shape, raw, pos
 
 
 class Replayer:
@@ -152,7 +155,8 @@ class Replayer:
         chunk = 1 if options.realtime else max(1, options.chunk)
         height, width = self.size
         frames = np.empty((chunk, height, width), np.uint8)
-        stamps = np.empty(chunk, np.float64)
+        stamps = np.empty(chunk, np.float64)  # the frames' times in the video
+        arrivals = np.empty(chunk, np.float64)  # when each was read (for the latency)
         cues = np.empty(chunk, np.float64)
         rows = cue_height(options.scorer.mode, self.model.card.calibration)
         cue = None if rows is None else MotionCue(rows)
@@ -177,6 +181,10 @@ class Replayer:
             seqs = range(first, seq)
             chunk_result = feed_chunk(engine, self.stepper, camera, frames[:count],
                                       seqs, stamps[:count], cues[:count])
+            now = time.time()  # a score's latency: from when its frame was read
+            chunk_result.messages = [
+                replace(m, latency_ms=(now - arrivals[m.seq - first]) * 1000.0)
+                if isinstance(m, Score) else m for m in chunk_result.messages]
             if notes is not None:
                 chunk_result.messages = [notes.note(m) for m in chunk_result.messages]
             if chunk_result.reset:
@@ -226,6 +234,8 @@ class Replayer:
         fps = FALLBACK_FPS
         with source, contextlib.ExitStack() as stack:
             fps = source.nominal_fps or options.fps or FALLBACK_FPS
+            clock = VideoClock(video.uri, fps)
+            result.time_from = "file" if clock.file_time is not None else "position"
             pacer = None
             if options.realtime and not isinstance(source, SyntheticSource):
                 from forecaster.sources.pacing import RateLimiter
@@ -249,7 +259,8 @@ class Replayer:
                     depth = max(READ_AHEAD_FRAMES, chunk) if recorder is None else 8
                     reads = stack.enter_context(ReadAhead(reads, depth=depth,
                                                           name=f"read:{camera}"))
-                for image, ts, value, label, shape, raw in _frames(reads, cue):
+                for image, read_at, value, label, shape, raw, pos in _frames(reads, cue):
+                    ts = clock.ts(seq, pos)
                     if options.preview and preview is None:  # the source's aspect ratio
                         preview = PreviewWriter(options.out / f"{video.camera}.mp4", self.size,
                                                 fps, aspect=shape[1] / shape[0])
@@ -267,6 +278,7 @@ class Replayer:
                         synthetic_labels.append(label)
                     frames[pending] = image
                     stamps[pending] = ts
+                    arrivals[pending] = read_at
                     cues[pending] = value
                     pending += 1
                     seq += 1
@@ -300,7 +312,8 @@ class Replayer:
         cam.fit.finish()
         result.model_fit, result.model_fit_median = cam.fit.verdict, cam.fit.median
         if cam.fit.verdict == "misfit":
-            log.warning("%s", cam.fit.message(f"video {video.name}", str(self.model.path)))
+            log.warning("%s", cam.fit.message(f"video {video.name}", str(self.model.path),
+                                              video.uri))
         if self.publisher is not None:
             end = engine.end_of_stream(camera)  # as the daemon: an open episode ends first
             if end is not None:

@@ -53,6 +53,9 @@ class VideoResult:
     #: each scored frame's two fused terms alone, (the model's error, the motion cue)
     #: (:attr:`forecaster.detection.scorer.Scorer.terms_log`; NaN outside the fused mode)
     terms: list[tuple[float, float]] = field(default_factory=list)
+    #: where the frames' times come from (:mod:`forecaster.offline.replay_time`): "file"
+    #: (the file's own creation time plus the position) or "position" (from 0)
+    time_from: str = "position"
 
     def term_scores(self, column: int) -> np.ndarray:
         """One term of every scored frame (0: the model's, 1: the cue's); NaN if unknown."""
@@ -94,6 +97,7 @@ class VideoResult:
             "anomalous_frames_scored": None if labels is None else int(labels.sum()),
             "auc": auc,
             "auc_undefined": why,
+            "time_from": self.time_from,
             "model_fit": self.model_fit,
             "model_fit_median": (round(self.model_fit_median, 3)
                                  if math.isfinite(self.model_fit_median) else None),

@@ -71,6 +71,8 @@ class Clip:
     peak_seq: int
     peak_score: float
     snapshot: Entry | None = None
+    #: the anomalous region of the peak frame, fractions of its width and height
+    peak_box: tuple[float, float, float, float] | None = None
     end_seq: int | None = None
     end_ts: float | None = None
     end_pos: float | None = None
@@ -89,6 +91,8 @@ class Clip:
     skipped: str = ""
     size: tuple[int, int] | None = None
     codec: str | None = None
+    #: the box drawn on the snapshot, in its pixels (x0, y0, x1, y1)
+    snapshot_box: tuple[int, int, int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -366,7 +370,9 @@ class ClipWriter:
         final = self.folder / clip.stem
         parts = []
         if clip.snapshot is not None:
-            parts.append((final.with_name(f"{final.name}.jpg"), clip.snapshot.jpeg))
+            jpeg, clip.snapshot_box = boxed_snapshot(clip.snapshot.jpeg, clip.peak_box,
+                                                     self.settings.jpeg_quality)
+            parts.append((final.with_name(f"{final.name}.jpg"), jpeg))
         sidecar = final.with_name(f"{final.name}.json")
         parts.append((sidecar, (json.dumps(self._sidecar(clip), indent=2, allow_nan=False)
                                 + "\n").encode("utf-8")))
@@ -388,7 +394,8 @@ class ClipWriter:
                     path.unlink()
             raise
         self.written.append(sidecar)
-        log.info("camera %s: recorded event %s (%d frames%s)", clip.camera, clip.stem,
+        # one line per clip at debug level only: at info, the progress line counts events
+        log.debug("camera %s: recorded event %s (%d frames%s)", clip.camera, clip.stem,
                  clip.frames, f", {clip.cut} cut at the stop" if clip.cut else "")
 
     def _sidecar(self, clip: Clip) -> dict[str, Any]:
@@ -431,7 +438,27 @@ class ClipWriter:
             "frames_cut": clip.cut,
             "truncated": clip.truncated,
             "interrupted": clip.interrupted,
+            "box": list(clip.snapshot_box) if clip.snapshot_box else None,
         }
+
+
+def boxed_snapshot(jpeg: bytes, box: tuple[float, float, float, float] | None, quality: int
+                   ) -> tuple[bytes, tuple[int, int, int, int] | None]:
+    """The snapshot with the anomalous region boxed in red (``box``: fractions of the
+    frame), and the box in its pixels; unchanged without a box."""
+    if box is None:
+        return jpeg, None
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return jpeg, None
+    height, width = image.shape[:2]
+    x0, y0 = round(box[0] * width), round(box[1] * height)
+    x1, y1 = round(box[2] * width) - 1, round(box[3] * height) - 1
+    thickness = max(2, round(width / 240))
+    cv2.rectangle(image, (x0, y0), (x1, y1), (0, 0, 0), thickness + 2)
+    cv2.rectangle(image, (x0, y0), (x1, y1), (40, 40, 255), thickness)
+    ok, data = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
+    return (data.tobytes(), (x0, y0, x1 + 1, y1 + 1)) if ok else (jpeg, None)
 
 
 def _temp_of(path: Path) -> Path:

@@ -44,9 +44,17 @@ class BoardField:
     PEAK_SEQ = 6  # the frame of the highest score since the start
     PEAK_SCORE = 7
     END_PEAK = 8  # peak_score of the "end" event message
+    #: the box of the peak frame's anomalous region, as fractions of the frame's width and
+    #: height (x0, y0, x1, y1); NaN: none
+    BOX_X0 = 9
+    BOX_Y0 = 10
+    BOX_X1 = 11
+    BOX_Y1 = 12
 
 
-BOARD_FIELDS = 9
+BOARD_FIELDS = 13
+NO_BOX = {BoardField.BOX_X0: math.nan, BoardField.BOX_Y0: math.nan,
+          BoardField.BOX_X1: math.nan, BoardField.BOX_Y1: math.nan}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,8 @@ class BoardEntry:
     peak_seq: int
     peak_score: float
     end_peak: float
+    #: the peak frame's box, fractions of the frame (x0, y0, x1, y1); None: none
+    peak_box: tuple[float, float, float, float] | None = None
 
 
 class EventBoard(SharedDoubles):
@@ -100,6 +110,7 @@ class EventBoard(SharedDoubles):
                     peak_seq=int(copy[BoardField.PEAK_SEQ]),
                     peak_score=float(copy[BoardField.PEAK_SCORE]),
                     end_peak=float(copy[BoardField.END_PEAK]),
+                    peak_box=_box(copy),
                 )
         return None
 
@@ -118,16 +129,37 @@ class EventBoard(SharedDoubles):
             row[BoardField.GEN] += 1
 
 
+def _box(row: np.ndarray) -> tuple[float, float, float, float] | None:
+    box = tuple(float(v) for v in row[BoardField.BOX_X0:BoardField.BOX_Y1 + 1])
+    if not all(math.isfinite(v) for v in box):
+        return None
+    return box[0], box[1], box[2], box[3]
+
+
+def box_fields(box: tuple[int, int, int, int] | None, size: tuple[int, int]) -> dict[int, float]:
+    """A score's box (model-frame pixels) as the board's fractions; NaN without one.
+    ``size`` is the model frame's (height, width)."""
+    if box is None:
+        return dict(NO_BOX)
+    height, width = size
+    return {BoardField.BOX_X0: box[0] / width, BoardField.BOX_Y0: box[1] / height,
+            BoardField.BOX_X1: box[2] / width, BoardField.BOX_Y1: box[3] / height}
+
+
 class EventNotes:
     """The worker's side: writes each event on the board and names its files in the event
     messages. ``board`` None (replay): the messages are only annotated."""
 
-    def __init__(self, cameras: Iterable[str], board: EventBoard | None = None) -> None:
+    def __init__(self, cameras: Iterable[str], board: EventBoard | None = None,
+                 size: tuple[int, int] = (64, 64)) -> None:
         self.board = board
+        #: the model frame's (height, width): the scores' boxes are in its pixels
+        self.size = size
         self.index = {camera: i for i, camera in enumerate(cameras)}
         #: camera -> (stem of the open event, highest score since its start)
         self.open: dict[str, tuple[str, float]] = {}
         self.last_score: dict[str, tuple[int, float]] = {}
+        self.last_box: dict[str, tuple[int, int, int, int] | None] = {}
 
     def close_stale(self, camera: str, seq: int) -> None:
         """An event this worker did not start is still open on the board (the previous
@@ -147,19 +179,22 @@ class EventNotes:
         camera = message.camera
         if isinstance(message, Score):
             self.last_score[camera] = (message.seq, message.score)
+            self.last_box[camera] = message.box
             current = self.open.get(camera)
             if current is not None and message.score > current[1]:
                 self.open[camera] = (current[0], message.score)
                 self._write(camera, {BoardField.PEAK_SEQ: message.seq,
-                                     BoardField.PEAK_SCORE: message.score})
+                                     BoardField.PEAK_SCORE: message.score,
+                                     **box_fields(message.box, self.size)})
             return message
         if not isinstance(message, Event):
             return message
         if message.state == "start":
             stem = event_stem(camera, message.seq, message.ts)
             seq, score = self.last_score.get(camera, (message.seq, message.peak_score))
+            box = self.last_box.get(camera)
             if seq != message.seq or not math.isfinite(score):
-                score = message.peak_score
+                score, box = message.peak_score, None
             self.open[camera] = (stem, score)
             index = self.index.get(camera)
             event_id = 0 if self.board is None or index is None else (
@@ -170,7 +205,8 @@ class EventNotes:
                                  BoardField.PEAK_SEQ: message.seq,
                                  BoardField.PEAK_SCORE: score,
                                  BoardField.END_PEAK: math.nan,
-                                 BoardField.EVENT_ID: event_id})
+                                 BoardField.EVENT_ID: event_id,
+                                 **box_fields(box, self.size)})
         else:
             current = self.open.pop(camera, None)
             if current is None:

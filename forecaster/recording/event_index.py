@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_camera ON events (camera, start_ts);
 CREATE INDEX IF NOT EXISTS events_by_start ON events (start_ts);
+CREATE INDEX IF NOT EXISTS events_by_order ON events (COALESCE(start_ts, 0), id);
 """
 
 #: the columns a reader gets, in order
@@ -360,16 +361,20 @@ def reconcile(folder: Path, index: EventIndex, cameras: Iterable[str] | None = N
     None: every camera). See the module's docstring for the rules."""
     wanted = set(cameras) if cameras is not None else None
     on_disk: dict[str, RecordedEvent] = {
-        event.key: event for event in list_events(folder)
-        if wanted is None or event.key.split("/", 1)[0] in wanted}
+        event.key: event for event in list_events(folder, wanted)}
     rows = {row["stem"]: row for row in index.all_rows()
             if wanted is None or row["camera"] in wanted}
     added = updated = removed_rows = interrupted = removed_files = 0
     forget: list[str] = []
     for stem, event in on_disk.items():
-        sidecar = folder / f"{stem}.json"
-        record = read_sidecar(sidecar) if sidecar in event.files else None
+        camera = stem.split("/", 1)[0]
+        names = {f"{camera}/{path.name}" for path in event.files}  # relative to the folder
+        has_sidecar = f"{stem}.json" in names
         row = rows.get(stem)
+        if row is not None and row["clip_state"] != "recording" and has_sidecar \
+                and all(row[k] is None or row[k] in names for k in ("clip", "snapshot")):
+            continue  # settled, and its files are there
+        record = read_sidecar(folder / f"{stem}.json") if has_sidecar else None
         if record is None:  # never finished: its files go, its row stays as interrupted
             for path in event.files:
                 unlink_in(path)
@@ -380,7 +385,7 @@ def reconcile(folder: Path, index: EventIndex, cameras: Iterable[str] | None = N
             continue
         for key in ("clip", "snapshot"):  # only files that are there
             value = record.get(key)
-            if isinstance(value, str) and (folder / value) not in event.files:
+            if isinstance(value, str) and value not in names:
                 record[key] = None
         state = sidecar_state(record)
         values = _from_sidecar(record)

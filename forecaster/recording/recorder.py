@@ -189,7 +189,8 @@ class Recorder:
             clip.snapshot = entry
         self.writer.put("frame", clip, entry)
 
-    def start(self, seq: int, ts: float, score: float = math.nan) -> None:
+    def start(self, seq: int, ts: float, score: float = math.nan,
+              box: tuple[float, float, float, float] | None = None) -> None:
         """An event started at frame ``seq`` (captured at ``ts``) with score ``score``."""
         if self.clip is not None:
             self._finish()
@@ -197,18 +198,20 @@ class Recorder:
         fps = self.fps or self.buffer.frame_rate() or FALLBACK_FPS
         clip = Clip(camera=self.camera, stem=event_stem(self.camera, seq, ts), start_seq=seq,
                     start_ts=ts, start_pos=pos, fps=min(max(fps, 1.0), 240.0),
-                    peak_seq=seq, peak_score=score)
+                    peak_seq=seq, peak_score=score, peak_box=box)
         self.clip = clip
         self.writer.put("open", clip)
         for entry in self.buffer.since(pos - self.pre_span - self._eps):
             self._push(clip, entry)
 
-    def peak(self, seq: int, score: float) -> None:
-        """The event's highest score so far is ``score``, at frame ``seq``."""
+    def peak(self, seq: int, score: float,
+             box: tuple[float, float, float, float] | None = None) -> None:
+        """The event's highest score so far is ``score``, at frame ``seq``; ``box``: where
+        in that frame (fractions of its width and height), drawn on the snapshot."""
         clip = self.clip
         if clip is None or clip.end_seq is not None:
             return
-        clip.peak_seq, clip.peak_score = seq, score
+        clip.peak_seq, clip.peak_score, clip.peak_box = seq, score, box
         entry = self.buffer.find(seq)
         if entry is not None:
             clip.snapshot = entry
@@ -309,12 +312,12 @@ class CaptureRecorder:
             self.event_id = entry.event_id
             self.ended = False
             self.peak_seq = entry.peak_seq
-            recorder.start(entry.start_seq, entry.start_ts, entry.peak_score)
+            recorder.start(entry.start_seq, entry.start_ts, entry.peak_score, entry.peak_box)
         if self.ended:
             return
         if entry.peak_seq != self.peak_seq:
             self.peak_seq = entry.peak_seq
-            recorder.peak(entry.peak_seq, entry.peak_score)
+            recorder.peak(entry.peak_seq, entry.peak_score, entry.peak_box)
         if entry.end_seq >= 0:
             self.ended = True
             recorder.end(entry.end_seq, entry.end_ts, entry.end_peak)

@@ -76,11 +76,14 @@ def _scan(path: Path) -> list[os.DirEntry[str]]:
         return []
 
 
-def list_events(folder: Path) -> list[RecordedEvent]:
+def list_events(folder: Path, cameras: Iterable[str] | None = None) -> list[RecordedEvent]:
     """The events under ``folder`` (``<camera>/<stem>.*``, the recorder's names only; no
-    symbolic link followed), oldest first."""
+    symbolic link followed), oldest first; only those of ``cameras`` when given."""
     groups: dict[str, RecordedEvent] = {}
+    wanted = None if cameras is None else set(cameras)
     for camera in _scan(folder):
+        if wanted is not None and camera.name not in wanted:
+            continue
         if not is_camera_id(camera.name) or not camera.is_dir(follow_symlinks=False):
             continue
         for entry in _scan(Path(camera.path)):

@@ -542,6 +542,15 @@ class SyntheticSource(FrameSource):
 # -- parsing -------------------------------------------------------------------------------
 
 
+def is_live_source(uri: str) -> bool:
+    """Does ``uri`` name a camera or a network stream (not a file, folder or synthetic
+    scene)?"""
+    if uri.lower().startswith(SYNTHETIC_PREFIX):
+        return False
+    return bool(_SCHEME.match(uri)) or (uri.isascii() and uri.isdigit()) or bool(
+        _CAMERA_PATH.match(uri))
+
+
 def open_source(uri: str, *, loop: bool = False) -> FrameSource:
     """The source for a source string (not opened); SourceError for a string that names none."""
     if not isinstance(uri, str) or not uri.strip():

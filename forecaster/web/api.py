@@ -24,10 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -36,6 +39,9 @@ from aiohttp import web
 
 from forecaster.protocol import is_camera_id, loads_bounded
 from forecaster.recording.event_index import EventIndex
+
+log = logging.getLogger("forecaster.web")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: the most events one page may hold
 MAX_LIMIT = 500
@@ -174,14 +180,32 @@ class EventsApi:
         self.cameras = list(cameras)
         self.names = dict(names or {})
         self.zone = zone or local_zone()
+        self._warned_at = -math.inf
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/api/cameras", self._cameras)
-        app.router.add_get("/api/events", self._events)
-        app.router.add_get(r"/api/events/{id:\d+}", self._event)
-        app.router.add_post(r"/api/events/{id:\d+}/{action:ack|dismiss}", self._act_one)
-        app.router.add_post("/api/events/{action:ack|dismiss}", self._act_camera)
+        guarded = self._unreadable_index
+        app.router.add_get("/api/cameras", guarded(self._cameras))
+        app.router.add_get("/api/events", guarded(self._events))
+        app.router.add_get(r"/api/events/{id:\d+}", guarded(self._event))
+        app.router.add_post(r"/api/events/{id:\d+}/{action:ack|dismiss}",
+                            guarded(self._act_one))
+        app.router.add_post("/api/events/{action:ack|dismiss}", guarded(self._act_camera))
         app.on_cleanup.append(self._close)
+
+    def _unreadable_index(self, handler: Handler) -> Handler:
+        """``handler``, answering 503 (one warning a minute in the log) when the index
+        cannot be read or written: a broken or locked file."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except sqlite3.Error as error:
+                now = time.monotonic()
+                if now - self._warned_at >= 60.0:
+                    self._warned_at = now
+                    log.warning("live page: the event index %s cannot be used: %s",
+                                self.index.path if self.index else "", error)
+                return _error(503, f"the event index cannot be used: {error}")
+        return guarded
 
     async def _close(self, _app: web.Application) -> None:
         if self.index is not None:

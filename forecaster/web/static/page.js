@@ -20,8 +20,16 @@ function fmt(value, digits) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
 
+// the date, the time and the time zone (the daemon's, once the API has said it)
 function clock(ts) {
-  return ts ? new Date(ts * 1000).toLocaleString() : "–";
+  if (!ts) return "–";
+  const options = { dateStyle: "medium", timeStyle: "long" };
+  try {
+    if (api && api.tz) return new Date(ts * 1000).toLocaleString(undefined, { ...options, timeZone: api.tz });
+  } catch (error) {
+    // a zone this browser does not know (a UTC offset): its own
+  }
+  return new Date(ts * 1000).toLocaleString(undefined, options);
 }
 
 function ago(seconds) {
