@@ -171,3 +171,18 @@ def test_over_capacity_every_camera_keeps_a_fair_share(tmp_path: Path) -> None:
     assert 0 < mean < 20 * 0.9, rates  # over capacity: not every frame is scored
     assert min(rates) >= 0.8 * mean, rates
     assert log.count("over capacity") == 1, log[-3000:]
+
+
+def test_a_detect_source_that_names_nothing_is_refused_before_the_start(tmp_path: Path) -> None:
+    """check-config (and run) parse detect_source as they parse source: one line, exit 2."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.toml"
+    config.write_text('[[cameras]]\nid = "gate"\nsource = "synthetic:"\n'
+                      f'detect_source = "{tmp_path / "gone.mp4"}"\n')
+    done = subprocess.run([sys.executable, "-m", "forecaster", "check-config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "camera gate: detect_source: video file or image folder not found" in done.stderr
+    assert "gone.mp4" in done.stderr and "Traceback" not in done.stderr
