@@ -121,8 +121,10 @@ def _run(count: int, sources: list[str], fps: float, seconds: float, loop: bool,
                         if len(seen) == count:
                             began = now + SETTLE_S
                         elif now > deadline:
+                            lines = daemon.log().strip().splitlines()[-3:]
                             raise ChildFailed(f"{count} cameras: only {len(seen)} scored "
-                                              f"within {START_S:g} s")
+                                              f"within {START_S:g} s; the daemon's log "
+                                              f"ends: {' | '.join(lines) or 'empty'}")
                         continue
                     if now < began:
                         continue

@@ -4,8 +4,10 @@ It runs in the system's Python (``/usr/bin/python3``), where GStreamer's introsp
 bindings live (Debian: ``python3-gi``, ``gir1.2-gst-rtsp-server-1.0``, and the demuxers and
 parsers of ``gstreamer1.0-plugins-good`` and ``-bad``). The file's H.264 is served as it is,
 not decoded nor encoded again, at the file's own rate, as an IP camera serves its stream.
-Each client gets the file from its start, ``repeats`` times in one stream (the time runs on
-from one to the next, as a camera's does); then the stream ends.
+The clients share one stream, as the viewers of an IP camera do: the file ``repeats``
+times over (the time runs on from one pass to the next, as a camera's does), which a
+client joins where it is; then the stream ends. The server answers each client in a
+thread of its own.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ location = path.replace("\\", "\\\\").replace('"', '\\"')
 # the file again and again, one stream: concat carries the time on from one to the next
 files = " ".join(f'filesrc location="{location}" ! parsebin ! c. ' for _ in range(repeats))
 factory.set_launch(f'( concat name=c ! rtph264pay name=pay0 pt=96 config-interval=1 {files})')
-factory.set_shared(False)
+factory.set_shared(True)
+server.get_thread_pool().set_max_threads(64)
 server.get_mount_points().add_factory("/cam", factory)
 if server.attach(None) == 0:
     print("cannot listen", flush=True)
@@ -79,7 +82,7 @@ def _free_port() -> int:
 
 class RtspServer:
     """Serves ``video`` (H.264 in any container GStreamer reads) at :attr:`url` until closed,
-    ``repeats`` times over in each client's stream."""
+    ``repeats`` times over in one stream that the clients share."""
 
     def __init__(self, video: Path, *, repeats: int = 40, start_timeout_s: float = 30.0) -> None:
         missing = rtsp_server_missing()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Protocol
 
 import cv2
@@ -146,23 +147,44 @@ class OpenCvDecoder:
 
 #: the backends in the order they are tried
 BACKENDS = ("pyav", "opencv")
+#: seconds of a network stream FFmpeg reads to learn its format
+PROBE_S = 1.0
+#: OpenCV is not tried with less of the open timeout left than this
+MIN_OPEN_S = 0.5
 
 
 def open_decoder(uri: str, *, timeout_s: tuple[float, float] | None = None,
                  backend: str | None = None) -> Decoder:
     """``uri`` opened by ``backend`` (one of :data:`BACKENDS`; None: PyAV, else OpenCV);
-    ValueError when none can open it."""
+    ValueError when none can open it.
+
+    With ``timeout_s`` (a network stream), both tries share the open timeout: OpenCV gets
+    what PyAV left of it, so a stream that is down fails within the timeout once, not twice
+    (a capture loop that waits longer would count as stalled). A stream's format is probed
+    for at most :data:`PROBE_S`, not FFmpeg's 5 s: a camera's H.264 says what it is in its
+    first frames."""
     reasons = []
+    started = time.monotonic()
     if backend in (None, "pyav"):
+        options = None
+        if timeout_s is not None:
+            options = {"analyzeduration": str(round(PROBE_S * 1e6))}
+            if uri.lower().startswith("rtsp"):
+                options["rtsp_transport"] = "tcp"
         try:
-            options = {"rtsp_transport": "tcp"} if uri.lower().startswith("rtsp") else None
             return LumaDecoder(uri, timeout_s=timeout_s, options=options)
         except Exception as error:  # any FFmpeg error: OpenCV may still read it
             reasons.append(f"PyAV: {type(error).__name__}")
             log.debug("PyAV cannot open a source (%s)", type(error).__name__)
     if backend in (None, "opencv"):
-        try:
-            return OpenCvDecoder(uri, timeout_s=timeout_s)
-        except ValueError as error:
-            reasons.append(str(error))
+        left = timeout_s
+        if timeout_s is not None:
+            left = (timeout_s[0] - (time.monotonic() - started), timeout_s[1])
+        if left is not None and left[0] < MIN_OPEN_S:
+            reasons.append("no time left to try OpenCV")
+        else:
+            try:
+                return OpenCvDecoder(uri, timeout_s=left)
+            except ValueError as error:
+                reasons.append(str(error))
     raise ValueError("; ".join(reasons))
