@@ -136,6 +136,13 @@ def test_replay_writes_scores_summary_and_timeline(tiny_model: Path, tmp_path: P
         assert set(event) == {"start_seq", "end_seq", "peak_score"}
     png = (out / "timeline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    import av
+
+    from forecaster.recording.h264 import faststart
+
+    assert faststart(out / "synthetic-1.mp4")  # H.264 with its index first: a browser plays it
+    with av.open(str(out / "synthetic-1.mp4")) as container:
+        assert container.streams.video[0].codec_context.codec_tag == "avc1"
     preview = cv2.VideoCapture(str(out / "synthetic-1.mp4"))
     shown, marked = 0, []
     while True:

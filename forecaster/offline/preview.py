@@ -9,6 +9,7 @@ import numpy as np
 
 from forecaster.detection.engine import prediction_to_uint8
 from forecaster.errors import SourceError
+from forecaster.recording.h264 import open_video
 from forecaster.sources.preprocess import to_unit
 
 PREVIEW_HEIGHT = 256
@@ -16,24 +17,23 @@ PANEL_TITLES = ("actual", "forecast", "error")
 
 
 class PreviewWriter:
-    """``actual | forecast | error heat map`` side by side as an mp4v MP4, each panel
+    """``actual | forecast | error heat map`` side by side as an H.264 MP4 that browsers play
+    (:mod:`forecaster.recording.h264`; ``mp4v`` without PyAV), each panel
     upscaled to the source's aspect ratio, labelled, with the frame number and score, and
     marked when the frame is inside a detected anomaly episode (red frame, ANOMALY) or
     labelled anomalous (magenta bar, LABEL)."""
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float,
                  aspect: float | None = None) -> None:
-        import cv2
-
         height, width = size
         self.height = max(height, PREVIEW_HEIGHT // height * height)
         ratio = aspect if aspect is not None and aspect > 0 else width / height
         self.width = max(8, round(self.height * ratio / 2) * 2)
         self.path = path
-        fourcc = cv2.VideoWriter.fourcc(*"mp4v")
-        self._writer = cv2.VideoWriter(str(path), fourcc, fps, (3 * self.width, self.height))
-        if not self._writer.isOpened():
-            raise SourceError(f"cannot write preview video {path} (OpenCV has no mp4v encoder?)")
+        try:
+            self._writer = open_video(path, fps, (3 * self.width, self.height))
+        except OSError as error:
+            raise SourceError(f"cannot write preview video {path}: {error}") from None
 
     def write(self, actual: np.ndarray, predicted: np.ndarray | None, seq: int,
               score: float | None, anomaly: bool = False, label: int | None = None) -> None:
@@ -72,4 +72,7 @@ class PreviewWriter:
         self._writer.write(canvas)
 
     def close(self) -> None:
-        self._writer.release()
+        try:
+            self._writer.close()
+        except OSError as error:
+            raise SourceError(f"cannot write preview video {self.path}: {error}") from None

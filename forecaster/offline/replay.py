@@ -95,10 +95,12 @@ READ_AHEAD_FRAMES = 64
 
 #: a frame as replay's reader makes it: gray at the model size, capture time, the frame at
 #: the motion cue's size (None: no cue), label, the source frame's height and width, the
-#: source frame itself (None unless it is recorded)
+#: source frame itself (None unless it is recorded), its position in the file (None: not
+#: known)
 _Read = tuple[np.ndarray, float, "np.ndarray | None", "int | None", tuple[int, int],
-              "np.ndarray | None"]
-_Frame = tuple[np.ndarray, float, float, "int | None", tuple[int, int], "np.ndarray | None"]
+              "np.ndarray | None", "float | None"]
+_Frame = tuple[np.ndarray, float, float, "int | None", tuple[int, int], "np.ndarray | None",
+               "float | None"]
 
 
 def _read(source: FrameSource, size: tuple[int, int], cue: MotionCue | None,
@@ -111,16 +113,16 @@ def _read(source: FrameSource, size: tuple[int, int], cue: MotionCue | None,
         small = None if cue is None else cue.resize(gray)
         shape = (int(gray.shape[0]), int(gray.shape[1]))
         yield (to_gray_resized(gray, size), frame.ts, small, frame.label, shape,
-               frame.image if keep else None)
+               frame.image if keep else None, frame.pos_s)
 
 
 def _frames(reads: Iterable[_Read], cue: MotionCue | None) -> Iterator[_Frame]:
     """(gray frame at the model size, capture time, motion cue, label, the source frame's
-    height and width, the source frame or None) until the end of the source; the cue as the
-    capture process makes it (NaN without ``cue``)."""
-    for image, ts, small, label, shape, raw in reads:
+    height and width, the source frame or None, its position or None) until the end of the
+    source; the cue as the capture process makes it (NaN without ``cue``)."""
+    for image, ts, small, label, shape, raw, pos in reads:
         value = math.nan if cue is None or small is None else cue.measure(small, shape)
-        yield image, ts, value, label, shape, raw
+        yield image, ts, value, label, shape, raw, pos
 
 
 class Replayer:
@@ -257,8 +259,8 @@ class Replayer:
                     depth = max(READ_AHEAD_FRAMES, chunk) if recorder is None else 8
                     reads = stack.enter_context(ReadAhead(reads, depth=depth,
                                                           name=f"read:{camera}"))
-                for image, read_at, value, label, shape, raw in _frames(reads, cue):
-                    ts = clock.ts(seq)
+                for image, read_at, value, label, shape, raw, pos in _frames(reads, cue):
+                    ts = clock.ts(seq, pos)
                     if options.preview and preview is None:  # the source's aspect ratio
                         preview = PreviewWriter(options.out / f"{video.camera}.mp4", self.size,
                                                 fps, aspect=shape[1] / shape[0])

@@ -1,8 +1,10 @@
 """Replay's clock: a frame's time is its place in the video, not the time of the run.
 
-Frame ``seq`` of a video at ``fps`` frames per second has the time ``origin + seq / fps``:
-its position in the video, from the file's own start time where its container names one
-(``creation_time``, as cameras and phones write it), else from 0 (1970-01-01T00:00:00Z).
+A frame's time is ``origin + position``. The position is the frame's own time stamp in
+the file where the decoder gives one, else ``seq / fps`` (frame ``seq`` at ``fps`` frames
+per second: image folders, the synthetic scene). The origin is the file's own start time
+where its container names one (``creation_time``, as cameras and phones write it), else 0
+(1970-01-01T00:00:00Z).
 Scores, events, ``scores.csv`` and the clips' names and sidecars all use that time, so a
 replay of the same footage gives the same times whenever it runs.
 """
@@ -60,7 +62,7 @@ def file_origin(path: Path) -> float | None:
 
 
 class VideoClock:
-    """The time of each frame of one replayed video: ``origin + seq / fps``."""
+    """The time of each frame of one replayed video: ``origin + position``."""
 
     def __init__(self, uri: str, fps: float) -> None:
         self.fps = fps
@@ -69,5 +71,8 @@ class VideoClock:
         self.file_time = found
         self.origin = found if found is not None else 0.0
 
-    def ts(self, seq: int) -> float:
-        return self.origin + seq / self.fps
+    def ts(self, seq: int, pos_s: float | None = None) -> float:
+        """Frame ``seq``'s time; ``pos_s``: its position in the file, where known."""
+        if pos_s is None or not math.isfinite(pos_s):
+            pos_s = seq / self.fps
+        return self.origin + pos_s
