@@ -1,6 +1,7 @@
 """What each stage of a real camera's frame costs in CPU: decode, gray, resize, cue, clip, model.
 
     python benchmarks/camera_stages.py [--video vtest.avi] [--frames 200] [--rounds 3]
+                                       [--substream 640x360]
 
 Reads the first ``--frames`` frames of the video (by default ``../shared/data/vtest.avi``,
 1280x720 H.264) and times each stage the daemon runs per frame, in CPU time of this
@@ -10,7 +11,9 @@ process (all threads), per frame, the median of ``--rounds`` alternating rounds:
   luma plane (the reader now), with one decoder thread and with FFmpeg's own threads;
 - the resize to the model's 64x64: one area step against the two steps it takes now;
 - the motion cue at 120 rows (resize included), the pre-roll's JPEG at 640 pixels wide
-  (recording on), and the model's one-frame step with the default scorer.
+  (recording on), and the model's one-frame step with the default scorer;
+- with ``--substream WxH``: the same frames scaled to WxH and encoded with libx264 (as a
+  camera's substream, for ``detect_source``), their decoding and their cue.
 """
 
 from __future__ import annotations
@@ -56,11 +59,31 @@ def _pyav_luma(path: str, count: int, threads: bool) -> Callable[[], None]:
     return run
 
 
+def _encode(video: str, path: str, count: int, width: int, height: int) -> None:
+    """The first ``count`` frames of ``video`` scaled to ``width`` x ``height``, encoded with
+    libx264 into ``path`` (25 fps)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(video) as source, av.open(path, "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index, frame in enumerate(source.decode(video=0)):
+            if index == count:
+                break
+            small = frame.reformat(width=width, height=height, format="yuv420p")
+            small.pts, small.time_base = index, Fraction(1, 25)
+            out.mux(stream.encode(small))
+        out.mux(stream.encode(None))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", default=str(ROOT.parent / "shared" / "data" / "vtest.avi"))
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--substream", metavar="WxH", help="also time a substream this size")
     args = parser.parse_args()
     if not Path(args.video).is_file():
         parser.error(f"video not found: {args.video}")
@@ -110,6 +133,26 @@ def main() -> int:
             engine.process("bench", frame[None], [t], [float(t)], np.asarray([0.0]))
 
     model()  # compile the step
+    extra: dict[str, Callable[[], None]] = {}
+    if args.substream:
+        import tempfile
+
+        width, height = (int(part) for part in args.substream.lower().split("x"))
+        path = str(Path(tempfile.mkdtemp()) / "substream.mp4")
+        _encode(args.video, path, count, width, height)
+        decoder = LumaDecoder(path)
+        sub_grays = [np.array(item[0]) for _ in range(count)
+                     if (item := decoder.read()) is not None]
+        decoder.close()
+
+        def sub_cue() -> None:
+            motion = MotionCue(120)
+            for gray in sub_grays:
+                motion(gray)
+
+        extra = {f"decode to the luma plane, {width}x{height} substream":
+                 _pyav_luma(path, len(sub_grays), False),
+                 f"motion cue at 120 rows, {width}x{height} substream": sub_cue}
     stages: dict[str, Callable[[], None]] = {
         "decode + gray, OpenCV (BGR, then gray)": _opencv_gray(args.video, count),
         "decode to the luma plane, PyAV, 1 thread": _pyav_luma(args.video, count, False),
@@ -119,6 +162,7 @@ def main() -> int:
         "motion cue at 120 rows": cue,
         "pre-roll JPEG, gray, 640 wide": jpeg,
         "model step + score (default scorer)": model,
+        **extra,
     }
     samples: dict[str, list[float]] = {name: [] for name in stages}
     for _ in range(args.rounds):

@@ -263,6 +263,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cameras=args.cameras or None,
         camera_seconds=args.camera_seconds,
         camera_fps=args.fps,
+        capture_nice=args.capture_nice,
         rtsp=args.rtsp,
         cameras_per_process=args.cameras_per_process,
         soak_ticks=args.soak_ticks,
@@ -451,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds measured per --cameras run")
     bench.add_argument("--fps", type=_positive_float, default=10.0,
                        help="frames per second of each camera of --cameras with --video")
+    bench.add_argument("--capture-nice", type=int, choices=range(20), metavar="0-19",
+                       help="capture.nice of the --cameras runs with --video (default: the "
+                       "config's default)")
     bench.add_argument("--rtsp", action="store_true",
                        help="with --cameras and --video: each camera reads the video from an "
                        "RTSP server (GStreamer's) started for the run")

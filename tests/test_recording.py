@@ -192,6 +192,8 @@ def test_replay_clips_counts_pre_and_post_roll_in_frames(tmp_path: Path) -> None
         assert sidecar["first_seq"] == max(0, sidecar["start_seq"] - 10)  # 0.4 s at 25 fps
         following = sidecars[index + 1]["start_seq"] if index + 1 < len(sidecars) else 100
         assert sidecar["last_seq"] == min(sidecar["end_seq"] + 5, following, 99)  # 0.2 s
+        x0, y0, x1, y1 = sidecar["box"]  # the peak frame's region, boxed on the snapshot
+        assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 72
 
 
 def frames(count: int) -> list[np.ndarray]:

@@ -82,7 +82,8 @@ def bench_video_cameras(counts: list[int], video: Path, fps: float = 10.0,
                 rows.append(_run(count, [server.url] * count, fps, seconds, False, extra))
         else:
             rows.append(_run(count, [str(video)] * count, fps, seconds, True, extra))
-        rows[-1].update({"video": str(video), "rtsp": rtsp})
+        rows[-1].update({"video": str(video), "rtsp": rtsp,
+                         "capture_nice": (extra or {}).get("capture", {}).get("nice")})
     return rows
 
 
@@ -177,9 +178,11 @@ def format_video_cameras(rows: list[dict[str, Any]]) -> list[str]:
         return []
     first = rows[0]
     how = "over RTSP" if first["rtsp"] else "looped"
+    nice = first.get("capture_nice")
     lines = [
         f"real cameras: {Path(first['video']).name} {how}, {first['fps_per_camera']:g} fps each, "
-        f"default scorer, recording on",
+        f"default scorer, recording on"
+        + ("" if nice is None else f", capture.nice = {nice}"),
         f"{'cameras':>8}{'scored/s':>10}{'of':>6}{'slowest/s':>11}{'x mean':>8}{'dropped':>9}"
         f"{'p50':>9}{'p99':>10}  CPU cores by role",
     ]

@@ -288,6 +288,7 @@ def run_bench(
     cameras: list[int] | None = None,
     camera_seconds: float = 30.0,
     camera_fps: float = 10.0,
+    capture_nice: int | None = None,
     rtsp: bool = False,
     cameras_per_process: int | None = None,
     soak_ticks: int | None = None,
@@ -332,8 +333,10 @@ def run_bench(
     if cameras and video is not None:  # real cameras: each one plays the video
         from forecaster.bench.cameras import bench_video_cameras
 
+        extra = None if capture_nice is None else {"capture": {"nice": capture_nice}}
         report["video_cameras"] = bench_video_cameras(cameras, video, fps=camera_fps,
-                                                      seconds=camera_seconds, rtsp=rtsp)
+                                                      seconds=camera_seconds, rtsp=rtsp,
+                                                      extra=extra)
     elif cameras:
         report["cameras"] = bench_cameras(cameras, seconds=camera_seconds,
                                           per_process=cameras_per_process)
