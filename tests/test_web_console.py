@@ -133,6 +133,7 @@ def test_alarming_cameras_come_first_marked_and_acknowledging_clears_the_bar(
         " && Array.from(d.querySelectorAll('img.panel')).every((i) => i.naturalWidth > 0)"),
         30, "the detail view's panels and chart")
     assert driver.find_element("css selector", "#detail .name").text == "Front gate"
+    driver.save_screenshot(str(OUTPUT / "console-detail.png"))
     driver.find_element("css selector", "#detail .close").click()
     _wait(driver, lambda d: d.execute_script("return document.getElementById('detail').hidden"),
           5, "the detail view to close")
