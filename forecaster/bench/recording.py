@@ -52,6 +52,7 @@ def _run_once(video: Path, mode: str, folder: Path, settings: RecordingConfig,
     """Wall and CPU seconds of one capture run over ``video``, and its frame count."""
     ring = FrameRing.create(f"forecaster_bench{mp.current_process().pid}_rec", 64, 64)
     board = EventBoard(1)
+    folder.mkdir(parents=True, exist_ok=True)  # as the daemon's start makes recording.dir
     recording = None if mode == "off" else RecordingSpec(settings, str(folder), board, "bench")
     spec = CaptureSpec(camera="bench", index=0, source=str(video), ring=ring.name, size=(64, 64),
                        recording=recording)
