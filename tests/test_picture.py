@@ -138,3 +138,19 @@ def test_the_snapshot_is_boxed_where_the_peak_frame_was_anomalous(tmp_path: Path
     assert red[50:105, 156:165].any(axis=1).mean() > 0.9, red[50:105, 156:165]
     assert red[41:50, 170:230].any(axis=0).mean() > 0.9
     assert not red[60:100, 170:230].any() and not red[:35].any()
+
+
+def test_the_page_keeps_the_box_while_the_episode_is_open(ring: FrameRing) -> None:
+    from forecaster.web.live import LiveCamera
+
+    camera = LiveCamera("cam0", FrameRing.attach(ring.name))
+    camera.add_score(Score("cam0", 1, 1.0, 0.01, 20.0, 2.5, False, 3.0, box=(0, 0, 8, 8)))
+    assert camera.state()["box"] == [0, 0, 8, 8]  # the page draws it once the episode opens
+    camera.add_score(Score("cam0", 2, 1.1, 0.01, 20.0, 6.0, True, 3.0, box=(8, 8, 24, 20)))
+    camera.add_score(Score("cam0", 3, 1.2, 0.01, 20.0, 1.0, True, 3.0))  # a quiet frame
+    state = camera.state()
+    assert state["box"] == [8, 8, 24, 20] and state["anomaly"]
+    assert state["frame_size"] == [64, 64] and state["last_frame_ts"] is None  # no frame yet
+    camera.add_score(Score("cam0", 4, 1.3, 0.01, 20.0, 0.5, False, 3.0))  # the episode ended
+    assert camera.state()["box"] is None
+    camera.picture.close()

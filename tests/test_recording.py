@@ -192,6 +192,8 @@ def test_replay_clips_counts_pre_and_post_roll_in_frames(tmp_path: Path) -> None
         assert sidecar["first_seq"] == max(0, sidecar["start_seq"] - 10)  # 0.4 s at 25 fps
         following = sidecars[index + 1]["start_seq"] if index + 1 < len(sidecars) else 100
         assert sidecar["last_seq"] == min(sidecar["end_seq"] + 5, following, 99)  # 0.2 s
+        x0, y0, x1, y1 = sidecar["box"]  # the peak frame's region, boxed on the snapshot
+        assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 72
 
 
 def frames(count: int) -> list[np.ndarray]:
@@ -252,7 +254,8 @@ def names(folder: Path) -> list[str]:
     return [event.key for event in list_events(folder)]
 
 
-def test_retention_deletes_the_oldest_events_first_under_each_limit(tmp_path: Path) -> None:
+def test_retention_deletes_the_oldest_events_first_under_each_limit(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     day = 86_400.0
 
     def e(index: int) -> str:  # an event's name as the recorder gives it
@@ -266,8 +269,13 @@ def test_retention_deletes_the_oldest_events_first_under_each_limit(tmp_path: Pa
     stale.write_bytes(b"x" * 10)
     os.utime(stale, (time.time() - 2 * 3600,) * 2)
     # maximum age: the two events older than 30 days, all their files
-    swept = Retention(tmp_path, max_age_s=30 * day).sweep()
+    with caplog.at_level("INFO", logger="forecaster.recording"):
+        swept = Retention(tmp_path, max_age_s=30 * day).sweep()
     assert swept.deleted == [f"cam1/{e(8)}", f"cam0/{e(0)}", f"cam1/{e(1)}"]
+    # one line for the sweep, not one per event
+    assert [r.getMessage() for r in caplog.records] == [
+        f"recording retention: deleted 3 event(s) in {tmp_path} (1 left behind by an "
+        f"interrupted writer, 2 older than max_age_days)"]
     assert names(tmp_path) == [f"cam0/{e(2)}", f"cam1/{e(3)}", f"cam0/{e(4)}", f"cam0/{e(9)}"]
     assert not list(tmp_path.glob(f"*/{e(0)}.*"))
     # maximum total size: 10,150 bytes per event, room for two

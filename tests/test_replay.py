@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -486,3 +488,34 @@ def test_replay_times_are_the_position_in_the_video_or_the_files_own_time(
             stem = time.strftime("%Y%m%d-%H%M%S", time.gmtime(sidecar["start_ts"]))
             assert sidecar["clip"].split("/")[1].startswith(f"{stem}-{sidecar['start_seq']}.")
             assert stem.startswith(day)
+
+
+@pytest.mark.timeout(180)
+def test_merge_gap_merges_the_replays_events_closer_than_it(tmp_path: Path) -> None:
+    """Through the real engine: events whose gap (from one's settling frame to the next
+    one's start, in the video's time) is under ``merge_gap_s`` become one, which ends
+    ``merge_gap_s`` after the last one settled."""
+    from forecaster.config import parse_config
+
+    fps, gap_s = 25.0, 1.02  # between two frames' times: no gap equals it
+    source = "synthetic:?seed=1&anomaly_rate=0.2&frames=400&fps=0"
+    found = {}
+    for gap in (0.0, gap_s):
+        config = parse_config({"scorer": {"merge_gap_s": gap}})
+        summary = replay_command([source], out=tmp_path / f"gap{gap}", config=config, fps=fps,
+                                 progress=False)
+        found[gap] = [(e["start_seq"], e["end_seq"]) for e in summary["videos"][0]["events"]]
+    apart = found[0.0]
+    assert len(apart) >= 3, apart
+    gaps = [(b[0] - a[1]) / fps for a, b in itertools.pairwise(apart) if a[1]]
+    assert any(g < gap_s for g in gaps) and any(g >= gap_s for g in gaps), gaps
+    expected: list[tuple[int, int | None]] = []
+    for start, end in apart:
+        if expected and expected[-1][1] is not None and (start - expected[-1][1]) / fps < gap_s:
+            expected[-1] = (expected[-1][0], end)  # merged: the earlier one goes on
+        else:
+            expected.append((start, end))
+    wait = math.ceil(gap_s * fps)  # an event ends gap_s after it settled, if the video lasts
+    expected = [(start, None if end is None or end + wait > 399 else end + wait)
+                for start, end in expected]
+    assert found[gap_s] == expected, (apart, found[gap_s])

@@ -7,7 +7,9 @@ here from the synthetic scene) into a real ring, three ways, interleaved and rep
 - ``preroll``: recording on, no event: every frame is scaled to ``max_width`` and
   JPEG-encoded into the pre-roll buffer;
 - ``event``: an event open the whole time: every frame also goes to the clip writer
-  thread, which decodes it and writes the MP4.
+  thread, which decodes it and writes the MP4 (H.264, as the daemon does);
+- ``event-mp4v``: the same with OpenCV's MPEG-4 Part 2 encoder (the fallback without
+  PyAV), to weigh H.264's cost in the same run.
 
 Per frame: the loop's wall time (read and decode the file, convert, write the ring, the
 recorder's work) and the process's CPU time (all threads: the writer's included), with
@@ -30,10 +32,11 @@ from forecaster.ipc.channels import Flag, Outbox, channel_address
 from forecaster.ipc.health import CameraField
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.event_board import BoardField, EventBoard
+from forecaster.recording.h264 import CODEC, FALLBACK_CODEC, Mp4vWriter, encoder_problem
 from forecaster.recording.recorder import RecordingSpec
 from forecaster.sources.synthetic import SyntheticScene
 
-MODES = ("off", "preroll", "event")
+MODES = ("off", "preroll", "event", "event-mp4v")
 
 
 def write_video(path: Path, frames: int, width: int, height: int, fps: float = 25.0) -> None:
@@ -49,6 +52,7 @@ def _run_once(video: Path, mode: str, folder: Path, settings: RecordingConfig,
     """Wall and CPU seconds of one capture run over ``video``, and its frame count."""
     ring = FrameRing.create(f"forecaster_bench{mp.current_process().pid}_rec", 64, 64)
     board = EventBoard(1)
+    folder.mkdir(parents=True, exist_ok=True)  # as the daemon's start makes recording.dir
     recording = None if mode == "off" else RecordingSpec(settings, str(folder), board, "bench")
     spec = CaptureSpec(camera="bench", index=0, source=str(video), ring=ring.name, size=(64, 64),
                        recording=recording)
@@ -57,7 +61,11 @@ def _run_once(video: Path, mode: str, folder: Path, settings: RecordingConfig,
         capture = Capture(spec, ring, notify, stop)
         capture.health.set(0, CameraField.WORKER_SEQ, 1e15)  # no worker to wait for at the end
         capture.open()
-        if mode == "event":  # an event open from the first frame to past the last
+        if mode == "event-mp4v":
+            recorder = getattr(capture.recorder, "recorder", None)
+            if recorder is not None:
+                recorder.writer.open_video = Mp4vWriter
+        if mode.startswith("event"):  # an event open from the first frame to past the last
             board.write(0, {BoardField.START_SEQ: 0, BoardField.START_TS: time.time(),
                             BoardField.PEAK_SEQ: 0, BoardField.PEAK_SCORE: 5.0,
                             BoardField.END_SEQ: 1e9, BoardField.END_TS: time.time() + 1e6,
@@ -97,14 +105,15 @@ def bench_recording(frames: int = 200, width: int = 1280, height: int = 720,
     }
     return {"source": f"{width}x{height} mp4v file, {frames} frames", "repeats": repeats,
             "max_width": settings.max_width, "jpeg_quality": settings.jpeg_quality,
+            "clip_codec": FALLBACK_CODEC if encoder_problem() else CODEC,
             "clip_frames": clip_frames, "modes": rows}
 
 
 def format_recording(report: dict[str, Any]) -> list[str]:
-    lines = [f"capture per frame with recording ({report['source']}; clips at most "
-             f"{report['max_width']} px, JPEG quality {report['jpeg_quality']}; best of "
+    lines = [f"capture per frame with recording ({report['source']}; {report['clip_codec']} "
+             f"clips at most {report['max_width']} px, JPEG quality {report['jpeg_quality']}; best of "
              f"{report['repeats']}):"]
     for mode, row in report["modes"].items():
-        lines.append(f"  {mode:<8}{row['wall_ms_per_frame']:>7.2f} ms wall ({row['wall_ratio']:.2f}x)"
+        lines.append(f"  {mode:<11}{row['wall_ms_per_frame']:>7.2f} ms wall ({row['wall_ratio']:.2f}x)"
                      f"{row['cpu_ms_per_frame']:>8.2f} ms CPU ({row['cpu_ratio']:.2f}x)")
     return lines

@@ -245,7 +245,8 @@ class Replayer:
                 folder = options.out / "events"
                 recorder = Recorder(camera, folder, options.clips, model=str(self.model.path),
                                     fps=fps, retention=Retention(
-                                        folder, min_free_bytes=options.clips.min_free_mb * MB))
+                                        folder, min_free_bytes=options.clips.min_free_mb * MB),
+                                    box_size=self.size)
                 notes = EventNotes([camera])
             bar = tqdm(total=video.expected_frames, desc=camera, unit="frame",
                        file=sys.stderr, disable=None if options.progress else True,

@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class ClipWriter:
         self.folder = folder
         #: the event index: a row per event, from its start to its files
         self.index = index
+        #: opens each clip's video file (H.264, or mp4v without PyAV)
+        self.open_video: Callable[[Path, float, tuple[int, int]], VideoWriter] = open_video
         #: wait for room instead of dropping (replay: nothing is real-time)
         self.block = block
         self.retention = retention
@@ -305,7 +308,7 @@ class ClipWriter:
             temp = self._temp(clip)
             temp.parent.mkdir(parents=True, exist_ok=True)
             try:
-                writer = open_video(temp, clip.fps, (width, height))
+                writer = self.open_video(temp, clip.fps, (width, height))
             except OSError as error:
                 clip.skipped = "writer"
                 log.warning("camera %s: cannot write clip %s: %s", clip.camera, temp, error)

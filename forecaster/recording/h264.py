@@ -29,9 +29,10 @@ log = logging.getLogger("forecaster.recording")
 CODEC = "avc1"
 #: the fallback's codec (OpenCV, no PyAV)
 FALLBACK_CODEC = "mp4v"
-#: libx264's settings: a fast preset (the writer thread shares the capture process's
-#: core), constant quality, one thread (several clips may be written at once)
-X264_OPTIONS = {"preset": "veryfast", "crf": "23"}
+#: libx264's settings: constant quality, and a fast preset, as the writer thread shares the
+#: capture process's core: on 640x360 street footage "superfast" takes about twice the CPU
+#: of OpenCV's mp4v for less than half the bytes (benchmarks/clip_presets.py)
+X264_OPTIONS = {"preset": "superfast", "crf": "23"}
 
 
 class VideoWriter(Protocol):

@@ -126,8 +126,11 @@ class Recorder:
 
     def __init__(self, camera: str, folder: Path, settings: RecordingConfig, *, model: str,
                  fps: float | None = None, retention: Retention | None = None,
-                 lag_s: float = LAG_S, index: EventIndex | None = None) -> None:
+                 lag_s: float = LAG_S, index: EventIndex | None = None,
+                 box_size: tuple[int, int] | None = None) -> None:
         self.camera = camera
+        #: the model frame's (height, width), in whose pixels the scores' boxes are (replay)
+        self.box_size = box_size
         self.folder = folder
         self.settings = settings
         self.fps = fps
@@ -157,18 +160,27 @@ class Recorder:
         """A frame and the messages about it, in order (replay: nothing is late)."""
         self.add(entry)
         score = math.nan
+        box = None
         for message in messages:
             if isinstance(message, Score):
                 score = message.score
+                box = self._fractions(message.box)
                 clip = self.clip
                 if (clip is not None and clip.end_seq is None and math.isfinite(score)
                         and not score <= clip.peak_score):
-                    self.peak(message.seq, score)
+                    self.peak(message.seq, score, box)
             elif isinstance(message, Event):
                 if message.state == "start":
-                    self.start(message.seq, message.ts, score)
+                    self.start(message.seq, message.ts, score, box)
                 else:
                     self.end(message.seq, message.ts, message.peak_score)
+
+    def _fractions(self, box: tuple[int, int, int, int] | None
+                   ) -> tuple[float, float, float, float] | None:
+        if box is None or self.box_size is None:
+            return None
+        height, width = self.box_size
+        return box[0] / width, box[1] / height, box[2] / width, box[3] / height
 
     def add(self, entry: Entry) -> None:
         self.buffer.append(entry)

@@ -7,6 +7,7 @@ links and what they point to are never counted nor deleted."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -133,6 +134,8 @@ class Retention:
         self.max_age_s = max_age_s
         self.max_total_bytes = max_total_bytes
         self.min_free_bytes = min_free_bytes
+        #: why the events of the sweep under way were deleted, and how many for each
+        self._reasons: collections.Counter[str] = collections.Counter()
 
     @classmethod
     def from_config(cls, folder: Path, config: RecordingConfig,
@@ -151,6 +154,7 @@ class Retention:
         now = time.time() if now is None else now
         keep = set(keep)
         deleted: list[str] = []
+        self._reasons = collections.Counter()
         events = []
         for event in list_events(self.folder):
             if event.key in keep:
@@ -173,6 +177,10 @@ class Retention:
         while events and free < self.min_free_bytes:
             self._delete(events.pop(0), deleted, "under min_free_mb free")
             free = self.free_bytes()
+        if deleted:  # one line a sweep (each event at debug level)
+            log.info("recording retention: deleted %d event(s) in %s (%s)", len(deleted),
+                     self.folder, ", ".join(f"{count} {why}"
+                                            for why, count in self._reasons.items()))
         if self.index is not None:
             index = self.index
             if deleted:
@@ -185,7 +193,8 @@ class Retention:
         for path in event.files:
             unlink_in(path)
         deleted.append(event.key)
-        log.info("recording retention: deleted event %s (%s)", event.key, why)
+        self._reasons[why] += 1
+        log.debug("recording retention: deleted event %s (%s)", event.key, why)
 
 
 def unlink_in(path: Path) -> None:

@@ -141,6 +141,8 @@ class LiveCamera:
         #: scores received since the start (viewers remember how many they were sent)
         self.score_count = 0
         self.last_score: Score | None = None
+        #: the anomalous region of the newest frame that had one, while its episode is open
+        self.box: tuple[int, int, int, int] | None = None
         self.status: Status | None = None
         self.forecasts: OrderedDict[int, np.ndarray] = OrderedDict()
         self.panels: Panels | None = None
@@ -158,6 +160,11 @@ class LiveCamera:
         self.scores.append((score.ts, score.seq, score.score))
         self.score_count += 1
         self.last_score = score
+        # the box stays while the episode is open, through its frames without one
+        if score.box is not None:
+            self.box = score.box
+        elif not score.anomaly:
+            self.box = None
         while self.scores and self.scores[0][0] < score.ts - HISTORY_S:
             self.scores.popleft()
 
@@ -250,7 +257,7 @@ class LiveCamera:
             "score": _finite(score.score) if score else None,
             "anomaly": score.anomaly if score else False,
             "seq": score.seq if score else None,
-            "box": list(score.box) if score is not None and score.box else None,
+            "box": list(self.box) if self.box is not None else None,
             "frame_size": [self.ring.width, self.ring.height],
             "last_frame_ts": last_frame,
         }

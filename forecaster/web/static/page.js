@@ -532,8 +532,10 @@ heatToggle.addEventListener("change", () => {
   document.body.classList.toggle("no-heat", !heatToggle.checked);
   localStorage.setItem("forecaster.heat", heatToggle.checked ? "on" : "off");
 });
+// every camera with events to acknowledge, or an episode open (its event may be newer
+// than the last count)
 $("#ack-all").addEventListener("click", () =>
-  acknowledge(order.filter((id) => unacked(id) > 0)));
+  acknowledge(order.filter((id) => unacked(id) > 0 || openEpisode(id))));
 $("#detail .close").addEventListener("click", closeDetail);
 document.addEventListener("keydown", (e) => { if (e.key === "Escape" && detailCam) closeDetail(); });
 window.addEventListener("hashchange", fromHash);
