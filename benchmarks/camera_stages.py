@@ -1,7 +1,7 @@
 """What each stage of a real camera's frame costs in CPU: decode, gray, resize, cue, clip, model.
 
     python benchmarks/camera_stages.py [--video vtest.avi] [--frames 200] [--rounds 3]
-                                       [--substream 640x360]
+                                       [--substream 640x360] [--cue-variants]
 
 Reads the first ``--frames`` frames of the video (by default ``../shared/data/vtest.avi``,
 1280x720 H.264) and times each stage the daemon runs per frame, in CPU time of this
@@ -13,16 +13,22 @@ process (all threads), per frame, the median of ``--rounds`` alternating rounds:
 - the motion cue at 120 rows (resize included), the pre-roll's JPEG at 640 pixels wide
   (recording on), and the model's one-frame step with the default scorer;
 - with ``--substream WxH``: the same frames scaled to WxH and encoded with libx264 (as a
-  camera's substream, for ``detect_source``), their decoding and their cue.
+  camera's substream, for ``detect_source``), their decoding and their cue;
+- with ``--cue-variants``: the optical flow alone on the cue's frames (120 rows), as the cue
+  computes it (Farneback, the default's parameters) and cheaper candidates (fewer levels
+  or iterations, a smaller window, OpenCV's DIS flow): their cost only, not their
+  detection quality, which the detection protocol measures.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,12 +84,52 @@ def _encode(video: str, path: str, count: int, width: int, height: int) -> None:
         out.mux(stream.encode(None))
 
 
+def _flow_variants(frames: list[np.ndarray]) -> dict[str, Callable[[], None]]:
+    """Optical flows between consecutive ``frames``: the cue's Farneback and candidates."""
+    import cv2
+
+    from forecaster.detection.flow import FARNEBACK
+
+    def farneback(levels: int, window: int, iterations: int) -> Callable[[], None]:
+        scale, _, _, _, poly_n, poly_sigma = FARNEBACK
+        farneback_flow: Any = cv2.calcOpticalFlowFarneback
+
+        def run() -> None:
+            for before, after in itertools.pairwise(frames):
+                farneback_flow(before, after, None, scale, levels, window, iterations, poly_n,
+                               poly_sigma, 0)
+
+        return run
+
+    def dis(preset: int) -> Callable[[], None]:
+        flow = cv2.DISOpticalFlow.create(preset)
+
+        def run() -> None:
+            for before, after in itertools.pairwise(frames):
+                flow.calc(before, after, None)
+
+        return run
+
+    _, levels, window, iterations, _, _ = FARNEBACK
+    return {
+        f"flow: Farneback {levels} levels, window {window}, {iterations} iterations (the cue's)":
+            farneback(levels, window, iterations),
+        "flow: Farneback 2 levels": farneback(2, window, iterations),
+        "flow: Farneback 2 iterations": farneback(levels, window, 2),
+        "flow: Farneback window 9": farneback(levels, 9, iterations),
+        "flow: DIS, medium preset": dis(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM),
+        "flow: DIS, fast preset": dis(cv2.DISOPTICAL_FLOW_PRESET_FAST),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", default=str(ROOT.parent / "shared" / "data" / "vtest.avi"))
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--substream", metavar="WxH", help="also time a substream this size")
+    parser.add_argument("--cue-variants", action="store_true",
+                        help="also time cheaper optical flows than the cue's")
     args = parser.parse_args()
     if not Path(args.video).is_file():
         parser.error(f"video not found: {args.video}")
@@ -153,6 +199,11 @@ def main() -> int:
         extra = {f"decode to the luma plane, {width}x{height} substream":
                  _pyav_luma(path, len(sub_grays), False),
                  f"motion cue at 120 rows, {width}x{height} substream": sub_cue}
+    if args.cue_variants:
+        from forecaster.detection.flow import cue_size
+
+        size = cue_size(grays[0].shape[0], grays[0].shape[1], 120)
+        extra.update(_flow_variants([to_gray_resized(g, size) for g in grays]))
     stages: dict[str, Callable[[], None]] = {
         "decode + gray, OpenCV (BGR, then gray)": _opencv_gray(args.video, count),
         "decode to the luma plane, PyAV, 1 thread": _pyav_luma(args.video, count, False),
