@@ -187,3 +187,66 @@ def test_a_detect_source_that_names_nothing_is_refused_before_the_start(tmp_path
     assert done.returncode == 2, done.stderr
     assert "camera gate: detect_source: video file or image folder not found" in done.stderr
     assert "gone.mp4" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_colour_video_is_recorded_in_colour(tmp_path: Path) -> None:
+    """The model sees the luma; the clip and the snapshot keep the camera's colours (the
+    supervisor asks for colour when recordings or the page are on)."""
+    import json
+    import multiprocessing as mp
+    import time
+
+    import cv2
+    import numpy as np
+
+    from forecaster.config import RecordingConfig
+    from forecaster.daemon.capture import Capture, CaptureSpec
+    from forecaster.ipc.channels import Flag, Outbox, channel_address
+    from forecaster.ipc.health import CameraField
+    from forecaster.ipc.ring import FrameRing
+    from forecaster.recording.event_board import BoardField, EventBoard
+    from forecaster.recording.recorder import RecordingSpec
+    from forecaster.sources.synthetic import SyntheticScene
+
+    video = tmp_path / "tinted.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (320, 240))
+    scene = SyntheticScene(seed=3, width=320, height=240)
+    for index in range(40):
+        gray = scene.frame(index)
+        writer.write(np.dstack([gray, gray // 3, np.full_like(gray, 30)]))  # blue, no red
+    writer.release()
+    folder = tmp_path / "events"
+    folder.mkdir()
+    ring = FrameRing.create(f"forecaster_test{mp.current_process().pid}_colour", 64, 64)
+    board = EventBoard(1)
+    recording = RecordingSpec(RecordingConfig(pre_s=0.5, post_s=0.2), str(folder), board, "t")
+    spec = CaptureSpec(camera="cam0", index=0, source=str(video), ring=ring.name, size=(64, 64),
+                       recording=recording, color=True)
+    notify = Outbox(channel_address(f"test{mp.current_process().pid}", "colour"))
+    try:
+        capture = Capture(spec, ring, notify, Flag(mp.get_context("spawn")))
+        capture.health.set(0, CameraField.WORKER_SEQ, 1e15)  # no worker to wait for at the end
+        capture.open()
+        now = time.time()
+        board.write(0, {BoardField.START_SEQ: 5, BoardField.START_TS: now,
+                        BoardField.PEAK_SEQ: 10, BoardField.PEAK_SCORE: 5.0,
+                        BoardField.END_SEQ: 30, BoardField.END_TS: now + 1,
+                        BoardField.END_PEAK: 5.0, BoardField.EVENT_ID: 1})
+        capture.run()
+        assert ring.latest_seq >= 39  # the model's frames: gray 64x64, written for each frame
+    finally:
+        notify.close()
+        ring.close()
+        ring.unlink()
+    sidecars = sorted(folder.glob("cam0/*.json"))
+    assert sidecars, sorted(p.name for p in folder.rglob("*"))
+    sidecar = json.loads(sidecars[0].read_text())
+    clip = cv2.VideoCapture(str(sidecars[0].parent / Path(sidecar["clip"]).name))
+    ok, frame = clip.read()
+    clip.release()
+    assert ok and frame.shape[2] == 3
+    assert frame[..., 0].mean() > frame[..., 2].mean() + 15, "the clip lost its colours"
+    snapshot = cv2.imread(str(sidecars[0].parent / Path(sidecar["snapshot"]).name))
+    assert snapshot is not None
+    assert snapshot[..., 0].mean() > snapshot[..., 2].mean() + 15, "the snapshot is gray"

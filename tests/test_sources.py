@@ -495,3 +495,29 @@ def test_a_shrink_in_two_steps_is_within_a_grey_level_of_one_area_resize() -> No
     small = image[:240, :360]
     np.testing.assert_array_equal(to_gray_resized(small, (64, 64)),
                                   cv2.resize(small, (64, 64), interpolation=cv2.INTER_AREA))
+
+
+def test_a_video_whose_frames_are_recorded_keeps_its_colours(tmp_path: Path) -> None:
+    """``color=True`` (recordings or the page on): BGR frames, as written; without it the
+    luma plane, gray. The gray frame the model sees is the same within a few levels."""
+    path = tmp_path / "tinted.avi"
+    height, width = 120, 160
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (width, height))
+    assert writer.isOpened(), "this OpenCV build cannot write MJPG/AVI"
+    scene = SyntheticScene(seed=2, width=width, height=height)
+    written = []
+    for index in range(8):
+        gray = scene.frame(index)
+        frame = np.dstack([gray, gray // 2, np.full_like(gray, 40)])  # blue over red
+        writer.write(frame)
+        written.append(frame)
+    writer.release()
+    colour = read_all(FileSource(path, color=True))
+    plain = read_all(FileSource(path))
+    assert len(colour) == len(plain) == 8
+    assert colour[3].shape == (height, width, 3) and plain[3].shape == (height, width)
+    assert np.abs(colour[3].astype(int) - written[3].astype(int)).mean() < 6
+    blue, red = colour[3][..., 0].mean(), colour[3][..., 2].mean()
+    assert blue > red + 20, (blue, red)
+    assert np.abs(cv2.cvtColor(colour[3], cv2.COLOR_BGR2GRAY).astype(int)
+                  - plain[3].astype(int)).mean() < 4

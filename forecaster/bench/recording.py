@@ -55,7 +55,7 @@ def _run_once(video: Path, mode: str, folder: Path, settings: RecordingConfig,
     folder.mkdir(parents=True, exist_ok=True)  # as the daemon's start makes recording.dir
     recording = None if mode == "off" else RecordingSpec(settings, str(folder), board, "bench")
     spec = CaptureSpec(camera="bench", index=0, source=str(video), ring=ring.name, size=(64, 64),
-                       recording=recording)
+                       recording=recording, color=recording is not None)
     notify = Outbox(channel_address(f"bench{mp.current_process().pid}", "none"))
     try:
         capture = Capture(spec, ring, notify, stop)

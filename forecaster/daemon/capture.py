@@ -54,6 +54,8 @@ class CaptureSpec:
     detect_source: str | None = None
     #: the live page's picture of the camera is at most this wide (``recording.max_width``)
     picture_width: int = 640
+    #: the frames of ``source`` are recorded or shown on the page: decode them in colour
+    color: bool = False
 
 
 class Backoff:
@@ -102,12 +104,14 @@ class Capture:
         self._skipped_seen = 0
         self._down: str | None = None
         self._reconnected = False
-        self.source: FrameSource = open_source(spec.detect_source or spec.source, loop=spec.loop)
+        self.source: FrameSource = open_source(
+            spec.detect_source or spec.source, loop=spec.loop,
+            color=spec.color and spec.detect_source is None)
         self.recorder = open_recorder(spec.recording, spec.camera, spec.index)
         #: with a detection stream, the main source, read for the recordings only
         self.main = None if spec.detect_source is None or spec.recording is None else (
             LatestFrameReader(spec.source, name=f"main:{spec.camera}", loop=spec.loop,
-                              fps=spec.fps, reconnect_max_s=spec.reconnect_max_s))
+                              fps=spec.fps, reconnect_max_s=spec.reconnect_max_s, color=spec.color))
         #: the source frame for the live page, written only while a page is open
         self.picture = PictureSlot(ring)
 

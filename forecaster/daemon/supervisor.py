@@ -250,6 +250,7 @@ class Supervisor:
                 log_level=config.log_level,
                 cue_height=cue_rows,
                 recording=recording, picture_width=config.recording.max_width,
+                color=recording is not None or config.web.enabled,
             )
             for index, (camera, (_, name)) in enumerate(
                 zip(config.cameras, ring_names, strict=True)

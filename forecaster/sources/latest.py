@@ -25,8 +25,8 @@ class LatestFrameReader:
     """Reads ``uri`` in a thread named ``name``; :meth:`latest` is its newest frame."""
 
     def __init__(self, uri: str, *, name: str, loop: bool = False, fps: float = 0.0,
-                 reconnect_max_s: float = RECONNECT_MAX_S) -> None:
-        self.source: FrameSource = open_source(uri, loop=loop)
+                 reconnect_max_s: float = RECONNECT_MAX_S, color: bool = False) -> None:
+        self.source: FrameSource = open_source(uri, loop=loop, color=color)
         self.fps = fps
         self.reconnect_max_s = reconnect_max_s
         self.log = logging.getLogger(f"forecaster.capture.{name}")

@@ -9,6 +9,10 @@ at about two thirds of the CPU per frame. A frame in a
 format without a luma plane (RGB, palette, more than 8 bits) is converted to gray by
 FFmpeg's swscale instead.
 
+A source whose frames are also recorded or shown (``color=True``) is decoded to BGR
+instead, so that clips, snapshots and the page's picture keep the camera's colours; its
+gray frame is then made from the BGR one, as with OpenCV.
+
 Where PyAV cannot open a source, :func:`open_decoder` falls back to OpenCV's FFmpeg
 backend, which decodes to BGR.
 """
@@ -69,13 +73,16 @@ def _fps(value: float | None) -> float | None:
 
 
 class LumaDecoder:
-    """A video file or stream decoded by PyAV, one decoder thread, to gray frames."""
+    """A video file or stream decoded by PyAV, one decoder thread, to gray frames (to BGR
+    frames with ``color``)."""
 
     backend = "pyav"
 
     def __init__(self, uri: str, *, timeout_s: tuple[float, float] | None = None,
-                 options: dict[str, str] | None = None) -> None:
+                 options: dict[str, str] | None = None, color: bool = False) -> None:
         import av
+
+        self.color = color
 
         self._av = av
         self.container = av.open(uri, timeout=timeout_s, options=options or {})
@@ -112,7 +119,8 @@ class LumaDecoder:
         if frame is None:
             return None
         index, self._index = self._index, self._index + 1
-        return luma(frame), index / self.nominal_fps if self.nominal_fps else frame.time
+        image = frame.to_ndarray(format="bgr24") if self.color else luma(frame)
+        return image, index / self.nominal_fps if self.nominal_fps else frame.time
 
     def close(self) -> None:
         self.container.close()
@@ -154,7 +162,7 @@ MIN_OPEN_S = 0.5
 
 
 def open_decoder(uri: str, *, timeout_s: tuple[float, float] | None = None,
-                 backend: str | None = None) -> Decoder:
+                 backend: str | None = None, color: bool = False) -> Decoder:
     """``uri`` opened by ``backend`` (one of :data:`BACKENDS`; None: PyAV, else OpenCV);
     ValueError when none can open it.
 
@@ -162,7 +170,8 @@ def open_decoder(uri: str, *, timeout_s: tuple[float, float] | None = None,
     what PyAV left of it, so a stream that is down fails within the timeout once, not twice
     (a capture loop that waits longer would count as stalled). A stream's format is probed
     for at most :data:`PROBE_S`, not FFmpeg's 5 s: a camera's H.264 says what it is in its
-    first frames."""
+    first frames. ``color``: PyAV decodes to BGR, not to the luma plane (OpenCV always
+    does)."""
     reasons = []
     started = time.monotonic()
     if backend in (None, "pyav"):
@@ -172,7 +181,7 @@ def open_decoder(uri: str, *, timeout_s: tuple[float, float] | None = None,
             if uri.lower().startswith("rtsp"):
                 options["rtsp_transport"] = "tcp"
         try:
-            return LumaDecoder(uri, timeout_s=timeout_s, options=options)
+            return LumaDecoder(uri, timeout_s=timeout_s, options=options, color=color)
         except Exception as error:  # any FFmpeg error: OpenCV may still read it
             reasons.append(f"PyAV: {type(error).__name__}")
             log.debug("PyAV cannot open a source (%s)", type(error).__name__)
