@@ -143,15 +143,23 @@ def test_reconcile_settles_rows_and_files_left_by_a_crash(tmp_path: Path) -> Non
     (tmp_path / "cam" / "19700112-134700-9.mp4").write_bytes(b"no sidecar")
     # an event open at a crash before it wrote anything
     index.opened("other", "other/19700112-134800-3", 3, 1_000_380.0)
-    # a broken sidecar: its files go
+    # a finished event whose sidecar was damaged (a power cut after its rename): its
+    # snapshot stays and is indexed from its name; its leftover temporary file goes
     (tmp_path / "cam" / "19700112-135000-1.json").write_text("{not json")
     (tmp_path / "cam" / "19700112-135000-1.jpg").write_bytes(b"x")
+    (tmp_path / "cam" / ".19700112-135000-1.jpg.tmp").write_bytes(b"x")
     result = reconcile(tmp_path, index)
-    assert (result.added, result.removed_rows, result.interrupted) == (1, 1, 3)
-    assert result.removed_files == 4
+    assert (result.added, result.removed_rows, result.interrupted) == (2, 1, 3)
+    assert result.removed_files == 3
     rows = {row["stem"]: row for row in check_agree(tmp_path)}
     assert set(rows) == {kept["stem"], orphan["stem"], "cam/19700112-134640-7",
-                         "cam/19700112-134700-9", "other/19700112-134800-3"}
+                         "cam/19700112-134700-9", "other/19700112-134800-3",
+                         "cam/19700112-135000-1"}
+    damaged = rows["cam/19700112-135000-1"]
+    assert (tmp_path / "cam" / "19700112-135000-1.jpg").is_file()
+    assert (damaged["clip_state"], damaged["clip"], damaged["snapshot"]) == (
+        "interrupted", None, "cam/19700112-135000-1.jpg")
+    assert damaged["start_ts"] == 1_000_200.0 and damaged["start_seq"] == 1
     assert rows[orphan["stem"]]["clip_state"] == "ready"
     assert rows[orphan["stem"]]["clip"] == orphan["clip"]
     for stem in ("cam/19700112-134640-7", "cam/19700112-134700-9", "other/19700112-134800-3"):
@@ -241,3 +249,37 @@ def test_a_daemon_killed_mid_clip_leaves_index_and_folder_agreeing_at_the_next_s
         assert rows[row["stem"]]["clip_state"] == "interrupted"
         assert rows[row["stem"]]["clip"] is None
     assert not reconcile(folder, EventIndex(folder)).changed  # nothing left to settle
+
+
+def test_a_damaged_index_is_set_aside_and_made_again_from_the_sidecars(tmp_path: Path) -> None:
+    from forecaster.recording.event_index import reconcile_at_start
+
+    index = EventIndex(tmp_path)
+    record(tmp_path, index, 10, 20).close()
+    (stem,) = [row["stem"] for row in index.all_rows()]
+    index.close()
+    index_path(tmp_path).write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{index_path(tmp_path)}{suffix}").unlink(missing_ok=True)
+    result = reconcile_at_start(tmp_path)
+    assert result is not None and result.added == 1
+    assert [row["stem"] for row in check_agree(tmp_path)] == [stem]
+    aside = list(tmp_path.glob("events.db.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+
+
+def test_a_failed_commit_does_not_keep_the_write_lock(tmp_path: Path) -> None:
+    """A COMMIT that fails (here a deferred constraint; a full disk in the field) leaves
+    no transaction open: the other processes' writes go on."""
+    index = EventIndex(tmp_path)
+    db = index._connect()
+    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("CREATE TEMP TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TEMP TABLE child (pid INTEGER REFERENCES parent (id) "
+               "DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError), index._tx() as tx:
+        tx.execute("INSERT INTO child VALUES (5)")  # fails at the COMMIT
+    other = EventIndex(tmp_path)
+    other.opened("cam", "cam/19700112-134640-7", 7, 1_000_300.0)
+    index.opened("cam", "cam/19700112-134641-8", 8, 1_000_301.0)
+    assert len(other.all_rows()) == 2

@@ -158,12 +158,16 @@ def test_events_page_filter_and_fields(tmp_path: Path) -> None:
         status, answer = server.call("GET", f"/api/events/{newest['id']}")
         assert status == 200 and answer["event"]["id"] == newest["id"]
         assert server.call("GET", "/api/events/99999")[0] == 404
+        # an id no SQLite row can have is no event either, not a server error
+        assert server.call("GET", "/api/events/" + "9" * 25)[0] == 404
+        assert server.call("POST", "/api/events/" + "9" * 25 + "/ack")[0] == 404
 
 
 @pytest.mark.parametrize(("query", "expected"), [
     ("limit=0", "limit: must be 1-500 (got 0)"),
     ("limit=x", "limit: not a whole number ('x')"),
     ("since=yesterday", "since: not a time"),
+    ("since=0001-01-01", "since: a time out of range"),
     ("camera=../x", "camera: not a camera id ('../x')"),
     ("include_dismissed=maybe", "include_dismissed: must be 0 or 1"),
     ("colour=red", "unknown parameter 'colour'"),

@@ -65,6 +65,8 @@ class CapacityWatch:
                 self.fps, before, counts, strict=True):
             if not running:
                 continue
+            if captured1 < captured0 or processed1 < processed0:
+                return None  # a restarted worker or capture counts from 0: no judgement
             delivered = (captured1 - captured0) / seconds
             offered += fps if fps > 0 else delivered
             rate = (processed1 - processed0) / seconds

@@ -1,7 +1,8 @@
 """Replay's clock: a frame's time is its place in the video, not the time of the run.
 
-A frame's time is ``origin + position``. The position is the frame's own time stamp in
-the file where the decoder gives one, else ``seq / fps`` (frame ``seq`` at ``fps`` frames
+A frame's time is ``origin + position``. The position is the frame's index at the file's
+nominal frame rate where the decoder knows one (containers such as AVI give B-frames no
+usable time stamp of their own), else its time stamp in the file, else ``seq / fps`` (frame ``seq`` at ``fps`` frames
 per second: image folders, the synthetic scene). The origin is the file's own start time
 where its container names one (``creation_time``, as cameras and phones write it), else 0
 (1970-01-01T00:00:00Z).

@@ -15,11 +15,16 @@ files of an event that was never finished (no sidecar) are removed. After a cras
 index and the folder agree again from the next start on.
 
 An index that cannot be written (a locked or broken file) never stops a recording: the
-problem is logged once and the files are still written; the next start reconciles.
+problem is logged once and the files are still written; the next start reconciles. A
+damaged index file is set aside at the daemon's start (``events.db.damaged-<time>``) and
+made again from the sidecars; its acknowledgements are lost. A sidecar that cannot be read
+(damaged by a power cut) keeps its clip and snapshot: the event is indexed from their
+names, as interrupted.
 """
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import json
 import logging
@@ -33,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forecaster.recording.retention import RecordedEvent, list_events, unlink_in
+from forecaster.recording.retention import RecordedEvent, event_file, list_events, unlink_in
 
 log = logging.getLogger("forecaster.recording")
 
@@ -137,10 +142,17 @@ class EventIndex:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # a failed COMMIT (a full disk) may leave the transaction open, and with it
+                # the write lock: every process's next write would wait and fail
+                try:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    db.close()  # the next use connects again
+                    self._db = None
                 raise
-            db.execute("COMMIT")
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -375,6 +387,11 @@ def reconcile(folder: Path, index: EventIndex, cameras: Iterable[str] | None = N
                 and all(row[k] is None or row[k] in names for k in ("clip", "snapshot")):
             continue  # settled, and its files are there
         record = read_sidecar(folder / f"{stem}.json") if has_sidecar else None
+        if record is None and has_sidecar:  # finished, but its sidecar was damaged (a
+            # power cut after its rename): the clip and snapshot stay, the event is indexed
+            # from their names as interrupted, only its temporary files go
+            record = _damaged_sidecar(stem, names, event.files)
+            removed_files += _remove_temporary(event.files)
         if record is None:  # never finished: its files go, its row stays as interrupted
             for path in event.files:
                 unlink_in(path)
@@ -414,6 +431,34 @@ def reconcile(folder: Path, index: EventIndex, cameras: Iterable[str] | None = N
     return result
 
 
+def _damaged_sidecar(stem: str, names: set[str], files: Iterable[Path]) -> dict[str, Any]:
+    """What the file names of an event whose sidecar cannot be read tell of it."""
+    camera, name = stem.split("/", 1)
+    record: dict[str, Any] = {"camera": camera, "interrupted": True}
+    try:  # <YYYYmmdd-HHMMSS>-<seq>, in UTC
+        record["start_ts"] = float(calendar.timegm(
+            time.strptime(name.rsplit("-", 1)[0], "%Y%m%d-%H%M%S")))
+        record["start_seq"] = int(name.rsplit("-", 1)[1])
+    except (ValueError, OverflowError):
+        pass
+    for key, suffix in (("clip", ".mp4"), ("snapshot", ".jpg")):
+        if f"{stem}{suffix}" in names:
+            record[key] = f"{stem}{suffix}"
+    log.warning("event index: the sidecar of %s cannot be read (damaged); its clip and "
+                "snapshot are kept and indexed as interrupted", stem)
+    return record
+
+
+def _remove_temporary(files: Iterable[Path]) -> int:
+    removed = 0
+    for path in files:
+        named = event_file(path.name)
+        if named is not None and named[1]:
+            unlink_in(path)
+            removed += 1
+    return removed
+
+
 def _mark_interrupted(index: EventIndex, stem: str) -> None:
     with index._tx() as db:
         db.execute("UPDATE events SET clip_state = 'interrupted', clip = NULL, snapshot = NULL "
@@ -425,10 +470,33 @@ def reconcile_at_start(folder: Path) -> Reconciled | None:
     reconciled with the whole folder; None when the index cannot be used (logged)."""
     index = EventIndex(folder)
     try:
+        try:
+            return reconcile(folder, index)
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError):  # locked, unwritable: not damaged
+                raise
+            index.close()
+            aside = set_aside(index.path)
+            log.warning("event index %s is damaged (%s): moved to %s and made again from the "
+                        "recordings' sidecars (acknowledgements in it are lost)", index.path,
+                        error, aside.name)
         result: Reconciled | None = index.quietly("reconcile", reconcile, folder, index)
         return result
+    except sqlite3.Error as error:
+        log.warning("event index %s: cannot reconcile: %s (the recordings go on; the next "
+                    "start tries again)", index.path, error)
+        return None
     finally:
         index.close()
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged index (and its WAL files) to ``<name>.damaged-<time>``."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside
 
 
 def index_exists(folder: Path) -> bool:

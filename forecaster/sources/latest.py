@@ -76,6 +76,7 @@ class LatestFrameReader:
             try:
                 frame = source.read()
             except (SourceDisconnected, RuntimeError) as error:
+                self._latest = None  # no stale picture in clips while the source is down
                 if not source.live:
                     self.log.error("main source failed: %s", error)
                     break
@@ -84,7 +85,12 @@ class LatestFrameReader:
                     break
                 continue
             except SourceError as error:
+                self._latest = None
                 self.log.error("main source failed: %s", error)
+                break
+            except Exception as error:  # an unforeseen decoder error: said, not silent
+                self._latest = None
+                self.log.error("main source failed: %s: %s", type(error).__name__, error)
                 break
             if frame is None:
                 break  # the end of a file that does not loop: the last frame stays

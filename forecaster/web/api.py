@@ -113,9 +113,12 @@ def parse_time(name: str, value: str) -> float:
     except ValueError:
         raise BadParameter(f"{name}: not a time: seconds since the epoch or an ISO 8601 "
                            f"date ({value[:40]!r})") from None
-    if when.tzinfo is None:
-        when = when.astimezone()
-    return when.timestamp()
+    try:
+        if when.tzinfo is None:
+            when = when.astimezone()
+        return when.timestamp()
+    except (ValueError, OverflowError, OSError):  # a year the clock cannot hold
+        raise BadParameter(f"{name}: a time out of range ({value[:40]!r})") from None
 
 
 def _int(name: str, value: str, low: int, high: int) -> int:
@@ -186,8 +189,9 @@ class EventsApi:
         guarded = self._unreadable_index
         app.router.add_get("/api/cameras", guarded(self._cameras))
         app.router.add_get("/api/events", guarded(self._events))
-        app.router.add_get(r"/api/events/{id:\d+}", guarded(self._event))
-        app.router.add_post(r"/api/events/{id:\d+}/{action:ack|dismiss}",
+        # ids: SQLite's whole numbers (up to 2**63 - 1, 19 digits); a longer one is no event
+        app.router.add_get(r"/api/events/{id:\d{1,18}}", guarded(self._event))
+        app.router.add_post(r"/api/events/{id:\d{1,18}}/{action:ack|dismiss}",
                             guarded(self._act_one))
         app.router.add_post("/api/events/{action:ack|dismiss}", guarded(self._act_camera))
         app.on_cleanup.append(self._close)
@@ -277,7 +281,12 @@ class EventsApi:
             raise web.HTTPForbidden(text=f"403: a POST from another origin {origin[:80]!r}\n")
         if request.content_length is not None and request.content_length > MAX_BODY:
             raise BadParameter(f"body: more than {MAX_BODY} bytes")
-        body = await request.content.read(MAX_BODY + 1)
+        body = b""
+        while len(body) <= MAX_BODY:  # read() gives what has arrived: read to the end
+            chunk = await request.content.read(MAX_BODY + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
         if len(body) > MAX_BODY:
             raise BadParameter(f"body: more than {MAX_BODY} bytes")
         if not body.strip():

@@ -2,7 +2,7 @@
 // cameras' names and unacknowledged events come from /api/cameras.
 "use strict";
 
-const cams = {};          // camera id -> {tile, imgs, urls, points, state, ...}
+const cams = Object.create(null);  // camera id -> {tile, imgs, urls, points, state, ...}
 let order = [];           // camera ids in the daemon's order
 let settings = null;      // the server's hello: thresholds, image rate
 let socket = null;
@@ -11,7 +11,7 @@ let clockOffset = 0;      // browser clock minus the daemon's (s)
 let detailCam = null;     // the camera open in the detail view
 let api = null;           // the last /api/cameras answer; null: none (yet, or no API)
 let liveEvents = [];      // the feed's recent events
-const localAcks = {};     // without the API: camera -> the newest event id acknowledged here
+const localAcks = Object.create(null);  // without the API: camera -> the newest event id acknowledged here
 const STALE_S = 3;        // a camera without a frame for this long is shown as stale
 
 function $(sel, root) { return (root || document).querySelector(sel); }
