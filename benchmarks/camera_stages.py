@@ -160,9 +160,8 @@ def main() -> int:
     from forecaster.detection.flow import MotionCue
     from forecaster.logs import import_tensorflow_quietly
     from forecaster.model.artifact import bundled_model_path
-    from forecaster.recording.recorder import scaled
     from forecaster.sources.luma import LumaDecoder
-    from forecaster.sources.preprocess import to_gray_resized
+    from forecaster.sources.preprocess import scaled, to_gray_resized
 
     import_tensorflow_quietly()
     decoder = LumaDecoder(args.video)

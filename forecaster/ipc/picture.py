@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from forecaster.ipc.ring import HEADER_FIELD, FrameRing
+from forecaster.sources.preprocess import scaled
 
 META_BYTES = 32
 #: how long one request for pictures lasts (the web process renews it while a page is open)
@@ -35,15 +36,6 @@ class Picture:
     seq: int
     ts: float
     jpeg: bytes
-
-
-def scaled(image: np.ndarray, max_width: int) -> np.ndarray:
-    """``image`` scaled down (aspect kept) to at most ``max_width`` pixels wide."""
-    height, width = image.shape[:2]
-    if width <= max_width:
-        return image
-    new_height = max(1, round(height * max_width / width))
-    return cv2.resize(image, (max_width, new_height), interpolation=cv2.INTER_AREA)
 
 
 class PictureSlot:

@@ -50,6 +50,7 @@ from forecaster.recording.clip_writer import Clip, ClipWriter, Entry
 from forecaster.recording.event_board import EventBoard, event_stem
 from forecaster.recording.event_index import EventIndex, reconcile
 from forecaster.recording.retention import MB, Retention
+from forecaster.sources.preprocess import scaled
 
 log = logging.getLogger("forecaster.recording")
 
@@ -64,15 +65,6 @@ FALLBACK_FPS = 25.0
 
 
 # ---------------------------------------------------------------------------- frames
-
-
-def scaled(image: np.ndarray, max_width: int) -> np.ndarray:
-    """``image`` scaled down (aspect kept) to at most ``max_width`` pixels wide."""
-    height, width = image.shape[:2]
-    if width <= max_width:
-        return image
-    new_height = max(1, round(height * max_width / width))
-    return cv2.resize(image, (max_width, new_height), interpolation=cv2.INTER_AREA)
 
 
 class PrerollBuffer:

@@ -83,3 +83,12 @@ def parse_size(text: str) -> Size:
     if not frame_size_fits(height, width):
         raise ValueError(f"size must be at least 16x16 and divisible by 4, got {text!r}")
     return height, width
+
+
+def scaled(image: np.ndarray, max_width: int) -> np.ndarray:
+    """``image`` scaled down (aspect kept) to at most ``max_width`` pixels wide."""
+    height, width = image.shape[:2]
+    if width <= max_width:
+        return image
+    new_height = max(1, round(height * max_width / width))
+    return cv2.resize(image, (max_width, new_height), interpolation=cv2.INTER_AREA)
