@@ -9,8 +9,8 @@ process (all threads), per frame, the median of ``--rounds`` alternating rounds:
 
 - decoding: OpenCV's FFmpeg into BGR, then BGR-to-gray (the reader before), against PyAV's
   luma plane (the reader with recordings and the page off), with one decoder thread and
-  with FFmpeg's own threads, and PyAV's BGR then gray (the reader when a camera's frames
-  are recorded or shown, the default);
+  with FFmpeg's own threads, and PyAV's BGR with the luma plane (the reader when a
+  camera's frames are recorded or shown, the default);
 - the resize to the model's 64x64: one area step against the two steps it takes now;
 - the motion cue at 120 rows (resize included), the pre-roll's JPEG at 640 pixels wide
   (recording on), and the model's one-frame step with the default scorer;
@@ -68,17 +68,14 @@ def _pyav_luma(path: str, count: int, threads: bool) -> Callable[[], None]:
 
 
 def _pyav_colour(path: str, count: int) -> Callable[[], None]:
-    """PyAV decoding to BGR (a camera whose frames are recorded or shown), then to gray."""
-    import cv2
-
+    """PyAV decoding to BGR and the luma plane (a camera whose frames are recorded or
+    shown: BGR for them, the luma plane for the model)."""
     from forecaster.sources.luma import LumaDecoder
 
     def run() -> None:
         decoder = LumaDecoder(path, color=True)
         for _ in range(count):
-            decoded = decoder.read()
-            if decoded is not None:
-                cv2.cvtColor(decoded[0], cv2.COLOR_BGR2GRAY)
+            decoder.read()
         decoder.close()
 
     return run
@@ -226,7 +223,7 @@ def main() -> int:
         "decode + gray, OpenCV (BGR, then gray)": _opencv_gray(args.video, count),
         "decode to the luma plane, PyAV, 1 thread": _pyav_luma(args.video, count, False),
         "decode to the luma plane, PyAV, FFmpeg's threads": _pyav_luma(args.video, count, True),
-        "decode to BGR, PyAV, 1 thread, then gray (colour)": _pyav_colour(args.video, count),
+        "decode to BGR and the luma plane, PyAV (colour)": _pyav_colour(args.video, count),
         "resize to 64x64, one area step": resize_one_step,
         "resize to 64x64, two steps (now)": resize_two_steps,
         "motion cue at 120 rows": cue,

@@ -28,7 +28,7 @@ from forecaster.ipc.ring import FrameRing
 from forecaster.recording.recorder import RecordingSpec, open_recorder
 from forecaster.sources.latest import LatestFrameReader
 from forecaster.sources.pacing import RateLimiter
-from forecaster.sources.preprocess import to_gray, to_gray_resized
+from forecaster.sources.preprocess import to_gray_resized
 from forecaster.sources.readers import FrameSource, open_source
 
 
@@ -244,7 +244,7 @@ class Capture:
                     self.ring.count_rate_limited()
                     continue
                 self.limiter.admit(now)
-                gray = to_gray(frame.image)  # once, for the model's size and the cue's
+                gray = frame.gray_image()  # once, for the model's size and the cue's
                 image = to_gray_resized(gray, spec.size)
                 cue = math.nan if self.cue is None else self.cue(gray)
                 seq = self.ring.write(image, frame.ts, cue)

@@ -20,7 +20,7 @@ from forecaster.detection.flow import MotionCue
 from forecaster.errors import DataError
 from forecaster.protocol import camera_safe
 from forecaster.sources.files import special_file
-from forecaster.sources.preprocess import to_gray, to_gray_resized
+from forecaster.sources.preprocess import to_gray_resized
 from forecaster.sources.readers import (
     SYNTHETIC_PREFIX,
     FolderSource,
@@ -157,7 +157,7 @@ def read_video_cues(
             frame = source.read()
             if frame is None:
                 break
-            gray = to_gray(frame.image)  # once, for the model's size and the cue's
+            gray = frame.gray_image()  # once, for the model's size and the cue's
             images.append(to_gray_resized(gray, (height, width)))
             labels.append(frame.label)
             if cue is not None:

@@ -62,7 +62,7 @@ from forecaster.protocol import Event, Forecast, Message, Score, Status
 from forecaster.recording.event_board import EventNotes
 from forecaster.recording.recorder import Entry, Recorder
 from forecaster.recording.retention import MB, Retention
-from forecaster.sources.preprocess import to_gray, to_gray_resized
+from forecaster.sources.preprocess import to_gray_resized
 from forecaster.sources.read_ahead import ReadAhead
 from forecaster.sources.readers import SYNTHETIC_PREFIX, FrameSource, SyntheticSource, open_source
 
@@ -109,7 +109,7 @@ def _read(source: FrameSource, size: tuple[int, int], cue: MotionCue | None,
     and the cue's (stateless: replay runs it in a thread, ahead of the rest); ``keep``: pass
     the source frame on too (for event clips)."""
     while (frame := source.read()) is not None:
-        gray = to_gray(frame.image)  # once, for the model's size and the cue's
+        gray = frame.gray_image()  # once, for the model's size and the cue's
         small = None if cue is None else cue.resize(gray)
         shape = (int(gray.shape[0]), int(gray.shape[1]))
         yield (to_gray_resized(gray, size), frame.ts, small, frame.label, shape,

@@ -11,7 +11,8 @@ FFmpeg's swscale instead.
 
 A source whose frames are also recorded or shown (``color=True``) is decoded to BGR
 instead, so that clips, snapshots and the page's picture keep the camera's colours; its
-gray frame is then made from the BGR one, as with OpenCV.
+gray frame is still the luma plane, so the model sees the same frames either way (live
+and replayed scores stay equal).
 
 Where PyAV cannot open a source, :func:`open_decoder` falls back to OpenCV's FFmpeg
 backend, which decodes to BGR.
@@ -36,13 +37,18 @@ LUMA_FORMATS = frozenset({
 })
 
 
+#: a decoded frame: its image, its position in seconds, and its luma plane where the image
+#: is in colour and the decoder has one (None: the gray frame is the image made gray)
+Decoded = tuple[np.ndarray, float | None, np.ndarray | None]
+
+
 class Decoder(Protocol):
-    """An open video: ``read()`` gives (image, position in seconds) until None at the end."""
+    """An open video: ``read()`` gives :data:`Decoded` frames until None at the end."""
 
     backend: str
     nominal_fps: float | None
 
-    def read(self) -> tuple[np.ndarray, float | None] | None: ...
+    def read(self) -> Decoded | None: ...
 
     def close(self) -> None: ...
 
@@ -112,15 +118,18 @@ class LumaDecoder:
                 continue  # a damaged packet: the next keyframe decodes again
             yield from frames
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
+    def read(self) -> Decoded | None:
         """The next frame and its position: its index at the nominal frame rate (containers
         such as AVI give B-frames no usable time of their own), else the frame's time."""
         frame = next(self._frames, None)
         if frame is None:
             return None
         index, self._index = self._index, self._index + 1
-        image = frame.to_ndarray(format="bgr24") if self.color else luma(frame)
-        return image, index / self.nominal_fps if self.nominal_fps else frame.time
+        pos = index / self.nominal_fps if self.nominal_fps else frame.time
+        gray = luma(frame)  # the same gray frame with colour or without
+        if self.color:
+            return frame.to_ndarray(format="bgr24"), pos, gray
+        return gray, pos, None
 
     def close(self) -> None:
         self.container.close()
@@ -142,12 +151,12 @@ class OpenCvDecoder:
             raise ValueError("OpenCV cannot open it")
         self.nominal_fps = _fps(self.capture.get(cv2.CAP_PROP_FPS))
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
+    def read(self) -> Decoded | None:
         ok, image = self.capture.read()
         if not ok or image is None:
             return None
         pos = self.capture.get(cv2.CAP_PROP_POS_MSEC)
-        return image, (pos / 1000.0 if math.isfinite(pos) else None)
+        return image, (pos / 1000.0 if math.isfinite(pos) else None), None
 
     def close(self) -> None:
         self.capture.release()

@@ -31,7 +31,8 @@ import numpy as np
 
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.sources.files import special_file
-from forecaster.sources.luma import BACKENDS, Decoder, open_decoder
+from forecaster.sources.luma import BACKENDS, Decoded, Decoder, open_decoder
+from forecaster.sources.preprocess import to_gray
 from forecaster.sources.synthetic import SyntheticScene
 
 __all__ = [
@@ -74,6 +75,13 @@ class SourceFrame:
     cut: bool = False
     #: seconds from the start of the file or stream, where the source knows it
     pos_s: float | None = None
+    #: the gray frame as decoded (a video's luma plane) where ``image`` is in colour
+    gray: np.ndarray | None = None
+
+    def gray_image(self) -> np.ndarray:
+        """The gray frame the model and the cue see: the decoder's own where it gave one,
+        else the image made gray."""
+        return self.gray if self.gray is not None else to_gray(self.image)
 
 
 class FrameSource(abc.ABC):
@@ -240,7 +248,7 @@ class StreamSource(FrameSource):
             raise SourceDisconnected(
                 f"stream {redact(self.uri)} stopped delivering frames (closed, or nothing "
                 f"within {self.read_timeout_s:g} s)")
-        return SourceFrame(decoded[0], time.time(), pos_s=decoded[1])
+        return SourceFrame(decoded[0], time.time(), pos_s=decoded[1], gray=decoded[2])
 
     def close(self) -> None:
         if self._decoder is not None:
@@ -267,7 +275,7 @@ class FileSource(FrameSource):
         #: decode to BGR (frames recorded or shown), not to the luma plane
         self.color = color
         self._decoder: Decoder | None = None
-        self._pending: tuple[np.ndarray, float | None] | None = None
+        self._pending: Decoded | None = None
         #: the backend that opened the file
         self.backend: str | None = None
 
@@ -280,7 +288,7 @@ class FileSource(FrameSource):
         self._decoder, self._pending = self._start()
         self.nominal_fps = self._decoder.nominal_fps
 
-    def _start(self) -> tuple[Decoder, tuple[np.ndarray, float | None]]:
+    def _start(self) -> tuple[Decoder, Decoded]:
         opened = False
         for backend in [self.backend] if self.backend else list(BACKENDS):
             try:
@@ -300,7 +308,7 @@ class FileSource(FrameSource):
                           f"{self.path}")
 
     @staticmethod
-    def _read(decoder: Decoder) -> tuple[np.ndarray, float | None] | None:
+    def _read(decoder: Decoder) -> Decoded | None:
         try:
             return decoder.read()
         except Exception:  # PyAV raises where a file is cut short or corrupt: its end
@@ -310,16 +318,16 @@ class FileSource(FrameSource):
         if self._decoder is None:
             raise self._not_open()
         if self._pending is not None:
-            (image, pos), self._pending = self._pending, None
-            return SourceFrame(image, time.time(), pos_s=pos)
+            (image, pos, gray), self._pending = self._pending, None
+            return SourceFrame(image, time.time(), pos_s=pos, gray=gray)
         decoded = self._read(self._decoder)
         if decoded is not None:
-            return SourceFrame(decoded[0], time.time(), pos_s=decoded[1])
+            return SourceFrame(decoded[0], time.time(), pos_s=decoded[1], gray=decoded[2])
         if not self.loop:
             return None
         self._decoder.close()
-        self._decoder, (image, pos) = self._start()
-        return SourceFrame(image, time.time(), cut=True, pos_s=pos)
+        self._decoder, (image, pos, gray) = self._start()
+        return SourceFrame(image, time.time(), cut=True, pos_s=pos, gray=gray)
 
     def close(self) -> None:
         self._pending = None
