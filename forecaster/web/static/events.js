@@ -202,7 +202,7 @@
     if (event.dismissed) li.classList.add("dismissed");
     const snapshot = event.snapshot_url
       ? el("img", { class: "thumb", src: event.snapshot_url, alt: `snapshot of ${nameOf(event)}`, loading: "lazy" })
-      : el("div", { class: "thumb none" });
+      : el("div", { class: "thumb none" }, event.end_ts == null ? "recording…" : "no snapshot");
     const ackText = event.acked_at
       ? `${event.dismissed ? "dismissed" : "acknowledged"} by ${event.acked_by || "?"} at ${when(event.acked_at)}`
       : "not acknowledged";
