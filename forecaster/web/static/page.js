@@ -20,16 +20,20 @@ function fmt(value, digits) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
 
-// the date, the time and the time zone (the daemon's, once the API has said it)
+// "2026-12-06 19:05:03 UTC": the date, the time and the time zone (the daemon's, once the
+// API has said it), as the event history writes them
 function clock(ts) {
   if (!ts) return "–";
-  const options = { dateStyle: "medium", timeStyle: "long" };
+  const options = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+                    minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "short" };
+  let format;
   try {
-    if (api && api.tz) return new Date(ts * 1000).toLocaleString(undefined, { ...options, timeZone: api.tz });
+    format = new Intl.DateTimeFormat("en-CA", api && api.tz ? { ...options, timeZone: api.tz } : options);
   } catch (error) {
-    // a zone this browser does not know (a UTC offset): its own
+    format = new Intl.DateTimeFormat("en-CA", options);  // a zone this browser does not know: its own
   }
-  return new Date(ts * 1000).toLocaleString(undefined, options);
+  const parts = Object.fromEntries(format.formatToParts(new Date(ts * 1000)).map((p) => [p.type, p.value]));
+  return `${parts.year}-${parts.month}-${parts.day} ${parts.hour}:${parts.minute}:${parts.second} ${parts.timeZoneName || ""}`.trim();
 }
 
 function ago(seconds) {
