@@ -5,7 +5,8 @@ reading it from an RTSP server started for the run), run through the daemon with
 default scorer and recording on. Measured over ``seconds`` once every camera scores and
 the start-up backlog is worked off: frames scored per second, the slowest camera's rate
 (and against the mean), frames dropped because the worker was behind, the latency from
-capture to this subscriber (p50, p99), and the CPU each role of process used (cores).
+capture to this subscriber (p50, p99), the share of the scored frames that were in an event
+(recorded into clips), and the CPU each role of process used (cores).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def _run(count: int, sources: list[str], fps: float, seconds: float, loop: bool,
         config = video_config(endpoint, sources, metrics_port, folder / "events", fps, loop,
                               extra)
         scored: dict[str, int] = {}
+        alarmed = 0
         latencies: list[float] = []
         window: tuple[float, float] | None = None
         with (
@@ -133,9 +135,11 @@ def _run(count: int, sources: list[str], fps: float, seconds: float, loop: bool,
                         base_metrics = _scrape(metrics_port)
                         base_cpu = _cpu_by_role(proc.pid)
                         scored = {}
+                        alarmed = 0
                         latencies = []
                     if isinstance(msg, Score):
                         scored[msg.camera] = scored.get(msg.camera, 0) + 1
+                        alarmed += msg.anomaly
                         latencies.append(time.time() - msg.ts)
                     if now - window[0] >= seconds:
                         window = (window[0], now)
@@ -168,6 +172,8 @@ def _run(count: int, sources: list[str], fps: float, seconds: float, loop: bool,
         "dropped": delta("forecaster_frames_dropped_total{worker_behind}"),
         #: frames of a live stream faster than ``fps``, left out by capture (not a loss)
         "rate_limited": delta("forecaster_frames_dropped_total{rate_limited}"),
+        #: share of the scored frames that were in an event (each one recorded into a clip)
+        "in_event": alarmed / max(1, sum(scored.values())),
         "latency_p50_ms": float(np.percentile(lat, 50)),
         "latency_p99_ms": float(np.percentile(lat, 99)),
         "cpu_cores_by_role": {role: (final_cpu.get(role, 0.0) - base_cpu.get(role, 0.0)) / span
@@ -186,7 +192,7 @@ def format_video_cameras(rows: list[dict[str, Any]]) -> list[str]:
         f"default scorer, recording on"
         + ("" if nice is None else f", capture.nice = {nice}"),
         f"{'cameras':>8}{'scored/s':>10}{'of':>6}{'slowest/s':>11}{'x mean':>8}{'dropped':>9}"
-        f"{'p50':>9}{'p99':>10}  CPU cores by role",
+        f"{'p50':>9}{'p99':>10}{'in event':>10}  CPU cores by role",
     ]
     for row in rows:
         cpu = ", ".join(f"{role} {cores:.2f}" for role, cores in
@@ -195,7 +201,7 @@ def format_video_cameras(rows: list[dict[str, Any]]) -> list[str]:
             f"{row['cameras']:>8}{row['scored_per_s']:>10.1f}{row['offered_per_s']:>6.0f}"
             f"{row['slowest_camera_per_s']:>11.2f}{row['slowest_over_mean']:>8.2f}"
             f"{row['dropped']:>9.0f}{row['latency_p50_ms']:>7.0f}ms{row['latency_p99_ms']:>8.0f}ms"
-            f"  {cpu}"
+            f"{row.get('in_event', math.nan):>10.0%}  {cpu}"
         )
     return lines
 
