@@ -35,6 +35,10 @@ log = logging.getLogger("forecaster.recording")
 
 #: frames waiting for the writer thread before new ones are dropped
 QUEUE_FRAMES = 256
+#: frames a clip's writer may have waiting with their decoded images (a 640x360 frame is
+#: 0.7 MB, its JPEG about 30 kB): past that the frames wait as JPEGs only, decoded when
+#: written, so a writer that falls behind holds little memory
+IMAGE_FRAMES = 8
 #: seconds between retention sweeps when no event starts
 SWEEP_EVERY_S = 60.0
 #: seconds between free-space checks while a clip is written
@@ -101,6 +105,8 @@ class _Command:
     kind: str  # "open", "frame", "close"
     clip: Clip
     entry: Entry | None = None
+    #: the frame the entry's JPEG holds, decoded (saves decoding the JPEG); None: decode it
+    image: np.ndarray | None = None
 
 
 class ClipWriter:
@@ -150,7 +156,8 @@ class ClipWriter:
                                             daemon=True)
             self._thread.start()
 
-    def put(self, kind: str, clip: Clip, entry: Entry | None = None) -> None:
+    def put(self, kind: str, clip: Clip, entry: Entry | None = None,
+            image: np.ndarray | None = None) -> None:
         with self._cond:
             if kind == "frame":
                 if self.block:
@@ -166,8 +173,10 @@ class ClipWriter:
                                     "dropped (counted in each sidecar's frames_dropped)",
                                     clip.camera)
                     return
+                if self._frames_queued >= IMAGE_FRAMES:
+                    image = None
                 self._frames_queued += 1
-            self._queue.append(_Command(kind, clip, entry))
+            self._queue.append(_Command(kind, clip, entry, image))
             self._cond.notify_all()
             self._start()
 
@@ -278,7 +287,7 @@ class ClipWriter:
             return writer
         if command.kind == "frame":
             assert command.entry is not None
-            return self._write_frame(clip, command.entry, writer)
+            return self._write_frame(clip, command.entry, writer, command.image)
         self._finish(clip, writer)
         self._indexed(clip)
         return None
@@ -298,9 +307,12 @@ class ClipWriter:
                  "end_seq": clip.end_seq, "end_ts": clip.end_ts, "peak_score": clip.peak_score}
         index.quietly("update an event", index.finished, clip.stem, known, "none")
 
-    def _write_frame(self, clip: Clip, entry: Entry, writer: VideoWriter | None
-                     ) -> VideoWriter | None:
-        image = cv2.imdecode(np.frombuffer(entry.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    def _write_frame(self, clip: Clip, entry: Entry, writer: VideoWriter | None,
+                     image: np.ndarray | None = None) -> VideoWriter | None:
+        if image is None:
+            image = cv2.imdecode(np.frombuffer(entry.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        elif image.ndim == 2:  # a gray frame: the JPEG's decoding gives three channels
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         if image is None:
             return writer
         if writer is None:

@@ -146,7 +146,11 @@ class Recorder:
         return Entry(seq, ts, self._pos(seq, ts), data.tobytes() if ok else b"")
 
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
-        self.add(self.encode(image, seq, ts))
+        small = scaled(image, self.settings.max_width)
+        ok, data = cv2.imencode(".jpg", small, self._params)
+        if small is image:  # the caller's array, which its source may reuse
+            small = small.copy()
+        self.add(Entry(seq, ts, self._pos(seq, ts), data.tobytes() if ok else b""), small)
 
     def add_scored(self, entry: Entry, messages: Iterable[Message]) -> None:
         """A frame and the messages about it, in order (replay: nothing is late)."""
@@ -174,7 +178,9 @@ class Recorder:
         height, width = self.box_size
         return box[0] / width, box[1] / height, box[2] / width, box[3] / height
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: Entry, image: np.ndarray | None = None) -> None:
+        """``entry`` into the pre-roll buffer and the open clip; ``image``: its frame as
+        the JPEG holds it (the writer then need not decode the JPEG)."""
         self.buffer.append(entry)
         clip = self.clip
         if clip is None:
@@ -186,12 +192,12 @@ class Recorder:
             clip.truncated = True
             self._finish()
             return
-        self._push(clip, entry)
+        self._push(clip, entry, image)
 
-    def _push(self, clip: Clip, entry: Entry) -> None:
+    def _push(self, clip: Clip, entry: Entry, image: np.ndarray | None = None) -> None:
         if entry.seq == clip.peak_seq:
             clip.snapshot = entry
-        self.writer.put("frame", clip, entry)
+        self.writer.put("frame", clip, entry, image)
 
     def start(self, seq: int, ts: float, score: float = math.nan,
               box: tuple[float, float, float, float] | None = None) -> None:
@@ -303,8 +309,7 @@ class CaptureRecorder:
         self.peak_seq = -1
 
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
-        recorder = self.recorder
-        recorder.add(recorder.encode(image, seq, ts))
+        self.recorder.on_frame(image, seq, ts)
         self.poll()
 
     def poll(self) -> None:
