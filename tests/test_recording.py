@@ -84,6 +84,25 @@ def test_h264_clip_is_avc1_with_its_index_first_at_an_even_size(tmp_path: Path) 
     assert decoded_frames(path) == 30
 
 
+def test_h264_clip_keeps_the_colours(tmp_path: Path) -> None:
+    path = tmp_path / "colours.mp4"
+    image = np.zeros((120, 160, 3), np.uint8)
+    patches = {(0, 0): (40, 40, 200), (0, 80): (40, 200, 40), (60, 0): (200, 40, 40),
+               (60, 80): (128, 128, 128)}  # BGR: red, green, blue, grey
+    for (top, left), colour in patches.items():
+        image[top:top + 60, left:left + 80] = colour
+    writer = open_video(path, 10.0, (160, 120))
+    for _ in range(10):
+        writer.write(image)
+    writer.close()
+    with av.open(str(path)) as container:
+        decoded = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(decoded) == 10
+    for (top, left), colour in patches.items():
+        middle = decoded[-1][top + 20:top + 40, left + 20:left + 60].reshape(-1, 3).mean(0)
+        assert np.abs(middle - colour).max() < 8, (colour, middle)
+
+
 def test_without_pyav_clips_fall_back_to_mp4v_with_one_log_line(tmp_path: Path) -> None:
     code = f"""
 import logging, sys
@@ -221,6 +240,33 @@ def test_recorder_told_late_keeps_the_pre_roll_and_the_peak_frame(tmp_path: Path
     assert sidecar["peak_score"] == 9.0 and not sidecar["interrupted"]
     assert sidecar["width"] == 64 and sidecar["height"] == 48
     check_event_files(tmp_path, sidecar)
+
+
+@pytest.mark.parametrize("with_images", [True, False])
+def test_live_frames_reach_the_clip_without_their_jpeg_decoded(tmp_path: Path,
+                                                                with_images: bool) -> None:
+    from forecaster.recording.clip_writer import Entry
+
+    recorder = Recorder("cam", tmp_path, RecordingConfig(pre_s=0.0, post_s=0.0, max_width=64),
+                        model="m.keras", fps=10.0)
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :32] = (40, 200, 40)
+    recorder.start(0, 1000.0, 5.0)
+    for seq in range(6):  # JPEG bytes that do not decode: only the image can be written
+        # (6 frames: fewer than the writer keeps waiting with their images)
+        recorder.add(Entry(seq, 1000.0 + seq / 10, seq / 10, b"not a JPEG"),
+                     image if with_images else None)
+    recorder.end(5, 1000.5, 5.0)
+    recorder.close()
+    clips = list(tmp_path.glob("cam/*.mp4"))
+    if not with_images:
+        assert not clips  # nothing decodable: no clip
+        return
+    (clip,) = clips
+    with av.open(str(clip)) as container:
+        decoded = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(decoded) == 6
+    assert np.abs(decoded[-1][8:40, 4:28].reshape(-1, 3).mean(0) - (40, 200, 40)).max() < 8
 
 
 def test_recorder_skips_an_event_when_the_free_space_floor_cannot_be_met(
