@@ -253,6 +253,12 @@ def capture_group_main(group: CaptureGroup, wakeup_address: str, control: Outbox
         # below the worker: when the cores are short, the worker still scores what the
         # cameras captured, and the cameras share what is left alike
         os.nice(group.nice)
+    if len(group.specs) > 1:
+        # the cameras' threads already keep the cores busy: OpenCV's own threads (resizes,
+        # the motion cue's optical flow) would only add hand-offs between them
+        import cv2
+
+        cv2.setNumThreads(1)
     code = CaptureProcess(group, wakeup_address, control, stop, go, health).run()
     if code:
         raise SystemExit(code)
