@@ -130,8 +130,9 @@ def _flow_variants(frames: list[np.ndarray]) -> dict[str, Callable[[], None]]:
     return {
         f"flow: Farneback {levels} levels, window {window}, {iterations} iterations (the cue's)":
             farneback(levels, window, iterations),
+        "flow: Farneback 3 iterations (the cue's before)": farneback(levels, window, 3),
         "flow: Farneback 2 levels": farneback(2, window, iterations),
-        "flow: Farneback 2 iterations": farneback(levels, window, 2),
+        "flow: Farneback 1 level": farneback(1, window, iterations),
         "flow: Farneback window 9": farneback(levels, 9, iterations),
         "flow: DIS, medium preset": dis(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM),
         "flow: DIS, fast preset": dis(cv2.DISOPTICAL_FLOW_PRESET_FAST),
@@ -183,6 +184,18 @@ def main() -> int:
         for gray in grays:
             motion(gray)
 
+    def cue_resize_before() -> None:
+        from forecaster.detection.flow import cue_size
+
+        size = cue_size(grays[0].shape[0], grays[0].shape[1], 120)
+        for gray in grays:
+            to_gray_resized(gray, size)
+
+    def cue_resize() -> None:
+        motion = MotionCue(120)
+        for gray in grays:
+            motion.resize(gray)
+
     def jpeg() -> None:
         for gray in grays:
             cv2.imencode(".jpg", scaled(gray, 640), [cv2.IMWRITE_JPEG_QUALITY, 80])
@@ -226,7 +239,9 @@ def main() -> int:
         "decode to BGR and the luma plane, PyAV (colour)": _pyav_colour(args.video, count),
         "resize to 64x64, one area step": resize_one_step,
         "resize to 64x64, two steps (now)": resize_two_steps,
-        "motion cue at 120 rows": cue,
+        "resize to the cue's size, all columns (before)": cue_resize_before,
+        "resize to the cue's size, whole factors (now)": cue_resize,
+        "motion cue at 120 rows (its resize included)": cue,
         "pre-roll JPEG, gray, 640 wide": jpeg,
         "model step + score (default scorer)": model,
         **extra,

@@ -116,9 +116,36 @@ def test_motion_cue_measures_speed_at_its_own_size() -> None:
     fast = MotionCue(120)
     faster = [fast(image) for image in _moving_square(16)]
     assert np.median(faster[2:]) > 2.5 * np.median(values[2:])
+    # up to about 8 pixels a frame at the cue's size (16 at 240 rows) the cue is the speed
+    for speed in (2, 4, 8, 16):
+        motion = MotionCue(120)
+        measured = np.median([motion(image) for image in _moving_square(speed)][2:])
+        assert measured == pytest.approx(speed / 2, rel=0.1)
     still = MotionCue(120)
     frame = _moving_square(0)[0]
     assert still(frame) != still(frame) and still(frame) < 0.05  # NaN, then about 0
+
+
+def test_motion_cue_resize_cuts_the_columns_a_whole_factor_leaves_over() -> None:
+    from forecaster.sources.preprocess import to_gray_resized
+
+    cue = MotionCue(120)
+    rows, cols = np.mgrid[0:720, 0:1280]
+    image = ((rows * 0.2 + cols * 0.15) % 256).astype(np.uint8)  # smooth ramps
+    small = cue.resize(image)
+    assert small.shape == cue_size(720, 1280, 120) == (120, 213)
+    # 1278 of the 1280 columns, 6x6 blocks: the frame at the cue's size, a third of a
+    # pixel off at most
+    one_step = to_gray_resized(image, (120, 213))
+    assert np.abs(small.astype(int) - one_step).mean() < 1.0
+    np.testing.assert_array_equal(small, cv2.resize(image[:, 1:1279], (213, 120),
+                                                    interpolation=cv2.INTER_AREA))
+    # whole factors both ways (Ped2's 240x360): the one step, unchanged
+    ped2 = image[:240, :360]
+    np.testing.assert_array_equal(cue.resize(ped2), to_gray_resized(ped2, (120, 180)))
+    # colour frames are converted to gray first
+    colour = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    np.testing.assert_array_equal(cue.resize(colour), small)
 
 
 def test_flow_baseline_is_causal() -> None:
