@@ -292,6 +292,27 @@ def test_the_luma_plane_is_within_a_few_grey_levels_of_opencvs_gray(data_dir: Pa
     assert positions[0] is not None and np.all(np.diff(positions) > 0)
 
 
+def test_colour_frames_come_at_the_width_they_are_kept_at(data_dir: Path) -> None:
+    """720p H.264 in colour at most 640 wide: shrunk plane by plane, converted at 640x360,
+    within a few levels of FFmpeg's full-size BGR scaled down; the gray frame unchanged."""
+    from forecaster.sources.preprocess import scaled
+
+    path = str(data_dir / "vtest.avi")
+    with open_source(path, color=True) as full, \
+            open_source(path, color=True, color_width=640) as small:
+        for _ in range(10):
+            big, kept = full.read(), small.read()
+            assert big is not None and kept is not None
+            assert big.image.shape == (720, 1280, 3) and kept.image.shape == (360, 640, 3)
+            expected = scaled(big.image, 640).astype(int)
+            difference = np.abs(kept.image.astype(int) - expected)
+            assert difference.mean() < 1.5 and np.percentile(difference, 99.9) <= 8
+            np.testing.assert_array_equal(kept.gray_image(), big.gray_image())
+    with open_source(path, color=True, color_width=2000) as wide:  # never enlarged
+        frame = wide.read()
+        assert frame is not None and frame.image.shape == (720, 1280, 3)
+
+
 def test_a_video_pyav_cannot_open_is_read_by_opencv(tmp_path: Path) -> None:
     path = tmp_path / "clip.avi"
     written = write_avi(path, 5)

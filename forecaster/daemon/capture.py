@@ -106,12 +106,13 @@ class Capture:
         self._reconnected = False
         self.source: FrameSource = open_source(
             spec.detect_source or spec.source, loop=spec.loop,
-            color=spec.color and spec.detect_source is None)
+            color=spec.color and spec.detect_source is None, color_width=spec.picture_width)
         self.recorder = open_recorder(spec.recording, spec.camera, spec.index)
         #: with a detection stream, the main source, read for the recordings only
         self.main = None if spec.detect_source is None or spec.recording is None else (
             LatestFrameReader(spec.source, name=f"main:{spec.camera}", loop=spec.loop,
-                              fps=spec.fps, reconnect_max_s=spec.reconnect_max_s, color=spec.color))
+                              fps=spec.fps, reconnect_max_s=spec.reconnect_max_s, color=spec.color,
+                              color_width=spec.picture_width))
         #: the source frame for the live page, written only while a page is open
         self.picture = PictureSlot(ring)
 

@@ -151,7 +151,9 @@ class Replayer:
         result = VideoResult(name=video.name, camera=camera, source=video.uri)
         cam.scorer.terms_log = result.terms
         synthetic_labels: list[int] = []
-        source = open_source(video.uri, color=options.clips is not None)  # clips in colour
+        source = open_source(video.uri, color=options.clips is not None,  # clips in colour
+                             color_width=None if options.clips is None
+                             else options.clips.max_width)
         chunk = 1 if options.realtime else max(1, options.chunk)
         height, width = self.size
         frames = np.empty((chunk, height, width), np.uint8)

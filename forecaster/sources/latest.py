@@ -25,8 +25,10 @@ class LatestFrameReader:
     """Reads ``uri`` in a thread named ``name``; :meth:`latest` is its newest frame."""
 
     def __init__(self, uri: str, *, name: str, loop: bool = False, fps: float = 0.0,
-                 reconnect_max_s: float = RECONNECT_MAX_S, color: bool = False) -> None:
-        self.source: FrameSource = open_source(uri, loop=loop, color=color)
+                 reconnect_max_s: float = RECONNECT_MAX_S, color: bool = False,
+                 color_width: int | None = None) -> None:
+        self.source: FrameSource = open_source(uri, loop=loop, color=color,
+                                               color_width=color_width)
         self.fps = fps
         self.reconnect_max_s = reconnect_max_s
         self.log = logging.getLogger(f"forecaster.capture.{name}")

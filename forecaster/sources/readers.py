@@ -210,10 +210,13 @@ class StreamSource(FrameSource):
     live = True
 
     def __init__(self, uri: str, *, open_timeout_s: float = 10.0,
-                 read_timeout_s: float = 5.0, color: bool = False) -> None:
+                 read_timeout_s: float = 5.0, color: bool = False,
+                 color_width: int | None = None) -> None:
         super().__init__(uri)
         #: decode to BGR (frames recorded or shown), not to the luma plane
         self.color = color
+        #: colour frames at most this wide (None: the stream's own size)
+        self.color_width = color_width
         if open_timeout_s <= 0 or read_timeout_s <= 0:
             raise SourceError(f"stream timeouts must be > 0, got open={open_timeout_s} "
                               f"read={read_timeout_s} for {redact(uri)}")
@@ -227,7 +230,8 @@ class StreamSource(FrameSource):
         self.close()
         try:
             decoder = open_decoder(self.uri, timeout_s=(self.open_timeout_s, self.read_timeout_s),
-                                   backend=self.backend, color=self.color)
+                                   backend=self.backend, color=self.color,
+                                   color_width=self.color_width)
         except ValueError:
             raise SourceDisconnected(
                 f"cannot connect to stream {redact(self.uri)}: refused, not a video stream "
@@ -268,12 +272,15 @@ class FileSource(FrameSource):
     frame again comes with ``cut`` set. Each frame carries its position in the file.
     """
 
-    def __init__(self, path: str | Path, *, loop: bool = False, color: bool = False) -> None:
+    def __init__(self, path: str | Path, *, loop: bool = False, color: bool = False,
+                 color_width: int | None = None) -> None:
         super().__init__(str(path))
         self.path = Path(path)
         self.loop = loop
         #: decode to BGR (frames recorded or shown), not to the luma plane
         self.color = color
+        #: colour frames at most this wide (None: the file's own size)
+        self.color_width = color_width
         self._decoder: Decoder | None = None
         self._pending: Decoded | None = None
         #: the backend that opened the file
@@ -292,7 +299,8 @@ class FileSource(FrameSource):
         opened = False
         for backend in [self.backend] if self.backend else list(BACKENDS):
             try:
-                decoder = open_decoder(str(self.path), backend=backend, color=self.color)
+                decoder = open_decoder(str(self.path), backend=backend, color=self.color,
+                                       color_width=self.color_width)
             except ValueError:
                 continue
             opened = True
@@ -563,11 +571,13 @@ def is_live_source(uri: str) -> bool:
         _CAMERA_PATH.match(uri))
 
 
-def open_source(uri: str, *, loop: bool = False, color: bool = False) -> FrameSource:
+def open_source(uri: str, *, loop: bool = False, color: bool = False,
+                color_width: int | None = None) -> FrameSource:
     """The source for a source string (not opened); SourceError for a string that names none.
 
-    ``color``: a video file or stream keeps its colours (its frames are recorded or shown);
-    without it, it is decoded to its luma plane, the cheapest gray frame."""
+    ``color``: a video file or stream keeps its colours (its frames are recorded or shown),
+    at most ``color_width`` wide where its decoder can shrink them cheaply (the width they
+    are kept at); without it, it is decoded to its luma plane, the cheapest gray frame."""
     if not isinstance(uri, str) or not uri.strip():
         raise SourceError(f"empty source string: {uri!r}")
     if uri.lower().startswith(SYNTHETIC_PREFIX):
@@ -579,7 +589,7 @@ def open_source(uri: str, *, loop: bool = False, color: bool = False) -> FrameSo
             raise SourceError(f"unsupported source scheme {name!r} in {redact(uri)} (use one of "
                               f"{', '.join(sorted(STREAM_SCHEMES))}, a camera, a path or "
                               f"synthetic:)")
-        return StreamSource(uri, color=color)
+        return StreamSource(uri, color=color, color_width=color_width)
     if (uri.isascii() and uri.isdigit()) or _CAMERA_PATH.match(uri):
         return CameraSource(uri)
     if "\0" in uri:
@@ -592,7 +602,7 @@ def open_source(uri: str, *, loop: bool = False, color: bool = False) -> FrameSo
     if path.is_dir():
         return FolderSource(path, loop=loop)
     if path.is_file():
-        return FileSource(path, loop=loop, color=color)
+        return FileSource(path, loop=loop, color=color, color_width=color_width)
     special = special_file(path)
     if special is not None:
         raise SourceError(f"not a video file or an image folder: {uri} is {special} (a "
