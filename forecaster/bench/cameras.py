@@ -83,8 +83,10 @@ def bench_video_cameras(counts: list[int], video: Path, fps: float = 10.0,
                 rows.append(_run(count, [server.url] * count, fps, seconds, False, extra))
         else:
             rows.append(_run(count, [str(video)] * count, fps, seconds, True, extra))
+        capture = (extra or {}).get("capture", {})
         rows[-1].update({"video": str(video), "rtsp": rtsp,
-                         "capture_nice": (extra or {}).get("capture", {}).get("nice")})
+                         "capture_nice": capture.get("nice"),
+                         "cameras_per_process": capture.get("cameras_per_process")})
     return rows
 
 
@@ -190,7 +192,9 @@ def format_video_cameras(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"real cameras: {Path(first['video']).name} {how}, {first['fps_per_camera']:g} fps each, "
         f"default scorer, recording on"
-        + ("" if nice is None else f", capture.nice = {nice}"),
+        + ("" if nice is None else f", capture.nice = {nice}")
+        + ("" if first.get("cameras_per_process") is None
+           else f", capture.cameras_per_process = {first['cameras_per_process']}"),
         f"{'cameras':>8}{'scored/s':>10}{'of':>6}{'slowest/s':>11}{'x mean':>8}{'dropped':>9}"
         f"{'p50':>9}{'p99':>10}{'in event':>10}  CPU cores by role",
     ]

@@ -333,7 +333,12 @@ def run_bench(
     if cameras and video is not None:  # real cameras: each one plays the video
         from forecaster.bench.cameras import bench_video_cameras
 
-        extra = None if capture_nice is None else {"capture": {"nice": capture_nice}}
+        capture: dict[str, Any] = {}
+        if capture_nice is not None:
+            capture["nice"] = capture_nice
+        if cameras_per_process is not None:
+            capture["cameras_per_process"] = cameras_per_process
+        extra = {"capture": capture} if capture else None
         report["video_cameras"] = bench_video_cameras(cameras, video, fps=camera_fps,
                                                       seconds=camera_seconds, rtsp=rtsp,
                                                       extra=extra)
