@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forecaster.bench import daemon_process
 from forecaster.bench.daemon_process import Daemon, daemon_env, wait_for
+from forecaster.protocol import Event
 
-__all__ = ["Daemon", "config_text", "daemon_env", "rss_bytes", "wait_for"]
+if TYPE_CHECKING:
+    from forecaster.client import Subscriber
+
+__all__ = ["Daemon", "collect_events", "config_text", "daemon_env", "rss_bytes", "wait_for"]
 
 
 def config_text(
@@ -32,3 +37,17 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def collect_events(sub: Subscriber, daemon: Daemon, timeout_s: float) -> list[Event]:
+    """The Event messages ``sub`` receives until ``daemon`` has exited and the socket is
+    quiet, or for at most ``timeout_s`` seconds."""
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = sub.recv(timeout=0.5)
+        if isinstance(msg, Event):
+            events.append(msg)
+        elif msg is None and daemon.proc.poll() is not None:
+            break
+    return events

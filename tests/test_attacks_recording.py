@@ -30,7 +30,7 @@ from forecaster.recording.recorder import Recorder
 from forecaster.recording.recording_dir import prepare_events_dir
 from forecaster.recording.retention import Retention, list_events
 from tests.conftest import free_port
-from tests.daemon_harness import Daemon, config_text, daemon_env, wait_for
+from tests.daemon_harness import Daemon, collect_events, config_text, daemon_env, wait_for
 from tests.test_recording import decoded_frames
 
 DAY = 86_400.0
@@ -172,17 +172,10 @@ def test_sigterm_under_load_finishes_every_open_clip(tmp_path: Path) -> None:
 def test_max_frames_under_load_finishes_the_last_clip(tmp_path: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     folder = tmp_path / "events"
-    events: list[Event] = []
     with Subscriber(endpoint, kinds=["event"]) as sub, \
             Daemon(tmp_path, loaded_config(endpoint, folder), args=["--max-frames", "400"]) \
             as daemon:
-        deadline = time.monotonic() + 200
-        while time.monotonic() < deadline:
-            msg = sub.recv(timeout=0.5)
-            if isinstance(msg, Event):
-                events.append(msg)
-            elif msg is None and daemon.proc.poll() is not None:
-                break
+        events = collect_events(sub, daemon, 200)
     assert daemon.proc.returncode == 0, daemon.log()[-3000:]
     check_no_clip_lost(folder, events, events, daemon.log())
 

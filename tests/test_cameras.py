@@ -48,14 +48,12 @@ def test_detect_source_scores_the_substream_and_records_the_main_source_at_its_s
     """The model and the cue see the 160x120 detection stream; the clip and the snapshot
     come from the 320x240 main source, at that size."""
     import json
-    import time
 
     import cv2
 
     from forecaster.client import Subscriber
-    from forecaster.protocol import Event
     from tests.conftest import free_port
-    from tests.daemon_harness import Daemon, config_text, wait_for
+    from tests.daemon_harness import Daemon, collect_events, config_text, wait_for
 
     scene = "synthetic:?seed=1&anomaly_rate=0.2&fps=25"
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -63,15 +61,8 @@ def test_detect_source_scores_the_substream_and_records_the_main_source_at_its_s
                                      {"detect_source": f"{scene}&frames=100"})],
                          {"recording": {"pre_s": 0.5, "post_s": 0.25},
                           "capture": {"ring_frames": 64}})
-    events: list[Event] = []
     with Subscriber(endpoint, kinds=["event"]) as sub, Daemon(tmp_path, config) as daemon:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            msg = sub.recv(timeout=0.5)
-            if isinstance(msg, Event):
-                events.append(msg)
-            elif msg is None and daemon.proc.poll() is not None:
-                break
+        events = collect_events(sub, daemon, 120)
         assert daemon.proc.returncode == 0, daemon.log()  # the detection stream ended
     assert "Traceback" not in daemon.log()
     starts = [event for event in events if event.state == "start"]

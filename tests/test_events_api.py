@@ -3,11 +3,8 @@ in a thread), a real event index and real files; the camera's display name in th
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import multiprocessing as mp
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,14 +17,14 @@ import pytest
 
 from forecaster.config import RecordingConfig, parse_config
 from forecaster.errors import ConfigError
-from forecaster.ipc.channels import Flag
 from forecaster.ipc.ring import FrameRing
 from forecaster.recording.event_index import EventIndex
 from forecaster.recording.recorder import Recorder
 from forecaster.web.api import parse_time
 from forecaster.web.live import EventLog
-from forecaster.web.process import WebSpec, serve
+from forecaster.web.process import WebSpec
 from tests.conftest import free_port
+from tests.web_harness import serving
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "s3cret-token-for-the-events-api"
@@ -73,30 +70,13 @@ def api_server(tmp_path: Path, events_dir: Path | None, token: str | None = None
                    feed_endpoint=f"ipc://{tmp_path}/feed.sock", address="127.0.0.1", port=port,
                    threshold_on=3.0, threshold_off=2.0, token=token,
                    events_dir=str(events_dir) if events_dir else None, names=names)
-    stop = Flag(mp.get_context("spawn"))
-    ready = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(serve(spec, stop, ready.set))
-        except BaseException as error:
-            errors.append(error)
-            ready.set()
-
-    thread = threading.Thread(target=run, name="api-server", daemon=True)
-    thread.start()
     try:
-        assert ready.wait(20), "the page server did not start"
-        assert not errors, errors
-        yield Server(port, token)
+        with serving(spec, name="api-server"):
+            yield Server(port, token)
     finally:
-        stop.set()
-        thread.join(10)
         for ring in rings:
             ring.close()
             ring.unlink()
-    assert not errors, errors
 
 
 def fill(folder: Path, count: int = 7) -> EventIndex:

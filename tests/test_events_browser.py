@@ -20,40 +20,15 @@ import pytest
 
 from forecaster.recording.event_board import event_stem
 from forecaster.recording.event_index import EventIndex, index_path
+from tests.browser import start_browser, wait_until
 from tests.conftest import ROOT, free_port
 from tests.daemon_harness import Daemon, config_text, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 OUTPUT = ROOT / "test-output"
 #: events the view shows per page (events.js)
 PAGE = 20
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _browser() -> Any:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
-                                    "(pip install '.[test]')")
-    for program, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not program.exists():
-            pytest.skip(f"{program} not found: install the Debian package {package} to run "
-                        f"the live page in a headless browser")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1400,1000", "--mute-audio",
-                     "--autoplay-policy=no-user-gesture-required"):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-
-
-def _wait(driver: Any, condition: Any, seconds: float, what: str) -> Any:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, seconds, poll_frequency=0.2).until(condition, message=what)
 
 
 def api(url: str, path: str, body: Any = None) -> Any:
@@ -97,7 +72,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str, P
                            {"camera": camera, "start_ts": ts, "end_ts": ts + 1.0,
                             "peak_score": 5.0}, "none")
         index.close()
-        driver = _browser()
+        driver = start_browser(("--mute-audio", "--autoplay-policy=no-user-gesture-required"))
         try:
             url = f"http://127.0.0.1:{port}/"
             driver.get(url)
@@ -123,7 +98,7 @@ def shown_ids(driver: Any) -> list[int]:
 def test_history_pages_and_shows_dates_with_their_time_zone(
         site: tuple[Any, str, Path]) -> None:
     driver, url, _ = site
-    _wait(driver, lambda d: len(shown_ids(d)) == PAGE, 30, "a first page of events")
+    wait_until(driver, lambda d: len(shown_ids(d)) == PAGE, 30, "a first page of events")
     assert api(url, "/api/cameras")["tz"] == "Europe/Paris"
     first = shown_ids(driver)
     times = driver.execute_script(
@@ -139,7 +114,7 @@ def test_history_pages_and_shows_dates_with_their_time_zone(
     assert "Front door" in names and "cam0" not in names
     # older, older again, then back
     click(driver, "#history button.older")
-    _wait(driver, lambda d: shown_ids(d) and shown_ids(d)[0] not in first, 15, "page 2")
+    wait_until(driver, lambda d: shown_ids(d) and shown_ids(d)[0] not in first, 15, "page 2")
     second = shown_ids(driver)
     assert not set(second) & set(first)
     assert driver.execute_script(
@@ -147,7 +122,7 @@ def test_history_pages_and_shows_dates_with_their_time_zone(
     every = api(url, "/api/events?limit=500")["events"]
     if len(every) > 2 * PAGE:
         click(driver, "#history button.older")
-        _wait(driver, lambda d: shown_ids(d) and shown_ids(d)[0] not in second, 15, "page 3")
+        wait_until(driver, lambda d: shown_ids(d) and shown_ids(d)[0] not in second, 15, "page 3")
     assert driver.execute_script("return document.querySelector('#history button.older')"
                                  ".disabled") is True
     assert len(first) + len(second) + (len(shown_ids(driver)) if len(every) > 2 * PAGE
@@ -155,7 +130,7 @@ def test_history_pages_and_shows_dates_with_their_time_zone(
     click(driver, "#history button.newer")
     if len(every) > 2 * PAGE:
         click(driver, "#history button.newer")
-    _wait(driver, lambda d: d.execute_script(
+    wait_until(driver, lambda d: d.execute_script(
         "return document.querySelector('#history .page-number').textContent") == "page 1",
         15, "back on page 1")
     OUTPUT.mkdir(exist_ok=True)
@@ -175,12 +150,12 @@ def test_camera_filter_date_range_ack_and_dismiss(site: tuple[Any, str, Path]) -
     click(driver, "#history button.apply")
     cameras = "return Array.from(document.querySelectorAll('#history li.history-event'))" \
         ".map((li) => li.dataset.camera)"
-    _wait(driver, lambda d: d.execute_script(cameras) and set(d.execute_script(cameras))
-          == {"cam1"}, 15, "only cam1's events")
+    wait_until(driver, lambda d: d.execute_script(cameras) and set(d.execute_script(cameras))
+               == {"cam1"}, 15, "only cam1's events")
     # acknowledge one event
     target = shown_ids(driver)[0]
     click(driver, f"#history li[data-id='{target}'] button.ack")
-    _wait(driver, lambda d: d.execute_script(
+    wait_until(driver, lambda d: d.execute_script(
         f"return document.querySelector(\"#history li[data-id='{target}']\")"
         ".classList.contains('acked')"), 15, "the event acknowledged")
     event = api(url, f"/api/events/{target}")["event"]
@@ -196,7 +171,7 @@ def test_camera_filter_date_range_ack_and_dismiss(site: tuple[Any, str, Path]) -
     # dismiss one: it leaves the list
     target = shown_ids(driver)[0]
     click(driver, f"#history li[data-id='{target}'] button.dismiss")
-    _wait(driver, lambda d: target not in shown_ids(d), 15, "the dismissed event gone")
+    wait_until(driver, lambda d: target not in shown_ids(d), 15, "the dismissed event gone")
     assert api(url, f"/api/events/{target}")["event"]["dismissed"] is True
     # a date range: the events from 2 hours ago to 1 hour ago (the older ones added)
     stamp = "return arguments[0].value = arguments[1]"
@@ -214,9 +189,9 @@ def test_camera_filter_date_range_ack_and_dismiss(site: tuple[Any, str, Path]) -
     expected = [e["id"] for e in api(
         url, f"/api/events?since={since}&until={until}&limit={PAGE}")["events"]]
     assert len(expected) == PAGE  # the older events added: PAGE + 5 in that hour
-    _wait(driver, lambda d: shown_ids(d) == expected, 15, "the date range's events")
+    wait_until(driver, lambda d: shown_ids(d) == expected, 15, "the date range's events")
     click(driver, "#history button.clear")
-    _wait(driver, lambda d: len(shown_ids(d)) == PAGE, 15, "the filters cleared")
+    wait_until(driver, lambda d: len(shown_ids(d)) == PAGE, 15, "the filters cleared")
 
 
 def test_a_clip_plays_inline_from_its_pre_roll(site: tuple[Any, str, Path]) -> None:
@@ -232,14 +207,14 @@ def test_a_clip_plays_inline_from_its_pre_roll(site: tuple[Any, str, Path]) -> N
                           "window.forecasterHistory.state.pages = [null]; "
                           "window.forecasterHistory.state.page = 0; "
                           "return window.forecasterHistory.reload()", event["camera"])
-    _wait(driver, lambda d: event["id"] in shown_ids(d), 15, "the event with a clip")
+    wait_until(driver, lambda d: event["id"] in shown_ids(d), 15, "the event with a clip")
     row = f"#history li[data-id='{event['id']}']"
     href = driver.find_element("css selector", f"{row} a.download").get_attribute("href")
     assert href == url.rstrip("/") + event["clip_url"]
     click(driver, f"{row} button.play")
-    video = _wait(driver, lambda d: d.find_element("css selector", f"{row} video"), 10,
-                  "the player")
-    state = _wait(driver, lambda d: d.execute_script(
+    video = wait_until(driver, lambda d: d.find_element("css selector", f"{row} video"), 10,
+                       "the player")
+    state = wait_until(driver, lambda d: d.execute_script(
         "const v = arguments[0]; return v.readyState >= 2 ? "
         "[v.readyState, v.duration, v.currentTime, v.error && v.error.message] : null", video),
         30, "the clip loaded in the player")
@@ -251,8 +226,8 @@ def test_a_clip_plays_inline_from_its_pre_roll(site: tuple[Any, str, Path]) -> N
         f"document.querySelector(\"{row} .event-span\") !== null]")
     assert marks == [True, True]
     driver.execute_script("arguments[0].play()", video)
-    _wait(driver, lambda d: d.execute_script("return arguments[0].currentTime", video) > 0.2,
-          15, "the clip playing")
+    wait_until(driver, lambda d: d.execute_script("return arguments[0].currentTime", video) > 0.2,
+               15, "the clip playing")
     # the phone width: one column, the player fits
     driver.set_window_size(390, 844)
     try:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import multiprocessing as mp
 import struct
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,13 +25,13 @@ import zmq
 
 from forecaster.config import Config, parse_config
 from forecaster.errors import ConfigError
-from forecaster.ipc.channels import Flag
 from forecaster.ipc.ring import FrameRing
 from forecaster.protocol import Forecast, Score, encode
 from forecaster.web.live import EventLog
-from forecaster.web.process import WebSpec, serve
+from forecaster.web.process import WebSpec
 from tests.conftest import free_port
 from tests.daemon_harness import daemon_env
+from tests.web_harness import serving
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "s3cret-token-for-the-live-page"
@@ -82,30 +80,13 @@ def page_server(tmp_path: Path, token: str | None = None,
     spec = WebSpec(cameras=(("cam0", ring.name),), feed_endpoint=endpoint, address="127.0.0.1",
                    port=port, threshold_on=3.0, threshold_off=2.0, image_fps=10.0, token=token,
                    events_dir=str(events_dir) if events_dir else None)
-    stop = Flag(mp.get_context("spawn"))
-    ready = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            asyncio.run(serve(spec, stop, ready.set))
-        except BaseException as error:
-            errors.append(error)
-            ready.set()
-
-    thread = threading.Thread(target=run, name="page-server", daemon=True)
-    thread.start()
     try:
-        assert ready.wait(20), "the page server did not start"
-        assert not errors, errors
-        yield PageServer(port, ring, xpub)
+        with serving(spec):
+            yield PageServer(port, ring, xpub)
     finally:
-        stop.set()
-        thread.join(10)
         xpub.close()
         ring.close()
         ring.unlink()
-    assert not errors, errors
 
 
 # -- config ---------------------------------------------------------------------------------

@@ -14,11 +14,10 @@ from typing import Any
 import cv2
 import pytest
 
+from tests.browser import start_browser, wait_until
 from tests.conftest import ROOT, free_port
 from tests.daemon_harness import Daemon, config_text
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = ROOT / "test-output" / "web-page.png"
 
 pytestmark = pytest.mark.timeout(150)
@@ -51,26 +50,9 @@ return [ink, Number(canvas.dataset.drawn || 0)];
 """
 
 
-def _browser() -> Any:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
-                                    "(pip install '.[test]')")
-    for program, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not program.exists():
-            pytest.skip(f"{program} not found: install the Debian package {package} to run "
-                        f"the live page in a headless browser")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1400,1000"):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    driver = _browser()
+    driver = start_browser()
     try:
         yield driver
     finally:
@@ -97,23 +79,17 @@ def page(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         assert "Traceback" not in daemon.log()
 
 
-def _wait(driver: Any, condition: Any, seconds: float, what: str) -> Any:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, seconds, poll_frequency=0.2).until(condition, message=what)
-
-
 def test_images_change_chart_draws_and_events_appear(page: tuple[Any, str]) -> None:
     driver, _url = page
-    first = _wait(driver, lambda d: (p := d.execute_script(PANEL_PRINTS)) and all(
+    first = wait_until(driver, lambda d: (p := d.execute_script(PANEL_PRINTS)) and all(
         v is not None for v in p) and p, 60, "the three images to show")
-    _wait(driver, lambda d: all(
+    wait_until(driver, lambda d: all(
         a != b for a, b in zip(first, d.execute_script(PANEL_PRINTS) or first, strict=True)),
         30, "each of the three images to change")
-    ink, _drawn = _wait(driver, lambda d: (c := d.execute_script(CHART_INK))[1] > 20 and c,
-                        30, "the score chart to draw")
+    ink, _drawn = wait_until(driver, lambda d: (c := d.execute_script(CHART_INK))[1] > 20 and c,
+                             30, "the score chart to draw")
     assert ink > 500, ink
-    text = _wait(driver, lambda d: d.execute_script(
+    text = wait_until(driver, lambda d: d.execute_script(
         "const e = document.querySelector('#events li.event'); return e && e.textContent"),
         60, "an anomaly event on the page")
     assert "cam0" in text and "peak" in text
@@ -127,7 +103,7 @@ def test_images_change_chart_draws_and_events_appear(page: tuple[Any, str]) -> N
 def _download_and_count_frames(driver: Any, url: str, folder: Path) -> None:
     """The first finished clip on the page downloads and decodes with the number of frames
     its sidecar says (when it says)."""
-    href = _wait(driver, lambda d: d.execute_script(
+    href = wait_until(driver, lambda d: d.execute_script(
         "const a = document.querySelector('#events a.clip'); return a && a.href"),
         60, "a finished clip")
     assert href.startswith(url + "events/")
@@ -169,7 +145,7 @@ def test_event_cards_show_snapshot_and_clip_of_finished_recordings(
     (events / "cam0" / "e1.json").write_text(json.dumps({"frames": 12}))
     with page_server(tmp_path, events_dir=events) as server:
         browser.get(server.url())
-        _wait(browser, lambda d: d.execute_script(
+        wait_until(browser, lambda d: d.execute_script(
             "return document.querySelector('#connection').textContent === 'live'"), 20,
             "the page to connect")
         for state, seq, more in (("start", 10, {}),
@@ -178,7 +154,7 @@ def test_event_cards_show_snapshot_and_clip_of_finished_recordings(
             header = {"v": 1, "camera": "cam0", "seq": seq, "ts": 1.0e9 + seq, "state": state,
                       "peak_score": 5.0, **more}
             server.xpub.send_multipart([b"event/cam0", json.dumps(header).encode()])
-        cards = _wait(browser, lambda d: (c := d.execute_script(
+        cards = wait_until(browser, lambda d: (c := d.execute_script(
             "return Array.from(document.querySelectorAll('#events li.event')).map((e) => "
             "[e.textContent, Boolean(e.querySelector('img.snapshot') && "
             "e.querySelector('img.snapshot').naturalWidth)])")) and len(c) == 2 and c[1][1]
@@ -191,7 +167,7 @@ def test_event_clip_downloads_and_decodes(page: tuple[Any, str], tmp_path: Path)
     driver, url = page
     driver.get(url)  # the events so far come with the page's first feed message
     # the event list is redrawn on every change: ask the page, never hold its elements
-    has_clip = _wait(driver, lambda d: d.execute_script(
+    has_clip = wait_until(driver, lambda d: d.execute_script(
         "const e = document.querySelector('#events li.event.closed');"
         "return e && [Boolean(e.querySelector('a.clip, .muted'))]"),
         60, "an anomaly event that ended")[0]

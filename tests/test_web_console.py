@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.browser import start_browser, wait_until
 from tests.conftest import ROOT, free_port
 from tests.daemon_harness import Daemon, config_text
-from tests.test_web_browser import _browser, _wait
 
 OUTPUT = ROOT / "test-output"
 ALARMING = ("gate", "yard")
@@ -48,7 +48,7 @@ def _viewport(driver: Any, width: int, height: int, mobile: bool = False) -> Non
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Daemon, str]]:
-    driver = _browser()
+    driver = start_browser()
     folder = tmp_path_factory.mktemp("console-daemon")
     port = free_port()
     # one episode each early on (the scene is a pure function of its seed), then none for
@@ -85,16 +85,17 @@ def test_alarming_cameras_come_first_marked_and_acknowledging_clears_the_bar(
         return {t["camera"] for t in tiles if t["alarm"] or t["unacked"]}
 
     # the anomalous region is boxed on the picture while the episode is open
-    boxed = _wait(driver, lambda d: next((t for t in d.execute_script(TILES) if t["box"]), None),
-                  90, "a box around an anomalous region")
+    boxed = wait_until(driver, lambda d: next(
+        (t for t in d.execute_script(TILES) if t["box"]), None),
+        90, "a box around an anomalous region")
     assert boxed["camera"] in ALARMING and boxed["alarm"], boxed
     driver.save_screenshot(str(OUTPUT / "console-box.png"))
-    tiles = _wait(driver, lambda d: (t := d.execute_script(TILES)) and len(t) == 9
-                  and set(ALARMING) <= {x["camera"] for x in t if x["unacked"]} and t, 90,
-                  "both alarming cameras marked with unacknowledged events")
-    tiles = _wait(driver, lambda d: (t := d.execute_script(TILES))
-                  and all(x["picture"] == "source" and x["width"] == 320 for x in t) and t, 30,
-                  "every tile showing its camera's own 320-pixel picture")
+    tiles = wait_until(driver, lambda d: (t := d.execute_script(TILES)) and len(t) == 9
+                       and set(ALARMING) <= {x["camera"] for x in t if x["unacked"]} and t, 90,
+                       "both alarming cameras marked with unacknowledged events")
+    tiles = wait_until(driver, lambda d: (t := d.execute_script(TILES))
+                       and all(x["picture"] == "source" and x["width"] == 320 for x in t) and t, 30,
+                       "every tile showing its camera's own 320-pixel picture")
     assert {t["camera"] for t in tiles[:2]} == set(ALARMING), [t["camera"] for t in tiles]
     assert marked(tiles) == set(ALARMING), tiles
     assert {t["camera"]: t["name"] for t in tiles}["gate"] == "Front gate"
@@ -111,7 +112,7 @@ def test_alarming_cameras_come_first_marked_and_acknowledging_clears_the_bar(
     driver.find_element("id", "ack-all").click()
     # the count goes to zero, and the marks of unacknowledged events with it (until the
     # next event); the bar itself stays only while an episode is still open
-    _wait(driver, lambda d: d.execute_script(
+    wait_until(driver, lambda d: d.execute_script(
         "const bar = document.getElementById('alarm-bar');"
         "const unacked = document.querySelectorAll('#grid .tile.unacked').length;"
         "return (bar.hidden || bar.dataset.count === '0') && !unacked"),
@@ -121,13 +122,13 @@ def test_alarming_cameras_come_first_marked_and_acknowledging_clears_the_bar(
     before = [e for e in listed if e["start_ts"] < clicked - 1.0]
     assert before and all(e["acked_by"] for e in before), before
     # the event history holds both cameras' events, under their display names
-    _wait(driver, lambda d: {"Front gate", "yard"} <= set(d.execute_script(
+    wait_until(driver, lambda d: {"Front gate", "yard"} <= set(d.execute_script(
         "return Array.from(document.querySelectorAll('#history li.history-event .camera-name'))"
         ".map((e) => e.textContent)")), 30, "both cameras' events in the history")
 
     # a tile opens the detail view: frame, forecast, error and the chart
     driver.find_element("css selector", f'#grid .tile[data-camera="{ALARMING[0]}"]').click()
-    _wait(driver, lambda d: d.execute_script(
+    wait_until(driver, lambda d: d.execute_script(
         "const d = document.getElementById('detail');"
         "return !d.hidden && d.dataset.seq && Number(d.querySelector('canvas.chart').dataset.drawn) > 5"
         " && Array.from(d.querySelectorAll('img.panel')).every((i) => i.naturalWidth > 0)"),
@@ -135,21 +136,21 @@ def test_alarming_cameras_come_first_marked_and_acknowledging_clears_the_bar(
     assert driver.find_element("css selector", "#detail .name").text == "Front gate"
     driver.save_screenshot(str(OUTPUT / "console-detail.png"))
     driver.find_element("css selector", "#detail .close").click()
-    _wait(driver, lambda d: d.execute_script("return document.getElementById('detail').hidden"),
-          5, "the detail view to close")
+    wait_until(driver, lambda d: d.execute_script(
+        "return document.getElementById('detail').hidden"), 5, "the detail view to close")
 
     # a phone: one column
     _viewport(driver, 390, 844, mobile=True)
-    tiles = _wait(driver, lambda d: (t := d.execute_script(TILES))
-                  and len({round(x["left"]) for x in t}) == 1 and t, 10, "one column")
+    tiles = wait_until(driver, lambda d: (t := d.execute_script(TILES))
+                       and len({round(x["left"]) for x in t}) == 1 and t, 10, "one column")
     assert all(t["right"] <= 390 for t in tiles), tiles
     driver.save_screenshot(str(OUTPUT / "console-390x844.png"))
     _viewport(driver, 1400, 1000)
 
     # honest state: once the daemon is gone, no tile claims to be live
     assert daemon.stop(timeout=30) == 0
-    tiles = _wait(driver, lambda d: (t := d.execute_script(TILES))
-                  and all(x["stale"] and "last frame" in x["note"] for x in t) and t, 15,
-                  "every tile grey with the time since its last frame")
+    tiles = wait_until(driver, lambda d: (t := d.execute_script(TILES))
+                       and all(x["stale"] and "last frame" in x["note"] for x in t) and t, 15,
+                       "every tile grey with the time since its last frame")
     assert not any(t["badge"] == "live" for t in tiles), tiles
     driver.save_screenshot(str(OUTPUT / "console-stopped.png"))
