@@ -35,6 +35,18 @@ def test_cameras_are_grouped_in_order_as_evenly_as_the_limit_allows() -> None:
         group_specs(_specs(3), 0, "info")
 
 
+def test_the_daemon_runs_at_least_one_capture_process_a_core() -> None:
+    def sizes(count: int, cores: int) -> list[int]:
+        return [len(group.specs) for group in group_specs(_specs(count), 16, "info",
+                                                          min_groups=cores)]
+
+    assert sizes(16, 2) == [8, 8]  # not one process of 16 on two cores
+    assert sizes(3, 2) == [2, 1]
+    assert sizes(1, 2) == [1]  # never more processes than cameras
+    assert sizes(64, 2) == [16, 16, 16, 16]  # the limit still holds
+    assert sizes(16, 1) == [16]
+
+
 class Scores:
     """Every score received, per camera: (seq, capture time stamp)."""
 

@@ -71,14 +71,27 @@ class CaptureGroup:
         return tuple(spec.index for spec in self.specs)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def group_specs(specs: Sequence[CaptureSpec], per_process: int, log_level: str,
-                nice: int = 0) -> list[CaptureGroup]:
-    """``specs`` (in camera order) in groups of at most ``per_process`` cameras, the groups
-    as even in size as that many processes allow (20 cameras by 16: 10 and 10)."""
+                nice: int = 0, min_groups: int = 1) -> list[CaptureGroup]:
+    """``specs`` (in camera order) in groups of at most ``per_process`` cameras, and in at
+    least ``min_groups`` groups where there are that many cameras (the daemon: one a core),
+    the groups as even in size as that many processes allow (20 cameras by 16: 10 and 10).
+
+    One process a core at least: a process's cameras share one interpreter, whose Python
+    parts run one at a time, so one process of 16 cameras of 720p scores less than two of
+    8 on two cores (docs/performance.md, "Real cameras")."""
     if per_process < 1:
         raise ValueError(f"cameras per process must be at least 1, got {per_process}")
     count = len(specs)
-    groups = -(-count // per_process)  # ceiling
+    groups = max(-(-count // per_process), min(count, min_groups))  # ceiling
     base, extra = divmod(count, groups) if groups else (0, 0)
     result = []
     start = 0

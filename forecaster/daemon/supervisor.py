@@ -38,7 +38,12 @@ from typing import Any
 from forecaster.config import Config
 from forecaster.daemon.capacity import CapacityWatch
 from forecaster.daemon.capture import CaptureSpec
-from forecaster.daemon.capture_group import CaptureGroup, capture_group_main, group_specs
+from forecaster.daemon.capture_group import (
+    CaptureGroup,
+    capture_group_main,
+    group_specs,
+    usable_cores,
+)
 from forecaster.daemon.notify import SystemdNotifier
 from forecaster.daemon.preflight import (
     NAMES_SHOWN,
@@ -48,11 +53,7 @@ from forecaster.daemon.preflight import (
     startup_timeout_s,
 )
 from forecaster.daemon.worker import WorkerSpec, worker_main
-from forecaster.errors import (
-    ChildFailed,
-    ConfigError,
-    name_some,
-)
+from forecaster.errors import ChildFailed, ConfigError, name_some
 from forecaster.ipc.channels import Flag, Inbox, Outbox, channel_address
 from forecaster.ipc.health import (
     CameraField,
@@ -108,8 +109,7 @@ class Supervisor:
         self.max_frames = max_frames
         self.ctx = mp.get_context("spawn")
         self.stop = Flag(self.ctx)
-        #: set once every child is ready: captures start reading only then, so no frame
-        #: of a file is overwritten before the worker can take it
+        #: set once every child is ready: captures read only then (no frame overwritten unread)
         self.go = Flag(self.ctx)
         instance = str(os.getpid())
         self.instance = instance
@@ -257,7 +257,7 @@ class Supervisor:
             )
         ]
         self._groups = group_specs(self._capture_specs, config.capture.cameras_per_process,
-                                   config.log_level, nice=config.capture.nice)
+                                   config.log_level, config.capture.nice, usable_cores())
         self.systemd.status("starting: loading the model")
         # start() of a spawned process does not wait for it: all of them start at once
         self._start_child(WORKER)
