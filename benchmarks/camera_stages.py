@@ -9,24 +9,29 @@ process (all threads), per frame, the median of ``--rounds`` alternating rounds:
 
 - decoding: OpenCV's FFmpeg into BGR, then BGR-to-gray (the reader before), against PyAV's
   luma plane (the reader with recordings and the page off), with one decoder thread and
-  with FFmpeg's own threads, and PyAV's BGR with the luma plane (the reader when a
-  camera's frames are recorded or shown, the default);
-- the resize to the model's 64x64: one area step against the two steps it takes now;
+  with FFmpeg's own threads, and BGR with the luma plane (the reader when a camera's
+  frames are recorded or shown, the default): FFmpeg's BGR at full size (before, then
+  scaled to 640 wide by the recorder) against BGR made 640 wide from the planes (now);
+- the resizes to the model's 64x64 and to the cue's 120 rows, before and now;
 - the motion cue at 120 rows (resize included), the pre-roll's JPEG at 640 pixels wide
-  (recording on), and the model's one-frame step with the default scorer;
+  (recording on), a clip's frame in an event (libx264 at 640x360: from the JPEG decoded
+  and PyAV's conversion, before; from the frame and OpenCV's conversion, now), and the
+  model's one-frame step with the default scorer;
 - with ``--substream WxH``: the same frames scaled to WxH and encoded with libx264 (as a
   camera's substream, for ``detect_source``), their decoding and their cue;
 - with ``--cue-variants``: the optical flow alone on the cue's frames (120 rows), as the cue
-  computes it (Farneback, the default's parameters) and cheaper candidates (fewer levels
-  or iterations, a smaller window, OpenCV's DIS flow): their cost only, not their
-  detection quality, which the detection protocol measures.
+  computes it (Farneback, the default's parameters), the cue before (3 iterations) and
+  cheaper candidates (fewer levels, a smaller window, OpenCV's DIS flow): their cost
+  only; ``benchmarks/cue_variants.py`` compares them on detection.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,15 +72,31 @@ def _pyav_luma(path: str, count: int, threads: bool) -> Callable[[], None]:
     return run
 
 
-def _pyav_colour(path: str, count: int) -> Callable[[], None]:
+def _pyav_colour(path: str, count: int, width: int | None = None) -> Callable[[], None]:
     """PyAV decoding to BGR and the luma plane (a camera whose frames are recorded or
-    shown: BGR for them, the luma plane for the model)."""
+    shown: BGR for them, at most ``width`` wide, the luma plane for the model)."""
     from forecaster.sources.luma import LumaDecoder
+
+    def run() -> None:
+        decoder = LumaDecoder(path, color=True, color_width=width)
+        for _ in range(count):
+            decoder.read()
+        decoder.close()
+
+    return run
+
+
+def _pyav_colour_scaled(path: str, count: int) -> Callable[[], None]:
+    """As :func:`_pyav_colour` at full size, then each BGR frame scaled to 640 wide."""
+    from forecaster.sources.luma import LumaDecoder
+    from forecaster.sources.preprocess import scaled
 
     def run() -> None:
         decoder = LumaDecoder(path, color=True)
         for _ in range(count):
-            decoder.read()
+            item = decoder.read()
+            if item is not None:
+                scaled(item[0], 640)
         decoder.close()
 
     return run
@@ -200,6 +221,39 @@ def main() -> int:
         for gray in grays:
             cv2.imencode(".jpg", scaled(gray, 640), [cv2.IMWRITE_JPEG_QUALITY, 80])
 
+    colour_decoder = LumaDecoder(args.video, color=True, color_width=640)
+    colours = [np.array(item[0]) for _ in range(count)
+               if (item := colour_decoder.read()) is not None]
+    colour_decoder.close()
+    jpegs = [cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])[1] for image in colours]
+
+    def clip(from_jpeg: bool) -> Callable[[], None]:
+        import av
+
+        from forecaster.recording.h264 import X264_OPTIONS
+
+        def run() -> None:
+            path = Path(tempfile.mkdtemp()) / "clip.mp4"
+            with av.open(str(path), "w") as out:
+                stream = out.add_stream("libx264", rate=10)
+                stream.width, stream.height = colours[0].shape[1], colours[0].shape[0]
+                stream.pix_fmt = "yuv420p"
+                stream.options = dict(X264_OPTIONS)
+                stream.codec_context.thread_count = 1
+                for index, (image, data) in enumerate(zip(colours, jpegs, strict=True)):
+                    if from_jpeg:  # before: the JPEG decoded, PyAV's (swscale's) conversion
+                        frame = av.VideoFrame.from_ndarray(
+                            cv2.imdecode(data, cv2.IMREAD_COLOR), format="bgr24")
+                    else:  # now: the frame itself, OpenCV's conversion
+                        frame = av.VideoFrame.from_ndarray(
+                            cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+                    frame.pts = index
+                    out.mux(stream.encode(frame))
+                out.mux(stream.encode(None))
+            shutil.rmtree(path.parent)
+
+        return run
+
     def model() -> None:
         engine = loaded.engine(ScorerConfig())
         engine.add_camera("bench")
@@ -209,7 +263,6 @@ def main() -> int:
     model()  # compile the step
     extra: dict[str, Callable[[], None]] = {}
     if args.substream:
-        import tempfile
 
         width, height = (int(part) for part in args.substream.lower().split("x"))
         path = str(Path(tempfile.mkdtemp()) / "substream.mp4")
@@ -236,13 +289,22 @@ def main() -> int:
         "decode + gray, OpenCV (BGR, then gray)": _opencv_gray(args.video, count),
         "decode to the luma plane, PyAV, 1 thread": _pyav_luma(args.video, count, False),
         "decode to the luma plane, PyAV, FFmpeg's threads": _pyav_luma(args.video, count, True),
-        "decode to BGR and the luma plane, PyAV (colour)": _pyav_colour(args.video, count),
+        "decode to BGR at full size and the luma plane (colour, before)":
+            _pyav_colour(args.video, count),
+        "the same, then BGR scaled to 640 wide (what the pre-roll did)":
+            _pyav_colour_scaled(args.video, count),
+        "decode to BGR 640 wide and the luma plane (colour, now)":
+            _pyav_colour(args.video, count, 640),
         "resize to 64x64, one area step": resize_one_step,
         "resize to 64x64, two steps (now)": resize_two_steps,
         "resize to the cue's size, all columns (before)": cue_resize_before,
         "resize to the cue's size, whole factors (now)": cue_resize,
         "motion cue at 120 rows (its resize included)": cue,
         "pre-roll JPEG, gray, 640 wide": jpeg,
+        "clip frame 640x360 (in an event), before: JPEG decoded, PyAV's I420, libx264":
+            clip(True),
+        "clip frame 640x360 (in an event), now: the frame, OpenCV's I420, libx264":
+            clip(False),
         "model step + score (default scorer)": model,
         **extra,
     }
@@ -255,7 +317,7 @@ def main() -> int:
     print(f"{Path(args.video).name}, {grays[0].shape[1]}x{grays[0].shape[0]}, {count} frames, "
           f"CPU ms per frame (median of {args.rounds} alternating rounds):")
     for name, values in samples.items():
-        print(f"  {name:<50}{np.median(values):>7.2f}")
+        print(f"  {name:<80}{np.median(values):>7.2f}")
     return 0
 
 

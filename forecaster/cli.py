@@ -252,6 +252,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SourceError(f"benchmark video not found: {video}")
     if args.rtsp and not (video and args.cameras):
         raise UsageError("--rtsp needs --cameras N and --video FILE")
+    camera_model = Path(args.camera_model) if args.camera_model else None
+    if camera_model is not None:
+        if not (video and args.cameras):
+            raise UsageError("--camera-model needs --cameras N and --video FILE")
+        if not camera_model.is_file():
+            raise UsageError(f"--camera-model: model file not found: {camera_model}")
     report = run_bench(
         archs=[] if args.skip_archs else (args.arch or None),
         size=args.size,
@@ -266,6 +272,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         capture_nice=args.capture_nice,
         rtsp=args.rtsp,
         cameras_per_process=args.cameras_per_process,
+        camera_model=camera_model,
         soak_ticks=args.soak_ticks,
         scorer_mode=args.scorer_mode,
         overload=args.overload,
@@ -458,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rtsp", action="store_true",
                        help="with --cameras and --video: each camera reads the video from an "
                        "RTSP server (GStreamer's) started for the run")
+    bench.add_argument("--camera-model", metavar="M",
+                       help="with --cameras and --video: the model the cameras run (default: "
+                       "the bundled one; say, one trained on the video, as a deployment "
+                       "trains on its camera)")
     bench.add_argument("--cameras-per-process", type=_positive_int, metavar="N",
                        help="capture.cameras_per_process of the --cameras runs (default: the "
                        "config's default)")

@@ -86,7 +86,8 @@ def bench_video_cameras(counts: list[int], video: Path, fps: float = 10.0,
         capture = (extra or {}).get("capture", {})
         rows[-1].update({"video": str(video), "rtsp": rtsp,
                          "capture_nice": capture.get("nice"),
-                         "cameras_per_process": capture.get("cameras_per_process")})
+                         "cameras_per_process": capture.get("cameras_per_process"),
+                         "model": (extra or {}).get("model", {}).get("path")})
     return rows
 
 
@@ -194,7 +195,8 @@ def format_video_cameras(rows: list[dict[str, Any]]) -> list[str]:
         f"default scorer, recording on"
         + ("" if nice is None else f", capture.nice = {nice}")
         + ("" if first.get("cameras_per_process") is None
-           else f", capture.cameras_per_process = {first['cameras_per_process']}"),
+           else f", capture.cameras_per_process = {first['cameras_per_process']}")
+        + ("" if first.get("model") is None else f", model {Path(first['model']).name}"),
         f"{'cameras':>8}{'scored/s':>10}{'of':>6}{'slowest/s':>11}{'x mean':>8}{'dropped':>9}"
         f"{'p50':>9}{'p99':>10}{'in event':>10}  CPU cores by role",
     ]

@@ -291,6 +291,7 @@ def run_bench(
     capture_nice: int | None = None,
     rtsp: bool = False,
     cameras_per_process: int | None = None,
+    camera_model: Path | None = None,
     soak_ticks: int | None = None,
     scorer_mode: str = "auto",
     overload: bool = False,
@@ -338,7 +339,9 @@ def run_bench(
             capture["nice"] = capture_nice
         if cameras_per_process is not None:
             capture["cameras_per_process"] = cameras_per_process
-        extra = {"capture": capture} if capture else None
+        extra: dict[str, dict[str, Any]] = {"capture": capture} if capture else {}
+        if camera_model is not None:
+            extra["model"] = {"path": str(camera_model.resolve())}
         report["video_cameras"] = bench_video_cameras(cameras, video, fps=camera_fps,
                                                       seconds=camera_seconds, rtsp=rtsp,
                                                       extra=extra)
