@@ -285,6 +285,22 @@ def main() -> int:
 
         size = cue_size(grays[0].shape[0], grays[0].shape[1], 120)
         extra.update(_flow_variants([to_gray_resized(g, size) for g in grays]))
+        from forecaster.detection.calibration import PatchPooler
+
+        pooler = PatchPooler(*size, 8, 4)
+        magnitudes = [np.random.default_rng(index).random(size).astype(np.float32)
+                      for index in range(count)]
+
+        def windows_numpy() -> None:  # a stack of one map takes NumPy's two passes
+            for magnitude in magnitudes:
+                pooler(magnitude[None])
+
+        def windows_opencv() -> None:
+            for magnitude in magnitudes:
+                pooler(magnitude)
+
+        extra["the cue's 8x8 windows: NumPy's sums (before)"] = windows_numpy
+        extra["the cue's 8x8 windows: OpenCV's integral image (now)"] = windows_opencv
     stages: dict[str, Callable[[], None]] = {
         "decode + gray, OpenCV (BGR, then gray)": _opencv_gray(args.video, count),
         "decode to the luma plane, PyAV, 1 thread": _pyav_luma(args.video, count, False),

@@ -67,6 +67,13 @@ def test_pooler_matches_brute_force() -> None:
     np.testing.assert_allclose(pooler(values[1]), expected[1], rtol=1e-12)
     np.testing.assert_allclose(pooler(values[2].astype(np.float32)), expected[2], rtol=1e-6)
     assert (pooler(np.zeros((20, 30))) == 0.0).all()
+    # one map (OpenCV's integral image) and a stack (NumPy's sums) agree, for a view too
+    np.testing.assert_allclose(pooler(values[1]), pooler(values)[1], rtol=1e-12)
+    wide = np.repeat(values[0], 2, axis=1)[:, ::2]  # not contiguous
+    np.testing.assert_allclose(pooler(wide), expected[0], rtol=1e-12)
+    image = (values[0] * 255).astype(np.uint8)
+    np.testing.assert_allclose(pooler(image), pooler(image[None].astype(np.float64))[0],
+                               rtol=1e-12)
     with pytest.raises(ValueError, match="20x30 frame"):
         pooler(np.zeros((20, 31)))
 

@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 MSE_FLOOR = 1e-10
@@ -133,7 +134,6 @@ class PatchPooler:
         top, left = np.meshgrid(rows, cols, indexing="ij")
         self._top, self._left = top, left
         self._bottom, self._right = top + patch, left + patch
-        self._integral: np.ndarray | None = None
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         """Window means (float64), shape ``(..., rows, cols)``."""
@@ -143,15 +143,16 @@ class PatchPooler:
                 f"{self.height}x{self.width} frame"
             )
         lead = values.shape[:-2]
-        shape = (*lead, self.height + 1, self.width + 1)
-        integral = self._integral
-        if integral is None or integral.shape != shape:
+        if not lead and values.dtype in (np.float32, np.float64, np.uint8):
+            # one map (the motion cue's flow, the scorer's error map): OpenCV's integral
+            # image, the same sums as the two NumPy passes below in a quarter of the time
+            integral = cv2.integral(np.ascontiguousarray(values), sdepth=cv2.CV_64F)
+        else:
+            shape = (*lead, self.height + 1, self.width + 1)
             integral = np.zeros(shape, dtype=np.float64)
-            if not lead:  # reused frame after frame by the scorer
-                self._integral = integral
-        inner = integral[..., 1:, 1:]
-        np.cumsum(values, axis=-2, dtype=np.float64, out=inner)
-        np.cumsum(inner, axis=-1, out=inner)
+            inner = integral[..., 1:, 1:]
+            np.cumsum(values, axis=-2, dtype=np.float64, out=inner)
+            np.cumsum(inner, axis=-1, out=inner)
         b, r, t, left = self._bottom, self._right, self._top, self._left
         sums = integral[..., b, r] - integral[..., t, r] - integral[..., b, left] + integral[..., t, left]
         np.maximum(sums, 0.0, out=sums)  # rounding of a zero map
