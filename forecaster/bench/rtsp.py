@@ -4,10 +4,13 @@ It runs in the system's Python (``/usr/bin/python3``), where GStreamer's introsp
 bindings live (Debian: ``python3-gi``, ``gir1.2-gst-rtsp-server-1.0``, and the demuxers and
 parsers of ``gstreamer1.0-plugins-good`` and ``-bad``). The file's H.264 is served as it is,
 not decoded nor encoded again, at the file's own rate, as an IP camera serves its stream.
-The clients share one stream, as the viewers of an IP camera do: the file ``repeats``
-times over (the time runs on from one pass to the next, as a camera's does), which a
-client joins where it is; then the stream ends. The server answers each client in a
-thread of its own.
+Each client gets a stream of its own from the file's start: the file ``repeats`` times
+over (the time runs on from one pass to the next, as a camera's does); then the stream
+ends. Not one stream that the clients share, as the viewers of an IP camera do: a camera
+sends a keyframe every second or two, but a file may have few (``vtest.avi`` has 3 in its
+795 frames, all in its first third), and a client that joins a shared stream after them
+waits for the next pass, timing out and reconnecting meanwhile. The server answers each
+client in a thread of its own.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ location = path.replace("\\", "\\\\").replace('"', '\\"')
 # the file again and again, one stream: concat carries the time on from one to the next
 files = " ".join(f'filesrc location="{location}" ! parsebin ! c. ' for _ in range(repeats))
 factory.set_launch(f'( concat name=c ! rtph264pay name=pay0 pt=96 config-interval=1 {files})')
-factory.set_shared(True)
+factory.set_shared(False)  # a stream a client, each from a keyframe (see the docstring)
 server.get_thread_pool().set_max_threads(64)
 server.get_mount_points().add_factory("/cam", factory)
 if server.attach(None) == 0:
@@ -82,7 +85,7 @@ def _free_port() -> int:
 
 class RtspServer:
     """Serves ``video`` (H.264 in any container GStreamer reads) at :attr:`url` until closed,
-    ``repeats`` times over in one stream that the clients share."""
+    ``repeats`` times over, a stream for each client."""
 
     def __init__(self, video: Path, *, repeats: int = 40, start_timeout_s: float = 30.0) -> None:
         missing = rtsp_server_missing()
