@@ -142,15 +142,22 @@ class Recorder:
         return seq / self.fps if self.fps else ts
 
     def encode(self, image: np.ndarray, seq: int, ts: float) -> Entry:
-        ok, data = cv2.imencode(".jpg", scaled(image, self.settings.max_width), self._params)
+        return self._entry(scaled(image, self.settings.max_width), seq, ts)
+
+    def _entry(self, small: np.ndarray, seq: int, ts: float) -> Entry:
+        ok, data = cv2.imencode(".jpg", small, self._params)
         return Entry(seq, ts, self._pos(seq, ts), data.tobytes() if ok else b"")
 
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
+        """A frame as captured: into the pre-roll as a JPEG, and into an open clip as the
+        image too (copied only then, where it is the caller's array, which its source may
+        reuse)."""
         small = scaled(image, self.settings.max_width)
-        ok, data = cv2.imencode(".jpg", small, self._params)
-        if small is image:  # the caller's array, which its source may reuse
-            small = small.copy()
-        self.add(Entry(seq, ts, self._pos(seq, ts), data.tobytes() if ok else b""), small)
+        entry = self._entry(small, seq, ts)
+        if self.clip is None:
+            self.add(entry)
+            return
+        self.add(entry, small.copy() if small is image else small)
 
     def add_scored(self, entry: Entry, messages: Iterable[Message]) -> None:
         """A frame and the messages about it, in order (replay: nothing is late)."""
