@@ -258,6 +258,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError("--camera-model needs --cameras N and --video FILE")
         if not camera_model.is_file():
             raise UsageError(f"--camera-model: model file not found: {camera_model}")
+        from forecaster.model.artifact import read_card
+
+        read_card(camera_model)  # a file that is no model: one line and exit 2, here
     report = run_bench(
         archs=[] if args.skip_archs else (args.arch or None),
         size=args.size,

@@ -120,3 +120,22 @@ def test_replay_against_decode_times_both_scorer_modes_and_decoding(tmp_path: Pa
         assert row["ratios"][0] == pytest.approx(row["replay_fps"][0] / report["decode_fps"][0])
     # the optical flow of the motion cue is work that the global mode does not do
     assert report["fused"]["cpu_ms_per_frame"] > report["global"]["cpu_ms_per_frame"]
+
+
+@pytest.mark.parametrize("content", [None, b"not a model"])
+def test_bench_camera_model_that_is_no_model_is_one_line_and_exit_2(tmp_path: Path,
+                                                                     content: bytes | None
+                                                                     ) -> None:
+    model = tmp_path / "m.keras"
+    if content is not None:
+        model.write_bytes(content)
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"\0")  # never read: the model is checked first
+    proc = subprocess.run(
+        [sys.executable, "-m", "forecaster", "bench", "--skip-archs", "--cameras", "1",
+         "--video", str(video), "--camera-model", str(model)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("forecaster: error")]
+    assert len(errors) == 1 and str(model) in errors[0], proc.stderr[-2000:]
