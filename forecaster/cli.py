@@ -204,7 +204,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
               f"{video['fps']} frames/s, {len(video['events'])} event(s){auc}")
     total = summary["total"]
     auc = "" if total["auc"] is None else f", AUC {total['auc']:.3f}"
-    for key, name in (("auc_model_term", "the model's term alone"), ("auc_cue", "the cue alone")):
+    for key, name in (("auc_model_term", "the model's term alone"), ("auc_cue", "the cue term alone")):
         if total.get(key) is not None:
             auc += f", {name} {total[key]:.3f}"
     print(f"total: {total['frames']} frames, {total['frames_scored']} scored, "

@@ -30,13 +30,15 @@ SIZE = 32
 CLIP = "synthetic:?frames=100&seed=1&anomaly_rate=0.05&width=64&height=48"
 
 
-def make_tiny_model(path: Path, *, perturb: bool = True, fused: bool = False) -> Path:
+def make_tiny_model(path: Path, *, perturb: bool = True, fused: bool = False,
+                    place: bool = False) -> Path:
     """A small untrained model with a calibration, saved to ``path``.
 
     Untouched, the model predicts "the next frame equals this one" (its output layer starts
     at zero); ``perturb`` gives that layer random weights, so predictions depend on the
     carried state. ``fused`` adds a (made-up) calibration of the fused mode, with a motion
-    cue at 48 rows.
+    cue at 48 rows; ``place`` a (made-up) normal motion per place on a grid that is not
+    the cue's (resized to it where the cue is measured).
     """
     import keras
 
@@ -64,6 +66,11 @@ def make_tiny_model(path: Path, *, perturb: bool = True, fused: bool = False) ->
             **FusedSettings(error="worst", cue_height=48).as_dict(), "height": SIZE,
             "width": SIZE, "frames": 100, "score_mean": 0.5, "score_std": 1.5,
             "terms": {"error": {"mean": -7.0, "std": 0.5}, "flow": {"mean": -2.0, "std": 1.0}}}
+        if place:
+            from forecaster.detection.flow import PlaceNorm
+
+            divisors = np.random.default_rng(1).uniform(0.3, 3.0, (7, 9))
+            card.calibration["fused"]["place"] = PlaceNorm(divisors).as_dict()
     save_model(model, path, card)
     return path
 
@@ -76,6 +83,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_fused_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("model") / "fused.keras", fused=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_placed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "placed.keras", fused=True,
+                           place=True)
 
 
 def env() -> dict[str, str]:
@@ -323,11 +336,12 @@ def test_default_out_is_a_new_folder_in_the_user_cache(
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("which", ["tiny_model", "tiny_fused_model"])
+@pytest.mark.parametrize("which", ["tiny_model", "tiny_fused_model", "tiny_placed_model"])
 def test_live_scores_equal_replay_scores(which: str, request: pytest.FixtureRequest,
                                          tmp_path: Path) -> None:
     """The fused mode's motion cue is made by the capture process live and by replay
-    offline: the scores agree all the same."""
+    offline (divided by the card's normal motion per place where it has one): the scores
+    agree all the same."""
     tiny_model = request.getfixturevalue(which)
     frames = 60
     video = write_avi(tmp_path / "clip.avi", frames)

@@ -41,7 +41,7 @@ def bench_scoring(frames: int = 200, rounds: int = 5) -> dict[str, Any]:
     from forecaster.config import ScorerConfig
     from forecaster.detection.engine import load
     from forecaster.detection.flow import MotionCue
-    from forecaster.detection.scorer import cue_height
+    from forecaster.detection.scorer import cue_height, cue_place
     from forecaster.model.artifact import bundled_model_path
     from forecaster.sources.preprocess import to_gray_resized
 
@@ -59,7 +59,7 @@ def bench_scoring(frames: int = 200, rounds: int = 5) -> dict[str, Any]:
     def default() -> None:
         engine = loaded.engine(ScorerConfig())
         engine.add_camera("bench")
-        cue = MotionCue(rows)
+        cue = MotionCue(rows, cue_place("auto", card.calibration))
         for t, image in enumerate(source):
             value = np.asarray([cue(image)])
             engine.process("bench", small[t][None], [t], [float(t)], value)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from forecaster.detection.flow import MotionCue
+from forecaster.detection.flow import MotionCue, PlaceNorm
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.ipc.health import CameraField, Health
 from forecaster.ipc.picture import PictureSlot
@@ -48,6 +48,8 @@ class CaptureSpec:
     log_level: str = "info"
     #: rows of the frames the motion cue is computed on (the scorer's fused mode); None: no cue
     cue_height: int | None = None
+    #: the normal motion per place the cue is divided by (the model card's; None: none)
+    cue_place: PlaceNorm | None = None
     #: event recordings (None: off)
     recording: RecordingSpec | None = None
     #: the camera's lower-resolution stream that the model and the cue see (None: ``source``)
@@ -98,7 +100,7 @@ class Capture:
         self.health = health if health is not None else Health(spec.index + 1)
         self.log = logging.getLogger(f"forecaster.capture.{spec.camera}")
         self.limiter = RateLimiter(spec.fps)
-        self.cue = None if spec.cue_height is None else MotionCue(spec.cue_height)
+        self.cue = None if spec.cue_height is None else MotionCue(spec.cue_height, spec.cue_place)
         self.backoff = Backoff(spec.reconnect_max_s)
         self.frames = 0
         self._skipped_seen = 0

@@ -194,7 +194,7 @@ class Supervisor:
             )
             warn_if_readable_by_others(config.publish.curve_secret_key)
         remove_stale_rings()
-        from forecaster.detection.scorer import cue_height
+        from forecaster.detection.scorer import cue_height, cue_place
         from forecaster.model.artifact import read_card
 
         card = read_card(model_path)
@@ -248,7 +248,7 @@ class Supervisor:
                 max_frames=self.max_frames,
                 reconnect_max_s=config.capture.reconnect_max_s,
                 log_level=config.log_level,
-                cue_height=cue_rows,
+                cue_height=cue_rows, cue_place=cue_place(config.scorer.mode, card.calibration),
                 recording=recording, picture_width=config.recording.max_width,
                 color=recording is not None or config.web.enabled,
             )

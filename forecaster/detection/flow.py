@@ -11,6 +11,9 @@ model's frame size and on the same frames.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -30,17 +33,127 @@ FARNEBACK = (0.5, 3, 15, 2, 5, 1.2)
 TOP_FRACTION = 0.05
 #: weight of the past in the baseline's causal moving average
 SMOOTHING = 0.3
+#: the normal motion of each place (:class:`PlaceNorm`): the quantile of a window's speeds
+#: on normal footage, the least share of the median window's it may be, and the power of
+#: it a window's speed is divided by. Half the way from "fast is unusual" to "fast for
+#: this place is unusual": on Ped2 (benchmarks/place_cue.py, 3 splits of the training
+#: videos) this keeps the cue's figures and lifts the probe of a walker going across the
+#: walkway from 0.73 to 0.90, where dividing by the whole quantile costs the pasted fast
+#: objects in busy places (docs/detection-ped2.md)
+PLACE_QUANTILE = 0.99
+PLACE_POWER = 0.5
+#: the least speed (pixels a frame at the cue's size) a place's quantile is taken as
+PLACE_FLOOR = 0.05
+
+
+@dataclass(frozen=True)
+class PlaceNorm:
+    """The normal motion of each place of a camera's view, learned from normal footage: a
+    divisor per window of the motion cue (:class:`FlowEnergy`'s windows), so a speed usual
+    where people walk fast counts for less there than where nothing moves that fast.
+
+    ``divisors`` is (rows, cols) of the cue's window grid on the footage it was learned
+    from; a stream whose grid differs (another aspect ratio) gets it resized to its own.
+    """
+
+    divisors: np.ndarray
+    quantile: float = PLACE_QUANTILE
+    power: float = PLACE_POWER
+
+    def for_grid(self, grid: tuple[int, int]) -> np.ndarray:
+        """The divisors on a window grid of (rows, cols)."""
+        if tuple(self.divisors.shape) == tuple(grid):
+            return self.divisors
+        rows, cols = grid
+        return np.asarray(cv2.resize(self.divisors, (cols, rows), interpolation=cv2.INTER_LINEAR),
+                          dtype=np.float64)
+
+    def as_dict(self) -> dict[str, Any]:
+        rows, cols = self.divisors.shape
+        return {"rows": int(rows), "cols": int(cols), "quantile": self.quantile,
+                "power": self.power,
+                "divisors": [round(float(v), 6) for v in self.divisors.ravel()]}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "place") -> PlaceNorm:
+        """Parse :meth:`as_dict`'s form; ValueError naming the bad field."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where} must be an object, got {type(data).__name__}")
+        shape = []
+        for key in ("rows", "cols"):
+            value = data.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}[{key!r}] must be an integer >= 1, got {value!r}")
+            shape.append(value)
+        values = data.get("divisors")
+        if (not isinstance(values, list) or len(values) != shape[0] * shape[1]
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) and v > 0 for v in values)):
+            raise ValueError(f"{where}['divisors'] must be {shape[0] * shape[1]} finite "
+                             f"numbers above 0 ({shape[0]} rows x {shape[1]} columns)")
+        numbers = {}
+        for key, default in (("quantile", PLACE_QUANTILE), ("power", PLACE_POWER)):
+            value = data.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{where}[{key!r}] must be a number in (0, 1], got {value!r}")
+            numbers[key] = float(value)
+        divisors = np.asarray(values, dtype=np.float64).reshape(shape)
+        return cls(divisors, **numbers)
+
+
+def learn_place(windows: Sequence[np.ndarray], quantile: float = PLACE_QUANTILE,
+                power: float = PLACE_POWER) -> PlaceNorm:
+    """The :class:`PlaceNorm` of normal footage from its window speeds: one (T, rows, cols)
+    stack per video (NaN rows, such as a video's first frame, are skipped); a video of
+    another grid is resized to the first one's. Each window's ``quantile`` of its speeds,
+    at least the median window's (and :data:`PLACE_FLOOR`), to the power ``power``."""
+    stacks = [np.asarray(w, dtype=np.float32) for w in windows if len(w)]
+    if not stacks:
+        raise ValueError("learning the normal motion per place needs at least one frame")
+    grid = stacks[0].shape[1:]
+    kept = []
+    for stack in stacks:
+        if stack.ndim != 3:
+            raise ValueError(f"window speeds must be (T, rows, cols), got {stack.shape}")
+        stack = stack[np.isfinite(stack).all(axis=(1, 2))]
+        if stack.shape[1:] != grid:
+            stack = np.stack([cv2.resize(m, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+                              for m in stack]) if len(stack) else stack.reshape(0, *grid)
+        kept.append(stack)
+    frames = np.concatenate(kept)
+    if len(frames) < 2:
+        raise ValueError(f"learning the normal motion per place needs at least 2 frames with "
+                         f"motion measured, got {len(frames)}")
+    level = np.quantile(frames, quantile, axis=0).astype(np.float64)
+    floor = max(float(np.median(level)), PLACE_FLOOR)
+    return PlaceNorm(np.maximum(level, floor) ** power, quantile, power)
+
+
+def place_cues(windows: np.ndarray, place: PlaceNorm | None,
+               fraction: float = TOP_FRACTION) -> np.ndarray:
+    """The cue of each frame from its window speeds (T, rows, cols) as :class:`FlowEnergy`
+    computes it live, divided by ``place`` (None: the plain cue); NaN where a frame has
+    none."""
+    windows = np.asarray(windows, dtype=np.float64)
+    rows, cols = windows.shape[1:]
+    if place is not None:
+        windows = windows / place.for_grid((rows, cols))
+    values = top_k_mean(windows, max(1, round(fraction * rows * cols)))
+    return np.asarray(values, dtype=np.float64)
 
 
 class FlowEnergy:
     """The flow value of each frame of one stream (keeps the previous frame)."""
 
     def __init__(self, height: int, width: int, patch: int = 8, stride: int = 4,
-                 fraction: float = TOP_FRACTION) -> None:
+                 fraction: float = TOP_FRACTION, place: PlaceNorm | None = None) -> None:
         self.pooler = PatchPooler(height, width, patch, stride)
         rows, cols = self.pooler.grid
         self.top = max(1, round(fraction * rows * cols))
+        self._divisors = None if place is None else place.for_grid((rows, cols))
         self._previous: np.ndarray | None = None
+        #: the last frame's window speeds before any place's divisors (None: not measured)
+        self.windows: np.ndarray | None = None
 
     def reset(self) -> None:
         self._previous = None
@@ -48,6 +161,7 @@ class FlowEnergy:
     def __call__(self, frame: np.ndarray) -> float:
         """The value of ``frame`` (H, W) uint8 against the previous one; NaN for the first."""
         previous, self._previous = self._previous, frame
+        self.windows = None
         if previous is None:
             return float("nan")
         scale, levels, window, iterations, poly_n, poly_sigma = FARNEBACK
@@ -57,7 +171,10 @@ class FlowEnergy:
         flow = farneback(previous, frame, None, scale, levels, window, iterations, poly_n,
                          poly_sigma, 0)
         magnitude = np.sqrt(np.square(flow[..., 0]) + np.square(flow[..., 1]))
-        return float(top_k_mean(self.pooler(magnitude), self.top))
+        windows = self.windows = self.pooler(magnitude)
+        if self._divisors is not None:
+            windows = windows / self._divisors
+        return float(top_k_mean(windows, self.top))
 
 
 def cue_size(height: int, width: int, cue_height: int) -> tuple[int, int]:
@@ -74,13 +191,16 @@ class MotionCue:
     model's: the model's 64x64 frames blur a cyclist into a walker, the cue need not.
 
     Computed where the full-size frame is at hand (the capture process, replay, training's
-    calibration), so one frame's cue is the same number everywhere.
+    calibration), so one frame's cue is the same number everywhere. With ``place`` (the
+    model card's normal motion per place) each window's speed is divided by its place's
+    divisor before the fastest windows are averaged.
     """
 
-    def __init__(self, cue_height: int) -> None:
+    def __init__(self, cue_height: int, place: PlaceNorm | None = None) -> None:
         if cue_height < 8:
             raise ValueError(f"motion cue height must be at least 8 rows, got {cue_height}")
         self.cue_height = cue_height
+        self.place = place
         self._energy: FlowEnergy | None = None
         self._source_shape: tuple[int, int] | None = None
 
@@ -114,9 +234,15 @@ class MotionCue:
         (:meth:`resize`), against the previous frame: ``self(image)`` in two steps."""
         if source_shape != self._source_shape:
             self._source_shape = source_shape
-            self._energy = FlowEnergy(*cue_size(*source_shape, self.cue_height))
+            self._energy = FlowEnergy(*cue_size(*source_shape, self.cue_height),
+                                      place=self.place)
         assert self._energy is not None
         return self._energy(small)
+
+    @property
+    def windows(self) -> np.ndarray | None:
+        """The last frame's window speeds, before the place's divisors (None: none)."""
+        return None if self._energy is None else self._energy.windows
 
 
 def flow_scores(frames: np.ndarray, smoothing: float = SMOOTHING) -> np.ndarray:

@@ -1,8 +1,7 @@
 """The scorer's "fused" mode: the model's prediction error fused with a motion cue.
 
 Two terms, each smoothed by a causal exponential moving average and standardised by its
-mean and spread on normal frames (one normalisation for the whole frame, never per
-location, so a walker where the training footage rarely had one is no anomaly):
+mean and spread on normal frames (one normalisation for the whole frame):
 
 - ``error``: how wrong the prediction made from frame t-1 was about frame t: ``ln`` of the
   whole frame's mean squared error (``error = "global"``), or the mean of the ``top_k``
@@ -10,7 +9,14 @@ location, so a walker where the training footage rarely had one is no anomaly):
   pixels apart, so a small fast object counts however many people walk elsewhere);
 - ``flow``: ``ln(0.001 + cue)``, the frame's motion cue (:class:`forecaster.detection.flow.MotionCue`:
   the speed of the fastest places, from dense optical flow at ``cue_height`` rows, a size
-  above the model's).
+  above the model's). Where the entry has a ``place``
+  (:class:`forecaster.detection.flow.PlaceNorm`, learned by ``forecaster train`` from its
+  normal footage), each window's speed is first divided by the square root of that
+  place's usual top speed, so a speed usual where people walk fast counts for less there
+  than where nothing moves that fast. A window's divisor is never under the median
+  window's: a place where nothing moved in the footage is weighed as the median place,
+  not as one where any motion is unheard of (on Ped2 the divisors span 1.7x, mostly the
+  camera's perspective: walkers near it move more pixels a frame).
 
 The statistic ``error_weight * z_error + flow_weight * z_flow`` is standardised once more
 on the same normal frames, so the score reads "standard deviations above normal", as in
@@ -39,6 +45,7 @@ from forecaster.detection.calibration import (
     log_window_errors,
     top_k_mean,
 )
+from forecaster.detection.flow import PlaceNorm
 
 #: added to the cue before its logarithm (a still frame has a cue of about 0)
 CUE_FLOOR = 1e-3
@@ -134,6 +141,8 @@ class FusedCalibration:
     flow_std: float
     score_mean: float
     score_std: float
+    #: the normal motion per place the cue is divided by (None: the plain cue)
+    place: PlaceNorm | None = None
 
 
 def parse_fused_calibration(data: Any) -> FusedCalibration:
@@ -174,7 +183,9 @@ def parse_fused_calibration(data: Any) -> FusedCalibration:
                 raise ValueError(f"calibration['fused']['terms'][{term!r}][{key!r}] must be "
                                  f"a finite number, got {value!r}")
             stats[f"{term}_{key}"] = float(value)
+    place = data.get("place")
     return FusedCalibration(
+        place=None if place is None else PlaceNorm.from_dict(place, "calibration['fused']['place']"),
         settings=settings, height=integer("height"), width=integer("width"),
         error_mean=stats["error_mean"], error_std=max(stats["error_std"], STAT_STD_FLOOR),
         flow_mean=stats["flow_mean"], flow_std=max(stats["flow_std"], STAT_STD_FLOOR),
@@ -252,13 +263,15 @@ def fused_calibration(
     settings: FusedSettings,
     *,
     normal: Sequence[np.ndarray] | None = None,
+    place: PlaceNorm | None = None,
 ) -> dict[str, Any]:
     """The ``calibration["fused"]`` entry from normal footage, as the daemon scores it.
 
     Per video: ``error_maps`` (T, H, W), the squared errors of its consecutive scored frames
     (from the first frame the daemon scores); ``cues`` (T,) those frames' motion cues
-    (needed when ``settings.flow_weight > 0``); ``normal`` the frames to count (default
-    all; the moving averages run over every frame, as live).
+    (needed when ``settings.flow_weight > 0``), made with ``place`` (the normal motion per
+    place, kept in the entry for the daemon's cues; None: the plain cue); ``normal`` the
+    frames to count (default all; the moving averages run over every frame, as live).
     """
     maps = [np.asarray(m, dtype=np.float32) for m in error_maps]
     if not maps:
@@ -315,8 +328,20 @@ def fused_calibration(
                   "flow": {"mean": flow_mean, "std": flow_std}},
         "score_mean": score_mean,
         "score_std": max(score_std, STAT_STD_FLOOR),
+        **({} if place is None or not settings.needs_cue else {"place": place.as_dict()}),
     }
 
 
-__all__ = ["CUE_FLOOR", "DEFAULT_FUSED", "MSE_FLOOR", "FusedCalibration", "FusedSettings", "FusedStatistic",
-           "cue_value", "fused_calibration", "parse_fused_calibration", "smooth_nan"]
+__all__ = [
+    "CUE_FLOOR",
+    "DEFAULT_FUSED",
+    "MSE_FLOOR",
+    "FusedCalibration",
+    "FusedSettings",
+    "FusedStatistic",
+    "PlaceNorm",
+    "cue_value",
+    "fused_calibration",
+    "parse_fused_calibration",
+    "smooth_nan",
+]

@@ -32,6 +32,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from forecaster.detection.calibration import MSE_FLOOR, PatchStatistic, parse_patch_calibration
+from forecaster.detection.flow import PlaceNorm
 from forecaster.detection.fused import FusedStatistic, parse_fused_calibration
 from forecaster.detection.region import BoxFinder
 
@@ -129,6 +130,14 @@ def cue_height(mode: str, calibration: Mapping[str, Any]) -> int | None:
         return None
     settings = parse_fused_calibration(calibration.get("fused")).settings
     return settings.cue_height if settings.needs_cue else None
+
+
+def cue_place(mode: str, calibration: Mapping[str, Any]) -> PlaceNorm | None:
+    """The normal motion per place the motion cue is divided by for a scorer with ``mode``
+    and ``calibration``; None when that scorer needs no cue or its card has none."""
+    if cue_height(mode, calibration) is None:
+        return None
+    return parse_fused_calibration(calibration.get("fused")).place
 
 
 class Scorer:

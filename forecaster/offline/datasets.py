@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from forecaster.detection.flow import MotionCue
+from forecaster.detection.flow import MotionCue, PlaceNorm
 from forecaster.errors import DataError
 from forecaster.protocol import camera_safe
 from forecaster.sources.files import special_file
@@ -115,13 +115,29 @@ def read_video(uri: str, size: tuple[int, int], max_frames: int | None = None,
     return frames, labels
 
 
+def stack_windows(windows: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Per-frame window maps as one (T, rows, cols) stack, NaN where a frame has none (a
+    frame of another grid, after a change of size, counts as none)."""
+    shapes = [w.shape for w in windows if w is not None]
+    grid = max(set(shapes), key=shapes.count) if shapes else (1, 1)
+    out = np.full((len(windows), *grid), np.nan, dtype=np.float32)
+    for index, window in enumerate(windows):
+        if window is not None and window.shape == grid:
+            out[index] = window
+    return out
+
+
 def read_video_cues(
     uri: str, size: tuple[int, int], max_frames: int | None = None,
     max_seconds: float | None = None, cue_height: int | None = None,
+    place: PlaceNorm | None = None, windows_out: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """All frames of one video as ``(T, H, W) uint8`` at ``size``, its labels or None, and
     with ``cue_height`` each frame's motion cue (:class:`forecaster.detection.flow.MotionCue`, made
-    from the full-size frame as the capture process makes it), else None.
+    from the full-size frame as the capture process makes it, divided by ``place`` where
+    given), else None. ``windows_out``: a list that gets the cue's window speeds of every
+    frame, before any place's divisors, as one (T, rows, cols) float32 stack (NaN for a
+    frame without them).
 
     Labels come from the source (the synthetic scene); other sources give None. A
     ``synthetic:`` string is read unpaced; without ``frames=`` it gives ``max_frames`` or
@@ -150,8 +166,9 @@ def read_video_cues(
     height, width = size
     images: list[np.ndarray] = []
     labels: list[int | None] = []
-    cue = None if cue_height is None else MotionCue(cue_height)
+    cue = None if cue_height is None else MotionCue(cue_height, place)
     cues: list[float] = []
+    windows: list[np.ndarray | None] = []
     with source:
         while (max_frames is None or len(images) < max_frames) and time.monotonic() < deadline:
             frame = source.read()
@@ -162,6 +179,9 @@ def read_video_cues(
             labels.append(frame.label)
             if cue is not None:
                 cues.append(cue(gray))
+                if windows_out is not None:
+                    windows.append(None if cue.windows is None
+                                   else cue.windows.astype(np.float32))
     if not images:
         raise DataError(f"no frames read from {uri}")
     stack = np.stack(images)
@@ -169,6 +189,8 @@ def read_video_cues(
         log.warning("%d image(s) skipped in %s: frames no longer line up with labels counted "
                     "per image file", source.skipped, uri)
     cue_array = None if cue is None else np.asarray(cues, dtype=np.float64)
+    if windows_out is not None and cue is not None:
+        windows_out.append(stack_windows(windows))
     if any(label is None for label in labels):
         return stack, None, cue_array
     return stack, np.asarray(labels, dtype=np.uint8), cue_array

@@ -46,9 +46,9 @@ import numpy as np
 
 from forecaster.config import Config
 from forecaster.detection.engine import check_model, load, model_path
-from forecaster.detection.flow import flow_scores
+from forecaster.detection.flow import PlaceNorm, flow_scores, place_cues
 from forecaster.detection.fused import DEFAULT_FUSED, cue_value, smooth_nan
-from forecaster.detection.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height
+from forecaster.detection.scorer import MSE_FLOOR, SIGMA_FLOOR, cue_height, cue_place
 from forecaster.errors import DataError
 from forecaster.offline.datasets import expand_videos, load_labels, read_video_cues
 from forecaster.offline.detection_metrics import best_f1, eer, roc_auc, roc_curve, undefined_reason
@@ -60,7 +60,7 @@ from forecaster.sources.preprocess import to_unit
 
 log = logging.getLogger("forecaster.evaluate")
 
-METHODS = ("model", "model-term", "cue", "model-global", "copy-last", "frame-diff", "mog2",
+METHODS = ("model", "model-term", "cue", "place-cue", "model-global", "copy-last", "frame-diff", "mog2",
            "flow")
 PROTOCOLS = ("paper", "causal")
 METHOD_NOTES = {
@@ -70,10 +70,13 @@ METHOD_NOTES = {
                   "error term, smoothed and standardised as the scorer does; other modes: the "
                   "whole-frame error, as model-global); paper: per-video min-max; causal: that "
                   "term",
-    "cue": "the daemon's motion cue alone, no model: at its own size and smoothing "
-           "(fused mode: the card's cue term, standardised as the scorer does; other modes: "
-           "ln(0.001 + cue) at the default size and smoothing); paper: per-video min-max; "
-           "causal: that term",
+    "cue": "the daemon's motion cue alone, nothing learned: ln(0.001 + cue) at the card's "
+           "cue size and smoothing (other modes: the default size and smoothing); paper: "
+           "per-video min-max; causal: that term",
+    "place-cue": "the motion cue divided by the card's normal motion per place (learned by "
+                 "train from normal footage; no forecast): the fused scorer's cue term, "
+                 "standardised as the scorer does; the same as cue when the card has no "
+                 "normal motion per place; paper: per-video min-max; causal: that term",
     "model-global": "paper: 1 - per-video min-max of the model's PSNR (whole frame); causal: "
                     "(ln mse - mu) / sigma with the card's global calibration",
     "copy-last": "prediction = previous frame; paper: 1 - per-video min-max of its PSNR; "
@@ -209,12 +212,20 @@ def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def _read(data: Sequence[str], labels_path: str | None, size: tuple[int, int],
-          cue_rows: int | None) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+          cue_rows: int | None, place: PlaceNorm | None = None,
+          ) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Each video's name, frames, labels, plain cues and cues divided by ``place`` (None
+    without one)."""
     refs = expand_videos(list(data))
     labels = load_labels(labels_path) if labels_path else {}
     videos = []
     for ref in refs:
-        frames, own, cues = read_video_cues(ref.uri, size, cue_height=cue_rows)
+        windows: list[np.ndarray] = []
+        frames, own, cues = read_video_cues(ref.uri, size, cue_height=cue_rows,
+                                            windows_out=windows)
+        placed = None
+        if place is not None and cues is not None and windows:
+            placed = place_cues(windows[0], place)
         truth = labels.get(ref.name, own)
         if truth is None:
             raise DataError(
@@ -223,7 +234,7 @@ def _read(data: Sequence[str], labels_path: str | None, size: tuple[int, int],
             )
         if len(truth) != len(frames):
             raise label_mismatch(ref.name, len(frames), len(truth))
-        videos.append((ref.name, frames, np.asarray(truth, dtype=np.uint8), cues))
+        videos.append((ref.name, frames, np.asarray(truth, dtype=np.uint8), cues, placed))
     return videos
 
 
@@ -256,16 +267,18 @@ def evaluate_command(
         prepare_out_dir(Path(out), [Path(out) / name for name in RESULT_FILES], force=force)
     # before TensorFlow: bad data fails fast; the cue is read in every mode (its own row)
     cue_rows = cue_height(cfg.scorer.mode, card.calibration) or DEFAULT_FUSED.cue_height
-    raw_videos = _read(data, labels, size, cue_rows)
+    raw_videos = _read(data, labels, size, cue_rows, cue_place(cfg.scorer.mode, card.calibration))
+    smoothing = _cue_smoothing(cfg.scorer.mode, card.calibration)
     out_dir = Path(out) if out is not None else fresh_dir("eval", path.stem)
 
     loaded = load(path)
     stepper = RecordingStepper(loaded.runner)
     engine = loaded.engine(cfg.scorer, stepper)
     videos: list[EvalVideo] = []
-    for index, (name, frames, truth, cues) in enumerate(raw_videos):
+    for index, (name, frames, truth, cues, placed) in enumerate(raw_videos):
         terms_log: list[tuple[float, float]] = []
-        scored = score_video(engine, stepper, f"video{index}", frames, chunk, cues, terms_log)
+        scored = score_video(engine, stepper, f"video{index}", frames, chunk,
+                             cues if placed is None else placed, terms_log)
         seqs = np.asarray([s.seq for s in scored], dtype=np.int64)
         if len(seqs) == 0:
             log.warning("video %s: no frame scored (%d frames, window %d)", name, len(frames),
@@ -275,7 +288,8 @@ def evaluate_command(
         model_psnr = np.asarray([s.psnr for s in scored])
         model_score = np.asarray([s.score for s in scored])
         global_score = global_scores(model_mse, card.calibration)
-        model_term, cue_term = _terms(terms_log, global_score, cues, seqs)
+        model_term, place_term = _terms(terms_log, global_score, cues, seqs)
+        cue_term = _plain_cue(cues, seqs, smoothing)
         copy_mse = copy_last_mse(frames)[seqs]
         diff = frame_diff(frames)[seqs]
         mog = mog2_fraction(frames)[seqs]
@@ -286,6 +300,7 @@ def evaluate_command(
             "model": {"paper": minmax(model_score), "causal": model_score},
             "model-term": {"paper": minmax(model_term), "causal": model_term},
             "cue": {"paper": minmax(cue_term), "causal": cue_term},
+            "place-cue": {"paper": minmax(place_term), "causal": place_term},
             "model-global": {"paper": 1.0 - minmax(model_psnr), "causal": global_score},
             "copy-last": {"paper": 1.0 - minmax(psnr(copy_mse)), "causal": copy_mse},
             "frame-diff": {"paper": minmax(diff), "causal": diff},
@@ -293,7 +308,7 @@ def evaluate_command(
             "flow": {"paper": minmax(flow), "causal": flow},
         }
         video.raw = {"model_mse": model_mse, "model_psnr": model_psnr, "model_term": model_term,
-                     "cue": cue_term, "copy_last_mse": copy_mse,
+                     "cue": cue_term, "place_cue": place_term, "copy_last_mse": copy_mse,
                      "frame_diff": diff, "mog2": mog, "flow": flow}
         videos.append(video)
     if not videos:
@@ -352,6 +367,21 @@ def _terms(terms_log: Sequence[tuple[float, float]], global_score: np.ndarray,
     raw = np.full(len(seqs), math.nan) if cues is None else np.asarray(
         [cue_value(float(c)) for c in cues[seqs]])
     return model_term, smooth_nan(raw, DEFAULT_FUSED.smoothing)
+
+
+def _cue_smoothing(mode: str, calibration: dict[str, Any]) -> float:
+    """The smoothing of the scorer's cue term (the default's when it has none)."""
+    if cue_height(mode, calibration) is None:
+        return DEFAULT_FUSED.smoothing
+    return float(calibration["fused"].get("smoothing", DEFAULT_FUSED.smoothing))
+
+
+def _plain_cue(cues: np.ndarray | None, seqs: np.ndarray, smoothing: float) -> np.ndarray:
+    """The cue row: each frame's plain cue, ``ln(0.001 + cue)`` smoothed as the scorer
+    smooths its cue term (its moving average runs over the scored frames, as the scorer's)."""
+    if cues is None:
+        return np.full(len(seqs), math.nan)
+    return smooth_nan(np.asarray([cue_value(float(c)) for c in cues[seqs]]), smoothing)
 
 
 def _mode_note(mode: str, calibration: dict[str, Any]) -> str:

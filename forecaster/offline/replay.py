@@ -49,7 +49,7 @@ from forecaster.detection.engine import (
     prediction_to_uint8,
 )
 from forecaster.detection.flow import MotionCue
-from forecaster.detection.scorer import cue_height
+from forecaster.detection.scorer import cue_height, cue_place
 from forecaster.errors import DataError, UsageError
 from forecaster.offline.outputs import fresh_dir, prepare_out_dir
 from forecaster.offline.preview import PreviewWriter
@@ -161,7 +161,8 @@ class Replayer:
         arrivals = np.empty(chunk, np.float64)  # when each was read (for the latency)
         cues = np.empty(chunk, np.float64)
         rows = cue_height(options.scorer.mode, self.model.card.calibration)
-        cue = None if rows is None else MotionCue(rows)
+        cue = None if rows is None else MotionCue(
+            rows, cue_place(options.scorer.mode, self.model.card.calibration))
         preview: PreviewWriter | None = None
         previous: np.ndarray | None = None  # prediction of the next frame to come
         seq = 0

@@ -142,7 +142,8 @@ def summarize(results: Sequence[VideoResult], extra: dict[str, Any]) -> dict[str
         per_video = [r.auc()[0] for r in labelled]
         defined = [a for a in per_video if a is not None]
         total["auc_mean_per_video"] = float(np.mean(defined)) if defined else None
-        # each term alone on the same frames: does the forecast add to the motion cue?
+        # each term alone on the same frames: does the forecast add to the motion cue? (the
+        # scorer's own cue term: divided by the normal motion per place where the card has one)
         for key, column in (("auc_model_term", 0), ("auc_cue", 1)):
             values = np.concatenate([r.term_scores(column) for r in labelled])
             total[key] = _auc(labels, values)[0] if np.isfinite(values).any() else None
