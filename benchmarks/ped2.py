@@ -64,16 +64,20 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 import numpy as np  # noqa: E402
 
+from forecaster.detection.flow import PlaceNorm, learn_place  # noqa: E402
 from forecaster.detection.fused import DEFAULT_FUSED, FusedSettings  # noqa: E402
 
 log = logging.getLogger("forecaster.benchmark")
 
-#: a candidate: a name and how its Scorer is made (mode, fused settings or None)
-Candidate = tuple[str, str, FusedSettings | None]
+#: a candidate: a name and how its Scorer is made (mode, fused settings or None, and
+#: whether its cue is divided by the normal motion per place)
+Candidate = tuple[str, str, FusedSettings | None, bool]
+#: the name of a candidate whose cue is divided by the normal motion per place ends so
+PLACE = " +place"
 
 
 def candidates() -> list[Candidate]:
-    out: list[Candidate] = [("global", "global", None), ("patch", "patch", None)]
+    out: list[Candidate] = [("global", "global", None, False), ("patch", "patch", None, False)]
     seen = set()
     for error in ("global", "worst"):
         for smoothing in (0.0, 0.5, 0.7, 0.85):
@@ -87,7 +91,9 @@ def candidates() -> list[Candidate]:
                 seen.add(key)
                 name = (f"fused flow-only s{smoothing:g}" if error_weight == 0 else
                         f"fused {error} s{smoothing:g} flow x{flow_weight:g}")
-                out.append((name, "fused", settings))
+                out.append((name, "fused", settings, False))
+                if flow_weight > 0:
+                    out.append((name + PLACE, "fused", settings, True))
     return out
 
 
@@ -100,10 +106,11 @@ class Scored:
     predictions: np.ndarray  #: (n, H, W) float32, the prediction of each scored frame
     actual: np.ndarray  #: (n, H, W) float32, the scored frames
     cues: np.ndarray  #: (n,) motion cues of the scored frames
+    placed: np.ndarray  #: (n,) the same divided by the normal motion per place (NaN: none)
 
 
-def run_model(stepper: Any, frames: np.ndarray, cues: np.ndarray, labels: np.ndarray,
-              name: str, window: int, chunk: int = 128) -> Scored:
+def run_model(stepper: Any, frames: np.ndarray, cues: np.ndarray, placed: np.ndarray,
+              labels: np.ndarray, name: str, window: int, chunk: int = 128) -> Scored:
     """One stateful pass (chunks, state carried: equal to the daemon's per-frame ticks)."""
     x = frames.astype(np.float32)[..., None] / np.float32(255.0)
     state = stepper.initial_state(1)
@@ -114,7 +121,7 @@ def run_model(stepper: Any, frames: np.ndarray, cues: np.ndarray, labels: np.nda
     predicted = np.concatenate(outputs)
     # frame t (t >= window) is scored against the prediction made from frame t - 1
     return Scored(name, labels[window:], predicted[window - 1:-1], x[window:, :, :, 0],
-                  cues[window:])
+                  cues[window:], placed[window:])
 
 
 def scorer_scores(candidate: Candidate, calibration: dict[str, Any], video: Scored,
@@ -127,27 +134,31 @@ def scorer_scores(candidate: Candidate, calibration: dict[str, Any], video: Scor
         scorer = Scorer(calibration, mode=candidate[1])
     except ValueError:
         return None
+    cues = video.placed if candidate[3] else video.cues
     out = np.empty(len(video.actual))
     for i in range(len(out)):
-        out[i] = scorer.score(video.predictions[i], video.actual[i], float(video.cues[i])).score
+        out[i] = scorer.score(video.predictions[i], video.actual[i], float(cues[i])).score
     return out
 
 
 def calibrations(card_calibration: dict[str, Any], val: Sequence[Scored],
-                 cands: Sequence[Candidate]) -> dict[str, dict[str, Any]]:
+                 cands: Sequence[Candidate], place: PlaceNorm | None
+                 ) -> dict[str, dict[str, Any]]:
     """Each candidate's calibration: the card's (global, patch), fused ones made anew on
-    the model's validation videos, as train makes them."""
+    the model's validation videos, as train makes them (with ``place`` for the candidates
+    whose cue is divided by it)."""
     from forecaster.detection.fused import fused_calibration
 
     maps = [np.square(v.predictions - v.actual) for v in val]
-    cues = [v.cues for v in val]
     out = {}
-    for name, mode, settings in cands:
-        if mode != "fused":
+    for name, mode, settings, placed in cands:
+        if mode != "fused" or (placed and place is None):
             out[name] = card_calibration
             continue
         assert settings is not None
-        out[name] = {**card_calibration, "fused": fused_calibration(maps, cues, settings)}
+        cues = [v.placed if placed else v.cues for v in val]
+        out[name] = {**card_calibration, "fused": fused_calibration(
+            maps, cues, settings, place=place if placed else None)}
     return out
 
 
@@ -159,17 +170,27 @@ class Video:
     frames: np.ndarray  #: (T, H, W) uint8
     cues: np.ndarray  #: (T,)
     labels: np.ndarray  #: (T,) uint8; all 0 for a normal video
+    windows: np.ndarray  #: (T, rows, cols) the cue's window speeds
+
+    def placed(self, place: PlaceNorm | None) -> np.ndarray:
+        """The cues divided by the normal motion per place ``place`` (NaN: none)."""
+        from forecaster.detection.flow import place_cues
+
+        return (np.full(len(self.cues), np.nan) if place is None
+                else place_cues(self.windows, place))
 
 
 def read(name: str, uri: str, size: tuple[int, int], labels: np.ndarray | None) -> Video:
     from forecaster.offline.datasets import read_video_cues
 
-    frames, own, cues = read_video_cues(uri, size, cue_height=DEFAULT_FUSED.cue_height)
+    windows: list[np.ndarray] = []
+    frames, own, cues = read_video_cues(uri, size, cue_height=DEFAULT_FUSED.cue_height,
+                                        windows_out=windows)
     truth = labels if labels is not None else own
     if truth is None:
         truth = np.zeros(len(frames), np.uint8)
     assert cues is not None
-    return Video(name, frames, cues, np.asarray(truth, np.uint8))
+    return Video(name, frames, cues, np.asarray(truth, np.uint8), windows[0])
 
 
 #: the pseudo-anomalies pasted into each held-out normal video (one copy of the video
@@ -202,29 +223,40 @@ def read_pseudo(name: str, uri: str, size: tuple[int, int], seed: int, *, speed:
         while (frame := source.read()) is not None:
             images.append(to_gray(frame.image))
     pasted = pseudo_anomaly(np.stack(images), seed, speed=speed, against=against)
+    from forecaster.offline.datasets import stack_windows
+
     cue = MotionCue(DEFAULT_FUSED.cue_height)
     frames = np.stack([to_gray_resized(f, size) for f in pasted.frames])
-    cues = np.asarray([cue(f) for f in pasted.frames], dtype=np.float64)
-    return Video(name, frames, cues, pasted.labels)
+    cues, windows = [], []
+    for image in pasted.frames:
+        cues.append(cue(image))
+        windows.append(cue.windows)
+    return Video(name, frames, np.asarray(cues, dtype=np.float64), pasted.labels,
+                 stack_windows(windows))
 
 
 def score_all(model_path: Path, pool: Sequence[Video], val: Sequence[Video],
-              cands: Sequence[Candidate]) -> dict[str, dict[str, np.ndarray]]:
-    """{candidate: {video: causal scores}} of one model on the pool."""
+              cands: Sequence[Candidate], place: PlaceNorm | None = None,
+              ) -> dict[str, dict[str, np.ndarray]]:
+    """{candidate: {video: causal scores}} of one model on the pool; ``place``: the
+    normal motion per place of the candidates whose cue is divided by it (None: those
+    candidates are left out)."""
     from forecaster.detection.engine import load
 
     loaded = load(model_path)
     stepper, card = loaded.runner, loaded.card
 
     def scored(video: Video) -> Scored:
-        return run_model(stepper, video.frames, video.cues, video.labels, video.name,
-                         card.window)
+        return run_model(stepper, video.frames, video.cues, video.placed(place), video.labels,
+                         video.name, card.window)
 
     val_scored = [scored(v) for v in val]
     videos = [scored(v) for v in pool]
-    cals = calibrations(card.calibration, val_scored, cands)
+    cals = calibrations(card.calibration, val_scored, cands, place)
     out: dict[str, dict[str, np.ndarray]] = {}
     for cand in cands:
+        if cand[3] and place is None:
+            continue
         scores = {v.name: scorer_scores(cand, cals[cand[0]], v) for v in videos}
         if all(s is not None for s in scores.values()):
             out[cand[0]] = scores  # type: ignore[assignment]
@@ -276,10 +308,10 @@ def interval(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray],
 
 
 def summary(values: Sequence[float]) -> str:
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+    array = np.asarray(values, dtype=np.float64)
+    if len(array) == 1:
+        return f"{array[0]:.3f}"
+    return f"{array.mean():.3f} ± {array.std(ddof=1):.3f}"
 
 
 BASELINES = ("copy-last", "frame-diff", "mog2", "flow")
@@ -308,9 +340,11 @@ HOLDS = (("03", "07", "11", "15"), ("02", "06", "10", "14"), ("01", "05", "09", 
          ("04", "08", "12", "16"))
 #: the candidates of the three rows of docs/detection-ped2.md: the default, the cue alone, the model's
 #: term alone (each at the default's error kind and smoothing)
-ROWS = {"default": DEFAULT_FUSED,
-        "cue alone": replace(DEFAULT_FUSED, error_weight=0.0, flow_weight=1.0),
-        "model term alone": replace(DEFAULT_FUSED, error_weight=1.0, flow_weight=0.0)}
+ROWS = {"default": (DEFAULT_FUSED, True),
+        "cue alone": (replace(DEFAULT_FUSED, error_weight=0.0, flow_weight=1.0), False),
+        "place cue alone": (replace(DEFAULT_FUSED, error_weight=0.0, flow_weight=1.0), True),
+        "model term alone": (replace(DEFAULT_FUSED, error_weight=1.0, flow_weight=0.0), False),
+        "default, no place": (DEFAULT_FUSED, False)}
 
 
 def synthetic_kinds(seeds: Sequence[int], frames: int, window: int) -> dict[str, np.ndarray]:
@@ -358,12 +392,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def candidate_name(settings: FusedSettings) -> str:
+def candidate_name(settings: FusedSettings, place: bool) -> str:
     def key(cand: FusedSettings) -> FusedSettings:  # the error kind of no weight is moot
         return replace(cand, error="global") if cand.error_weight == 0 else cand
 
-    for name, mode, cand in candidates():
-        if mode == "fused" and cand is not None and key(cand) == key(settings):
+    for name, mode, cand, placed in candidates():
+        if mode == "fused" and cand is not None and key(cand) == key(settings) and placed == place:
             return name
     raise SystemExit(f"ped2 benchmark: {settings} is not among the candidates")
 
@@ -398,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = load_labels(labels_path)
     cands = candidates()
     names = [c[0] for c in cands]
-    rows = {row: candidate_name(settings) for row, settings in ROWS.items()}
+    rows = {row: candidate_name(*row_key) for row, row_key in ROWS.items()}
     size = (64, 64)
     read_cache: dict[str, Video] = {}
 
@@ -431,8 +465,11 @@ def main(argv: list[str] | None = None) -> int:
                   for h in hold for kind, kw in PROBE_KINDS.items()]
         pool = tests + normal + pseudo
         val = [cached(f"normal-{v}", uris[v], None) for v in card.training["val_videos"]]
+        # the normal motion per place, as train learns it: from every video it was given
+        place = learn_place([cached(f"normal-{name}", uris[name], None).windows
+                             for name in uris if name not in hold])
         log.info("seed %d: scoring %d candidates on %d videos", seed, len(cands), len(pool))
-        scored = score_all(model, pool + probes, val, cands)
+        scored = score_all(model, pool + probes, val, cands, place)
         videos = [v.name for v in pool]
         probe_videos = [v.name for v in normal + probes]
         pseudo_names = [v.name for v in pseudo]
@@ -475,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                           bundled.size, None) for s in range(100, 100 + args.synthetic)]
         synth_val = [read(f"synthetic-{s}", f"synthetic:?seed={s}&frames=600&anomaly_rate=0",
                           bundled.size, None) for s in range(200, 203)]
-        synth = score_all(bundled_model_path(), synthetic, synth_val, cands)
+        synth = score_all(bundled_model_path(), synthetic, synth_val, cands,
+                          learn_place([v.windows for v in synth_val]))
         synth_names = [v.name for v in synthetic]
         synth_table = {n: micro_auc(synth[n], synth["_labels"], synth_names) if n in synth
                        else float("nan") for n in names}
