@@ -242,6 +242,44 @@ def test_recorder_told_late_keeps_the_pre_roll_and_the_peak_frame(tmp_path: Path
     check_event_files(tmp_path, sidecar)
 
 
+def test_event_files_are_on_disk_before_their_names_are(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file of an event is flushed to the disk before it is renamed into place, and the
+    folder after: a power cut leaves a complete event or a temporary file, never a named
+    file with its bytes lost."""
+    steps: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        steps.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def spy_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        steps.append(("rename", str(src)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    recorder = Recorder("cam", tmp_path, RecordingConfig(pre_s=0.2, post_s=0.2, max_width=64),
+                        model="m.keras", fps=10.0)
+    for seq, image in enumerate(frames(20)):
+        recorder.on_frame(image, seq, 1000.0 + seq / 10)
+        if seq == 5:
+            recorder.start(5, 1000.5, 4.0)
+        if seq == 10:
+            recorder.end(10, 1001.0, 4.0)
+    recorder.close()
+    names = sorted(p.suffix for p in tmp_path.glob("cam/*"))
+    assert names == [".jpg", ".json", ".mp4"]
+    renames = [i for i, (kind, _) in enumerate(steps) if kind == "rename"]
+    assert len(renames) == 3
+    for index in renames:
+        source = steps[index][1]
+        assert ("sync", source) in steps[:index], f"{source} renamed before it was flushed"
+    folder = str(tmp_path / "cam")
+    assert ("sync", folder) in steps[renames[-1]:], "the folder was not flushed after the renames"
+
+
 @pytest.mark.parametrize("with_images", [True, False])
 def test_live_frames_reach_the_clip_without_their_jpeg_decoded(tmp_path: Path,
                                                                 with_images: bool) -> None:

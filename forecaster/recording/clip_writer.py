@@ -395,14 +395,16 @@ class ClipWriter:
         placed: list[Path] = []  # final names given so far: taken back if a later one fails
         try:
             for (part_temp, _), (_, data) in zip(temps, parts, strict=True):
-                part_temp.write_bytes(data)
+                _write_durably(part_temp, data)
             if temp is not None:
                 clip_path = final.with_name(f"{final.name}.mp4")
+                _sync(temp)  # on disk before its final name: a power cut leaves no torn clip
                 os.replace(temp, clip_path)
                 placed.append(clip_path)
             for part_temp, path in temps:
                 os.replace(part_temp, path)
                 placed.append(path)
+            _sync(final.parent, directory=True)  # the new names themselves
         except OSError:
             for path in (self._temp(clip), *(part_temp for part_temp, _ in temps), *placed):
                 with contextlib.suppress(OSError):
@@ -478,6 +480,23 @@ def boxed_snapshot(jpeg: bytes, box: tuple[float, float, float, float] | None, q
 
 def _temp_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
+
+
+def _sync(path: Path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and flush it to the disk before returning."""
+    with path.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def mp4_complete(path: Path) -> bool:
