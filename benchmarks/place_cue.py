@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             pool = tests + [f"{kind}-{h}" for h in hold for kind in ("normal", "fast")]
             probe = [f"{kind}-{h}" for h in hold for kind in ("normal", "across")]
             for name in set(pool + probe):
-                raw = [cue_value(float(c)) for c in place_cues(videos[name][0], place)]
-                scores[name] = smooth_nan(np.asarray(raw), DEFAULT_FUSED.smoothing)[10:]
+                # the daemon scores from the 11th frame, its moving average from there
+                raw = [cue_value(float(c)) for c in place_cues(videos[name][0], place)[10:]]
+                scores[name] = smooth_nan(np.asarray(raw), DEFAULT_FUSED.smoothing)
 
             def auc(names: list[str], paper: bool = False,
                     scores: dict[str, np.ndarray] = scores) -> float:

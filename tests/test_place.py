@@ -107,11 +107,22 @@ def test_the_card_keeps_the_place_and_refuses_junk_naming_the_field() -> None:
     # no cue, no place: the model's term alone needs neither
     no_cue = fused_calibration(maps, None, FusedSettings(flow_weight=0.0), place=place)
     assert "place" not in no_cue
+    count = 29 * 44
     for junk, named in (({"rows": 0}, "'rows'"), ({"divisors": [1.0, -1.0]}, "'divisors'"),
-                        ({"power": 2}, "'power'")):
+                        ({"power": 2}, "'power'"), ({"divisors": [10**400] * count}, "'divisors'"),
+                        ({"divisors": [1e-300] * count}, "'divisors'"),
+                        ({"divisors": ["1"] * count}, "'divisors'")):
         bad = {**entry, "place": {**entry["place"], **junk}}
         with pytest.raises(ValueError, match=named):
             parse_fused_calibration(bad)
+
+
+def test_a_video_of_one_frame_does_not_set_the_grid() -> None:
+    _, windows = _windows(_square_video(6, 20))
+    alone = np.full((1, 1, 1), np.nan, np.float32)  # a one-image folder: no motion measured
+    place = learn_place([alone, windows])
+    assert place.divisors.shape == (29, 44)
+    np.testing.assert_allclose(place.divisors, learn_place([windows]).divisors)
 
 
 def test_learning_needs_frames_with_motion_measured() -> None:

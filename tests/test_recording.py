@@ -277,6 +277,9 @@ def test_event_files_are_on_disk_before_their_names_are(tmp_path: Path,
         source = steps[index][1]
         assert ("sync", source) in steps[:index], f"{source} renamed before it was flushed"
     folder = str(tmp_path / "cam")
+    assert steps[renames[-1]][1].endswith(".json.tmp")  # the sidecar's name comes last
+    assert ("sync", folder) in steps[renames[-2]:renames[-1]], \
+        "the sidecar was named before the other names were on disk"
     assert ("sync", folder) in steps[renames[-1]:], "the folder was not flushed after the renames"
 
 

@@ -46,7 +46,7 @@ PLACE_POWER = 0.5
 PLACE_FLOOR = 0.05
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PlaceNorm:
     """The normal motion of each place of a camera's view, learned from normal footage: a
     divisor per window of the motion cue (:class:`FlowEnergy`'s windows), so a speed usual
@@ -85,20 +85,32 @@ class PlaceNorm:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where}[{key!r}] must be an integer >= 1, got {value!r}")
             shape.append(value)
-        values = data.get("divisors")
-        if (not isinstance(values, list) or len(values) != shape[0] * shape[1]
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                           and math.isfinite(v) and v > 0 for v in values)):
-            raise ValueError(f"{where}['divisors'] must be {shape[0] * shape[1]} finite "
-                             f"numbers above 0 ({shape[0]} rows x {shape[1]} columns)")
         numbers = {}
         for key, default in (("quantile", PLACE_QUANTILE), ("power", PLACE_POWER)):
             value = data.get(key, default)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
                 raise ValueError(f"{where}[{key!r}] must be a number in (0, 1], got {value!r}")
             numbers[key] = float(value)
+        # no divisor under the floor's (rounded in the card): a tiny one would make any
+        # motion there infinitely fast
+        least = PLACE_FLOOR ** numbers["power"] * (1.0 - 1e-4)
+        values = data.get("divisors")
+        count = shape[0] * shape[1]
+        if not isinstance(values, list) or len(values) != count or not all(
+                _number_at_least(v, least) for v in values):
+            raise ValueError(f"{where}['divisors'] must be {count} finite numbers of at least "
+                             f"{least:.4g} ({shape[0]} rows x {shape[1]} columns)")
         divisors = np.asarray(values, dtype=np.float64).reshape(shape)
         return cls(divisors, **numbers)
+
+
+def _number_at_least(value: Any, least: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and value >= least
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def learn_place(windows: Sequence[np.ndarray], quantile: float = PLACE_QUANTILE,
@@ -106,16 +118,24 @@ def learn_place(windows: Sequence[np.ndarray], quantile: float = PLACE_QUANTILE,
     """The :class:`PlaceNorm` of normal footage from its window speeds: one (T, rows, cols)
     stack per video (NaN rows, such as a video's first frame, are skipped); a video of
     another grid is resized to the first one's. Each window's ``quantile`` of its speeds,
-    at least the median window's (and :data:`PLACE_FLOOR`), to the power ``power``."""
+    at least the median window's (and :data:`PLACE_FLOOR`), to the power ``power``. The
+    result is as the model card keeps it (rounded), so what is calibrated with it is what
+    the daemon divides by."""
     stacks = [np.asarray(w, dtype=np.float32) for w in windows if len(w)]
     if not stacks:
         raise ValueError("learning the normal motion per place needs at least one frame")
-    grid = stacks[0].shape[1:]
-    kept = []
     for stack in stacks:
         if stack.ndim != 3:
             raise ValueError(f"window speeds must be (T, rows, cols), got {stack.shape}")
-        stack = stack[np.isfinite(stack).all(axis=(1, 2))]
+    # only the frames with motion measured; the grid of most of them (a video of one
+    # frame, or one at another size, does not set it)
+    stacks = [stack[np.isfinite(stack).all(axis=(1, 2))] for stack in stacks]
+    counts: dict[tuple[int, ...], int] = {}
+    for stack in stacks:
+        counts[stack.shape[1:]] = counts.get(stack.shape[1:], 0) + len(stack)
+    grid = max(counts, key=lambda shape: counts[shape])
+    kept = []
+    for stack in stacks:
         if stack.shape[1:] != grid:
             stack = np.stack([cv2.resize(m, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
                               for m in stack]) if len(stack) else stack.reshape(0, *grid)
@@ -126,7 +146,8 @@ def learn_place(windows: Sequence[np.ndarray], quantile: float = PLACE_QUANTILE,
                          f"motion measured, got {len(frames)}")
     level = np.quantile(frames, quantile, axis=0).astype(np.float64)
     floor = max(float(np.median(level)), PLACE_FLOOR)
-    return PlaceNorm(np.maximum(level, floor) ** power, quantile, power)
+    learned = PlaceNorm(np.maximum(level, floor) ** power, quantile, power)
+    return PlaceNorm.from_dict(learned.as_dict())
 
 
 def place_cues(windows: np.ndarray, place: PlaceNorm | None,

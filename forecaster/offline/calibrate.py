@@ -156,11 +156,9 @@ def frame_errors(stepper: Runner, video: Video) -> tuple[np.ndarray, np.ndarray]
     return maps.reshape(len(maps), -1).mean(axis=1, dtype=np.float64), copy_mse
 
 
-def learned_place(videos: Sequence[Video], motion_videos: Sequence[Video] | None
-                  ) -> PlaceNorm | None:
-    """The normal motion per place of the normal frames of ``motion_videos`` (default
-    ``videos``); None when a video was read without its window speeds."""
-    source = list(motion_videos if motion_videos is not None else videos)
+def learned_place(source: Sequence[Video]) -> PlaceNorm | None:
+    """The normal motion per place of the normal frames of ``source``; None when a video
+    was read without its window speeds."""
     if not source or any(v.windows is None for v in source):
         return None
     try:
@@ -182,14 +180,17 @@ def calibrate(
     motion_videos: Sequence[Video] | None = None,
     fused: FusedSettings | None = None,
     place: bool = True,
+    place_videos: Sequence[Video] | None = None,
 ) -> dict[str, Any]:
     """The scorer's calibration from normal frames with at least ``window`` frames of context.
 
     ``"fused"`` (with ``fused`` settings; the videos' motion cues are needed when its flow
     term has a weight): :func:`forecaster.detection.fused.fused_calibration` on the same frames.
     With ``place``, and the window speeds of every video at hand, the cue is divided by the
-    normal motion per place, learned from the normal frames of ``motion_videos`` (default
-    ``videos``) by :func:`forecaster.detection.flow.learn_place`.
+    normal motion per place, learned by :func:`forecaster.detection.flow.learn_place` from
+    the normal frames of ``place_videos`` (best: the training videos, so the frames it is
+    learned from are not the ones it is calibrated on; default ``motion_videos``, else
+    ``videos``).
 
     Global: mean and spread of ln(mse). ``"patch"``: the statistics of the scorer's patch
     mode (:func:`forecaster.detection.calibration.patch_calibration`, settings ``patch``, default
@@ -201,7 +202,13 @@ def calibrate(
     """
     logs, models, copies = [], [], []
     scored_maps, scored_frames, scored_normal, scored_cues = [], [], [], []
-    norm = learned_place(videos, motion_videos) if place and fused and fused.needs_cue else None
+    norm = None
+    if place and fused is not None and fused.needs_cue:
+        norm = learned_place(place_videos if place_videos is not None
+                             else motion_videos if motion_videos is not None else videos)
+        if norm is not None and any(v.windows is None for v in videos):
+            raise DataError("fused calibration: a video was read without its motion cue's "
+                            "window speeds")
     for video in videos:
         maps, copy_mse = error_maps(stepper, video)
         model_mse = maps.reshape(len(maps), -1).mean(axis=1, dtype=np.float64)
@@ -278,8 +285,9 @@ def recalibrate(
     the per-location settings; ``motion_data``: normal footage for the motion term's
     per-window statistics (may include the training videos; default the same footage);
     ``fused``: the fused mode's settings (None: no fused calibration); ``place``: learn the
-    normal motion per place (from ``motion_data``, else the same footage) for the fused
-    mode's cue. Returns the new calibration.
+    normal motion per place for the fused mode's cue, from ``motion_data`` when given, else
+    from the card's training videos (with the validation videos, re-read from
+    ``training.data``), else from the same footage. Returns the new calibration.
     """
     from forecaster.model.artifact import load_model
 
@@ -290,18 +298,22 @@ def recalibrate(
         sources = training.get("data", [])
         if not names or not sources:
             raise DataError(f"model {model_path} names no validation videos; give data")
-        videos = [v for v in load_videos(sources, card.size, training.get("max_frames"))
-                  if v.name in names]
+        every = load_videos(sources, card.size, training.get("max_frames"))
+        videos = [v for v in every if v.name in names]
+        trained = set(training.get("train_videos", []))
+        place_videos = [v for v in every if v.name in trained] or None
         if not videos:
             raise DataError(f"validation videos {sorted(names)} of model {model_path} not found "
                             f"in {', '.join(sources)}; give data")
     else:
         videos = load_videos(data, card.size, None)
+        place_videos = None
     motion_videos = None
     if motion_data is not None:
-        motion_videos = load_videos(motion_data, card.size, training.get("max_frames"))
+        motion_videos = place_videos = load_videos(motion_data, card.size,
+                                                   training.get("max_frames"))
     calibration = calibrate(make_runner(model), videos, card.window, patch,
-                            motion_videos, fused, place)
+                            motion_videos, fused, place, place_videos)
     card.calibration = calibration
     save_model(model, out, card)
     return calibration

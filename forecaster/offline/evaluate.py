@@ -75,8 +75,9 @@ METHOD_NOTES = {
            "per-video min-max; causal: that term",
     "place-cue": "the motion cue divided by the card's normal motion per place (learned by "
                  "train from normal footage; no forecast): the fused scorer's cue term, "
-                 "standardised as the scorer does; the same as cue when the card has no "
-                 "normal motion per place; paper: per-video min-max; causal: that term",
+                 "standardised as the scorer does; the same as cue when the score has no "
+                 "normal motion per place (a card without one, or a mode other than fused); "
+                 "paper: per-video min-max; causal: that term",
     "model-global": "paper: 1 - per-video min-max of the model's PSNR (whole frame); causal: "
                     "(ln mse - mu) / sigma with the card's global calibration",
     "copy-last": "prediction = previous frame; paper: 1 - per-video min-max of its PSNR; "
@@ -222,7 +223,7 @@ def _read(data: Sequence[str], labels_path: str | None, size: tuple[int, int],
     for ref in refs:
         windows: list[np.ndarray] = []
         frames, own, cues = read_video_cues(ref.uri, size, cue_height=cue_rows,
-                                            windows_out=windows)
+                                            windows_out=None if place is None else windows)
         placed = None
         if place is not None and cues is not None and windows:
             placed = place_cues(windows[0], place)

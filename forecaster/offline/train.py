@@ -271,9 +271,10 @@ def train_command(
             return None
 
     runner = make_runner(model)
-    # motion energy does not depend on the model: its statistics may use every video
+    # motion energy does not depend on the model: its statistics may use every video; the
+    # normal motion per place is learned from the training videos and calibrated on the others
     calibration = calibrate(runner, val_videos, window, motion_videos=videos,
-                            fused=DEFAULT_FUSED)
+                            fused=DEFAULT_FUSED, place_videos=train_videos)
     log.info(
         "calibration: ln(mse) %.3f +- %.3f over %d frames (mse %.3g, copy-last-frame mse %.3g)",
         calibration["log_mse_mean"],

@@ -401,15 +401,17 @@ class ClipWriter:
                 _sync(temp)  # on disk before its final name: a power cut leaves no torn clip
                 os.replace(temp, clip_path)
                 placed.append(clip_path)
-            for part_temp, path in temps:
+            for index, (part_temp, path) in enumerate(temps):
+                if index == len(temps) - 1:  # the sidecar's name only after the others'
+                    _sync_folder(final.parent)
                 os.replace(part_temp, path)
                 placed.append(path)
-            _sync(final.parent, directory=True)  # the new names themselves
         except OSError:
             for path in (self._temp(clip), *(part_temp for part_temp, _ in temps), *placed):
                 with contextlib.suppress(OSError):
                     path.unlink()
             raise
+        _sync_folder(final.parent)
         self.written.append(sidecar)
         # one line per clip at debug level only: at info, the progress line counts events
         log.debug("camera %s: recorded event %s (%d frames%s)", clip.camera, clip.stem,
@@ -482,11 +484,27 @@ def _temp_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def _sync(path: Path, directory: bool = False) -> None:
-    """Flush ``path`` (a file, or a folder's entries) to the disk."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+def _sync(path: Path) -> None:
+    """Flush the file ``path`` to the disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(path: Path) -> None:
+    """Flush the entries of the folder ``path`` (its files' names) to the disk, where the
+    file system can: some (network and FUSE mounts) refuse it, and a finished event is not
+    thrown away for that."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
