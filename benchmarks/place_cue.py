@@ -36,12 +36,12 @@ import numpy as np  # noqa: E402
 #: name: (quantile, power); power 0: the plain cue
 VARIANTS: dict[str, tuple[float, float]] = {
     "plain cue (nothing learned)": (0.99, 0.0),
-    "99th percentile, power 0.25": (0.99, 0.25),
-    "99th percentile, power 0.5 (the default)": (0.99, 0.5),
+    "99th percentile, power 0.25 (the default)": (0.99, 0.25),
+    "99th percentile, power 0.5": (0.99, 0.5),
     "99th percentile, power 0.75": (0.99, 0.75),
     "99th percentile, power 1": (0.99, 1.0),
-    "95th percentile, power 0.5": (0.95, 0.5),
-    "99.9th percentile, power 0.5": (0.999, 0.5),
+    "95th percentile, power 0.25": (0.95, 0.25),
+    "99.9th percentile, power 0.25": (0.999, 0.25),
 }
 SPLITS = (("03", "07", "11", "15"), ("02", "06", "10", "14"), ("01", "05", "09", "13"))
 

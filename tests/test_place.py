@@ -10,6 +10,7 @@ import pytest
 
 from forecaster.detection.flow import (
     PLACE_FLOOR,
+    PLACE_POWER,
     MotionCue,
     PlaceNorm,
     learn_place,
@@ -53,7 +54,7 @@ def test_a_place_where_things_move_fast_gets_the_larger_divisor() -> None:
     # the median place's (nothing moves there: the floor)
     assert top.max() > 2.0 * bottom.max()
     assert np.allclose(bottom, max(np.median(np.quantile(windows[1:], 0.99, axis=0)),
-                                   PLACE_FLOOR) ** 0.5)
+                                   PLACE_FLOOR) ** PLACE_POWER)
 
 
 def test_the_same_speed_counts_for_more_where_nothing_usually_moves() -> None:

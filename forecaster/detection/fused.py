@@ -11,12 +11,12 @@ mean and spread on normal frames (one normalisation for the whole frame):
   the speed of the fastest places, from dense optical flow at ``cue_height`` rows, a size
   above the model's). Where the entry has a ``place``
   (:class:`forecaster.detection.flow.PlaceNorm`, learned by ``forecaster train`` from its
-  normal footage), each window's speed is first divided by the square root of that
+  normal footage), each window's speed is first divided by the fourth root of that
   place's usual top speed, so a speed usual where people walk fast counts for less there
   than where nothing moves that fast. A window's divisor is never under the median
   window's: a place where nothing moved in the footage is weighed as the median place,
-  not as one where any motion is unheard of (on Ped2 the divisors span 1.7x, mostly the
-  camera's perspective: walkers near it move more pixels a frame).
+  not as one where any motion is unheard of (on Ped2 the divisors span about 1.3x, mostly
+  the camera's perspective: walkers near it move more pixels a frame).
 
 The statistic ``error_weight * z_error + flow_weight * z_flow`` is standardised once more
 on the same normal frames, so the score reads "standard deviations above normal", as in
