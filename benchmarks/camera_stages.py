@@ -230,7 +230,7 @@ def main() -> int:
     def clip(from_jpeg: bool) -> Callable[[], None]:
         import av
 
-        from forecaster.recording.h264 import X264_OPTIONS
+        from forecaster.recording.h264 import DEFAULT_PRESET, X264_OPTIONS
 
         def run() -> None:
             path = Path(tempfile.mkdtemp()) / "clip.mp4"
@@ -238,7 +238,7 @@ def main() -> int:
                 stream = out.add_stream("libx264", rate=10)
                 stream.width, stream.height = colours[0].shape[1], colours[0].shape[0]
                 stream.pix_fmt = "yuv420p"
-                stream.options = dict(X264_OPTIONS)
+                stream.options = {**X264_OPTIONS, "preset": DEFAULT_PRESET}
                 stream.codec_context.thread_count = 1
                 for index, (image, data) in enumerate(zip(colours, jpegs, strict=True)):
                     if from_jpeg:  # before: the JPEG decoded, PyAV's (swscale's) conversion

@@ -53,8 +53,7 @@ def main() -> int:
                 if name == "mp4v":
                     writer: h264.VideoWriter = h264.Mp4vWriter(path, 25.0, size)
                 else:
-                    h264.X264_OPTIONS["preset"] = name
-                    writer = h264.H264Writer(path, 25.0, size)
+                    writer = h264.H264Writer(path, 25.0, size, preset=name)
                 for image in images:
                     writer.write(image)
                 writer.close()

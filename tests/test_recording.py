@@ -84,6 +84,37 @@ def test_h264_clip_is_avc1_with_its_index_first_at_an_even_size(tmp_path: Path) 
     assert decoded_frames(path) == 30
 
 
+@pytest.mark.skipif(bool(encoder_problem()), reason="no libx264 in PyAV here")
+def test_the_clip_preset_reaches_libx264(tmp_path: Path) -> None:
+    """libx264 writes its settings into the stream: "ultrafast" (the default) codes
+    without CABAC, "superfast" with it."""
+    images = frames(12)
+    for preset, cabac in (("ultrafast", b"cabac=0"), ("superfast", b"cabac=1")):
+        path = tmp_path / f"{preset}.mp4"
+        writer = open_video(path, 10.0, (64, 48), preset)
+        for image in images:
+            writer.write(image)
+        writer.close()
+        assert cabac in path.read_bytes(), preset
+    # the recorder's clips take recording.preset
+    recorder = Recorder("cam", tmp_path / "rec", RecordingConfig(pre_s=0.0, post_s=0.0,
+                                                                  max_width=64, preset="superfast"),
+                        model="m.keras", fps=10.0)
+    recorder.start(0, 1000.0, 5.0)
+    for seq, image in enumerate(images):
+        recorder.on_frame(image, seq, 1000.0 + seq / 10)
+    recorder.end(len(images) - 1, 1001.1, 5.0)
+    recorder.close()
+    (clip,) = (tmp_path / "rec").glob("cam/*.mp4")
+    assert b"cabac=1" in clip.read_bytes()
+    default = tmp_path / "default.mp4"
+    writer = open_video(default, 10.0, (64, 48))
+    for image in images:
+        writer.write(image)
+    writer.close()
+    assert RecordingConfig().preset == "ultrafast" and b"cabac=0" in default.read_bytes()
+
+
 def test_h264_clip_keeps_the_colours(tmp_path: Path) -> None:
     path = tmp_path / "colours.mp4"
     image = np.zeros((120, 160, 3), np.uint8)
@@ -425,6 +456,7 @@ def test_events_dir_rule_and_disabled_recording(tmp_path: Path,
     ({"max_total_mb": 0}, "recording.max_total_mb"),
     ({"jpeg_quality": 101}, "recording.jpeg_quality"),
     ({"keep_days": 3}, "recording.keep_days: unknown key"),
+    ({"preset": "placebo"}, "recording.preset"),
 ])
 def test_bad_recording_settings_name_key_and_value(keys: dict, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected) as error:

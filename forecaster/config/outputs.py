@@ -4,7 +4,7 @@ the event recordings."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -105,6 +105,11 @@ class WebConfig(Section):
         return self
 
 
+#: libx264's presets a clip may be encoded with, fastest first
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
+
+
 class RecordingConfig(Section):
     """Event clips, snapshots and sidecars (see :mod:`forecaster.recording.recorder`)."""
 
@@ -118,6 +123,10 @@ class RecordingConfig(Section):
     post_s: Annotated[Float, Field(ge=0, le=60)] = 2.0
     #: clips and snapshots are scaled down to at most this width (pixels)
     max_width: Annotated[int, Field(ge=16, le=7680)] = 640
+    #: libx264's preset for the clips: "ultrafast" takes 0.55-0.7x the CPU of "superfast"
+    #: per frame for 1.9x the bytes (benchmarks/clip_presets.py); the slower ones make
+    #: smaller files for more CPU
+    preset: X264Preset = "ultrafast"
     #: JPEG quality of the pre-roll frames and snapshots (1-100)
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
     #: memory bound of each camera's pre-roll buffer (MB of JPEG frames)

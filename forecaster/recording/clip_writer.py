@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -123,7 +124,8 @@ class ClipWriter:
         #: the event index: a row per event, from its start to its files
         self.index = index
         #: opens each clip's video file (H.264, or mp4v without PyAV)
-        self.open_video: Callable[[Path, float, tuple[int, int]], VideoWriter] = open_video
+        self.open_video: Callable[[Path, float, tuple[int, int]], VideoWriter] = (
+            functools.partial(open_video, preset=settings.preset))
         #: wait for room instead of dropping (replay: nothing is real-time)
         self.block = block
         self.retention = retention

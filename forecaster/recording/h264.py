@@ -29,10 +29,12 @@ log = logging.getLogger("forecaster.recording")
 CODEC = "avc1"
 #: the fallback's codec (OpenCV, no PyAV)
 FALLBACK_CODEC = "mp4v"
-#: libx264's settings: constant quality, and a fast preset, as the writer thread shares the
-#: capture process's core: on 640x360 street footage "superfast" takes about twice the CPU
-#: of OpenCV's mp4v for less than half the bytes (benchmarks/clip_presets.py)
-X264_OPTIONS = {"preset": "superfast", "crf": "23"}
+#: libx264's settings besides its preset (``recording.preset``): constant quality
+X264_OPTIONS = {"crf": "23"}
+#: the preset of a clip when none is given: the fastest, as the writer thread shares the
+#: capture process's core with the decoding and the motion cue: on 640x360 street footage
+#: it takes 0.55-0.7x the CPU of "superfast" for 1.9x the bytes (benchmarks/clip_presets.py)
+DEFAULT_PRESET = "ultrafast"
 
 
 class VideoWriter(Protocol):
@@ -75,7 +77,8 @@ class H264Writer:
 
     codec = CODEC
 
-    def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
+    def __init__(self, path: Path, fps: float, size: tuple[int, int],
+                 preset: str = DEFAULT_PRESET) -> None:
         import av
 
         self._av: Any = av
@@ -89,7 +92,7 @@ class H264Writer:
             stream: Any = self._container.add_stream("libx264", rate=self.rate)
             stream.width, stream.height = self.size
             stream.pix_fmt = "yuv420p"
-            stream.options = dict(X264_OPTIONS)
+            stream.options = {**X264_OPTIONS, "preset": preset}
             stream.codec_context.thread_count = 1
             self._stream = stream
         except av.FFmpegError as error:
@@ -158,13 +161,15 @@ class Mp4vWriter:
 _warned = False
 
 
-def open_video(path: Path, fps: float, size: tuple[int, int]) -> VideoWriter:
+def open_video(path: Path, fps: float, size: tuple[int, int],
+               preset: str = DEFAULT_PRESET) -> VideoWriter:
     """A writer of ``path`` at ``fps`` frames per second, frames ``size`` = (width,
-    height): H.264 where PyAV has libx264, else ``mp4v`` (said once in the log)."""
+    height): H.264 with libx264's ``preset`` where PyAV has libx264, else ``mp4v`` (said
+    once in the log)."""
     global _warned  # one line per process
     problem = encoder_problem()
     if not problem:
-        return H264Writer(path, fps, size)
+        return H264Writer(path, fps, size, preset)
     if not _warned:
         _warned = True
         log.warning("clips are written as MPEG-4 Part 2 (mp4v), which browsers do not play: "
