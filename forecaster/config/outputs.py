@@ -105,8 +105,6 @@ class WebConfig(Section):
         return self
 
 
-#: libx264's presets a clip may be encoded with, fastest first
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium")
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
 
 
