@@ -105,6 +105,7 @@ class WebConfig(Section):
         return self
 
 
+#: libx264's presets a clip may be encoded with, fastest first
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"]
 
 
