@@ -69,7 +69,7 @@ def make_tiny_model(path: Path, *, perturb: bool = True, fused: bool = False,
         if place:
             from forecaster.detection.flow import PlaceNorm
 
-            divisors = np.random.default_rng(1).uniform(0.3, 3.0, (7, 9))
+            divisors = np.random.default_rng(1).uniform(0.6, 3.0, (7, 9))
             card.calibration["fused"]["place"] = PlaceNorm(divisors).as_dict()
     save_model(model, path, card)
     return path
