@@ -117,8 +117,8 @@ def _number_at_least(value: Any, least: float) -> bool:
 def learn_place(windows: Sequence[np.ndarray], quantile: float = PLACE_QUANTILE,
                 power: float = PLACE_POWER) -> PlaceNorm:
     """The :class:`PlaceNorm` of normal footage from its window speeds: one (T, rows, cols)
-    stack per video (NaN rows, such as a video's first frame, are skipped); a video of
-    another grid is resized to the first one's. Each window's ``quantile`` of its speeds,
+    stack per video (NaN rows, such as a video's first frame, are skipped); a video on
+    another grid than most frames' is resized to theirs. Each window's ``quantile`` of its speeds,
     at least the median window's (and :data:`PLACE_FLOOR`), to the power ``power``. The
     result is as the model card keeps it (rounded), so what is calibrated with it is what
     the daemon divides by."""

@@ -5,7 +5,7 @@ against.
 After training, the runner runs over the held-out videos frame by frame, as the daemon
 does: the spread of ``ln(mse)`` on normal frames, the fused mode's terms and the patch
 mode's per-window statistics become the model card's calibration, with the normal motion
-per place the fused mode's cue is divided by (learned from every video at hand).
+per place the fused mode's cue is divided by (learned from the training videos).
 """
 
 from __future__ import annotations

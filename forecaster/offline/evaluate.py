@@ -365,9 +365,7 @@ def _terms(terms_log: Sequence[tuple[float, float]], global_score: np.ndarray,
     model_term = terms[:, 0] if np.isfinite(terms[:, 0]).any() else global_score
     if np.isfinite(terms[:, 1]).any():
         return model_term, terms[:, 1]
-    raw = np.full(len(seqs), math.nan) if cues is None else np.asarray(
-        [cue_value(float(c)) for c in cues[seqs]])
-    return model_term, smooth_nan(raw, DEFAULT_FUSED.smoothing)
+    return model_term, _plain_cue(cues, seqs, DEFAULT_FUSED.smoothing)
 
 
 def _cue_smoothing(mode: str, calibration: dict[str, Any]) -> float:
