@@ -415,8 +415,18 @@ def test_check_config_leaves_no_folder_behind_and_run_creates_it(tmp_path: Path)
 def test_the_next_start_removes_the_web_runtime_folder_of_a_killed_supervisor(
     tmp_path: Path,
 ) -> None:
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
+    import tempfile
+
+    # short, as real runtime folders are (/run/user/UID): a path too long for the feed's
+    # socket is passed over for the temporary folder (the test below)
+    runtime = Path(tempfile.mkdtemp(prefix="fc-run-", dir="/tmp"))
+    try:
+        _killed_supervisor_runtime_folder(tmp_path, runtime)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _killed_supervisor_runtime_folder(tmp_path: Path, runtime: Path) -> None:
     env = {"XDG_RUNTIME_DIR": str(runtime)}
 
     def config() -> str:
@@ -456,3 +466,48 @@ def test_the_live_page_offers_no_clip_for_an_event_cut_before_any_frame(tmp_path
                      "snapshot": "cam0/20261206-000000-5.jpg"})
     [item] = log.listing()
     assert item["snapshot_ready"] and not item["clip_ready"]
+
+
+def test_a_runtime_folder_too_long_for_a_socket_path_gives_way_to_the_temporary_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    import tempfile
+
+    import zmq
+
+    from forecaster.ipc.feed import SOCKET_NAME, SOCKET_PATH_MAX, make_runtime_dir
+
+    long_parent = tmp_path / ("r" * 120)
+    long_parent.mkdir()
+    short_parent = Path(tempfile.mkdtemp(dir="/tmp"))
+    made = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="forecaster.feed"):
+            made.append(make_runtime_dir(str(long_parent)))
+            made.append(make_runtime_dir(str(short_parent)))
+        passed_over, kept = made
+        assert Path(passed_over).parent == Path(tempfile.gettempdir())
+        assert Path(kept).parent == short_parent  # a parent short enough is used as given
+        assert [r.getMessage() for r in caplog.records if "too long" in r.getMessage()] == [
+            f"the runtime folder {long_parent} is too long a path for the live feed's socket "
+            f"({SOCKET_PATH_MAX} bytes at most); using {tempfile.gettempdir()} instead"]
+        # the feed's socket binds there and carries a message
+        context = zmq.Context()
+        try:
+            pub, sub = context.socket(zmq.PUB), context.socket(zmq.SUB)
+            endpoint = f"ipc://{passed_over}/{SOCKET_NAME}"
+            assert len(endpoint) - len("ipc://") <= SOCKET_PATH_MAX
+            pub.bind(endpoint)
+            sub.connect(endpoint)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            deadline = time.monotonic() + 10
+            while not sub.poll(100):
+                assert time.monotonic() < deadline, "no message over the feed's socket"
+                pub.send(b"tick")
+            assert sub.recv() == b"tick"
+        finally:
+            context.destroy(linger=0)
+    finally:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(short_parent, ignore_errors=True)

@@ -274,12 +274,12 @@ class Supervisor:
         """The worker's private feed endpoint, in a private runtime folder (mode 0700:
         nobody else can connect): systemd's RuntimeDirectory=, else the user's runtime
         folder, else /tmp."""
-        from forecaster.ipc.feed import make_runtime_dir
+        from forecaster.ipc.feed import SOCKET_NAME, make_runtime_dir
 
         runtime = (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
                    or os.environ.get("XDG_RUNTIME_DIR"))
         self._web_dir = make_runtime_dir(runtime if runtime and Path(runtime).is_dir() else None)
-        return f"ipc://{self._web_dir}/feed.sock"
+        return f"ipc://{self._web_dir}/{SOCKET_NAME}"
 
     def _web_page(self, ring_names: list[tuple[str, str]], endpoint: str,
                   events: str | None) -> None:

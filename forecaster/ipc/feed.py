@@ -27,12 +27,34 @@ FEED_SNDHWM = 1000
 RUNTIME_PREFIX = "forecaster-web-"
 
 
+#: the longest path of a Unix socket (``sun_path`` holds 108 bytes with its final NUL)
+SOCKET_PATH_MAX = 107
+#: the feed's socket in its runtime folder
+SOCKET_NAME = "feed.sock"
+
+
 def make_runtime_dir(parent: str | None) -> str:
     """A private folder (mode 0700) for the feed's socket in ``parent`` (None: the temporary
     folder), named after this process; those left by supervisors that were killed (their
-    pid is gone) are removed first."""
+    pid is gone) are removed first.
+
+    A ``parent`` whose path is too long for the socket's (a Unix socket's path holds at
+    most :data:`SOCKET_PATH_MAX` bytes) is passed over for the temporary folder, and the
+    log says so."""
+    if parent is not None and _socket_path_length(parent) > SOCKET_PATH_MAX:
+        log.warning("the runtime folder %s is too long a path for the live feed's socket "
+                    "(%d bytes at most); using %s instead", parent, SOCKET_PATH_MAX,
+                    tempfile.gettempdir())
+        parent = None
     remove_stale_runtime_dirs(Path(parent or tempfile.gettempdir()))
     return tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=parent)
+
+
+def _socket_path_length(parent: str) -> int:
+    """Bytes of the socket's path in a runtime folder made in ``parent`` (mkdtemp adds 8
+    characters to the prefix)."""
+    folder = os.path.join(os.path.abspath(parent), f"{RUNTIME_PREFIX}{os.getpid()}-" + "x" * 8)
+    return len(os.fsencode(os.path.join(folder, SOCKET_NAME)))
 
 
 def remove_stale_runtime_dirs(parent: Path) -> None:
