@@ -17,6 +17,8 @@ from typing import Literal
 TCP = "tcp://"
 IPC = "ipc://"
 MAX_PORT = 65535
+#: the longest path of a Unix socket (``sun_path`` holds 108 bytes with its final NUL)
+SOCKET_PATH_MAX = 107
 
 
 def is_loopback_host(host: str) -> bool:
@@ -98,6 +100,9 @@ def parse_endpoint(endpoint: str) -> Endpoint:
         if path in ("", "@"):
             raise ValueError("ipc endpoint needs a socket path, e.g. "
                              "ipc:///run/forecaster/forecaster.sock")
+        if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+            raise ValueError(f"ipc socket path is {len(os.fsencode(path))} bytes long; a "
+                             f"Unix socket's path holds at most {SOCKET_PATH_MAX}")
         return Endpoint("ipc", path)
     if not endpoint.startswith(TCP):
         raise ValueError("endpoint must start with tcp:// or ipc://")

@@ -52,6 +52,9 @@ def test_every_default_key_is_documented_in_example() -> None:
         ({"publish": {"endpoint": "tcp://::1:5556"}}, "goes in brackets"),
         ({"publish": {"endpoint": "tcp://[::1]5556"}}, "tcp://[ADDRESS]:PORT"),
         ({"publish": {"endpoint": "ipc://"}}, "needs a socket path"),
+        ({"publish": {"endpoint": "ipc:///run/" + "x" * 110}},
+         "publish.endpoint: ipc socket path is 115 bytes long; a Unix socket's path holds at "
+         "most 107"),
         ({"publish": {"sndhwm": 2**31}}, "publish.sndhwm"),
         ({"publish": {"linger_ms": 2**31}}, "publish.linger_ms"),
         ({"scorer": {"threshold_on": float("nan")}}, "scorer.threshold_on: Input should be a finite"),

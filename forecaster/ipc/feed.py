@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from forecaster.endpoints import SOCKET_PATH_MAX
 from forecaster.protocol import Message, encode
 
 log = logging.getLogger("forecaster.feed")
@@ -27,8 +28,6 @@ FEED_SNDHWM = 1000
 RUNTIME_PREFIX = "forecaster-web-"
 
 
-#: the longest path of a Unix socket (``sun_path`` holds 108 bytes with its final NUL)
-SOCKET_PATH_MAX = 107
 #: the feed's socket in its runtime folder
 SOCKET_NAME = "feed.sock"
 
