@@ -23,7 +23,11 @@ and frame t, in 8x8 windows 4 pixels apart (the fused mode's ``worst`` windows):
 - ``place-z``: the same divided by the window's spread there (at least 0.05, as the
   ``patch`` mode), the 5 largest;
 - ``place-z, spread floor q90``: the spread floored at the 90th percentile of the
-  windows' spreads.
+  windows' spreads;
+- ``motion``: the motion the forecast implies (dense optical flow from frame t-1 to the
+  prediction, at the model's 64x64) against the motion that came (from frame t-1 to frame
+  t): ``ln`` of their windows' mean squared difference, the 5 largest;
+- ``motion, place-mean``: the same, each window less its mean on the validation videos.
 
 Each is smoothed at 0.7 and standardised on the model's validation videos, as the fused
 mode's terms; ``+ cue xW`` adds W times the standardised cue divided by the normal motion
@@ -59,9 +63,14 @@ TOP_K = 5
 #: fusion weights of the cue printed for every term (0: the term alone)
 CUE_WEIGHTS = (0.0, 1.0, 2.0)
 
-#: the raw per-frame values of a term: (window ln errors (T, n), copy-last window ln errors
-#: (T, n), whole-frame ln mse (T,), per-window normal mean and spread (n,)) -> (T,)
-Term = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+#: a term's raw per-frame values (T,) from a video's arrays: ``em`` its window ln errors (T,
+#: n), ``ec`` those of copying the last frame, ``g`` the whole frame's ln mse (T,), ``mm``
+#: the window ln errors of the forecast's motion; and from the normal validation videos'
+#: per-window means and spreads of ``em`` (``m``, ``s``) and of ``mm`` (``mm_m``)
+Term = Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], np.ndarray]
+#: Farneback at the model's size (64x64): pyramid scale, levels, window, iterations,
+#: poly_n, poly_sigma
+FARNEBACK_64 = (0.5, 2, 7, 3, 5, 1.1)
 
 
 def top(values: np.ndarray) -> np.ndarray:
@@ -74,14 +83,35 @@ def skill(em: np.ndarray, ec: np.ndarray) -> np.ndarray:
     return (share * (em - ec)).sum(axis=1)
 
 
+def motion_errors(pooler: PatchPooler, previous: np.ndarray, predictions: np.ndarray,
+                  actual: np.ndarray) -> np.ndarray:
+    """Per frame, the window ``ln`` mean squared difference between the motion the forecast
+    implies (dense flow from the last frame to the prediction) and the motion that came
+    (from the last frame to the frame), both at the model's size; (T, n)."""
+    import cv2
+
+    def gray(x: np.ndarray) -> np.ndarray:
+        return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    out = []
+    for last, predicted, came in zip(previous, predictions, actual, strict=True):
+        a, b, c = gray(last), gray(predicted), gray(came)
+        implied = cv2.calcOpticalFlowFarneback(a, b, None, *FARNEBACK_64, 0)
+        real = cv2.calcOpticalFlowFarneback(a, c, None, *FARNEBACK_64, 0)
+        out.append(log_window_errors(pooler, np.square(implied - real).sum(axis=2)).ravel())
+    return np.stack(out)
+
+
 TERMS: dict[str, Term] = {
-    "global": lambda em, ec, g, m, s: g,
-    "worst": lambda em, ec, g, m, s: top(em),
-    "skill": lambda em, ec, g, m, s: skill(em, ec),
-    "place-mean": lambda em, ec, g, m, s: top(em - m),
-    "place-z": lambda em, ec, g, m, s: top((em - m) / np.maximum(s, PATCH_STD_FLOOR)),
-    "place-z, spread floor q90": lambda em, ec, g, m, s: top(
-        (em - m) / np.maximum(s, np.quantile(s, 0.9))),
+    "global": lambda r, v: r["g"],
+    "worst": lambda r, v: top(r["em"]),
+    "skill": lambda r, v: skill(r["em"], r["ec"]),
+    "place-mean": lambda r, v: top(r["em"] - v["m"]),
+    "place-z": lambda r, v: top((r["em"] - v["m"]) / np.maximum(v["s"], PATCH_STD_FLOOR)),
+    "place-z, spread floor q90": lambda r, v: top(
+        (r["em"] - v["m"]) / np.maximum(v["s"], np.quantile(v["s"], 0.9))),
+    "motion": lambda r, v: top(r["mm"]),
+    "motion, place-mean": lambda r, v: top(r["mm"] - v["mm_m"]),
 }
 
 
@@ -109,16 +139,17 @@ def score_seed(seed: int, model: Path, tests: list[ped2.Video],
         ec = log_window_errors(pooler, np.square(previous - s.actual))
         g = np.log(np.maximum(np.square(s.predictions - s.actual).mean(axis=(1, 2)),
                               1e-10))
+        mm = motion_errors(pooler, previous, s.predictions, s.actual)
         return s, {"em": em.reshape(len(em), -1), "ec": ec.reshape(len(ec), -1), "g": g,
-                   "cue": np.log(1e-3 + s.placed)}
+                   "mm": mm, "cue": np.log(1e-3 + s.placed)}
 
     val = [raw(normal(n))[1] for n in card.training["val_videos"]]
     window_errors = np.concatenate([v["em"] for v in val])
-    mean, spread = window_errors.mean(axis=0), window_errors.std(axis=0)
+    usual = {"m": window_errors.mean(axis=0), "s": window_errors.std(axis=0),
+             "mm_m": np.concatenate([v["mm"] for v in val]).mean(axis=0)}
 
     def terms(r: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = {name: smooth(term(r["em"], r["ec"], r["g"], mean, spread), SMOOTHING)
-                  for name, term in TERMS.items()}
+        values = {name: smooth(term(r, usual), SMOOTHING) for name, term in TERMS.items()}
         values["cue"] = smooth(r["cue"], SMOOTHING)
         return values
 
