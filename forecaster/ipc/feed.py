@@ -26,8 +26,6 @@ log = logging.getLogger("forecaster.feed")
 FEED_SNDHWM = 1000
 #: the feed's runtime folder is ``forecaster-web-<supervisor pid>-<random>``
 RUNTIME_PREFIX = "forecaster-web-"
-
-
 #: the feed's socket in its runtime folder
 SOCKET_NAME = "feed.sock"
 
