@@ -29,8 +29,9 @@ and frame t, in 8x8 windows 4 pixels apart (the fused mode's ``worst`` windows):
   t): ``ln`` of their windows' mean squared difference, the 5 largest;
 - ``motion, place-mean``: the same, each window less its mean on the validation videos.
 
-Each is smoothed at 0.7 and standardised on the model's validation videos, as the fused
-mode's terms; ``+ cue xW`` adds W times the standardised cue divided by the normal motion
+Each is smoothed at 0.7 and standardised by its mean and spread on the model's validation
+videos, as the fused mode's terms (without their care for a frame with no cue, which file
+sources do not have); ``+ cue xW`` adds W times the standardised cue divided by the normal motion
 per place (learned from the model's training videos, as ``train`` learns it). Printed,
 mean and spread over the seeds: micro AUC over the pool (causal), over the test videos
 with each video's scores min-max scaled (paper), and over the probe.

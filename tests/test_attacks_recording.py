@@ -469,7 +469,7 @@ def test_the_live_page_offers_no_clip_for_an_event_cut_before_any_frame(tmp_path
 
 
 def test_a_runtime_folder_too_long_for_a_socket_path_gives_way_to_the_temporary_folder(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import tempfile
 
@@ -477,37 +477,50 @@ def test_a_runtime_folder_too_long_for_a_socket_path_gives_way_to_the_temporary_
 
     from forecaster.ipc.feed import SOCKET_NAME, SOCKET_PATH_MAX, make_runtime_dir
 
-    long_parent = tmp_path / ("r" * 120)
-    long_parent.mkdir()
-    short_parent = Path(tempfile.mkdtemp(dir="/tmp"))
+    # parents whose socket path is exactly the most a Unix socket holds, and one byte more
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    fixed = len(f"/forecaster-web-{os.getpid()}-12345678/{SOCKET_NAME}")
+    fits = base / ("f" * (SOCKET_PATH_MAX - fixed - len(str(base)) - 1))
+    over = base / ("o" * (SOCKET_PATH_MAX - fixed - len(str(base))))
+    for folder in (fits, over):
+        folder.mkdir()
     made = []
     try:
         with caplog.at_level(logging.WARNING, logger="forecaster.feed"):
-            made.append(make_runtime_dir(str(long_parent)))
-            made.append(make_runtime_dir(str(short_parent)))
-        passed_over, kept = made
-        assert Path(passed_over).parent == Path(tempfile.gettempdir())
-        assert Path(kept).parent == short_parent  # a parent short enough is used as given
-        assert [r.getMessage() for r in caplog.records if "too long" in r.getMessage()] == [
-            f"the runtime folder {long_parent} is too long a path for the live feed's socket "
-            f"({SOCKET_PATH_MAX} bytes at most); using {tempfile.gettempdir()} instead"]
-        # the feed's socket binds there and carries a message
+            made.append(make_runtime_dir(str(fits)))
+            assert Path(made[-1]).parent == fits  # used as given
+            assert len(f"{made[-1]}/{SOCKET_NAME}") == SOCKET_PATH_MAX
+            assert not caplog.records
+            made.append(make_runtime_dir(str(over)))
+            assert Path(made[-1]).parent == Path(tempfile.gettempdir())
+            # a temporary folder too long as well gives way to /tmp
+            long_tmp = tmp_path / ("t" * 120)
+            long_tmp.mkdir()
+            monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+            made.append(make_runtime_dir(str(over)))
+            assert Path(made[-1]).parent == Path("/tmp")
+        warnings = [r.getMessage() for r in caplog.records]
+        assert warnings[0] == (f"the folder {over} is too long a path for the live feed's "
+                               f"socket ({SOCKET_PATH_MAX} bytes at most); using "
+                               f"{made[1].rsplit('/', 1)[0]} instead"), warnings
+        assert len(warnings) == 2 and warnings[1].endswith("using /tmp instead"), warnings
+        # the feed's socket binds where the folder was made and carries a message
         context = zmq.Context()
         try:
-            pub, sub = context.socket(zmq.PUB), context.socket(zmq.SUB)
-            endpoint = f"ipc://{passed_over}/{SOCKET_NAME}"
-            assert len(endpoint) - len("ipc://") <= SOCKET_PATH_MAX
-            pub.bind(endpoint)
-            sub.connect(endpoint)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            deadline = time.monotonic() + 10
-            while not sub.poll(100):
-                assert time.monotonic() < deadline, "no message over the feed's socket"
-                pub.send(b"tick")
-            assert sub.recv() == b"tick"
+            for folder in made:
+                pub, sub = context.socket(zmq.PUB), context.socket(zmq.SUB)
+                endpoint = f"ipc://{folder}/{SOCKET_NAME}"
+                pub.bind(endpoint)
+                sub.connect(endpoint)
+                sub.setsockopt(zmq.SUBSCRIBE, b"")
+                deadline = time.monotonic() + 10
+                while not sub.poll(100):
+                    assert time.monotonic() < deadline, f"no message over {endpoint}"
+                    pub.send(b"tick")
+                assert sub.recv() == b"tick"
         finally:
             context.destroy(linger=0)
     finally:
         for folder in made:
             shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(short_parent, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)

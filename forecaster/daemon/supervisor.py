@@ -273,7 +273,7 @@ class Supervisor:
     def _feed(self) -> str:
         """The worker's private feed endpoint, in a private runtime folder (mode 0700:
         nobody else can connect): systemd's RuntimeDirectory=, else the user's runtime
-        folder, else /tmp."""
+        folder, else the temporary folder (a path too long for the socket: the next)."""
         from forecaster.ipc.feed import SOCKET_NAME, make_runtime_dir
 
         runtime = (os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]

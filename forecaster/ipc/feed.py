@@ -35,22 +35,22 @@ def make_runtime_dir(parent: str | None) -> str:
     folder), named after this process; those left by supervisors that were killed (their
     pid is gone) are removed first.
 
-    A ``parent`` whose path is too long for the socket's (a Unix socket's path holds at
-    most :data:`SOCKET_PATH_MAX` bytes) is passed over for the temporary folder, and the
-    log says so."""
-    if parent is not None and _socket_path_length(parent) > SOCKET_PATH_MAX:
-        log.warning("the runtime folder %s is too long a path for the live feed's socket "
-                    "(%d bytes at most); using %s instead", parent, SOCKET_PATH_MAX,
-                    tempfile.gettempdir())
-        parent = None
-    remove_stale_runtime_dirs(Path(parent or tempfile.gettempdir()))
-    return tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=parent)
+    A Unix socket's path holds at most :data:`SOCKET_PATH_MAX` bytes: a ``parent`` too long
+    a path for the socket's is passed over for the temporary folder (``TMPDIR``), and that
+    for ``/tmp`` (always short enough), and the log says so."""
+    tried = [os.path.abspath(p) for p in (parent, tempfile.gettempdir()) if p]
+    chosen = next((p for p in tried if _socket_path_length(p) <= SOCKET_PATH_MAX), "/tmp")
+    if chosen != tried[0]:
+        log.warning("the folder %s is too long a path for the live feed's socket (%d bytes "
+                    "at most); using %s instead", tried[0], SOCKET_PATH_MAX, chosen)
+    remove_stale_runtime_dirs(Path(chosen))
+    return tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=chosen)
 
 
 def _socket_path_length(parent: str) -> int:
-    """Bytes of the socket's path in a runtime folder made in ``parent`` (mkdtemp adds 8
-    characters to the prefix)."""
-    folder = os.path.join(os.path.abspath(parent), f"{RUNTIME_PREFIX}{os.getpid()}-" + "x" * 8)
+    """Bytes of the socket's path in a runtime folder made in the absolute ``parent``
+    (mkdtemp adds 8 characters to the prefix)."""
+    folder = os.path.join(parent, f"{RUNTIME_PREFIX}{os.getpid()}-" + "x" * 8)
     return len(os.fsencode(os.path.join(folder, SOCKET_NAME)))
 
 
