@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from forecaster.config.outputs import RecordingConfig
+
 log = logging.getLogger("forecaster.recording")
 
 #: the browser-playable codec
@@ -31,10 +33,11 @@ CODEC = "avc1"
 FALLBACK_CODEC = "mp4v"
 #: libx264's settings besides its preset (``recording.preset``): constant quality
 X264_OPTIONS = {"crf": "23"}
-#: the preset of a clip when none is given: the fastest, as the writer thread shares the
-#: capture process's core with the decoding and the motion cue: on 640x360 street footage
-#: it takes 0.55-0.7x the CPU of "superfast" for 1.9x the bytes (benchmarks/clip_presets.py)
-DEFAULT_PRESET = "ultrafast"
+#: the preset of a clip when none is given: ``recording.preset``'s default (the fastest, as
+#: the writer thread shares the capture process's core with the decoding and the motion
+#: cue: on 640x360 street footage it takes 0.55-0.7x the CPU of "superfast" for 1.9x the
+#: bytes, benchmarks/clip_presets.py)
+DEFAULT_PRESET: str = RecordingConfig.model_fields["preset"].default
 
 
 class VideoWriter(Protocol):
