@@ -120,7 +120,12 @@ class RecordingConfig(Section):
     pre_s: Annotated[Float, Field(ge=0, le=60)] = 5.0
     #: seconds of video after the event's last frame
     post_s: Annotated[Float, Field(ge=0, le=60)] = 2.0
-    #: clips and snapshots are scaled down to at most this width (pixels)
+    #: a camera's or file's H.264 is copied into its clips as it comes, at its own size: no
+    #: frame is encoded (see :mod:`forecaster.recording.packets`); false: every clip is
+    #: encoded from the frames, at most ``max_width`` wide
+    copy_video: bool = True
+    #: clips encoded from frames, and snapshots, are scaled down to at most this width
+    #: (pixels)
     max_width: Annotated[int, Field(ge=16, le=7680)] = 640
     #: libx264's preset for the clips: "ultrafast" takes 0.55-0.7x the CPU of "superfast"
     #: per frame for 1.9x the bytes (benchmarks/clip_presets.py); the slower ones make
@@ -128,7 +133,8 @@ class RecordingConfig(Section):
     preset: X264Preset = "ultrafast"
     #: JPEG quality of the pre-roll frames and snapshots (1-100)
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
-    #: memory bound of each camera's pre-roll buffer (MB of JPEG frames)
+    #: memory bound of each camera's pre-roll buffer (MB of JPEG frames, or of a copied
+    #: camera's packets)
     preroll_max_mb: Annotated[Float, Field(gt=0, le=4096)] = 32.0
     #: a clip is closed after this many seconds even if its event goes on
     max_clip_s: Annotated[Float, Field(gt=0, le=86_400)] = 600.0

@@ -12,9 +12,11 @@ from the new frames only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,9 @@ from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.ipc.health import CameraField, Health
 from forecaster.ipc.picture import PictureSlot
 from forecaster.ipc.ring import FrameRing
-from forecaster.recording.recorder import RecordingSpec, open_recorder
+from forecaster.recording.packets import PacketTap
+from forecaster.recording.recorder import LAG_S, RecordingSpec, open_recorder
+from forecaster.recording.retention import MB
 from forecaster.sources.latest import LatestFrameReader
 from forecaster.sources.pacing import RateLimiter
 from forecaster.sources.preprocess import to_gray_resized
@@ -106,10 +110,16 @@ class Capture:
         self._skipped_seen = 0
         self._down: str | None = None
         self._reconnected = False
+        recording = spec.recording
+        #: the source's packets, where its video is copied into the clips
+        self.tap = None if (recording is None or not recording.config.enabled
+                            or not recording.config.copy_video or spec.detect_source is not None) else (
+            PacketTap(recording.config.pre_s + LAG_S, int(recording.config.preroll_max_mb * MB)))
         self.source: FrameSource = open_source(
             spec.detect_source or spec.source, loop=spec.loop,
-            color=spec.color and spec.detect_source is None, color_width=spec.picture_width)
-        self.recorder = open_recorder(spec.recording, spec.camera, spec.index)
+            color=spec.color and spec.detect_source is None and self.tap is None,
+            color_width=spec.picture_width, tap=self.tap)
+        self.recorder = open_recorder(recording, spec.camera, spec.index, self.tap)
         #: with a detection stream, the main source, read for the recordings only
         self.main = None if spec.detect_source is None or spec.recording is None else (
             LatestFrameReader(spec.source, name=f"main:{spec.camera}", loop=spec.loop,
@@ -253,12 +263,21 @@ class Capture:
                 seq = self.ring.write(image, frame.ts, cue)
                 self.frames += 1
                 self._signal()
-                picture: np.ndarray | None = frame.image
+                picture: np.ndarray | Callable[[], np.ndarray] | None = frame.image
+                tap = self.tap
                 if self.main is not None:  # clips from the main source, at its own size
                     main = self.main.latest()
                     picture = None if main is None else main.image
-                if picture is not None:
+                elif tap is not None and tap.take():  # decoded by PyAV to its luma plane
+                    colour = functools.partial(tap.colour, spec.picture_width)
+                    if tap.copying:  # the clips copy its packets: colour for the page only
+                        self.recorder.on_copied(seq, frame.ts)
+                        picture = colour
+                    else:
+                        picture = colour()
+                if isinstance(picture, np.ndarray):
                     self.recorder.on_frame(picture, seq, frame.ts)
+                if picture is not None:
                     self.picture.offer(picture, seq, frame.ts, spec.picture_width,
                                        now=time.time())
                 skipped = self.source.skipped

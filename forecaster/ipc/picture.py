@@ -17,6 +17,7 @@ returned torn.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -102,11 +103,14 @@ class PictureSlot:
         meta[0] += 1
         return True
 
-    def offer(self, image: np.ndarray, seq: int, ts: float, max_width: int,
-              now: float | None = None) -> bool:
-        """Encode and store ``image`` (the source frame) when a page wants it now."""
+    def offer(self, image: np.ndarray | Callable[[], np.ndarray], seq: int, ts: float,
+              max_width: int, now: float | None = None) -> bool:
+        """Encode and store ``image`` (the source frame; or a function that makes it, called
+        only then) when a page wants it now."""
         if self.capacity <= 0 or not self.due(time.time() if now is None else now):
             return False
+        if callable(image):
+            image = image()
         ok, data = cv2.imencode(".jpg", scaled(image, max_width),
                                 [int(cv2.IMWRITE_JPEG_QUALITY), JPEG_QUALITY])
         return bool(ok) and self.write(data.tobytes(), seq, ts)

@@ -29,7 +29,8 @@ import numpy as np
 
 from forecaster.config import RecordingConfig
 from forecaster.recording.event_index import EventIndex, read_sidecar, sidecar_state
-from forecaster.recording.h264 import VideoWriter, open_video, top_level_boxes
+from forecaster.recording.h264 import VideoWriter, mp4_complete, open_video
+from forecaster.recording.remux import CopyWriter, copied_snapshot
 from forecaster.recording.retention import MB, Retention
 
 log = logging.getLogger("forecaster.recording")
@@ -99,15 +100,29 @@ class Clip:
     codec: str | None = None
     #: the box drawn on the snapshot, in its pixels (x0, y0, x1, y1)
     snapshot_box: tuple[int, int, int, int] | None = None
+    #: copied from the source's packets: the segment whose stream parameters it has
+    #: (:mod:`forecaster.recording.packets`; None: encoded from frames)
+    copied: Any = None
+    #: the stream parameters every packet of a copied clip must share
+    signature: tuple[Any, ...] = ()
+    #: frame indexes (showing order) of a copied clip's peak frame and first frame
+    peak_frame: int = -1
+    first_frame: int | None = None
+    #: capture time of the peak frame (a copied clip's snapshot is made when it closes)
+    peak_ts: float | None = None
+    #: a copied clip lost a packet (the writer was behind): no later packet can be decoded
+    gap: bool = False
 
 
 @dataclass(slots=True)
 class _Command:
-    kind: str  # "open", "frame", "close"
+    kind: str  # "open", "frame", "packet", "close"
     clip: Clip
     entry: Entry | None = None
     #: the frame the entry's JPEG holds, decoded (saves decoding the JPEG); None: decode it
     image: np.ndarray | None = None
+    #: a copied clip's packet (:class:`forecaster.recording.packets.Kept`)
+    packet: Any = None
 
 
 class ClipWriter:
@@ -159,9 +174,19 @@ class ClipWriter:
             self._thread.start()
 
     def put(self, kind: str, clip: Clip, entry: Entry | None = None,
-            image: np.ndarray | None = None) -> None:
+            image: np.ndarray | None = None, packet: Any = None) -> None:
         with self._cond:
-            if kind == "frame":
+            if kind == "packet" and (clip.gap or self._frames_queued >= self.max_frames):
+                # a copied clip cannot skip a packet (the frames after it depend on it): it
+                # ends with the last packet queued, and the rest are counted as dropped
+                clip.gap = True
+                clip.dropped += 1
+                self.dropped += 1
+                self._log_drop(clip)
+                return
+            if kind == "packet":
+                self._frames_queued += 1
+            elif kind == "frame":
                 if self.block:
                     self._start()
                     while self._frames_queued >= self.max_frames:
@@ -169,18 +194,20 @@ class ClipWriter:
                 if self._frames_queued >= self.max_frames:
                     clip.dropped += 1
                     self.dropped += 1
-                    if not self._drop_logged:
-                        self._drop_logged = True
-                        log.warning("camera %s: the clip writer is behind; frames of clips are "
-                                    "dropped (counted in each sidecar's frames_dropped)",
-                                    clip.camera)
+                    self._log_drop(clip)
                     return
                 if self._frames_queued >= IMAGE_FRAMES:
                     image = None
                 self._frames_queued += 1
-            self._queue.append(_Command(kind, clip, entry, image))
+            self._queue.append(_Command(kind, clip, entry, image, packet))
             self._cond.notify_all()
             self._start()
+
+    def _log_drop(self, clip: Clip) -> None:
+        if not self._drop_logged:
+            self._drop_logged = True
+            log.warning("camera %s: the clip writer is behind; frames of clips are dropped "
+                        "(counted in each sidecar's frames_dropped)", clip.camera)
 
     def close(self, timeout: float | None = None, stop: Any = None) -> bool:
         """Finish what is queued and stop the thread; True once it has stopped.
@@ -227,7 +254,7 @@ class ClipWriter:
                     if not self._cond.wait(SWEEP_EVERY_S):
                         break
                 command = self._queue.popleft() if self._queue else None
-                if command is not None and command.kind == "frame":
+                if command is not None and command.kind in ("frame", "packet"):
                     self._frames_queued -= 1
                     self._cond.notify_all()
                     if self._cut_at is not None and time.monotonic() > self._cut_at:
@@ -290,6 +317,8 @@ class ClipWriter:
         if command.kind == "frame":
             assert command.entry is not None
             return self._write_frame(clip, command.entry, writer, command.image)
+        if command.kind == "packet":
+            return self._write_packet(clip, command.packet, writer)
         self._finish(clip, writer)
         self._indexed(clip)
         return None
@@ -336,6 +365,33 @@ class ClipWriter:
         if clip.first_seq is None:
             clip.first_seq, clip.first_ts = entry.seq, entry.ts
         clip.last_seq, clip.last_ts = entry.seq, entry.ts
+        return self._check_space(clip, writer)
+
+    def _write_packet(self, clip: Clip, kept: Any, writer: VideoWriter | None
+                      ) -> VideoWriter | None:
+        """A copied clip's packet into its MP4 (opened at its first packet, a keyframe)."""
+        if writer is None:
+            temp = self._temp(clip)
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            segment = clip.copied
+            writer = CopyWriter(temp, segment.template, (segment.width, segment.height),
+                                clip.fps)
+            clip.size, clip.codec = writer.size, writer.codec
+        assert isinstance(writer, CopyWriter)
+        if not writer.write_packet(kept.packet, kept.index, kept.frame):
+            return writer
+        clip.frames += 1
+        if clip.first_frame is None:
+            clip.first_frame = kept.frame
+        if kept.seq >= 0:
+            if clip.first_seq is None or kept.seq < clip.first_seq:
+                clip.first_seq, clip.first_ts = kept.seq, kept.ts
+            if clip.last_seq is None or kept.seq > clip.last_seq:
+                clip.last_seq, clip.last_ts = kept.seq, kept.ts
+        return self._check_space(clip, writer)
+
+    def _check_space(self, clip: Clip, writer: VideoWriter) -> VideoWriter | None:
+        """The writer back, or None where the clip is abandoned for want of free space."""
         now = time.monotonic()
         if now - self._last_free_check >= FREE_CHECK_S:
             self._last_free_check = now
@@ -386,6 +442,8 @@ class ClipWriter:
                 return
         final = self.folder / clip.stem
         parts = []
+        if clip.copied is not None and temp is not None:
+            clip.snapshot = self._copied_snapshot(clip, temp)
         if clip.snapshot is not None:
             jpeg, clip.snapshot_box = boxed_snapshot(clip.snapshot.jpeg, clip.peak_box,
                                                      self.settings.jpeg_quality)
@@ -419,6 +477,23 @@ class ClipWriter:
         log.debug("camera %s: recorded event %s (%d frames%s)", clip.camera, clip.stem,
                  clip.frames, f", {clip.cut} cut at the stop" if clip.cut else "")
 
+    def _copied_snapshot(self, clip: Clip, path: Path) -> Entry | None:
+        """A copied clip's snapshot: its peak frame (its first where the peak's is not known),
+        decoded from the finished clip."""
+        if clip.first_frame is None:
+            return None
+        peak = clip.peak_frame if clip.peak_frame >= clip.first_frame else clip.first_frame
+        try:
+            jpeg = copied_snapshot(path, peak - clip.first_frame, clip.fps,
+                                   self.settings.max_width, self.settings.jpeg_quality)
+        except Exception as error:  # the clip stands without its snapshot
+            log.warning("camera %s: no snapshot of event %s: %s", clip.camera, clip.stem, error)
+            return None
+        if jpeg is None:
+            return None
+        ts = clip.peak_ts if clip.peak_ts is not None else clip.start_ts
+        return Entry(clip.peak_seq, ts, ts, jpeg)
+
     def _sidecar(self, clip: Clip) -> dict[str, Any]:
         def number(value: float | None) -> float | None:
             return None if value is None or not math.isfinite(value) else float(value)
@@ -451,6 +526,7 @@ class ClipWriter:
             "last_ts": number(clip.last_ts),
             "fps": round(clip.fps, 3),
             "codec": clip.codec if clip.frames else None,
+            "copied": clip.copied is not None,
             "width": clip.size[0] if clip.size else None,
             "height": clip.size[1] if clip.size else None,
             "pre_s": self.settings.pre_s,
@@ -517,10 +593,3 @@ def _write_durably(path: Path, data: bytes) -> None:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
-
-
-def mp4_complete(path: Path) -> bool:
-    """Is ``path`` a whole MP4 file: top-level boxes that fill it exactly, a ``moov`` (the
-    index, written last) among them? A write cut short by a full disk leaves it out."""
-    boxes = top_level_boxes(path)
-    return boxes is not None and b"moov" in boxes and b"mdat" in boxes

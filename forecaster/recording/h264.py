@@ -211,3 +211,10 @@ def faststart(path: Path) -> bool:
     """Does the MP4 file's index (``moov``) come before its frames (``mdat``)?"""
     boxes = top_level_boxes(path) or []
     return b"moov" in boxes and b"mdat" in boxes and boxes.index(b"moov") < boxes.index(b"mdat")
+
+
+def mp4_complete(path: Path) -> bool:
+    """Is ``path`` a whole MP4 file: top-level boxes that fill it exactly, a ``moov`` (the
+    index, written last) among them? A write cut short by a full disk leaves it out."""
+    boxes = top_level_boxes(path)
+    return boxes is not None and b"moov" in boxes and b"mdat" in boxes

@@ -49,6 +49,7 @@ from forecaster.protocol import Event, Message, Score
 from forecaster.recording.clip_writer import Clip, ClipWriter, Entry
 from forecaster.recording.event_board import EventBoard, event_stem
 from forecaster.recording.event_index import EventIndex, reconcile
+from forecaster.recording.packets import CopyRecorder, PacketTap
 from forecaster.recording.retention import MB, Retention
 from forecaster.sources.preprocess import scaled
 
@@ -271,6 +272,8 @@ class Recorder:
 class FrameRecorder(Protocol):
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None: ...
 
+    def on_copied(self, seq: int, ts: float) -> None: ...
+
     def close(self, stop: Any = None, caught_up: Callable[[], bool] | None = None) -> None: ...
 
 
@@ -278,6 +281,9 @@ class NoRecorder:
     """``[recording] enabled = false``: nothing is kept, nothing is written."""
 
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
+        return
+
+    def on_copied(self, seq: int, ts: float) -> None:
         return
 
     def close(self, stop: Any = None, caught_up: Callable[[], bool] | None = None) -> None:
@@ -295,9 +301,15 @@ class RecordingSpec:
 
 
 class CaptureRecorder:
-    """The capture process's recorder: reads its camera's row of the board once per frame."""
+    """The capture process's recorder: reads its camera's row of the board once per frame.
 
-    def __init__(self, spec: RecordingSpec, camera: str, index: int) -> None:
+    ``tap``: the source's packets, where its video is copied into the clips
+    (:class:`~forecaster.recording.packets.CopyRecorder`, fed by :meth:`on_copied`); an
+    event that starts while the source is not copied is encoded from the frames given to
+    :meth:`on_frame`."""
+
+    def __init__(self, spec: RecordingSpec, camera: str, index: int,
+                 tap: PacketTap | None = None) -> None:
         self.board = spec.board
         self.index = index
         folder = Path(spec.folder)
@@ -309,6 +321,10 @@ class CaptureRecorder:
                                  retention=Retention.from_config(folder, spec.config, events),
                                  index=events)
         self.recorder.writer.start()  # retention from the start, not only after an event
+        self.copier = None if tap is None else CopyRecorder(camera, self.recorder.writer,
+                                                            spec.config, tap)
+        #: the recorder of the event under way
+        self.current: Recorder | CopyRecorder = self.recorder
         entry = self.board.read(index)
         #: the board's event this process follows (events before it started are not its own)
         self.event_id = entry.event_id if entry is not None else 0
@@ -319,18 +335,30 @@ class CaptureRecorder:
         self.recorder.on_frame(image, seq, ts)
         self.poll()
 
+    def on_copied(self, seq: int, ts: float) -> None:
+        """Frame ``seq``, the tap's last, whose packets the clips copy."""
+        if self.copier is not None:
+            self.copier.on_frame(seq, ts)
+        self.poll()
+
     def poll(self) -> None:
         entry = self.board.read(self.index)
         if entry is None:
             return
-        recorder = self.recorder
         if entry.event_id != self.event_id:
             self.event_id = entry.event_id
             self.ended = False
             self.peak_seq = entry.peak_seq
-            recorder.start(entry.start_seq, entry.start_ts, entry.peak_score, entry.peak_box)
+            copier = self.copier
+            target: Recorder | CopyRecorder = (
+                copier if copier is not None and copier.active else self.recorder)
+            if target is not self.current:
+                self._finish_current()
+                self.current = target
+            target.start(entry.start_seq, entry.start_ts, entry.peak_score, entry.peak_box)
         if self.ended:
             return
+        recorder: Recorder | CopyRecorder = self.current
         if entry.peak_seq != self.peak_seq:
             self.peak_seq = entry.peak_seq
             recorder.peak(entry.peak_seq, entry.peak_score, entry.peak_box)
@@ -346,14 +374,25 @@ class CaptureRecorder:
         deadline = time.monotonic() + END_WAIT_S
         while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
             self.poll()
-            if (caught_up is None or caught_up()) and (self.recorder.clip is None or self.ended):
+            if (caught_up is None or caught_up()) and (self.current.clip is None or self.ended):
                 break
             time.sleep(0.02)
+        if self.copier is not None:
+            self.copier.finish()
         self.recorder.close(stop=stop)
 
+    def _finish_current(self) -> None:
+        current = self.current
+        if isinstance(current, CopyRecorder):
+            current.finish()
+        else:
+            current._finish()
 
-def open_recorder(spec: RecordingSpec | None, camera: str, index: int) -> FrameRecorder:
-    """The capture process's recorder: :class:`NoRecorder` when recording is off."""
+
+def open_recorder(spec: RecordingSpec | None, camera: str, index: int,
+                  tap: PacketTap | None = None) -> FrameRecorder:
+    """The capture process's recorder: :class:`NoRecorder` when recording is off. ``tap``:
+    the source's packets, copied into the clips where they can be."""
     if spec is None or not spec.config.enabled:
         return NoRecorder()
-    return CaptureRecorder(spec, camera, index)
+    return CaptureRecorder(spec, camera, index, tap)

@@ -42,6 +42,18 @@ LUMA_FORMATS = frozenset({
 Decoded = tuple[np.ndarray, float | None, np.ndarray | None]
 
 
+class PacketTap(Protocol):
+    """Told of a PyAV decoder's stream, of each packet it demuxes (before decoding it) and of
+    each frame it decodes, in the order they come (a recorder that copies the camera's
+    compressed video into clips: :mod:`forecaster.recording.packets`)."""
+
+    def opened(self, stream: Any) -> None: ...
+
+    def packet(self, packet: Any) -> None: ...
+
+    def frame(self, frame: Any) -> None: ...
+
+
 class Decoder(Protocol):
     """An open video: ``read()`` gives :data:`Decoded` frames until None at the end."""
 
@@ -119,10 +131,12 @@ class LumaDecoder:
 
     def __init__(self, uri: str, *, timeout_s: tuple[float, float] | None = None,
                  options: dict[str, str] | None = None, color: bool = False,
-                 color_width: int | None = None) -> None:
+                 color_width: int | None = None, tap: PacketTap | None = None) -> None:
         import av
 
         self.color = color
+        #: told of the stream, its packets and its frames (None: nobody)
+        self.tap = tap
         #: colour frames are at most this wide (None: the frame's own size)
         self.color_width = color_width
 
@@ -141,13 +155,18 @@ class LumaDecoder:
             self.nominal_fps = _fps(float(rate)) if rate else None
             self._frames = self._decode()
             self._index = 0
+            if tap is not None:
+                tap.opened(stream)
         except BaseException:
             self.container.close()
             raise
 
     def _decode(self) -> Any:
         av = self._av
+        tap = self.tap
         for packet in self.container.demux(self.stream):
+            if tap is not None and packet.size:
+                tap.packet(packet)
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
@@ -161,6 +180,8 @@ class LumaDecoder:
         if frame is None:
             return None
         index, self._index = self._index, self._index + 1
+        if self.tap is not None:
+            self.tap.frame(frame)
         pos = index / self.nominal_fps if self.nominal_fps else frame.time
         gray = luma(frame)  # the same gray frame with colour or without
         if self.color:
@@ -208,7 +229,7 @@ MIN_OPEN_S = 0.5
 
 def open_decoder(uri: str, *, timeout_s: tuple[float, float] | None = None,
                  backend: str | None = None, color: bool = False,
-                 color_width: int | None = None) -> Decoder:
+                 color_width: int | None = None, tap: PacketTap | None = None) -> Decoder:
     """``uri`` opened by ``backend`` (one of :data:`BACKENDS`; None: PyAV, else OpenCV);
     ValueError when none can open it.
 
@@ -217,7 +238,8 @@ def open_decoder(uri: str, *, timeout_s: tuple[float, float] | None = None,
     (a capture loop that waits longer would count as stalled). A stream's format is probed
     for at most :data:`PROBE_S`, not FFmpeg's 5 s: a camera's H.264 says what it is in its
     first frames. ``color``: PyAV decodes to BGR, not to the luma plane (OpenCV always
-    does), at most ``color_width`` wide (the size the frames are kept at)."""
+    does), at most ``color_width`` wide (the size the frames are kept at). ``tap``: told of
+    what PyAV demuxes and decodes (OpenCV tells it nothing)."""
     reasons = []
     started = time.monotonic()
     if backend in (None, "pyav"):
@@ -228,7 +250,7 @@ def open_decoder(uri: str, *, timeout_s: tuple[float, float] | None = None,
                 options["rtsp_transport"] = "tcp"
         try:
             return LumaDecoder(uri, timeout_s=timeout_s, options=options, color=color,
-                               color_width=color_width)
+                               color_width=color_width, tap=tap)
         except Exception as error:  # any FFmpeg error: OpenCV may still read it
             reasons.append(f"PyAV: {type(error).__name__}")
             log.debug("PyAV cannot open a source (%s)", type(error).__name__)

@@ -30,7 +30,7 @@ import numpy as np
 
 from forecaster.errors import SourceDisconnected, SourceError
 from forecaster.sources.files import special_file
-from forecaster.sources.luma import BACKENDS, Decoded, Decoder, open_decoder
+from forecaster.sources.luma import BACKENDS, Decoded, Decoder, PacketTap, open_decoder
 from forecaster.sources.preprocess import to_gray
 from forecaster.sources.synthetic import SyntheticScene
 from forecaster.sources.synthetic_uri import (
@@ -214,12 +214,14 @@ class StreamSource(FrameSource):
 
     def __init__(self, uri: str, *, open_timeout_s: float = 10.0,
                  read_timeout_s: float = 5.0, color: bool = False,
-                 color_width: int | None = None) -> None:
+                 color_width: int | None = None, tap: PacketTap | None = None) -> None:
         super().__init__(uri)
         #: decode to BGR (frames recorded or shown), not to the luma plane
         self.color = color
         #: colour frames at most this wide (None: the stream's own size)
         self.color_width = color_width
+        #: told of what PyAV demuxes and decodes (clips copied from the stream)
+        self.tap = tap
         if open_timeout_s <= 0 or read_timeout_s <= 0:
             raise SourceError(f"stream timeouts must be > 0, got open={open_timeout_s} "
                               f"read={read_timeout_s} for {redact(uri)}")
@@ -234,7 +236,7 @@ class StreamSource(FrameSource):
         try:
             decoder = open_decoder(self.uri, timeout_s=(self.open_timeout_s, self.read_timeout_s),
                                    backend=self.backend, color=self.color,
-                                   color_width=self.color_width)
+                                   color_width=self.color_width, tap=self.tap)
         except ValueError:
             raise SourceDisconnected(
                 f"cannot connect to stream {redact(self.uri)}: refused, not a video stream "
@@ -276,7 +278,7 @@ class FileSource(FrameSource):
     """
 
     def __init__(self, path: str | Path, *, loop: bool = False, color: bool = False,
-                 color_width: int | None = None) -> None:
+                 color_width: int | None = None, tap: PacketTap | None = None) -> None:
         super().__init__(str(path))
         self.path = Path(path)
         self.loop = loop
@@ -284,6 +286,8 @@ class FileSource(FrameSource):
         self.color = color
         #: colour frames at most this wide (None: the file's own size)
         self.color_width = color_width
+        #: told of what PyAV demuxes and decodes (clips copied from the file)
+        self.tap = tap
         self._decoder: Decoder | None = None
         self._pending: Decoded | None = None
         #: the backend that opened the file
@@ -303,7 +307,7 @@ class FileSource(FrameSource):
         for backend in [self.backend] if self.backend else list(BACKENDS):
             try:
                 decoder = open_decoder(str(self.path), backend=backend, color=self.color,
-                                       color_width=self.color_width)
+                                       color_width=self.color_width, tap=self.tap)
             except ValueError:
                 continue
             opened = True
@@ -498,12 +502,13 @@ def is_live_source(uri: str) -> bool:
 
 
 def open_source(uri: str, *, loop: bool = False, color: bool = False,
-                color_width: int | None = None) -> FrameSource:
+                color_width: int | None = None, tap: PacketTap | None = None) -> FrameSource:
     """The source for a source string (not opened); SourceError for a string that names none.
 
     ``color``: a video file or stream keeps its colours (its frames are recorded or shown),
     at most ``color_width`` wide where its decoder can shrink them cheaply (the width they
-    are kept at); without it, it is decoded to its luma plane, the cheapest gray frame."""
+    are kept at); without it, it is decoded to its luma plane, the cheapest gray frame.
+    ``tap``: a video file or stream that PyAV decodes tells it of its packets and frames."""
     if not isinstance(uri, str) or not uri.strip():
         raise SourceError(f"empty source string: {uri!r}")
     if uri.lower().startswith(SYNTHETIC_PREFIX):
@@ -515,7 +520,7 @@ def open_source(uri: str, *, loop: bool = False, color: bool = False,
             raise SourceError(f"unsupported source scheme {name!r} in {redact(uri)} (use one of "
                               f"{', '.join(sorted(STREAM_SCHEMES))}, a camera, a path or "
                               f"synthetic:)")
-        return StreamSource(uri, color=color, color_width=color_width)
+        return StreamSource(uri, color=color, color_width=color_width, tap=tap)
     if (uri.isascii() and uri.isdigit()) or _CAMERA_PATH.match(uri):
         return CameraSource(uri)
     if "\0" in uri:
@@ -528,7 +533,7 @@ def open_source(uri: str, *, loop: bool = False, color: bool = False,
     if path.is_dir():
         return FolderSource(path, loop=loop)
     if path.is_file():
-        return FileSource(path, loop=loop, color=color, color_width=color_width)
+        return FileSource(path, loop=loop, color=color, color_width=color_width, tap=tap)
     special = special_file(path)
     if special is not None:
         raise SourceError(f"not a video file or an image folder: {uri} is {special} (a "

@@ -1,0 +1,370 @@
+"""Clips copied from the camera's own H.264, not encoded again.
+
+A camera or file whose video is H.264, decoded by PyAV, is recorded by copying its compressed
+packets into the clip (``[recording] copy_video = true``, the default). The capture process then
+keeps no JPEG pre-roll and encodes nothing, and decodes the frames to their luma plane only,
+as without recording: a clip costs it almost no CPU. The clip has the camera's own size and
+quality (so ``max_width`` and ``preset`` do not apply to it), and it begins at the keyframe at
+or before the start of the pre-roll, which the camera's keyframe interval may make a few
+seconds longer than ``pre_s``.
+
+- :class:`PacketTap`, told by the decoder (:class:`forecaster.sources.luma.PacketTap`) of
+  each packet it demuxes and each frame it decodes: the recent packets in decoding order,
+  each with the index of its frame in showing order once the decoder has given it out, kept
+  from the last keyframe old enough for the pre-roll (and at most ``preroll_max_mb``);
+- :class:`CopyRecorder`, driven by the event board as :class:`~forecaster.recording.recorder.
+  Recorder` is: hands an event's packets to the clip writer thread as they are decoded;
+- :class:`CopyWriter`, the writer thread's MP4 muxer: timestamps of its own (frame ``n`` of
+  the clip is shown at ``n / fps``), so a clip that spans a file's loop or a reconnect (the
+  same stream parameters) plays straight through;
+- :func:`copied_snapshot`: the snapshot, the peak frame decoded from the finished clip.
+
+A stream whose parameters change (a reconnect to another resolution) ends the clip; a stream
+that is not H.264, or that OpenCV decodes, is recorded by encoding, as before.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from forecaster.config import RecordingConfig
+from forecaster.recording.clip_writer import Clip, ClipWriter
+from forecaster.recording.event_board import event_stem
+from forecaster.sources.luma import colour
+
+log = logging.getLogger("forecaster.recording")
+
+#: codecs copied into an MP4 clip that a browser plays
+COPIED_CODECS = frozenset({"h264"})
+#: a packet whose frame the decoder has not given out yet
+PENDING = -1
+#: a packet whose frame never came (its stream ended before the decoder gave it out)
+ORPHAN = -2
+
+
+@dataclass(eq=False, slots=True)
+class Segment:
+    """One opening of the source (a file's pass, a stream's connection)."""
+
+    #: a stream holding the codec parameters, for the clips' muxers; None: not copied
+    template: Any
+    #: codec, width, height and codec headers: two segments that agree continue one clip
+    signature: tuple[Any, ...]
+    width: int
+    height: int
+
+
+@dataclass(eq=False, slots=True)
+class Kept:
+    """One compressed packet kept for the clips."""
+
+    packet: Any
+    #: decoding order, counted over every segment
+    index: int
+    key: bool
+    size: int
+    segment: Segment
+    #: showing order of its frame, counted over every segment (:data:`PENDING`, :data:`ORPHAN`)
+    frame: int = PENDING
+    #: time its frame was decoded (UNIX seconds)
+    ts: float = math.nan
+    #: the capture's seq of its frame (-1: none; a frame the capture did not take)
+    seq: int = -1
+
+
+def _template(stream: Any) -> Any:
+    """A stream that keeps ``stream``'s codec parameters after its container is closed (the
+    input's own stream does not): the stream of an in-memory MP4 that is never written."""
+    import av
+
+    holder = av.open(io.BytesIO(), "w", format="mp4")
+    return holder.add_stream_from_template(stream)
+
+
+class PacketTap:
+    """The recent packets of a decoded source, for copied clips; fed by its decoder.
+
+    ``span_s``: the packets are kept back to the last keyframe at least this old;
+    ``max_bytes``: at most this many bytes, the oldest keyframe interval dropped first.
+    """
+
+    def __init__(self, span_s: float, max_bytes: int) -> None:
+        self.span_s = span_s
+        self.max_bytes = max_bytes
+        self.kept: collections.deque[Kept] = collections.deque()
+        #: the keyframes among them, oldest first
+        self.keys: collections.deque[Kept] = collections.deque()
+        self.bytes = 0
+        self.segment: Segment | None = None
+        self._pending: dict[int, Kept] = {}
+        self._next_index = 0
+        self._next_frame = 0
+        #: the frame decoded last (a PyAV frame), and its packet where it is kept
+        self.last_frame: Any = None
+        self.last_kept: Kept | None = None
+        #: a frame was decoded since :meth:`take` was last called
+        self.fresh = False
+
+    @property
+    def copying(self) -> bool:
+        """Is the source's video copied now (H.264, parameters known, timestamps usable)?"""
+        return self.segment is not None and self.segment.template is not None
+
+    # -- the decoder ------------------------------------------------------------------------
+
+    def opened(self, stream: Any) -> None:
+        self._orphan()
+        context = stream.codec_context
+        name = context.name
+        extradata = bytes(context.extradata or b"")
+        template = None
+        if name in COPIED_CODECS and extradata:
+            try:
+                template = _template(stream)
+            except Exception as error:  # an older PyAV, a stream the MP4 muxer refuses
+                log.info("the source's video is encoded for the clips, not copied: %s", error)
+        self.segment = Segment(template, (name, context.width, context.height, extradata),
+                               context.width, context.height)
+
+    def packet(self, packet: Any) -> None:
+        segment = self.segment
+        if segment is None or segment.template is None:
+            return
+        if packet.pts is None:  # nothing ties its frame to it: encode instead
+            log.info("the source's packets carry no timestamps: its clips are encoded")
+            segment.template = None
+            self._clear()
+            return
+        kept = Kept(packet, self._next_index, bool(packet.is_keyframe), packet.size, segment)
+        self._next_index += 1
+        self.kept.append(kept)
+        if kept.key:
+            self.keys.append(kept)
+        self.bytes += kept.size
+        self._pending[packet.pts] = kept
+        self._prune()
+
+    def frame(self, frame: Any) -> None:
+        number = self._next_frame
+        self._next_frame += 1
+        self.last_frame = frame
+        self.fresh = True
+        kept = self._pending.pop(frame.pts, None) if frame.pts is not None else None
+        self.last_kept = kept
+        if kept is not None:
+            kept.frame, kept.ts = number, time.time()
+
+    # -- the capture loop ------------------------------------------------------------------
+
+    def take(self) -> bool:
+        """Was a frame decoded since the last call (PyAV's, not OpenCV's)?"""
+        fresh, self.fresh = self.fresh, False
+        return fresh
+
+    def colour(self, max_width: int) -> Any:
+        """The last frame in colour, at most ``max_width`` wide."""
+        return colour(self.last_frame, max_width)
+
+    def frame_rate(self) -> float | None:
+        """Frames decoded per second over the packets kept (None: not measurable)."""
+        shown = [kept for kept in self.kept if kept.frame >= 0]
+        if len(shown) < 2:
+            return None
+        first = min(shown, key=lambda kept: kept.frame)
+        last = max(shown, key=lambda kept: kept.frame)
+        span = last.ts - first.ts
+        return (last.frame - first.frame) / span if span > 0 else None
+
+    # -- keeping -----------------------------------------------------------------------------
+
+    def _orphan(self) -> None:
+        """A new segment: frames the last one's decoder still held never come."""
+        for kept in self._pending.values():
+            kept.frame = ORPHAN
+        self._pending.clear()
+
+    def _clear(self) -> None:
+        self._orphan()
+        self.kept.clear()
+        self.keys.clear()
+        self.bytes = 0
+        self.last_kept = None
+
+    def _drop_to(self, target: Kept | None) -> None:
+        """Drop the packets before ``target`` (None: all of them)."""
+        kept, keys = self.kept, self.keys
+        while kept and kept[0] is not target:
+            old = kept.popleft()
+            self.bytes -= old.size
+            if keys and keys[0] is old:
+                keys.popleft()
+            if old.frame == PENDING:
+                self._pending.pop(old.packet.pts, None)
+
+    def _prune(self) -> None:
+        """Drop what no clip can start with: the packets before the newest keyframe at least
+        ``span_s`` old; then, over ``max_bytes``, the oldest keyframe intervals (all the
+        packets where one interval holds more)."""
+        keys = self.keys
+        horizon = time.time() - self.span_s
+        while len(keys) > 1 and keys[1].frame >= 0 and keys[1].ts <= horizon:
+            self._drop_to(keys[1])
+        while self.bytes > self.max_bytes and self.kept:
+            self._drop_to(keys[1] if len(keys) > 1 else None)
+
+
+# ----------------------------------------------------------------------------- recorder
+
+
+class CopyRecorder:
+    """Turns a tapped source's packets and event notices into copied clips (one camera),
+    through the camera's :class:`ClipWriter` (shared with its encoding recorder)."""
+
+    def __init__(self, camera: str, writer: ClipWriter, settings: RecordingConfig,
+                 tap: PacketTap) -> None:
+        self.camera = camera
+        self.writer = writer
+        self.settings = settings
+        self.tap = tap
+        self.pre_span, self.post_span = settings.pre_s, settings.post_s
+        self.clip: Clip | None = None
+        #: the index of the last packet handed to the writer for the open clip
+        self.sent = -1
+        #: the open clip waits for a keyframe to begin
+        self.waiting = False
+        #: the recent frames the capture took: seq -> (frame index, capture time)
+        self.frames: collections.OrderedDict[int, tuple[int, float]] = collections.OrderedDict()
+        self.newest_ts = -math.inf
+        self._eps = 1e-6
+
+    @property
+    def active(self) -> bool:
+        return self.tap.copying
+
+    def on_frame(self, seq: int, ts: float) -> None:
+        """The capture took frame ``seq`` (captured at ``ts``), the tap's last frame."""
+        kept = self.tap.last_kept
+        if kept is not None:
+            kept.seq = seq
+            self.frames[seq] = (kept.frame, ts)
+        self.newest_ts = ts
+        frames = self.frames
+        while frames and next(iter(frames.values()))[1] < ts - self.tap.span_s:
+            frames.popitem(last=False)
+        clip = self.clip
+        if clip is None:
+            return
+        if not self.tap.copying:  # the source is no longer copied: the clip ends here
+            self.finish()
+            return
+        self._send(clip)
+        if self.clip is None:
+            return
+        if clip.end_pos is not None and ts > clip.end_pos + self.post_span + self._eps:
+            self.finish()
+        elif ts - clip.start_pos > self.settings.max_clip_s:
+            clip.truncated = True
+            self.finish()
+
+    def _send(self, clip: Clip) -> None:
+        """Hand the writer the clip's packets whose frames are decoded, in decoding order."""
+        kept = self.tap.kept
+        if not kept:
+            return
+        position = self.sent + 1 - kept[0].index
+        if position < 0:  # dropped from the tap before they were sent (over max_bytes)
+            clip.dropped += kept[0].index - self.sent - 1
+            self.finish()
+            return
+        while position < len(kept):
+            item = kept[position]
+            if item.frame == PENDING:
+                break
+            position += 1
+            self.sent = item.index
+            if item.frame == ORPHAN:
+                continue
+            if self.waiting:
+                if not item.key:
+                    continue
+                self.waiting = False
+            if item.segment.signature != clip.signature:  # the stream changed: the clip ends
+                self.finish()
+                return
+            self.writer.put("packet", clip, packet=item)
+
+    def start(self, seq: int, ts: float, score: float = math.nan,
+              box: tuple[float, float, float, float] | None = None) -> None:
+        """An event started at frame ``seq`` (captured at ``ts``) with score ``score``."""
+        if self.clip is not None:
+            self.finish()
+        segment = self.tap.segment
+        assert segment is not None
+        fps = self.tap.frame_rate() or FALLBACK_FPS
+        clip = Clip(camera=self.camera, stem=event_stem(self.camera, seq, ts), start_seq=seq,
+                    start_ts=ts, start_pos=ts, fps=min(max(fps, 1.0), 240.0),
+                    peak_seq=seq, peak_score=score, peak_box=box)
+        clip.copied = segment
+        clip.signature = segment.signature
+        clip.peak_frame, clip.peak_ts = self.frames.get(seq, (-1, ts))
+        self.clip = clip
+        self.writer.put("open", clip)
+        # the first packet: the last keyframe shown at or before the pre-roll's start
+        horizon = ts - self.pre_span + self._eps
+        start: Kept | None = None
+        for item in self.tap.kept:
+            if not item.key or item.frame < 0 or item.segment.signature != clip.signature:
+                continue
+            if start is None or item.ts <= horizon:
+                start = item
+            if item.ts > horizon:
+                break
+        if start is None:
+            self.waiting = True
+            self.sent = self.tap.kept[-1].index if self.tap.kept else self.sent
+        else:
+            self.waiting = False
+            self.sent = start.index - 1
+        self._send(clip)
+
+    def peak(self, seq: int, score: float,
+             box: tuple[float, float, float, float] | None = None) -> None:
+        clip = self.clip
+        if clip is None or clip.end_seq is not None:
+            return
+        clip.peak_seq, clip.peak_score, clip.peak_box = seq, score, box
+        known = self.frames.get(seq)
+        if known is not None:
+            clip.peak_frame, clip.peak_ts = known
+
+    def end(self, seq: int, ts: float, peak_score: float) -> None:
+        clip = self.clip
+        if clip is None:
+            return
+        clip.end_seq, clip.end_ts, clip.end_peak = seq, ts, peak_score
+        clip.end_pos = ts
+        if self.newest_ts >= ts + self.post_span - self._eps:
+            self.finish()
+
+    def finish(self) -> None:
+        """Close the open clip as it is."""
+        clip = self.clip
+        if clip is None:
+            return
+        self.clip = None
+        if clip.end_seq is None:
+            clip.interrupted = not clip.truncated
+            if self.frames:
+                last_seq = next(reversed(self.frames))
+                clip.end_seq, clip.end_ts = last_seq, self.frames[last_seq][1]
+        self.writer.put("close", clip)
+
+
+#: frame rate of a clip whose source rate cannot be measured
+FALLBACK_FPS = 25.0

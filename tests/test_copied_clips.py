@@ -1,0 +1,227 @@
+"""Clips copied from a camera's own H.264 (``[recording] copy_video``): the real capture loop
+reads a real H.264 file (written here by libx264, with B-frames), a real event board tells it
+of events, and the clips it writes are checked frame for frame against the file."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import threading
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from forecaster.config import RecordingConfig
+from forecaster.daemon.capture import Capture, CaptureSpec
+from forecaster.ipc.channels import Flag, Outbox, channel_address
+from forecaster.ipc.health import CameraField
+from forecaster.ipc.ring import FrameRing
+from forecaster.recording.event_board import BoardField, EventBoard
+from forecaster.recording.h264 import faststart
+from forecaster.recording.packets import PacketTap
+from forecaster.recording.recorder import RecordingSpec
+from forecaster.sources.luma import open_decoder
+
+GOP = 12
+SIZE = (320, 240)
+
+
+def scene(count: int, width: int = SIZE[0], height: int = SIZE[1]) -> list[np.ndarray]:
+    """Frames that differ from each other: a coloured square moving over a gradient, with
+    the frame's number written on it."""
+    base = np.zeros((height, width, 3), np.uint8)
+    base[:] = np.linspace(30, 120, width, dtype=np.uint8)[None, :, None]
+    frames = []
+    for index in range(count):
+        image = base.copy()
+        x = 10 + (index * 7) % (width - 60)
+        image[60:110, x:x + 50] = (30, 60 + (index * 11) % 150, 220)
+        cv2.putText(image, str(index), (20, height - 30), cv2.FONT_HERSHEY_SIMPLEX, 1.5,
+                    (255, 255, 255), 3)
+        frames.append(image)
+    return frames
+
+
+def write_h264(path: Path, count: int, container: str) -> None:
+    """``count`` frames of :func:`scene` as H.264 (a keyframe every :data:`GOP` frames, two
+    B-frames) in ``container`` (mp4; avi, whose packets carry no true showing times)."""
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        stream.options = {"preset": "veryfast",
+                          "x264-params": f"keyint={GOP}:min-keyint={GOP}:scenecut=0:bframes=2"}
+        for image in scene(count):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def decoded(path: Path, format: str = "gray") -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format=format) for frame in container.decode(video=0)]
+
+
+def record(tmp_path: Path, video: Path, settings: RecordingConfig, frames: int,
+           events: list[tuple[int, int, int]], fps: float = 100.0) -> list[dict]:
+    """Run the capture loop over ``video`` (looped, ``frames`` frames at ``fps``) with
+    recording on; ``events``: (start, peak, end) seqs, each written on the board once the
+    ring holds that frame (as the worker would, a little late). The sidecars, by start."""
+    folder = tmp_path / "events"
+    folder.mkdir(exist_ok=True)
+    name = f"fc_copy{os.getpid()}_{len(list(tmp_path.iterdir()))}"
+    ring = FrameRing.create(name, 64, 64)
+    board = EventBoard(1)
+    spec = CaptureSpec(camera="cam", index=0, source=str(video), ring=ring.name, size=(64, 64),
+                       fps=fps, loop=True, max_frames=frames, color=True,
+                       recording=RecordingSpec(settings, str(folder), board, "m.keras"))
+    stop = Flag(mp.get_context("spawn"))
+    notify = Outbox(channel_address(name, "none"))
+    fields = {BoardField.PEAK_SCORE: 5.0, BoardField.END_PEAK: 0.0}
+
+    def worker() -> None:
+        for event_id, (start, peak, end) in enumerate(events, 1):
+            for seq, row in ((start, {BoardField.PEAK_SEQ: start, BoardField.END_SEQ: -1}),
+                             (peak, {BoardField.PEAK_SEQ: peak, BoardField.END_SEQ: -1}),
+                             (end, {BoardField.PEAK_SEQ: peak, BoardField.END_SEQ: end,
+                                    BoardField.END_PEAK: 5.0})):
+                while ring.latest_seq < seq and not stop.is_set():
+                    time.sleep(0.002)
+                if seq == start:
+                    started = time.time() - 0.01
+                board.write(0, {**fields, BoardField.START_SEQ: start,
+                                BoardField.START_TS: started, BoardField.END_TS: time.time(),
+                                BoardField.EVENT_ID: event_id, **row})
+
+    try:
+        capture = Capture(spec, ring, notify, stop)
+        capture.health.set(0, CameraField.WORKER_SEQ, 1e15)  # no worker to wait for
+        capture.open()
+        thread = threading.Thread(target=worker, daemon=True)
+        thread.start()
+        capture.run()
+        stop.set()
+        thread.join(5)
+    finally:
+        notify.close()
+        ring.close()
+        ring.unlink()
+    sidecars = [json.loads(path.read_text()) for path in folder.glob("cam/*.json")]
+    return sorted(sidecars, key=lambda sidecar: sidecar["start_seq"])
+
+
+@pytest.mark.parametrize("container", ["mp4", "avi"])
+def test_an_h264_source_is_copied_into_its_clips_frame_for_frame(tmp_path: Path,
+                                                                  container: str) -> None:
+    """Each clip holds the source's own frames, unchanged, at its size, from the keyframe at
+    or before the pre-roll's start to the post-roll's end; the second event spans the file's
+    loop back to its start; the snapshot is the peak frame."""
+    video = tmp_path / f"source.{container}"
+    count = 90
+    write_h264(video, count, container)
+    source = decoded(video)
+    colour = decoded(video, "bgr24")
+    assert len(source) == count
+    settings = RecordingConfig(pre_s=0.2, post_s=0.1)
+    sidecars = record(tmp_path, video, settings, 200, [(40, 50, 60), (80, 95, 110)])
+    assert len(sidecars) == 2, sidecars
+    folder = tmp_path / "events"
+    for sidecar, (start, peak, end) in zip(sidecars, [(40, 50, 60), (80, 95, 110)],
+                                           strict=True):
+        assert sidecar["copied"] is True and sidecar["codec"] == "avc1"
+        assert (sidecar["width"], sidecar["height"]) == SIZE
+        assert (sidecar["start_seq"], sidecar["peak_seq"], sidecar["end_seq"]) == (
+            start, peak, end)
+        first, last = sidecar["first_seq"], sidecar["last_seq"]
+        # the pre-roll: from the last keyframe at least pre_s before the event's start
+        assert first % count % GOP == 0, sidecar
+        assert sidecar["first_ts"] <= sidecar["start_ts"] - settings.pre_s + 1e-3, sidecar
+        assert first > start - 40 - GOP, sidecar  # 0.2 s at 100 frames/s, then a keyframe
+        assert last >= end, sidecar
+        assert sidecar["last_ts"] >= sidecar["end_ts"] + settings.post_s - 0.05, sidecar
+        assert sidecar["frames"] == last - first + 1 and not sidecar["frames_dropped"]
+        clip = folder / sidecar["clip"]
+        assert faststart(clip)
+        frames = decoded(clip)
+        assert len(frames) == sidecar["frames"]
+        for offset, frame in enumerate(frames):
+            assert np.array_equal(frame, source[(first + offset) % count]), offset
+        with av.open(str(clip)) as opened:
+            stream = opened.streams.video[0]
+            duration = float(stream.duration * stream.time_base)
+        assert duration == pytest.approx(sidecar["frames"] / sidecar["fps"], rel=0.05)
+        snapshot = cv2.imread(str(folder / sidecar["snapshot"]))
+        assert snapshot is not None and snapshot.shape[:2] == (SIZE[1], SIZE[0])
+        errors = [np.abs(snapshot.astype(int) - image).mean() for image in colour]
+        assert int(np.argmin(errors)) == peak % count and min(errors) < 4, min(errors)
+    assert sidecars[1]["first_seq"] < count < sidecars[1]["last_seq"]  # across the loop
+    assert not list(folder.glob("cam/.*")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("case", ["copy_video off", "not H.264"])
+def test_a_source_not_copied_is_encoded_at_most_max_width(tmp_path: Path, case: str) -> None:
+    """``copy_video = false``, or a source that is not H.264 (MPEG-4 Part 2 here): the clip is
+    encoded from the frames, at most ``max_width`` wide, in colour, as before."""
+    video = tmp_path / "source.mp4"
+    if case == "not H.264":
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 25, SIZE)
+        for image in scene(60):
+            writer.write(image)
+        writer.release()
+    else:
+        write_h264(video, 60, "mp4")
+    settings = RecordingConfig(pre_s=0.1, post_s=0.1, max_width=160,
+                               copy_video=case != "copy_video off")
+    (sidecar,) = record(tmp_path, video, settings, 60, [(20, 25, 30)])
+    assert sidecar["copied"] is False and sidecar["codec"] == "avc1"
+    assert (sidecar["width"], sidecar["height"]) == (160, 120)
+    frames = decoded(tmp_path / "events" / sidecar["clip"], "bgr24")
+    assert len(frames) == sidecar["frames"] > 0
+    square = frames[-1][30:55].reshape(-1, 3).astype(int)
+    assert (square[:, 2] - square[:, 0]).max() > 100  # the red square kept its colour
+
+
+def test_the_tap_keeps_packets_from_a_keyframe_within_its_byte_bound(tmp_path: Path) -> None:
+    """The packets kept start at a keyframe: the newest one older than the span (here 0 s:
+    the last keyframe decoded), and under a byte bound of two keyframe intervals, whole
+    intervals are dropped."""
+    video = tmp_path / "source.mp4"
+    write_h264(video, 100, "mp4")
+    sizes = []
+    with av.open(str(video)) as container:
+        sizes = [packet.size for packet in container.demux(video=0) if packet.size]
+    for max_bytes, check in ((10**9, "span"), (2 * sum(sizes[:GOP]), "bytes")):
+        tap = PacketTap(0.0 if check == "span" else 3600.0, max_bytes)
+        decoder = open_decoder(str(video), tap=tap)
+        seen = 0
+        while decoder.read() is not None:
+            seen += 1
+            assert tap.take() and tap.copying
+            kept = list(tap.kept)
+            assert kept[0].key and tap.bytes == sum(item.size for item in kept) <= max_bytes
+            assert [item.index for item in kept] == list(range(kept[0].index,
+                                                               kept[-1].index + 1))
+            if check == "span":  # at most one keyframe interval before the newest
+                assert len(kept) <= 2 * GOP + 4, seen
+        decoder.close()
+        assert seen == 100
+        assert not tap.take()
+
+
+def test_a_tap_on_a_stream_without_h264_copies_nothing(tmp_path: Path) -> None:
+    video = tmp_path / "source.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 25, SIZE)
+    for image in scene(10):
+        writer.write(image)
+    writer.release()
+    tap = PacketTap(5.0, 10**9)
+    decoder = open_decoder(str(video), tap=tap)
+    assert decoder.read() is not None and tap.take()
+    assert not tap.copying and not tap.kept
+    assert tap.colour(160).shape == (120, 160, 3)
+    decoder.close()
