@@ -76,6 +76,8 @@ class Kept:
     ts: float = math.nan
     #: the capture's seq of its frame (-1: none; a frame the capture did not take)
     seq: int = -1
+    #: what its frame is matched to it by (its index, or its timestamp)
+    match: Any = None
 
 
 def _template(stream: Any) -> Any:
@@ -102,7 +104,8 @@ class PacketTap:
         self.keys: collections.deque[Kept] = collections.deque()
         self.bytes = 0
         self.segment: Segment | None = None
-        self._pending: dict[int, Kept] = {}
+        self._pending: dict[Any, Kept] = {}
+        self._by_opaque = False
         self._next_index = 0
         self._next_frame = 0
         #: the frame decoded last (a PyAV frame), and its packet where it is kept
@@ -129,6 +132,11 @@ class PacketTap:
                 template = _template(stream)
             except Exception as error:  # an older PyAV, a stream the MP4 muxer refuses
                 log.info("the source's video is encoded for the clips, not copied: %s", error)
+        # each frame names its packet: the decoder hands the packet's ``opaque`` on to it
+        # (PyAV 13 and later); else a frame is matched to its packet by timestamp
+        self._by_opaque = hasattr(context, "copy_opaque")
+        if self._by_opaque and template is not None:
+            context.copy_opaque = True
         self.segment = Segment(template, (name, context.width, context.height, extradata),
                                context.width, context.height)
 
@@ -136,18 +144,24 @@ class PacketTap:
         segment = self.segment
         if segment is None or segment.template is None:
             return
-        if packet.pts is None:  # nothing ties its frame to it: encode instead
+        if self._by_opaque:
+            key = self._next_index
+            packet.opaque = key
+        elif packet.pts is None:  # nothing ties its frame to it: encode instead
             log.info("the source's packets carry no timestamps: its clips are encoded")
             segment.template = None
             self._clear()
             return
-        kept = Kept(packet, self._next_index, bool(packet.is_keyframe), packet.size, segment)
+        else:
+            key = packet.pts
+        kept = Kept(packet, self._next_index, bool(packet.is_keyframe), packet.size, segment,
+                    match=key)
         self._next_index += 1
         self.kept.append(kept)
         if kept.key:
             self.keys.append(kept)
         self.bytes += kept.size
-        self._pending[packet.pts] = kept
+        self._pending[key] = kept
         self._prune()
 
     def frame(self, frame: Any) -> None:
@@ -155,7 +169,8 @@ class PacketTap:
         self._next_frame += 1
         self.last_frame = frame
         self.fresh = True
-        kept = self._pending.pop(frame.pts, None) if frame.pts is not None else None
+        key = frame.opaque if self._by_opaque else frame.pts
+        kept = self._pending.pop(key, None) if key is not None else None
         self.last_kept = kept
         if kept is not None:
             kept.frame, kept.ts = number, time.time()
@@ -205,7 +220,7 @@ class PacketTap:
             if keys and keys[0] is old:
                 keys.popleft()
             if old.frame == PENDING:
-                self._pending.pop(old.packet.pts, None)
+                self._pending.pop(old.match, None)
 
     def _prune(self) -> None:
         """Drop what no clip can start with: the packets before the newest keyframe at least
