@@ -80,6 +80,13 @@ class Kept:
     match: Any = None
 
 
+class _Ticket:
+    """What a packet hands on to its frame: a token, nothing else (holding the packet would
+    keep it alive for ever through PyAV's registry of opaque objects)."""
+
+    __slots__ = ("__weakref__",)
+
+
 def _template(stream: Any) -> Any:
     """A stream that keeps ``stream``'s codec parameters after its container is closed (the
     input's own stream does not): the stream of an in-memory MP4 that is never written."""
@@ -144,8 +151,12 @@ class PacketTap:
         segment = self.segment
         if segment is None or segment.template is None:
             return
+        key: Any
         if self._by_opaque:
-            key = self._next_index
+            # an object of its own: PyAV files a packet's opaque under the object's id, so
+            # two packets handed the same object (a small int, shared by every camera of
+            # the process) would lose one another's
+            key = _Ticket()
             packet.opaque = key
         elif packet.pts is None:  # nothing ties its frame to it: encode instead
             log.info("the source's packets carry no timestamps: its clips are encoded")
