@@ -68,7 +68,7 @@ def decoded(path: Path, format: str = "gray") -> list[np.ndarray]:
         return [frame.to_ndarray(format=format) for frame in container.decode(video=0)]
 
 
-def record(tmp_path: Path, video: Path, settings: RecordingConfig, frames: int,
+def record(tmp_path: Path, video: Path | str, settings: RecordingConfig, frames: int,
            events: list[tuple[int, int, int]], fps: float = 100.0) -> list[dict]:
     """Run the capture loop over ``video`` (looped, ``frames`` frames at ``fps``) with
     recording on; ``events``: (start, peak, end) seqs, each written on the board once the
@@ -77,9 +77,10 @@ def record(tmp_path: Path, video: Path, settings: RecordingConfig, frames: int,
     folder.mkdir(exist_ok=True)
     name = f"fc_copy{os.getpid()}_{len(list(tmp_path.iterdir()))}"
     ring = FrameRing.create(name, 64, 64)
+    live = str(video).startswith("rtsp://")
     board = EventBoard(1)
     spec = CaptureSpec(camera="cam", index=0, source=str(video), ring=ring.name, size=(64, 64),
-                       fps=fps, loop=True, max_frames=frames, color=True,
+                       fps=0.0 if live else fps, loop=not live, max_frames=frames, color=True,
                        recording=RecordingSpec(settings, str(folder), board, "m.keras"))
     stop = Flag(mp.get_context("spawn"))
     notify = Outbox(channel_address(name, "none"))
@@ -162,6 +163,31 @@ def test_an_h264_source_is_copied_into_its_clips_frame_for_frame(tmp_path: Path,
         assert int(np.argmin(errors)) == peak % count and min(errors) < 4, min(errors)
     assert sidecars[1]["first_seq"] < count < sidecars[1]["last_seq"]  # across the loop
     assert not list(folder.glob("cam/.*")), "temporary files left behind"
+
+
+@pytest.mark.timeout(120)
+def test_an_rtsp_stream_is_copied_into_its_clips_frame_for_frame(tmp_path: Path) -> None:
+    """An H.264 camera over RTSP (GStreamer's server, the file's H.264 as it is): the clip
+    holds the stream's own frames, whose packets carry no showing times of their own."""
+    from forecaster.bench.rtsp import RtspServer, rtsp_server_missing
+
+    missing = rtsp_server_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    video = tmp_path / "source.mp4"
+    count = 90
+    write_h264(video, count, "mp4")
+    source = decoded(video)
+    with RtspServer(video, repeats=2) as server:
+        (sidecar,) = record(tmp_path, server.url, RecordingConfig(pre_s=0.2, post_s=0.2), 80,
+                            [(40, 45, 50)])
+    assert sidecar["copied"] is True and (sidecar["width"], sidecar["height"]) == SIZE
+    first = sidecar["first_seq"]
+    assert first % GOP == 0 and first <= 40 - 5 and sidecar["last_seq"] >= 50, sidecar
+    frames = decoded(tmp_path / "events" / sidecar["clip"])
+    assert len(frames) == sidecar["frames"] == sidecar["last_seq"] - first + 1
+    for offset, frame in enumerate(frames):
+        assert np.array_equal(frame, source[(first + offset) % count]), offset
 
 
 @pytest.mark.parametrize("case", ["copy_video off", "not H.264"])
