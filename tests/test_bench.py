@@ -139,3 +139,18 @@ def test_bench_camera_model_that_is_no_model_is_one_line_and_exit_2(tmp_path: Pa
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("forecaster: error")]
     assert len(errors) == 1 and str(model) in errors[0], proc.stderr[-2000:]
+
+
+def test_bench_recording_runs_each_way_of_recording_on_an_h264_file() -> None:
+    """``forecaster bench --recording``: the capture loop over a real H.264 file with
+    recording off, copying the packets and encoding the frames, each measured."""
+    from forecaster.bench.recording import MODES, bench_recording, format_recording
+
+    report = bench_recording(frames=30, width=320, height=180, repeats=1)
+    assert list(report["modes"]) == list(MODES)
+    for row in report["modes"].values():
+        assert row["cpu_ms_per_frame"] > 0 and row["wall_ms_per_frame"] > 0
+    assert report["modes"]["off"]["cpu_ratio"] == 1.0
+    assert report["clip_frames"] == 30  # the last clip written holds every frame
+    text = "\n".join(format_recording(report))
+    assert "320x180 H.264 file" in text and "copy-event" in text
