@@ -69,10 +69,11 @@ def decoded(path: Path, format: str = "gray") -> list[np.ndarray]:
 
 
 def record(tmp_path: Path, video: Path | str, settings: RecordingConfig, frames: int,
-           events: list[tuple[int, int, int]], fps: float = 100.0) -> list[dict]:
+           events: list[tuple[int, ...]], fps: float = 100.0) -> list[dict]:
     """Run the capture loop over ``video`` (looped, ``frames`` frames at ``fps``) with
     recording on; ``events``: (start, peak, end) seqs, each written on the board once the
-    ring holds that frame (as the worker would, a little late). The sidecars, by start."""
+    ring holds that frame (as the worker would, a little late), or the peak once it holds a
+    fourth seq. The sidecars, by start."""
     folder = tmp_path / "events"
     folder.mkdir(exist_ok=True)
     name = f"fc_copy{os.getpid()}_{len(list(tmp_path.iterdir()))}"
@@ -87,9 +88,10 @@ def record(tmp_path: Path, video: Path | str, settings: RecordingConfig, frames:
     fields = {BoardField.PEAK_SCORE: 5.0, BoardField.END_PEAK: 0.0}
 
     def worker() -> None:
-        for event_id, (start, peak, end) in enumerate(events, 1):
+        for event_id, (start, peak, end, *told) in enumerate(events, 1):
             for seq, row in ((start, {BoardField.PEAK_SEQ: start, BoardField.END_SEQ: -1}),
-                             (peak, {BoardField.PEAK_SEQ: peak, BoardField.END_SEQ: -1}),
+                             (told[0] if told else peak,
+                              {BoardField.PEAK_SEQ: peak, BoardField.END_SEQ: -1}),
                              (end, {BoardField.PEAK_SEQ: peak, BoardField.END_SEQ: end,
                                     BoardField.END_PEAK: 5.0})):
                 while ring.latest_seq < seq and not stop.is_set():
@@ -122,7 +124,8 @@ def test_an_h264_source_is_copied_into_its_clips_frame_for_frame(tmp_path: Path,
                                                                   container: str) -> None:
     """Each clip holds the source's own frames, unchanged, at its size, from the keyframe at
     or before the pre-roll's start to the post-roll's end; the second event spans the file's
-    loop back to its start; the snapshot is the peak frame."""
+    loop back to its start; the snapshot is the peak frame (the second's, named 20 frames
+    late, is no longer among the frames kept, and is decoded from the finished clip)."""
     video = tmp_path / f"source.{container}"
     count = 90
     write_h264(video, count, container)
@@ -130,7 +133,7 @@ def test_an_h264_source_is_copied_into_its_clips_frame_for_frame(tmp_path: Path,
     colour = decoded(video, "bgr24")
     assert len(source) == count
     settings = RecordingConfig(pre_s=0.2, post_s=0.1)
-    sidecars = record(tmp_path, video, settings, 200, [(40, 50, 60), (80, 95, 110)])
+    sidecars = record(tmp_path, video, settings, 200, [(40, 50, 60), (80, 95, 110, 115)])
     assert len(sidecars) == 2, sidecars
     folder = tmp_path / "events"
     for sidecar, (start, peak, end) in zip(sidecars, [(40, 50, 60), (80, 95, 110)],
@@ -193,7 +196,7 @@ def test_an_rtsp_stream_is_copied_into_its_clips_frame_for_frame(tmp_path: Path)
 @pytest.mark.parametrize("case", ["copy_video off", "not H.264"])
 def test_a_source_not_copied_is_encoded_at_most_max_width(tmp_path: Path, case: str) -> None:
     """``copy_video = false``, or a source that is not H.264 (MPEG-4 Part 2 here): the clip is
-    encoded from the frames, at most ``max_width`` wide, in colour, as before."""
+    encoded from the frames, at most ``max_width`` wide, in colour."""
     video = tmp_path / "source.mp4"
     if case == "not H.264":
         writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"mp4v"), 25, SIZE)

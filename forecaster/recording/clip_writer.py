@@ -442,7 +442,7 @@ class ClipWriter:
                 return
         final = self.folder / clip.stem
         parts = []
-        if clip.copied is not None and temp is not None:
+        if clip.copied is not None and temp is not None and clip.snapshot is None:
             clip.snapshot = self._copied_snapshot(clip, temp)
         if clip.snapshot is not None:
             jpeg, clip.snapshot_box = boxed_snapshot(clip.snapshot.jpeg, clip.peak_box,

@@ -14,13 +14,16 @@ seconds longer than ``pre_s``.
   from the last keyframe old enough for the pre-roll (and at most ``preroll_max_mb``);
 - :class:`CopyRecorder`, driven by the event board as :class:`~forecaster.recording.recorder.
   Recorder` is: hands an event's packets to the clip writer thread as they are decoded;
-- :class:`CopyWriter`, the writer thread's MP4 muxer: timestamps of its own (frame ``n`` of
-  the clip is shown at ``n / fps``), so a clip that spans a file's loop or a reconnect (the
-  same stream parameters) plays straight through;
-- :func:`copied_snapshot`: the snapshot, the peak frame decoded from the finished clip.
+- :class:`~forecaster.recording.remux.CopyWriter`, the writer thread's MP4 muxer: timestamps
+  of its own (frame ``n`` of the clip is shown at ``n / fps``), so a clip that spans a file's
+  loop or a reconnect (the same stream parameters) plays straight through;
+- the snapshot: the peak frame, made into a JPEG when the worker names it while it is among
+  the last :data:`RECENT_FRAMES` decoded, else decoded from the finished clip
+  (:func:`~forecaster.recording.remux.copied_snapshot`: from the keyframe before it).
 
 A stream whose parameters change (a reconnect to another resolution) ends the clip; a stream
-that is not H.264, or that OpenCV decodes, is recorded by encoding, as before.
+that is not H.264, or that OpenCV decodes, is recorded by encoding its frames
+(:class:`~forecaster.recording.recorder.Recorder`).
 """
 
 from __future__ import annotations
@@ -33,13 +36,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
+
 from forecaster.config import RecordingConfig
-from forecaster.recording.clip_writer import Clip, ClipWriter
+from forecaster.recording.clip_writer import Clip, ClipWriter, Entry
 from forecaster.recording.event_board import event_stem
 from forecaster.sources.luma import colour
 
 log = logging.getLogger("forecaster.recording")
 
+#: decoded frames a camera keeps for a snapshot (a 720p frame is 1.4 MB): the worker names an
+#: event's peak frame a few frames after it was decoded; an older one is decoded again from
+#: the finished clip
+RECENT_FRAMES = 6
 #: codecs copied into an MP4 clip that a browser plays
 COPIED_CODECS = frozenset({"h264"})
 #: a packet whose frame the decoder has not given out yet
@@ -264,6 +273,9 @@ class CopyRecorder:
         self.sent = -1
         #: the open clip waits for a keyframe to begin
         self.waiting = False
+        #: the last frames decoded, for the snapshot: (seq, capture time, PyAV frame)
+        self.recent: collections.deque[tuple[int, float, Any]] = collections.deque(
+            maxlen=RECENT_FRAMES)
         #: the recent frames the capture took: seq -> (frame index, capture time)
         self.frames: collections.OrderedDict[int, tuple[int, float]] = collections.OrderedDict()
         self.newest_ts = -math.inf
@@ -275,6 +287,7 @@ class CopyRecorder:
 
     def on_frame(self, seq: int, ts: float) -> None:
         """The capture took frame ``seq`` (captured at ``ts``), the tap's last frame."""
+        self.recent.append((seq, ts, self.tap.last_frame))
         kept = self.tap.last_kept
         if kept is not None:
             kept.seq = seq
@@ -339,6 +352,7 @@ class CopyRecorder:
         clip.copied = segment
         clip.signature = segment.signature
         clip.peak_frame, clip.peak_ts = self.frames.get(seq, (-1, ts))
+        clip.snapshot = self._snapshot(seq)
         self.clip = clip
         self.writer.put("open", clip)
         # the first packet: the last keyframe shown at or before the pre-roll's start
@@ -368,6 +382,18 @@ class CopyRecorder:
         known = self.frames.get(seq)
         if known is not None:
             clip.peak_frame, clip.peak_ts = known
+        clip.snapshot = self._snapshot(seq)
+
+    def _snapshot(self, seq: int) -> Entry | None:
+        """The JPEG of frame ``seq`` where it is among the last frames decoded; None: the
+        writer decodes it from the finished clip (from the keyframe before it)."""
+        for known, ts, frame in reversed(self.recent):
+            if known == seq:
+                ok, data = cv2.imencode(".jpg", colour(frame, self.settings.max_width),
+                                        [int(cv2.IMWRITE_JPEG_QUALITY),
+                                         self.settings.jpeg_quality])
+                return Entry(seq, ts, ts, data.tobytes()) if ok else None
+        return None
 
     def end(self, seq: int, ts: float, peak_score: float) -> None:
         clip = self.clip
