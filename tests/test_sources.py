@@ -274,19 +274,39 @@ def test_video_file_reads_back_every_frame(tmp_path: Path) -> None:
 
 
 def test_the_luma_plane_is_within_a_few_grey_levels_of_opencvs_gray(data_dir: Path) -> None:
-    """H.264 at 720p: the luma plane as decoded, against OpenCV's BGR then BGR-to-gray."""
+    """H.264 at 720p: the luma plane, decoded fully, against OpenCV's BGR then BGR-to-gray.
+    The sources skip the deblocking filter: at the sizes the cue and the model see, their
+    frames stay within a grey level and a half of the deblocked ones on average."""
+    import itertools
+
+    import av
+
+    from forecaster.sources.luma import luma
+    from forecaster.sources.preprocess import to_gray_resized
+
     path = str(data_dir / "vtest.avi")
-    with open_source(path) as source:
+    with open_source(path) as source, open_source(path, color=True) as coloured:
         assert isinstance(source, FileSource) and source.backend == "pyav"
         frames = [source.read() for _ in range(30)]
+        both = [coloured.read() for _ in range(30)]
+    with av.open(path) as container:  # the decoder as FFmpeg sets it up: deblocking
+        full = [luma(frame) for frame in itertools.islice(container.decode(video=0), 30)]
     capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    for index, frame in enumerate(frames):
+    skipped = []
+    for index, (frame, colour, gray) in enumerate(zip(frames, both, full, strict=True)):
         ok, image = capture.read()
-        assert ok and frame is not None
-        assert frame.image.shape == (720, 1280)
+        assert ok and frame is not None and colour is not None
+        assert frame.image.shape == gray.shape == (720, 1280)
+        np.testing.assert_array_equal(colour.gray_image(), frame.image)  # the same either way
         expected = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        assert np.abs(frame.image.astype(int) - expected.astype(int)).max() <= 3, index
+        assert np.abs(gray.astype(int) - expected.astype(int)).max() <= 3, index
+        for size in ((64, 64), (120, 213)):
+            small = np.abs(to_gray_resized(frame.image, size).astype(int)
+                           - to_gray_resized(gray, size).astype(int))
+            assert small.mean() < 1.5, (index, size, small.mean())
+        skipped.append(np.abs(frame.image.astype(int) - gray.astype(int)).mean())
     capture.release()
+    assert np.mean(skipped) > 0.1  # the filter was skipped (the frames are not the same)
     # each frame carries its position in the file, the first frame again after a loop
     positions = [frame.pos_s for frame in frames if frame is not None]
     assert positions[0] is not None and np.all(np.diff(positions) > 0)
