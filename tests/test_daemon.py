@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -221,7 +222,14 @@ def test_missing_video_file_exit_2(tmp_path: Path) -> None:
 def test_corrupt_video_exit_2(tmp_path: Path) -> None:
     corrupt = tmp_path / "random.mp4"
     corrupt.write_bytes(np.random.default_rng(0).bytes(50_000))
-    line = _one_error_line(run_cli(["run", "--source", str(corrupt)], tmp_path))
+    # the file is named before any port is bound: the live page's port is taken here
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = tmp_path / "c.toml"
+        config.write_text(f"[web]\nport = {taken.getsockname()[1]}\n")
+        line = _one_error_line(
+            run_cli(["run", "--config", str(config), "--source", str(corrupt)], tmp_path))
     assert str(corrupt) in line
 
 

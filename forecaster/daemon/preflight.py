@@ -14,7 +14,7 @@ from pathlib import Path
 from forecaster.config import Config
 from forecaster.detection.engine import check_scorer, model_path
 from forecaster.errors import ModelError, SourceError, UsageError, name_some
-from forecaster.sources.readers import open_source
+from forecaster.sources.readers import FileSource, open_source
 
 log = logging.getLogger("forecaster.supervisor")
 #: cameras or processes named in one error line before "and N more"
@@ -40,18 +40,33 @@ def resolve_model_path(config: Config) -> Path:
 
 
 def check_sources(config: Config) -> None:
-    """Parse every camera's source string (and find its file) before anything is started.
+    """Parse every camera's source string before anything is started; open each video file
+    (its first frame decoded), so that a corrupt or cut file is named before any port is bound.
 
     One SourceError: the first failing camera and why, then the others by id (the first
     few, then how many more), so that the line stays short with hundreds of cameras.
     """
     failed: list[tuple[str, UsageError]] = []
+    opened: dict[str, UsageError | None] = {}  # one probe per file however many cameras
+
+    def probe(uri: str, loop: bool) -> None:
+        source = open_source(uri, loop=loop)
+        if isinstance(source, FileSource):
+            if source.uri not in opened:
+                try:
+                    with source:
+                        opened[source.uri] = None
+                except UsageError as problem:
+                    opened[source.uri] = problem
+            if (known := opened[source.uri]) is not None:
+                raise known
+
     for camera in config.cameras:
         try:
-            open_source(camera.source, loop=camera.loop)
+            probe(camera.source, camera.loop)
             if camera.detect_source:
                 try:
-                    open_source(camera.detect_source, loop=camera.loop)
+                    probe(camera.detect_source, camera.loop)
                 except UsageError as detect_problem:
                     raise type(detect_problem)(f"detect_source: {detect_problem}") from None
         except UsageError as problem:
