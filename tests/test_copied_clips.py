@@ -4,7 +4,9 @@ of events, and the clips it writes are checked frame for frame against the file.
 
 from __future__ import annotations
 
+import functools
 import gc
+import http.server
 import json
 import multiprocessing as mp
 import os
@@ -27,6 +29,7 @@ from forecaster.recording.h264 import faststart
 from forecaster.recording.packets import PacketTap
 from forecaster.recording.recorder import RecordingSpec
 from forecaster.sources.luma import open_decoder
+from tests.browser import start_browser, wait_until
 
 GOP = 12
 SIZE = (320, 240)
@@ -279,3 +282,48 @@ def test_two_cameras_in_one_process_keep_their_frames_to_their_packets(tmp_path:
     decoders[0].close()
     frames = sorted(kept.frame for kept in second.kept)
     assert frames == list(range(40)), frames  # every frame found its packet
+
+
+@pytest.mark.timeout(180)
+def test_a_copied_clip_plays_in_a_browser(tmp_path: Path) -> None:
+    """A clip copied from an mp4 source and one from an avi source (its H.264 in Annex B, the
+    form of RTSP and of many recorders) each play in headless Chromium, served over HTTP:
+    every frame shown, at the source's size, for the sidecar's duration."""
+    driver = start_browser()  # skips, saying what to install, before any work
+    clips = []
+    for container in ("mp4", "avi"):
+        folder = tmp_path / container
+        folder.mkdir()
+        video = folder / f"source.{container}"
+        write_h264(video, 90, container)
+        [sidecar] = record(folder, video, RecordingConfig(pre_s=0.2, post_s=0.1), 150,
+                           [(40, 50, 60)])
+        assert sidecar["copied"] is True
+        clips.append((folder / "events", sidecar))
+    try:
+        for folder, sidecar in clips:
+            handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                        directory=str(folder))
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            try:
+                (folder / "play.html").write_text(
+                    f'<video id="clip" muted src="/{sidecar["clip"]}"></video>')
+                driver.get(f"http://127.0.0.1:{server.server_address[1]}/play.html")
+                state = wait_until(driver, lambda d: d.execute_script(
+                    "const v = document.getElementById('clip'); return v.readyState >= 2 "
+                    "|| v.error ? [v.readyState, v.duration, v.videoWidth, v.videoHeight, "
+                    "v.error && v.error.message] : null"), 30, "the clip loaded")
+                assert state[4] is None, (sidecar["clip"], state)
+                assert (state[2], state[3]) == SIZE
+                assert state[1] == pytest.approx(sidecar["frames"] / sidecar["fps"], rel=0.05)
+                driver.execute_script("document.getElementById('clip').play()")
+                shown = wait_until(driver, lambda d: d.execute_script(
+                    "const v = document.getElementById('clip'); return v.ended ? "
+                    "v.getVideoPlaybackQuality().totalVideoFrames : null"), 30, "the clip ended")
+                assert shown == sidecar["frames"], (sidecar["clip"], shown)
+            finally:
+                server.shutdown()
+                server.server_close()
+    finally:
+        driver.quit()
