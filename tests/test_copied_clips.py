@@ -24,10 +24,11 @@ from forecaster.daemon.capture import Capture, CaptureSpec
 from forecaster.ipc.channels import Flag, Outbox, channel_address
 from forecaster.ipc.health import CameraField
 from forecaster.ipc.ring import FrameRing
+from forecaster.recording.clip_writer import ClipWriter
 from forecaster.recording.event_board import BoardField, EventBoard
 from forecaster.recording.h264 import faststart
-from forecaster.recording.packets import PacketTap
-from forecaster.recording.recorder import RecordingSpec
+from forecaster.recording.packets import ORPHAN, CopyRecorder, PacketTap
+from forecaster.recording.recorder import CaptureRecorder, RecordingSpec
 from forecaster.sources.luma import open_decoder
 from tests.browser import start_browser, wait_until
 
@@ -170,6 +171,123 @@ def test_an_h264_source_is_copied_into_its_clips_frame_for_frame(tmp_path: Path,
     assert sidecars[1]["first_seq"] < count < sidecars[1]["last_seq"]  # across the loop
     assert not list(folder.glob("cam/.*")), "temporary files left behind"
 
+
+
+def test_a_pre_roll_longer_than_the_writers_queue_is_copied_whole(tmp_path: Path) -> None:
+    """A pre-roll of about 360 packets (3.5 s at 100 frames/s), handed to the writer at once
+    when the event starts, is copied whole with the event after it (the writer's queue holds
+    packets up to twice ``preroll_max_mb``, not 256 frames)."""
+    video = tmp_path / "source.mp4"
+    count = 460
+    write_h264(video, count, "mp4")
+    source = decoded(video)
+    [sidecar] = record(tmp_path, video, RecordingConfig(pre_s=3.5, post_s=0.1), 430,
+                       [(380, 385, 390)])
+    first, last = sidecar["first_seq"], sidecar["last_seq"]
+    assert first <= 380 - 340 and last >= 390, sidecar
+    assert sidecar["frames"] == last - first + 1 and not sidecar["frames_dropped"], sidecar
+    assert not sidecar.get("interrupted"), sidecar
+    frames = decoded(tmp_path / "events" / sidecar["clip"])
+    assert len(frames) == sidecar["frames"]
+    for offset, frame in enumerate(frames):
+        assert np.array_equal(frame, source[(first + offset) % count]), offset
+
+
+def test_a_packet_the_decoder_cannot_decode_does_not_stall_the_clip(tmp_path: Path) -> None:
+    """A packet whose frame never comes (here: one the decoder is never given, as when it
+    refuses a damaged packet) is given up on once ``REORDER_LIMIT`` later packets are in;
+    the clip goes on past it to its end, with the packets after it."""
+    video = tmp_path / "source.mp4"
+    write_h264(video, 120, "mp4")
+    settings = RecordingConfig(pre_s=0.05, post_s=0.05)
+    writer = ClipWriter(tmp_path / "events", None, "m.keras", settings)
+    tap = PacketTap(settings.pre_s + 1.0, 10**9)
+    copier = CopyRecorder("cam", writer, settings, tap)
+    lost = 30
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        tap.opened(stream)
+        seq = 0
+        for index, packet in enumerate(container.demux(stream)):
+            if packet.size:
+                tap.packet(packet)
+            if index == lost:
+                assert tap.kept[-1].key is False
+                continue  # never decoded
+            for frame in packet.decode():
+                tap.frame(frame)
+                now = time.time()
+                copier.on_frame(seq, now)
+                if seq == 20:
+                    copier.start(seq, now, 5.0)
+                elif seq == 60:
+                    copier.end(seq, now, 5.0)
+                seq += 1
+                time.sleep(0.004)
+    lost_packet = next(kept for kept in tap.kept if kept.index == lost)
+    assert lost_packet.frame == ORPHAN
+    assert all(kept.frame >= 0 for kept in tap.kept if kept.index != lost)
+    assert copier.clip is None  # finished at its post-roll, not left waiting
+    copier.finish()
+    assert writer.close(timeout=30)
+    [sidecar] = [json.loads(path.read_text()) for path in (tmp_path / "events").glob("cam/*.json")]
+    assert sidecar["last_seq"] >= 60 and not sidecar.get("interrupted"), sidecar
+    # the frames from the clip's first to its last (the lost packet gave none)
+    assert sidecar["frames"] == sidecar["last_seq"] - sidecar["first_seq"] + 1, sidecar
+    assert len(decoded(tmp_path / "events" / sidecar["clip"])) == sidecar["frames"]
+
+
+def test_a_decoder_closed_stops_the_copying(tmp_path: Path) -> None:
+    """The tap copies nothing between a decoder's close and the next one's open (a file
+    that PyAV opens but cannot decode is read by OpenCV, whose frames are encoded)."""
+    video = tmp_path / "source.mp4"
+    write_h264(video, 20, "mp4")
+    tap = PacketTap(5.0, 10**9)
+    decoder = open_decoder(str(video), tap=tap)
+    assert tap.copying and decoder.read() is not None
+    decoder.close()
+    assert not tap.copying
+    again = open_decoder(str(video), tap=tap)
+    assert tap.copying
+    again.close()
+
+
+def test_a_copied_clip_ends_when_the_source_is_no_longer_copied(tmp_path: Path) -> None:
+    """A copied clip under way when the camera's frames stop being copied (a reconnect to a
+    stream that cannot be) is finished with what it has, not left open; the next event is
+    encoded from the frames."""
+    video = tmp_path / "source.mp4"
+    write_h264(video, 60, "mp4")
+    settings = RecordingConfig(pre_s=0.05, post_s=0.05)
+    board = EventBoard(1)
+    tap = PacketTap(1.0, 10**9)
+    folder = tmp_path / "events"
+    folder.mkdir()
+    recorder = CaptureRecorder(RecordingSpec(settings, str(folder), board, "m.keras"), "cam", 0,
+                               tap)
+    decoder = open_decoder(str(video), tap=tap, color=False)
+    fields = {BoardField.PEAK_SCORE: 5.0, BoardField.END_PEAK: 0.0, BoardField.END_SEQ: -1}
+    for seq in range(40):
+        assert decoder.read() is not None and tap.take()
+        now = time.time()
+        if seq in (10, 30):  # an event starts
+            board.write(0, {**fields, BoardField.EVENT_ID: seq, BoardField.START_SEQ: seq,
+                            BoardField.START_TS: now, BoardField.PEAK_SEQ: seq})
+        if seq == 20:
+            tap.closed()  # as the decoder of a stream that cannot be copied leaves it
+        if tap.copying:
+            recorder.on_copied(seq, now)
+        else:  # no longer copied: the frames come as images
+            recorder.on_frame(np.zeros((SIZE[1], SIZE[0], 3), np.uint8), seq, now)
+        time.sleep(0.004)
+    assert recorder.copier is not None and recorder.copier.clip is None  # finished at 20
+    decoder.close()
+    recorder.close()
+    sidecars = sorted((json.loads(path.read_text()) for path in folder.glob("cam/*.json")),
+                      key=lambda sidecar: sidecar["start_seq"])
+    assert [(s["start_seq"], s["copied"]) for s in sidecars] == [(10, True), (30, False)]
+    assert sidecars[0]["interrupted"] and 15 <= sidecars[0]["last_seq"] <= 19, sidecars[0]
+    assert not list(folder.glob("cam/.*")), "temporary files left behind"
 
 @pytest.mark.timeout(120)
 def test_an_rtsp_stream_is_copied_into_its_clips_frame_for_frame(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from forecaster.config import RecordingConfig
 from forecaster.recording.event_index import EventIndex, read_sidecar, sidecar_state
 from forecaster.recording.h264 import VideoWriter, mp4_complete, open_video
-from forecaster.recording.remux import CopyWriter, copied_snapshot
+from forecaster.recording.remux import CopyWriter, copied_snapshot, copy_packet
 from forecaster.recording.retention import MB, Retention
 
 log = logging.getLogger("forecaster.recording")
@@ -147,8 +147,12 @@ class ClipWriter:
         self.model = model
         self.settings = settings
         self.max_frames = max_frames
+        #: copied packets waiting, in bytes, at most: a whole pre-roll (``preroll_max_mb``,
+        #: handed over at once when an event starts) and as much again
+        self.max_packet_bytes = int(2 * settings.preroll_max_mb * MB)
         self._queue: collections.deque[_Command] = collections.deque()
         self._frames_queued = 0
+        self._packet_bytes = 0
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -176,7 +180,8 @@ class ClipWriter:
     def put(self, kind: str, clip: Clip, entry: Entry | None = None,
             image: np.ndarray | None = None, packet: Any = None) -> None:
         with self._cond:
-            if kind == "packet" and (clip.gap or self._frames_queued >= self.max_frames):
+            if kind == "packet" and (
+                    clip.gap or self._packet_bytes + packet.size > self.max_packet_bytes):
                 # a copied clip cannot skip a packet (the frames after it depend on it): it
                 # ends with the last packet queued, and the rest are counted as dropped
                 clip.gap = True
@@ -185,7 +190,7 @@ class ClipWriter:
                 self._log_drop(clip)
                 return
             if kind == "packet":
-                self._frames_queued += 1
+                self._packet_bytes += packet.size
             elif kind == "frame":
                 if self.block:
                     self._start()
@@ -255,7 +260,10 @@ class ClipWriter:
                         break
                 command = self._queue.popleft() if self._queue else None
                 if command is not None and command.kind in ("frame", "packet"):
-                    self._frames_queued -= 1
+                    if command.kind == "packet":
+                        self._packet_bytes -= command.packet.size
+                    else:
+                        self._frames_queued -= 1
                     self._cond.notify_all()
                     if self._cut_at is not None and time.monotonic() > self._cut_at:
                         command.clip.cut += 1
@@ -370,25 +378,8 @@ class ClipWriter:
     def _write_packet(self, clip: Clip, kept: Any, writer: VideoWriter | None
                       ) -> VideoWriter | None:
         """A copied clip's packet into its MP4 (opened at its first packet, a keyframe)."""
-        if writer is None:
-            temp = self._temp(clip)
-            temp.parent.mkdir(parents=True, exist_ok=True)
-            segment = clip.copied
-            writer = CopyWriter(temp, segment.template, (segment.width, segment.height),
-                                clip.fps)
-            clip.size, clip.codec = writer.size, writer.codec
-        assert isinstance(writer, CopyWriter)
-        if not writer.write_packet(kept.packet, kept.index, kept.frame):
-            return writer
-        clip.frames += 1
-        if clip.first_frame is None:
-            clip.first_frame = kept.frame
-        if kept.seq >= 0:
-            if clip.first_seq is None or kept.seq < clip.first_seq:
-                clip.first_seq, clip.first_ts = kept.seq, kept.ts
-            if clip.last_seq is None or kept.seq > clip.last_seq:
-                clip.last_seq, clip.last_ts = kept.seq, kept.ts
-        return self._check_space(clip, writer)
+        assert writer is None or isinstance(writer, CopyWriter)
+        return self._check_space(clip, copy_packet(writer, clip, kept, self._temp(clip)))
 
     def _check_space(self, clip: Clip, writer: VideoWriter) -> VideoWriter | None:
         """The writer back, or None where the clip is abandoned for want of free space."""

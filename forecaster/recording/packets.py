@@ -21,9 +21,12 @@ seconds longer than ``pre_s``.
   the last :data:`RECENT_FRAMES` decoded, else decoded from the finished clip
   (:func:`~forecaster.recording.remux.copied_snapshot`: from the keyframe before it).
 
-A stream whose parameters change (a reconnect to another resolution) ends the clip; a stream
-that is not H.264, or that OpenCV decodes, is recorded by encoding its frames
-(:class:`~forecaster.recording.recorder.Recorder`).
+A stream whose parameters change (a reconnect to another resolution) ends the clip, as does a
+source no longer copied (its clip is finished with what it has); a stream that is not H.264,
+or that OpenCV decodes, is recorded by encoding its frames
+(:class:`~forecaster.recording.recorder.Recorder`). A packet whose frame never comes (the
+decoder refused it) is given up on :data:`REORDER_LIMIT` packets later and left out of the
+clip; the frames after it, to the next keyframe, play as a decoder conceals such a loss.
 """
 
 from __future__ import annotations
@@ -53,8 +56,12 @@ RECENT_FRAMES = 6
 COPIED_CODECS = frozenset({"h264"})
 #: a packet whose frame the decoder has not given out yet
 PENDING = -1
-#: a packet whose frame never came (its stream ended before the decoder gave it out)
+#: a packet whose frame never came (its stream ended before the decoder gave it out, or the
+#: decoder could not decode it or dropped its frame)
 ORPHAN = -2
+#: a packet whose frame has not come out by the time this many later packets are demuxed
+#: never gives one (H.264 holds at most 16 frames back for reordering; one decoder thread)
+REORDER_LIMIT = 32
 
 
 @dataclass(eq=False, slots=True)
@@ -83,6 +90,8 @@ class Kept:
     frame: int = PENDING
     #: time its frame was decoded (UNIX seconds)
     ts: float = math.nan
+    #: time it was demuxed (UNIX seconds)
+    arrived: float = math.nan
     #: the capture's seq of its frame (-1: none; a frame the capture did not take)
     seq: int = -1
     #: what its frame is matched to it by (its index, or its timestamp)
@@ -121,6 +130,8 @@ class PacketTap:
         self.bytes = 0
         self.segment: Segment | None = None
         self._pending: dict[Any, Kept] = {}
+        #: the packets whose frames may still come, in decoding order
+        self._waiting: collections.deque[Kept] = collections.deque()
         self._by_opaque = False
         self._next_index = 0
         self._next_frame = 0
@@ -155,6 +166,14 @@ class PacketTap:
             context.copy_opaque = True
         self.segment = Segment(template, (name, context.width, context.height, extradata),
                                context.width, context.height)
+        if template is None:  # nothing of it is copied: nor is what came before kept
+            self._clear()
+
+    def closed(self) -> None:
+        """The decoder closed: nothing is copied until the next :meth:`opened` (a file that
+        PyAV opens but cannot decode is read by OpenCV, whose frames are encoded)."""
+        self._orphan()
+        self.segment = None
 
     def packet(self, packet: Any) -> None:
         segment = self.segment
@@ -175,14 +194,26 @@ class PacketTap:
         else:
             key = packet.pts
         kept = Kept(packet, self._next_index, bool(packet.is_keyframe), packet.size, segment,
-                    match=key)
+                    match=key, arrived=time.time())
         self._next_index += 1
         self.kept.append(kept)
         if kept.key:
             self.keys.append(kept)
         self.bytes += kept.size
         self._pending[key] = kept
+        self._waiting.append(kept)
+        self._expire(kept.index - REORDER_LIMIT)
         self._prune()
+
+    def _expire(self, before: int) -> None:
+        """Packets before the ``before``-th still without their frame never give one."""
+        waiting = self._waiting
+        while waiting and (waiting[0].frame != PENDING or waiting[0].index < before):
+            old = waiting.popleft()
+            if old.frame == PENDING:
+                old.frame = ORPHAN
+                if self._pending.get(old.match) is old:
+                    del self._pending[old.match]
 
     def frame(self, frame: Any) -> None:
         number = self._next_frame
@@ -223,6 +254,7 @@ class PacketTap:
         for kept in self._pending.values():
             kept.frame = ORPHAN
         self._pending.clear()
+        self._waiting.clear()
 
     def _clear(self) -> None:
         self._orphan()
@@ -239,8 +271,8 @@ class PacketTap:
             self.bytes -= old.size
             if keys and keys[0] is old:
                 keys.popleft()
-            if old.frame == PENDING:
-                self._pending.pop(old.match, None)
+            if old.frame == PENDING and self._pending.get(old.match) is old:
+                del self._pending[old.match]
 
     def _prune(self) -> None:
         """Drop what no clip can start with: the packets before the newest keyframe at least
@@ -248,7 +280,9 @@ class PacketTap:
         packets where one interval holds more)."""
         keys = self.keys
         horizon = time.time() - self.span_s
-        while len(keys) > 1 and keys[1].frame >= 0 and keys[1].ts <= horizon:
+        # a keyframe whose frame never came is dated by its arrival
+        while len(keys) > 1 and keys[1].frame != PENDING and (
+                keys[1].ts if keys[1].frame >= 0 else keys[1].arrived) <= horizon:
             self._drop_to(keys[1])
         while self.bytes > self.max_bytes and self.kept:
             self._drop_to(keys[1] if len(keys) > 1 else None)

@@ -332,11 +332,18 @@ class CaptureRecorder:
         self.peak_seq = -1
 
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
+        if self.current is self.copier and self.current.clip is not None:
+            # the source is no longer copied (a reconnect to a stream that cannot be, a
+            # file OpenCV reads): the copied clip ends with what it has
+            self.current.finish()
         self.recorder.on_frame(image, seq, ts)
         self.poll()
 
     def on_copied(self, seq: int, ts: float) -> None:
         """Frame ``seq``, the tap's last, whose packets the clips copy."""
+        if self.current is self.recorder and self.recorder.clip is not None:
+            # the source is copied now: the encoded clip gets no more frames, and ends
+            self.recorder._finish()
         if self.copier is not None:
             self.copier.on_frame(seq, ts)
         self.poll()

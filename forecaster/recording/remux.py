@@ -42,19 +42,22 @@ class CopyWriter:
         except BaseException:
             self.container.close()
             raise
-        self._first: tuple[int, int] | None = None
+        #: the source's showing order of the clip's first frame
+        self._first: int | None = None
+        #: packets muxed so far
+        self.muxed = 0
 
-    def write_packet(self, packet: Any, index: int, frame: int) -> bool:
-        """Mux ``packet``, ``index``-th in decoding order, whose frame is ``frame``-th in
-        showing order (both counted over the source); False where it cannot be shown in this
-        clip (a frame shown before the clip's first keyframe, or one further out of order than
-        :data:`REORDER`)."""
+    def write_packet(self, packet: Any, frame: int) -> bool | None:
+        """Mux ``packet`` (the next in decoding order), whose frame is ``frame``-th in showing
+        order over the source. None: not for this clip (a frame shown before its first
+        keyframe); False: decoded further ahead of its showing than :data:`REORDER`."""
         if self._first is None:
-            self._first = (index, frame)
-        first_index, first_frame = self._first
-        shown = frame - first_frame
-        decoded = index - first_index - REORDER
-        if shown < 0 or decoded > shown:
+            self._first = frame
+        shown = frame - self._first
+        if shown < 0:
+            return None
+        decoded = self.muxed - REORDER
+        if decoded > shown:
             return False
         packet.stream = self.stream
         packet.time_base = Fraction(1, TIMESCALE)
@@ -62,6 +65,7 @@ class CopyWriter:
         packet.dts = round(decoded * self.tick)
         packet.duration = round(self.tick)
         self.container.mux(packet)
+        self.muxed += 1
         return True
 
     def write(self, image: Any) -> None:
@@ -74,6 +78,42 @@ class CopyWriter:
         with contextlib.suppress(Exception):  # a half-written file is deleted anyway
             self.container.close()
 
+
+def copy_packet(writer: CopyWriter | None, clip: Any, kept: Any, temp: Path) -> CopyWriter:
+    """``kept`` (a :class:`~forecaster.recording.packets.Kept`) muxed into ``clip``'s MP4 at
+    ``temp``, the writer opened at the clip's first packet (a keyframe); the clip's counts
+    and bounds updated. FFmpeg's refusal is an OSError naming the file (the clip writer
+    discards the clip and says so in one line)."""
+    fresh = writer is None
+    try:
+        if writer is None:
+            temp.parent.mkdir(parents=True, exist_ok=True)
+            segment = clip.copied
+            writer = CopyWriter(temp, segment.template, (segment.width, segment.height),
+                                clip.fps)
+            clip.size, clip.codec = writer.size, writer.codec
+        written = writer.write_packet(kept.packet, kept.frame)
+    except Exception as error:
+        if fresh and writer is not None:
+            writer.abort()  # not handed back: closed here
+        if isinstance(error, OSError):
+            raise
+        # PyAV's errors of the muxer (FFmpegError)
+        raise OSError(f"cannot copy the camera's video into {temp}: {error}") from error
+    if written is None:  # shown before the clip's first keyframe: not for this clip
+        return writer
+    if not written:  # too far out of order for the clip's timestamps: counted
+        clip.dropped += 1
+        return writer
+    clip.frames += 1
+    if clip.first_frame is None:
+        clip.first_frame = kept.frame
+    if kept.seq >= 0:
+        if clip.first_seq is None or kept.seq < clip.first_seq:
+            clip.first_seq, clip.first_ts = kept.seq, kept.ts
+        if clip.last_seq is None or kept.seq > clip.last_seq:
+            clip.last_seq, clip.last_ts = kept.seq, kept.ts
+    return writer
 
 def copied_snapshot(path: Path, offset: int, fps: float, max_width: int, quality: int
                     ) -> bytes | None:

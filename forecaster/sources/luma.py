@@ -59,6 +59,8 @@ class PacketTap(Protocol):
 
     def frame(self, frame: Any) -> None: ...
 
+    def closed(self) -> None: ...
+
 
 class Decoder(Protocol):
     """An open video: ``read()`` gives :data:`Decoded` frames until None at the end."""
@@ -205,6 +207,8 @@ class LumaDecoder:
 
     def close(self) -> None:
         self.container.close()
+        if self.tap is not None:
+            self.tap.closed()
 
 
 class OpenCvDecoder:
