@@ -57,7 +57,8 @@ def _opencv_gray(path: str, count: int) -> Callable[[], None]:
     return run
 
 
-def _pyav_luma(path: str, count: int, threads: bool) -> Callable[[], None]:
+def _pyav_luma(path: str, count: int, threads: bool, deblock: bool = False
+               ) -> Callable[[], None]:
     from forecaster.sources.luma import LumaDecoder
 
     def run() -> None:
@@ -65,6 +66,8 @@ def _pyav_luma(path: str, count: int, threads: bool) -> Callable[[], None]:
         if threads:  # FFmpeg's own frame threads, as many as it likes
             decoder.stream.thread_type = "AUTO"
             decoder.stream.codec_context.thread_count = 0
+        if deblock:  # H.264's deblocking filter as FFmpeg's default has it (before)
+            decoder.stream.codec_context.options = {}
         for _ in range(count):
             decoder.read()
         decoder.close()
@@ -303,7 +306,10 @@ def main() -> int:
         extra["the cue's 8x8 windows: OpenCV's integral image (now)"] = windows_opencv
     stages: dict[str, Callable[[], None]] = {
         "decode + gray, OpenCV (BGR, then gray)": _opencv_gray(args.video, count),
-        "decode to the luma plane, PyAV, 1 thread": _pyav_luma(args.video, count, False),
+        "decode to the luma plane, PyAV, 1 thread, deblocked (before)":
+            _pyav_luma(args.video, count, False, deblock=True),
+        "decode to the luma plane, PyAV, 1 thread, no deblocking (now)":
+            _pyav_luma(args.video, count, False),
         "decode to the luma plane, PyAV, FFmpeg's threads": _pyav_luma(args.video, count, True),
         "decode to BGR at full size and the luma plane (colour, before)":
             _pyav_colour(args.video, count),
