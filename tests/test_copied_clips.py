@@ -164,6 +164,8 @@ def test_an_h264_source_is_copied_into_its_clips_frame_for_frame(tmp_path: Path,
             stream = opened.streams.video[0]
             duration = float(stream.duration * stream.time_base)
         assert duration == pytest.approx(sidecar["frames"] / sidecar["fps"], rel=0.05)
+        # the file's own rate (its timestamps), not the 100 frames/s it was read at
+        assert sidecar["fps"] == pytest.approx(25.0, rel=0.01)
         snapshot = cv2.imread(str(folder / sidecar["snapshot"]))
         assert snapshot is not None and snapshot.shape[:2] == (SIZE[1], SIZE[0])
         errors = [np.abs(snapshot.astype(int) - image).mean() for image in colour]

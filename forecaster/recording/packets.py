@@ -59,6 +59,8 @@ PENDING = -1
 #: a packet whose frame never came (its stream ended before the decoder gave it out, or the
 #: decoder could not decode it or dropped its frame)
 ORPHAN = -2
+#: frame rates from a source's timestamps believed (outside: measured as decoded instead)
+MIN_STAMPED_FPS, MAX_STAMPED_FPS = 1.0, 240.0
 #: a packet whose frame has not come out by the time this many later packets are demuxed
 #: never gives one (H.264 holds at most 16 frames back for reordering; one decoder thread)
 REORDER_LIMIT = 32
@@ -74,6 +76,8 @@ class Segment:
     signature: tuple[Any, ...]
     width: int
     height: int
+    #: the unit of its packets' timestamps (a Fraction; None: unknown)
+    time_base: Any = None
 
 
 @dataclass(eq=False, slots=True)
@@ -92,6 +96,9 @@ class Kept:
     ts: float = math.nan
     #: time it was demuxed (UNIX seconds)
     arrived: float = math.nan
+    #: its showing time in the source, in its segment's ``time_base`` (None: none); the
+    #: packet's own is rewritten when it is muxed into a clip
+    pts: int | None = None
     #: the capture's seq of its frame (-1: none; a frame the capture did not take)
     seq: int = -1
     #: what its frame is matched to it by (its index, or its timestamp)
@@ -165,7 +172,7 @@ class PacketTap:
         if self._by_opaque and template is not None:
             context.copy_opaque = True
         self.segment = Segment(template, (name, context.width, context.height, extradata),
-                               context.width, context.height)
+                               context.width, context.height, stream.time_base)
         if template is None:  # nothing of it is copied: nor is what came before kept
             self._clear()
 
@@ -194,7 +201,7 @@ class PacketTap:
         else:
             key = packet.pts
         kept = Kept(packet, self._next_index, bool(packet.is_keyframe), packet.size, segment,
-                    match=key, arrived=time.time())
+                    match=key, arrived=time.time(), pts=packet.pts)
         self._next_index += 1
         self.kept.append(kept)
         if kept.key:
@@ -238,7 +245,17 @@ class PacketTap:
         return colour(self.last_frame, max_width)
 
     def frame_rate(self) -> float | None:
-        """Frames decoded per second over the packets kept (None: not measurable)."""
+        """The source's frames per second: from its own timestamps (those of the packets
+        kept of its current opening), else as decoded over the packets kept (a stream's
+        start-up burst, a capture slowed at the daemon's start); None: not measurable."""
+        segment = self.segment
+        stamped = [kept.pts for kept in self.kept  # decoded: frames with none missing
+                   if kept.segment is segment and kept.pts is not None and kept.frame >= 0]
+        if segment is not None and segment.time_base and len(stamped) >= 2:
+            span = (max(stamped) - min(stamped)) * segment.time_base
+            rate = (len(stamped) - 1) / float(span) if span else 0.0
+            if MIN_STAMPED_FPS <= rate <= MAX_STAMPED_FPS:  # else the timestamps are wrong
+                return rate
         shown = [kept for kept in self.kept if kept.frame >= 0]
         if len(shown) < 2:
             return None
