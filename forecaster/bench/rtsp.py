@@ -8,7 +8,7 @@ Each client gets a stream of its own from the file's start: the file ``repeats``
 over (the time runs on from one pass to the next, as a camera's does); then the stream
 ends. Not one stream that the clients share, as the viewers of an IP camera do: a camera
 sends a keyframe every second or two, but a file may have few (``vtest.avi`` has 3 in its
-795 frames, all in its first third), and a client that joins a shared stream after them
+341 frames, one every 128), and a client that joins a shared stream after them
 waits for the next pass, timing out and reconnecting meanwhile. The server answers each
 client in a thread of its own.
 """
