@@ -297,9 +297,8 @@ class PacketTap:
         packets where one interval holds more)."""
         keys = self.keys
         horizon = time.time() - self.span_s
-        # a keyframe whose frame never came is dated by its arrival
-        while len(keys) > 1 and keys[1].frame != PENDING and (
-                keys[1].ts if keys[1].frame >= 0 else keys[1].arrived) <= horizon:
+        # by arrival: a keyframe's frame comes out a few frames after it at most (or never)
+        while len(keys) > 1 and keys[1].arrived <= horizon:
             self._drop_to(keys[1])
         while self.bytes > self.max_bytes and self.kept:
             self._drop_to(keys[1] if len(keys) > 1 else None)
