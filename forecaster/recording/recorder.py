@@ -332,21 +332,22 @@ class CaptureRecorder:
         self.peak_seq = -1
 
     def on_frame(self, image: np.ndarray, seq: int, ts: float) -> None:
-        if self.current is self.copier and self.current.clip is not None:
-            # the source is no longer copied (a reconnect to a stream that cannot be, a
-            # file OpenCV reads): the copied clip ends with what it has
-            self.current.finish()
+        self._leave(self.copier)
         self.recorder.on_frame(image, seq, ts)
         self.poll()
 
     def on_copied(self, seq: int, ts: float) -> None:
         """Frame ``seq``, the tap's last, whose packets the clips copy."""
-        if self.current is self.recorder and self.recorder.clip is not None:
-            # the source is copied now: the encoded clip gets no more frames, and ends
-            self.recorder._finish()
+        self._leave(self.recorder)
         if self.copier is not None:
             self.copier.on_frame(seq, ts)
         self.poll()
+
+    def _leave(self, other: Recorder | CopyRecorder | None) -> None:
+        """The frames come the other way now (the source copied, or no longer: a reconnect,
+        a file only OpenCV reads): the clip ``other`` was making ends with what it has."""
+        if other is not None and other is self.current and other.clip is not None:
+            self._finish_current()
 
     def poll(self) -> None:
         entry = self.board.read(self.index)
